@@ -190,10 +190,7 @@ fn validate_name(input: &str) -> Result<(), InvalidId> {
                 segment: segment.to_owned(),
             });
         }
-        if let Some((offset, ch)) = segment
-            .char_indices()
-            .find(|&(_, ch)| !is_name_char(ch))
-        {
+        if let Some((offset, ch)) = segment.char_indices().find(|&(_, ch)| !is_name_char(ch)) {
             return fail(InvalidIdReason::InvalidChar {
                 ch,
                 index: segment_start + offset,
@@ -322,7 +319,9 @@ fn is_dns_host(host: &str) -> bool {
             && label.len() <= MAX_LABEL_LEN
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-')
+            && label
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-')
     });
     let last_label_numeric = host
         .rsplit('.')
@@ -507,8 +506,18 @@ mod tests {
             ("/a", Some(EmptySegment { index: 0 })),
             ("a/", Some(EmptySegment { index: 2 })),
             ("a//b", Some(EmptySegment { index: 2 })),
-            ("a/../b", Some(ReservedSegment { segment: "..".into() })),
-            ("a/./b", Some(ReservedSegment { segment: ".".into() })),
+            (
+                "a/../b",
+                Some(ReservedSegment {
+                    segment: "..".into(),
+                }),
+            ),
+            (
+                "a/./b",
+                Some(ReservedSegment {
+                    segment: ".".into(),
+                }),
+            ),
             ("ab/c d", Some(InvalidChar { ch: ' ', index: 4 })),
             ("é", Some(InvalidChar { ch: 'é', index: 0 })),
         ];
@@ -536,10 +545,30 @@ mod tests {
             ("", Some(Empty)),
             ("localhost", Some(MissingPort)),
             ("localhost:0", Some(InvalidPort { port: "0".into() })),
-            ("localhost:70000", Some(InvalidPort { port: "70000".into() })),
-            ("localhost:http", Some(InvalidPort { port: "http".into() })),
-            ("-bad.host:80", Some(InvalidHost { host: "-bad.host".into() })),
-            ("1.2.3:80", Some(InvalidHost { host: "1.2.3".into() })),
+            (
+                "localhost:70000",
+                Some(InvalidPort {
+                    port: "70000".into(),
+                }),
+            ),
+            (
+                "localhost:http",
+                Some(InvalidPort {
+                    port: "http".into(),
+                }),
+            ),
+            (
+                "-bad.host:80",
+                Some(InvalidHost {
+                    host: "-bad.host".into(),
+                }),
+            ),
+            (
+                "1.2.3:80",
+                Some(InvalidHost {
+                    host: "1.2.3".into(),
+                }),
+            ),
             ("::1:80", Some(InvalidHost { host: "::1".into() })),
             (":80", Some(InvalidHost { host: "".into() })),
         ];
@@ -552,9 +581,14 @@ mod tests {
     fn endpoint_hosts_are_normalised() {
         let endpoint = Endpoint::parse("DB.Example:9").expect("valid");
         assert_eq!(endpoint.to_string(), "db.example:9");
-        assert_eq!(Endpoint::new("::1", 7).expect("valid").to_string(), "[::1]:7");
         assert_eq!(
-            Endpoint::parse("10.0.0.1:9").expect("valid").to_socket_addr(),
+            Endpoint::new("::1", 7).expect("valid").to_string(),
+            "[::1]:7"
+        );
+        assert_eq!(
+            Endpoint::parse("10.0.0.1:9")
+                .expect("valid")
+                .to_socket_addr(),
             Some("10.0.0.1:9".parse().expect("socket address"))
         );
         assert_eq!(endpoint.to_socket_addr(), None);

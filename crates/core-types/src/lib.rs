@@ -20,7 +20,9 @@ mod panic;
 mod task;
 mod worker;
 
-pub use ids::{DeviceId, Endpoint, IdKind, InvalidId, InvalidIdReason, MAX_DEVICE_ID_LEN, MAX_NAME_LEN, Name};
+pub use ids::{
+    DeviceId, Endpoint, IdKind, InvalidId, InvalidIdReason, MAX_DEVICE_ID_LEN, MAX_NAME_LEN, Name,
+};
 pub use panic::catch_panic;
 pub use task::TaskWorker;
 pub use worker::{ReportFuture, WaitFuture, Worker, WorkerError, WorkerResult};

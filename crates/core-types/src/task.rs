@@ -125,7 +125,9 @@ impl Worker for TaskWorker {
             Some(Ok(())) => "stopped".to_owned(),
             Some(Err(error)) => format!("failed: {error}"),
         };
-        Some(Box::pin(async move { serde_json::json!({ "state": state }) }))
+        Some(Box::pin(
+            async move { serde_json::json!({ "state": state }) },
+        ))
     }
 }
 

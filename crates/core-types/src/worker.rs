@@ -189,9 +189,10 @@ impl WorkerError {
 impl fmt::Debug for WorkerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            WorkerError::Panicked { message } => {
-                f.debug_struct("Panicked").field("message", message).finish()
-            }
+            WorkerError::Panicked { message } => f
+                .debug_struct("Panicked")
+                .field("message", message)
+                .finish(),
             WorkerError::Vanished => f.write_str("Vanished"),
             WorkerError::Failed(inner) => f.debug_tuple("Failed").field(inner).finish(),
         }

@@ -1,0 +1,204 @@
+//! [`Engine`]: the cheap, cloneable handle to the engine's actor task.
+
+use std::fmt;
+use std::sync::Arc;
+
+use flotilla_core_types::{ReportFuture, TaskWorker, WaitFuture, Worker};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::runner::{Command, ReportDraft, Runner};
+use crate::{EngineConfig, EngineReport, Error, Manifold};
+
+/// How many commands may queue for the engine before callers wait: enough to
+/// absorb bursts, small enough that a flood of installs is paced by the actor.
+const COMMAND_QUEUE: usize = 256;
+
+/// A running dependency engine. Cloning is cheap: every clone is a handle to
+/// the same engine.
+///
+/// The engine is a [`Worker`]: [`kill`](Worker::kill) stops it, and
+/// [`wait`](Worker::wait) returns once every worker it started has ended,
+/// with the worst error it saw while stopping (a fatal error, a crash loop
+/// as [`Error::CrashLoop`], or an error a worker returned while being
+/// stopped). Dropping every handle stops it too.
+///
+/// See the [crate documentation](crate) for an example.
+#[derive(Clone)]
+pub struct Engine {
+    commands: mpsc::Sender<Command>,
+    worker: TaskWorker,
+    config: Arc<EngineConfig>,
+}
+
+impl Engine {
+    /// Validates `config` and starts an engine with no manifolds.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] when `config` does not validate.
+    ///
+    /// # Panics
+    ///
+    /// Panics when called outside a tokio runtime with a timer.
+    pub fn start(config: EngineConfig) -> Result<Engine, Error> {
+        config.validate()?;
+        let (commands, queue) = mpsc::channel(COMMAND_QUEUE);
+        let runner_config = config.clone();
+        let worker = TaskWorker::spawn(move |kill| {
+            Runner::run(runner_config, kill, queue).instrument(tracing::info_span!("engine"))
+        });
+        Ok(Engine {
+            commands,
+            worker,
+            config: Arc::new(config),
+        })
+    }
+
+    /// Installs `manifold`. Its worker starts as soon as its required inputs
+    /// run, which may be at once, later, or (if they are never installed)
+    /// never.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`], [`Error::AlreadyInstalled`],
+    /// [`Error::DuplicateInput`], [`Error::Cycle`], or [`Error::Stopped`].
+    ///
+    /// # Cancel safety
+    ///
+    /// If the future is dropped after the request was sent, the install may
+    /// still happen; check with [`report`](Self::report).
+    pub async fn install(&self, manifold: Manifold) -> Result<(), Error> {
+        self.install_group([manifold]).await
+    }
+
+    /// Installs several manifolds at once: all of them, or (if any is
+    /// invalid, or they would close a cycle together or with what is
+    /// installed) none. Their inputs may be among each other.
+    ///
+    /// # Errors
+    ///
+    /// As [`install`](Self::install), for the first manifold that fails.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`install`](Self::install).
+    pub async fn install_group(
+        &self,
+        manifolds: impl IntoIterator<Item = Manifold>,
+    ) -> Result<(), Error> {
+        let manifolds = manifolds.into_iter().collect();
+        self.request(|reply| Command::Install { manifolds, reply })
+            .await?
+    }
+
+    /// Stops the worker of the manifold called `name`, then removes the
+    /// manifold. Returns once both are done; its dependents then see it as
+    /// missing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotInstalled`], or [`Error::Stopped`] (also when the engine
+    /// stops before the worker has ended).
+    ///
+    /// # Cancel safety
+    ///
+    /// If the future is dropped after the request was sent, the uninstall
+    /// still happens.
+    pub async fn uninstall(&self, name: &str) -> Result<(), Error> {
+        let name = name.to_owned();
+        self.request(|reply| Command::Uninstall { name, reply })
+            .await?
+    }
+
+    /// A snapshot of the engine and every manifold, including each running
+    /// worker's own report ([`Worker::report`]).
+    ///
+    /// Returns within [`EngineConfig::report_timeout`] of the engine's
+    /// answer: a worker that has not reported by then appears with
+    /// `{"error": "report timed out"}`, and never holds up the rest.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Stopped`] once the engine has stopped.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future abandons the report and the workers'
+    /// report futures with it.
+    pub async fn report(&self) -> Result<EngineReport, Error> {
+        let ReportDraft {
+            mut report,
+            workers,
+        } = self.request(|reply| Command::Report { reply }).await?;
+        let deadline = Instant::now() + self.config.report_timeout;
+        let mut pending = JoinSet::new();
+        for (index, worker) in workers {
+            pending.spawn(async move {
+                let Some(report) = worker.report() else {
+                    return (index, None);
+                };
+                let value = match tokio::time::timeout_at(deadline, report).await {
+                    Ok(value) => value,
+                    Err(_) => serde_json::json!({ "error": "report timed out" }),
+                };
+                (index, Some(value))
+            });
+        }
+        while let Some(joined) = pending.join_next().await {
+            match joined {
+                Ok((index, value)) => report.manifolds[index].worker = value,
+                Err(error) => {
+                    // A worker's report panicked; its row says so instead.
+                    tracing::warn!(error = %error, "a worker's report failed");
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Sends a command and waits for its answer; a closed channel or a
+    /// dropped reply both mean the engine has stopped.
+    async fn request<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(command(reply))
+            .await
+            .map_err(|_| Error::Stopped)?;
+        answer.await.map_err(|_| Error::Stopped)
+    }
+}
+
+impl Worker for Engine {
+    fn kill(&self) {
+        self.worker.kill();
+    }
+
+    fn wait(&self) -> WaitFuture<'_> {
+        self.worker.wait()
+    }
+
+    fn report(&self) -> Option<ReportFuture<'_>> {
+        Some(Box::pin(async move {
+            match Engine::report(self).await {
+                Ok(report) => serde_json::to_value(report)
+                    .unwrap_or_else(|error| serde_json::json!({ "error": error.to_string() })),
+                Err(error) => serde_json::json!({ "error": error.to_string() }),
+            }
+        }))
+    }
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("worker", &self.worker)
+            .field("config", &self.config)
+            .finish()
+    }
+}

@@ -1,0 +1,1082 @@
+//! The engine's actor: one task that owns every manifold's state.
+//!
+//! Commands (install, uninstall, report) arrive from [`Engine`] handles;
+//! events (a worker started, a worker or start ended) arrive from attempt
+//! tasks, one per start of a worker. Each change marks the manifolds it may
+//! affect as dirty, and after every batch of messages [`Runner::reconcile`]
+//! brings each dirty manifold in line with its inputs. Because a whole batch
+//! is applied before anything is reconciled, several changes to one
+//! manifold's inputs cost it one restart, not several.
+//!
+//! The rule that keeps dependents consistent: every running worker has a
+//! generation, unique in the engine, and every start records the generations
+//! of its inputs (`seen`). A worker whose inputs' generations differ from
+//! what it saw is stopped; a stopped manifold whose inputs differ from what
+//! it last saw may start. An input's generation is withdrawn (set to "not
+//! running") as soon as the engine decides to stop it, before it has ended,
+//! so no snapshot handed out afterwards can hold it.
+//!
+//! [`Engine`]: crate::Engine
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::mem;
+use std::sync::Arc;
+
+use flotilla_core_types::{Name, Worker, WorkerError, WorkerResult, catch_panic};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, Span, debug, info, info_span, warn};
+
+use crate::config::CrashLoopPolicy;
+use crate::graph::{NodeId, find_cycle};
+use crate::manifold::{ErrorClass, InputValue, Resource, StartContext, Started, classify};
+use crate::report::{
+    EngineReport, EngineState, InputReport, ManifoldReport, ManifoldState, StoppedReason,
+};
+use crate::{EngineConfig, Error, Manifold};
+
+/// A request from an [`Engine`](crate::Engine) handle.
+pub(crate) enum Command {
+    Install {
+        manifolds: Vec<Manifold>,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Uninstall {
+        name: String,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Report {
+        reply: oneshot::Sender<ReportDraft>,
+    },
+}
+
+/// The engine's part of a report, and the running workers whose own reports
+/// the caller gathers (outside the actor, so a slow one cannot stall it).
+pub(crate) struct ReportDraft {
+    pub(crate) report: EngineReport,
+    /// Index into `report.manifolds`, and that manifold's worker.
+    pub(crate) workers: Vec<(usize, Arc<dyn Worker>)>,
+}
+
+/// What an attempt task tells the actor.
+enum Event {
+    Started {
+        node: NodeId,
+        attempt: u64,
+        worker: Arc<dyn Worker>,
+        resource: Option<Resource>,
+    },
+    Ended {
+        node: NodeId,
+        attempt: u64,
+        result: WorkerResult,
+    },
+}
+
+/// A name in the graph: an installed manifold, or a name that installed
+/// manifolds use as an input before it is installed.
+struct Node {
+    name: Name,
+    span: Span,
+    /// Nodes whose manifold declares this one as an input.
+    dependents: Vec<NodeId>,
+    /// The running worker dependents may see; `None` once it is stopping.
+    published: Option<Published>,
+    manifold: Option<Installed>,
+    dirty: bool,
+}
+
+struct Published {
+    generation: u64,
+    resource: Option<Resource>,
+    worker: Arc<dyn Worker>,
+    since: Instant,
+}
+
+struct Installed {
+    manifold: Manifold,
+    inputs: Vec<Input>,
+    slot: Slot,
+    start_count: u64,
+    last_error: Option<String>,
+    consecutive_failures: u32,
+    /// When it restarted, within the restart-limit window.
+    restarts: VecDeque<Instant>,
+    uninstall_waiters: Vec<oneshot::Sender<Result<(), Error>>>,
+}
+
+#[derive(Clone, Copy)]
+struct Input {
+    node: NodeId,
+    required: bool,
+}
+
+/// Where a manifold's worker is in its life. `seen` holds, per input, the
+/// generation its start was given (0: not running).
+enum Slot {
+    Idle(Idle),
+    Starting {
+        attempt: u64,
+        stop: CancellationToken,
+        seen: Vec<u64>,
+    },
+    Running {
+        attempt: u64,
+        stop: CancellationToken,
+        seen: Vec<u64>,
+    },
+    Stopping {
+        attempt: u64,
+        then: AfterStop,
+    },
+}
+
+enum Idle {
+    /// Start as soon as the required inputs run.
+    Ready,
+    /// Exited (cleanly or for a missing input): start when the inputs differ
+    /// from `seen`.
+    Exited {
+        seen: Vec<u64>,
+    },
+    BackingOff {
+        until: Instant,
+        timer: u64,
+    },
+    /// In a crash loop: start when the inputs differ from `seen`.
+    Parked {
+        seen: Vec<u64>,
+    },
+    Shutdown,
+}
+
+/// What to do once a worker the engine stopped has ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AfterStop {
+    Restart,
+    Uninstall,
+    Shutdown,
+}
+
+/// What [`Runner::reconcile`] decided for one manifold.
+enum Decision {
+    Nothing,
+    Start,
+    Bounce,
+}
+
+pub(crate) struct Runner {
+    config: EngineConfig,
+    nodes: Vec<Option<Node>>,
+    free: Vec<NodeId>,
+    ids: HashMap<Name, NodeId>,
+    dirty: Vec<NodeId>,
+    /// Backoff deadlines: (when, timer id, node). Stale entries are skipped.
+    timers: BinaryHeap<Reverse<(Instant, u64, NodeId)>>,
+    events: mpsc::UnboundedSender<Event>,
+    tracker: TaskTracker,
+    /// Parent of every attempt's token: cancelled to stop them all.
+    attempts_stop: CancellationToken,
+    next_id: u64,
+    attempts_in_flight: usize,
+    stopping: bool,
+    worst: Option<WorkerError>,
+    rng: fastrand::Rng,
+}
+
+impl Runner {
+    /// Runs the engine until `kill` fires, every handle is dropped, or a fatal
+    /// error; then stops every worker, waits for all of them and every task
+    /// the engine spawned, and returns the worst error seen while stopping.
+    pub(crate) async fn run(
+        config: EngineConfig,
+        kill: CancellationToken,
+        mut commands: mpsc::Receiver<Command>,
+    ) -> WorkerResult {
+        let (events, mut event_queue) = mpsc::unbounded_channel();
+        let rng = match config.jitter_seed {
+            Some(seed) => fastrand::Rng::with_seed(seed),
+            None => fastrand::Rng::new(),
+        };
+        let mut runner = Runner {
+            config,
+            nodes: Vec::new(),
+            free: Vec::new(),
+            ids: HashMap::new(),
+            dirty: Vec::new(),
+            timers: BinaryHeap::new(),
+            events,
+            tracker: TaskTracker::new(),
+            attempts_stop: CancellationToken::new(),
+            next_id: 1,
+            attempts_in_flight: 0,
+            stopping: false,
+            worst: None,
+            rng,
+        };
+        info!("engine started");
+        let mut commands_open = true;
+        loop {
+            runner.reconcile_dirty();
+            if runner.stopping && runner.attempts_in_flight == 0 {
+                break;
+            }
+            let next_timer = runner.timers.peek().map(|Reverse((at, _, _))| *at);
+            tokio::select! {
+                biased;
+                () = kill.cancelled(), if !runner.stopping => runner.begin_shutdown(),
+                Some(event) = event_queue.recv() => {
+                    runner.handle_event(event);
+                    while let Ok(event) = event_queue.try_recv() {
+                        runner.handle_event(event);
+                    }
+                }
+                command = commands.recv(), if commands_open => match command {
+                    Some(command) => runner.handle_command(command),
+                    None => {
+                        debug!("every engine handle dropped");
+                        commands_open = false;
+                        runner.begin_shutdown();
+                    }
+                },
+                () = sleep_until_next(next_timer), if next_timer.is_some() => runner.fire_timers(),
+            }
+        }
+        runner.tracker.close();
+        runner.tracker.wait().await;
+        info!("engine stopped");
+        match runner.worst.take() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::Install { manifolds, reply } => {
+                let result = if self.stopping {
+                    Err(Error::Stopped)
+                } else {
+                    self.install_group(manifolds)
+                };
+                let _ = reply.send(result);
+            }
+            Command::Uninstall { name, reply } => {
+                if self.stopping {
+                    let _ = reply.send(Err(Error::Stopped));
+                } else {
+                    self.uninstall(name, reply);
+                }
+            }
+            Command::Report { reply } => {
+                let _ = reply.send(self.draft_report());
+            }
+        }
+    }
+
+    fn handle_event(&mut self, event: Event) {
+        match event {
+            Event::Started {
+                node,
+                attempt,
+                worker,
+                resource,
+            } => self.on_started(node, attempt, worker, resource),
+            Event::Ended {
+                node,
+                attempt,
+                result,
+            } => {
+                self.attempts_in_flight -= 1;
+                self.on_ended(node, attempt, result);
+            }
+        }
+    }
+
+    // ---- installing and uninstalling ------------------------------------
+
+    /// Installs every manifold or none: all are checked, added one by one,
+    /// and the added ones removed again if any fails.
+    fn install_group(&mut self, manifolds: Vec<Manifold>) -> Result<(), Error> {
+        let mut prepared = Vec::with_capacity(manifolds.len());
+        for manifold in manifolds {
+            let name = Name::new(manifold.name.clone())?;
+            let mut inputs: Vec<(Name, bool)> = Vec::with_capacity(manifold.inputs.len());
+            for spec in &manifold.inputs {
+                let input = Name::new(spec.name.clone())?;
+                if inputs.iter().any(|(seen, _)| *seen == input) {
+                    return Err(Error::DuplicateInput {
+                        manifold: name,
+                        input,
+                    });
+                }
+                inputs.push((input, spec.required));
+            }
+            prepared.push((name, inputs, manifold));
+        }
+        let mut added = Vec::with_capacity(prepared.len());
+        for (name, inputs, manifold) in prepared {
+            match self.add(name, inputs, manifold) {
+                Ok(id) => added.push(id),
+                Err(error) => {
+                    for id in added.into_iter().rev() {
+                        self.remove(id);
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        for id in added {
+            info!(manifold = %self.node(id).name, "installed");
+            self.mark_dirty(id);
+        }
+        Ok(())
+    }
+
+    fn add(
+        &mut self,
+        name: Name,
+        inputs: Vec<(Name, bool)>,
+        manifold: Manifold,
+    ) -> Result<NodeId, Error> {
+        let id = self.node_for(&name);
+        if self.node(id).manifold.is_some() {
+            return Err(Error::AlreadyInstalled { name });
+        }
+        let known_inputs: Vec<NodeId> = inputs
+            .iter()
+            .filter_map(|(input, _)| self.ids.get(input).copied())
+            .collect();
+        if let Some(cycle) = find_cycle(id, &known_inputs, |node| &self.node(node).dependents) {
+            let path = cycle
+                .iter()
+                .map(|&node| self.node(node).name.clone())
+                .collect();
+            self.free_if_unused(id);
+            return Err(Error::Cycle { path });
+        }
+        let inputs = inputs
+            .into_iter()
+            .map(|(input, required)| {
+                let node = self.node_for(&input);
+                self.node_mut(node).dependents.push(id);
+                Input { node, required }
+            })
+            .collect();
+        self.node_mut(id).manifold = Some(Installed {
+            manifold,
+            inputs,
+            slot: Slot::Idle(Idle::Ready),
+            start_count: 0,
+            last_error: None,
+            consecutive_failures: 0,
+            restarts: VecDeque::new(),
+            uninstall_waiters: Vec::new(),
+        });
+        Ok(id)
+    }
+
+    fn uninstall(&mut self, name: String, reply: oneshot::Sender<Result<(), Error>>) {
+        let installed_id = Name::new(name.clone())
+            .ok()
+            .and_then(|name| self.ids.get(&name).copied())
+            .filter(|&id| self.node(id).manifold.is_some());
+        let Some(id) = installed_id else {
+            let _ = reply.send(Err(Error::NotInstalled { name }));
+            return;
+        };
+        let installed = self.installed_mut(id);
+        installed.uninstall_waiters.push(reply);
+        match &mut installed.slot {
+            Slot::Stopping { then, .. } => *then = AfterStop::Uninstall,
+            Slot::Starting { .. } | Slot::Running { .. } => {
+                self.stop_worker(id, AfterStop::Uninstall)
+            }
+            Slot::Idle(_) => self.remove(id),
+        }
+    }
+
+    /// Removes an idle manifold, answers whoever waits for its uninstall, and
+    /// frees nodes nobody needs any more.
+    fn remove(&mut self, id: NodeId) {
+        let Some(installed) = self.node_mut(id).manifold.take() else {
+            return;
+        };
+        info!(manifold = %self.node(id).name, "uninstalled");
+        for waiter in installed.uninstall_waiters {
+            let _ = waiter.send(Ok(()));
+        }
+        for input in &installed.inputs {
+            let dependents = &mut self.node_mut(input.node).dependents;
+            if let Some(position) = dependents.iter().position(|&node| node == id) {
+                dependents.swap_remove(position);
+            }
+            self.free_if_unused(input.node);
+        }
+        self.mark_dependents_dirty(id);
+        self.free_if_unused(id);
+    }
+
+    // ---- deciding what runs ----------------------------------------------
+
+    fn reconcile_dirty(&mut self) {
+        while let Some(id) = self.dirty.pop() {
+            if let Some(node) = self.nodes[id].as_mut() {
+                node.dirty = false;
+                self.reconcile(id);
+            }
+        }
+    }
+
+    /// Brings one manifold in line with its inputs: bounce a worker whose
+    /// inputs changed, start an idle one whose inputs allow it.
+    fn reconcile(&mut self, id: NodeId) {
+        if self.stopping {
+            return;
+        }
+        let Some(installed) = self.node(id).manifold.as_ref() else {
+            return;
+        };
+        let inputs = &installed.inputs;
+        let decision = match &installed.slot {
+            Slot::Starting { seen, .. } | Slot::Running { seen, .. } => {
+                if self.inputs_match(inputs, seen) {
+                    Decision::Nothing
+                } else {
+                    Decision::Bounce
+                }
+            }
+            Slot::Idle(Idle::Ready) if self.required_running(inputs) => Decision::Start,
+            Slot::Idle(Idle::Exited { seen } | Idle::Parked { seen })
+                if !self.inputs_match(inputs, seen) && self.required_running(inputs) =>
+            {
+                Decision::Start
+            }
+            _ => Decision::Nothing,
+        };
+        match decision {
+            Decision::Nothing => {}
+            Decision::Start => self.start(id),
+            Decision::Bounce => {
+                info!(manifold = %self.node(id).name, "bouncing: inputs changed");
+                self.stop_worker(id, AfterStop::Restart);
+            }
+        }
+    }
+
+    fn generation(&self, id: NodeId) -> u64 {
+        self.node(id)
+            .published
+            .as_ref()
+            .map_or(0, |published| published.generation)
+    }
+
+    fn inputs_match(&self, inputs: &[Input], seen: &[u64]) -> bool {
+        inputs
+            .iter()
+            .zip(seen)
+            .all(|(input, &generation)| self.generation(input.node) == generation)
+    }
+
+    fn required_running(&self, inputs: &[Input]) -> bool {
+        inputs
+            .iter()
+            .all(|input| !input.required || self.generation(input.node) != 0)
+    }
+
+    /// Spawns an attempt: the start function with a snapshot of the inputs,
+    /// then the worker, until it ends or the attempt is stopped.
+    fn start(&mut self, id: NodeId) {
+        let attempt = self.fresh_id();
+        let stop = self.attempts_stop.child_token();
+        let node = self.node(id);
+        let Some(installed) = node.manifold.as_ref() else {
+            return;
+        };
+        let seen: Vec<u64> = installed
+            .inputs
+            .iter()
+            .map(|input| self.generation(input.node))
+            .collect();
+        let inputs = installed
+            .inputs
+            .iter()
+            .map(|input| {
+                let input_node = self.node(input.node);
+                InputValue {
+                    name: input_node.name.clone(),
+                    running: input_node
+                        .published
+                        .as_ref()
+                        .map(|published| published.resource.clone()),
+                }
+            })
+            .collect();
+        let context = StartContext {
+            name: node.name.clone(),
+            inputs,
+            stop: stop.clone(),
+        };
+        let start = Arc::clone(&installed.manifold.start);
+        let span = node.span.clone();
+        debug!(manifold = %node.name, "starting");
+        self.tracker.spawn(
+            run_attempt(
+                id,
+                attempt,
+                start,
+                context,
+                stop.clone(),
+                self.events.clone(),
+            )
+            .instrument(span),
+        );
+        self.attempts_in_flight += 1;
+        self.installed_mut(id).slot = Slot::Starting {
+            attempt,
+            stop,
+            seen,
+        };
+    }
+
+    /// Asks the worker (or start) to stop, and withdraws the worker from
+    /// dependents at once.
+    fn stop_worker(&mut self, id: NodeId, then: AfterStop) {
+        let installed = self.installed_mut(id);
+        let slot = mem::replace(&mut installed.slot, Slot::Idle(Idle::Ready));
+        installed.slot = match slot {
+            Slot::Starting { attempt, stop, .. } | Slot::Running { attempt, stop, .. } => {
+                stop.cancel();
+                Slot::Stopping { attempt, then }
+            }
+            other => other,
+        };
+        if self.node_mut(id).published.take().is_some() {
+            self.mark_dependents_dirty(id);
+        }
+    }
+
+    // ---- reading what happened -------------------------------------------
+
+    fn on_started(
+        &mut self,
+        id: NodeId,
+        attempt: u64,
+        worker: Arc<dyn Worker>,
+        resource: Option<Resource>,
+    ) {
+        let generation = self.fresh_id();
+        let Some(installed) = self.nodes[id]
+            .as_mut()
+            .and_then(|node| node.manifold.as_mut())
+        else {
+            return;
+        };
+        let Slot::Starting {
+            attempt: current, ..
+        } = &installed.slot
+        else {
+            // Stopping already: the attempt sees its token and stops the worker.
+            return;
+        };
+        if *current != attempt {
+            return;
+        }
+        let Slot::Starting { stop, seen, .. } =
+            mem::replace(&mut installed.slot, Slot::Idle(Idle::Ready))
+        else {
+            return;
+        };
+        installed.slot = Slot::Running {
+            attempt,
+            stop,
+            seen,
+        };
+        installed.start_count += 1;
+        let node = self.node_mut(id);
+        node.published = Some(Published {
+            generation,
+            resource,
+            worker,
+            since: Instant::now(),
+        });
+        info!(manifold = %node.name, generation, "started");
+        self.mark_dependents_dirty(id);
+    }
+
+    fn on_ended(&mut self, id: NodeId, attempt: u64, result: WorkerResult) {
+        let Some(installed) = self.nodes[id]
+            .as_mut()
+            .and_then(|node| node.manifold.as_mut())
+        else {
+            return;
+        };
+        let current = match &installed.slot {
+            Slot::Starting { attempt, .. }
+            | Slot::Running { attempt, .. }
+            | Slot::Stopping { attempt, .. } => *attempt,
+            Slot::Idle(_) => return,
+        };
+        if current != attempt {
+            return;
+        }
+        let result = match (&installed.manifold.filter, result) {
+            (Some(filter), Err(error)) => Err(filter(error)),
+            (_, result) => result,
+        };
+        let slot = mem::replace(&mut installed.slot, Slot::Idle(Idle::Ready));
+        let published = self.node_mut(id).published.take();
+        if published.is_some() {
+            self.mark_dependents_dirty(id);
+        }
+        match slot {
+            Slot::Stopping { then, .. } => self.after_requested_stop(id, then, result),
+            Slot::Starting { seen, .. } => self.after_exit(id, seen, None, result),
+            Slot::Running { seen, .. } => {
+                let ran_for = published.map(|published| published.since.elapsed());
+                self.after_exit(id, seen, ran_for, result);
+            }
+            Slot::Idle(_) => {}
+        }
+        self.mark_dirty(id);
+    }
+
+    /// A worker the engine stopped has ended: its error matters only if it
+    /// is fatal or the engine is stopping.
+    fn after_requested_stop(&mut self, id: NodeId, then: AfterStop, result: WorkerResult) {
+        if let Err(error) = result
+            && classify(&error) == ErrorClass::Failure
+        {
+            warn!(manifold = %self.node(id).name, error = %error, "worker failed while stopping");
+            self.installed_mut(id).last_error = Some(error.to_string());
+            if !self.stopping && (self.config.is_fatal)(&error) {
+                self.fail(error);
+            } else if self.stopping {
+                self.note_error(error);
+            }
+        }
+        info!(manifold = %self.node(id).name, "stopped");
+        let slot = match then {
+            AfterStop::Uninstall => return self.remove(id),
+            _ if self.stopping => Slot::Idle(Idle::Shutdown),
+            AfterStop::Shutdown => Slot::Idle(Idle::Shutdown),
+            AfterStop::Restart => self.delay(id, self.config.bounce_delay),
+        };
+        self.installed_mut(id).slot = slot;
+    }
+
+    /// A worker (or its start) ended by itself: read its result.
+    fn after_exit(
+        &mut self,
+        id: NodeId,
+        seen: Vec<u64>,
+        ran_for: Option<Duration>,
+        result: WorkerResult,
+    ) {
+        let name = self.node(id).name.clone();
+        if self.stopping {
+            if let Err(error) = result
+                && classify(&error) == ErrorClass::Failure
+            {
+                self.note_error(error);
+            }
+            self.installed_mut(id).slot = Slot::Idle(Idle::Shutdown);
+            return;
+        }
+        let error = match result {
+            Ok(()) => {
+                info!(manifold = %name, "exited; waiting for an input to change");
+                self.installed_mut(id).slot = Slot::Idle(Idle::Exited { seen });
+                return;
+            }
+            Err(error) => error,
+        };
+        let slot = match classify(&error) {
+            ErrorClass::Missing => {
+                debug!(manifold = %name, error = %error, "input missing; waiting for an input to change");
+                Slot::Idle(Idle::Exited { seen })
+            }
+            ErrorClass::Uninstall => {
+                info!(manifold = %name, "worker asked to be uninstalled");
+                return self.remove(id);
+            }
+            ErrorClass::Bounce => {
+                info!(manifold = %name, "worker asked to be bounced");
+                match self.charge_restart(id, seen, &error) {
+                    Some(parked) => parked,
+                    None => self.delay(id, self.config.bounce_delay),
+                }
+            }
+            ErrorClass::Failure => {
+                self.installed_mut(id).last_error = Some(error.to_string());
+                if (self.config.is_fatal)(&error) {
+                    warn!(manifold = %name, error = %error, "fatal error; stopping the engine");
+                    self.fail(error);
+                    Slot::Idle(Idle::Shutdown)
+                } else {
+                    let stable = ran_for.is_some_and(|ran| ran >= self.config.backoff_reset_after);
+                    let installed = self.installed_mut(id);
+                    if stable {
+                        installed.consecutive_failures = 0;
+                    }
+                    installed.consecutive_failures =
+                        installed.consecutive_failures.saturating_add(1);
+                    let failures = installed.consecutive_failures;
+                    match self.charge_restart(id, seen, &error) {
+                        Some(parked) => parked,
+                        None => {
+                            let delay = self
+                                .config
+                                .jittered(self.config.backoff_delay(failures), self.rng.f64());
+                            warn!(manifold = %name, error = %error, failures, ?delay, "worker failed; restarting after a delay");
+                            self.delay(id, delay)
+                        }
+                    }
+                }
+            }
+        };
+        if let Some(installed) = self.nodes[id]
+            .as_mut()
+            .and_then(|node| node.manifold.as_mut())
+        {
+            installed.slot = slot;
+        }
+    }
+
+    /// Counts a restart against the restart limit. Returns the slot to park
+    /// in when the manifold is in a crash loop (after stopping the engine,
+    /// when that is the policy), or `None` when it may restart.
+    fn charge_restart(&mut self, id: NodeId, seen: Vec<u64>, error: &WorkerError) -> Option<Slot> {
+        let limit = self.config.restart_limit;
+        let now = Instant::now();
+        let installed = self.installed_mut(id);
+        installed.restarts.push_back(now);
+        while installed
+            .restarts
+            .front()
+            .is_some_and(|&at| now.duration_since(at) > limit.window)
+        {
+            installed.restarts.pop_front();
+        }
+        let restarts = installed.restarts.len();
+        if restarts <= limit.max_restarts as usize {
+            return None;
+        }
+        let name = self.node(id).name.clone();
+        match limit.on_exceeded {
+            CrashLoopPolicy::Park => {
+                warn!(manifold = %name, restarts, "crash loop; parking the manifold");
+                let installed = self.installed_mut(id);
+                installed.restarts.clear();
+                installed.consecutive_failures = 0;
+                Some(Slot::Idle(Idle::Parked { seen }))
+            }
+            CrashLoopPolicy::Fatal => {
+                warn!(manifold = %name, restarts, "crash loop; stopping the engine");
+                self.fail(WorkerError::new(Error::CrashLoop {
+                    name,
+                    restarts,
+                    window: limit.window,
+                    last_error: error.clone(),
+                }));
+                Some(Slot::Idle(Idle::Shutdown))
+            }
+        }
+    }
+
+    /// The idle slot that starts the manifold after `delay`.
+    fn delay(&mut self, id: NodeId, delay: Duration) -> Slot {
+        if delay.is_zero() {
+            return Slot::Idle(Idle::Ready);
+        }
+        let until = Instant::now() + delay;
+        let timer = self.fresh_id();
+        self.timers.push(Reverse((until, timer, id)));
+        Slot::Idle(Idle::BackingOff { until, timer })
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(&Reverse((until, timer, id))) = self.timers.peek() {
+            if until > now {
+                break;
+            }
+            self.timers.pop();
+            let due = self.nodes[id]
+                .as_mut()
+                .and_then(|node| node.manifold.as_mut())
+                .filter(|installed| matches!(installed.slot, Slot::Idle(Idle::BackingOff { timer: t, .. }) if t == timer));
+            if let Some(installed) = due {
+                installed.slot = Slot::Idle(Idle::Ready);
+                self.mark_dirty(id);
+            }
+        }
+    }
+
+    // ---- stopping --------------------------------------------------------
+
+    fn fail(&mut self, error: WorkerError) {
+        self.note_error(error);
+        self.begin_shutdown();
+    }
+
+    /// Keeps the worse of `error` and the worst so far (the earlier on a tie).
+    fn note_error(&mut self, error: WorkerError) {
+        self.worst = match self.worst.take() {
+            None => Some(error),
+            Some(worst) if (self.config.worst_error)(&error, &worst) == Ordering::Greater => {
+                Some(error)
+            }
+            Some(worst) => Some(worst),
+        };
+    }
+
+    fn begin_shutdown(&mut self) {
+        if self.stopping {
+            return;
+        }
+        info!("engine stopping");
+        self.stopping = true;
+        self.attempts_stop.cancel();
+        self.timers.clear();
+        for node in self.nodes.iter_mut().flatten() {
+            node.published = None;
+            let Some(installed) = node.manifold.as_mut() else {
+                continue;
+            };
+            let slot = mem::replace(&mut installed.slot, Slot::Idle(Idle::Shutdown));
+            installed.slot = match slot {
+                Slot::Starting { attempt, .. } | Slot::Running { attempt, .. } => Slot::Stopping {
+                    attempt,
+                    then: AfterStop::Shutdown,
+                },
+                stopping @ Slot::Stopping { .. } => stopping,
+                Slot::Idle(_) => Slot::Idle(Idle::Shutdown),
+            };
+        }
+    }
+
+    // ---- reporting -------------------------------------------------------
+
+    fn draft_report(&self) -> ReportDraft {
+        let now = Instant::now();
+        let mut installed_nodes: Vec<&Node> = self
+            .nodes
+            .iter()
+            .flatten()
+            .filter(|node| node.manifold.is_some())
+            .collect();
+        installed_nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut manifolds = Vec::with_capacity(installed_nodes.len());
+        let mut workers = Vec::new();
+        for node in installed_nodes {
+            let Some(installed) = node.manifold.as_ref() else {
+                continue;
+            };
+            let seen = match &installed.slot {
+                Slot::Starting { seen, .. } | Slot::Running { seen, .. } => Some(seen),
+                _ => None,
+            };
+            let inputs = installed
+                .inputs
+                .iter()
+                .enumerate()
+                .map(|(index, input)| {
+                    let input_node = self.node(input.node);
+                    InputReport {
+                        name: input_node.name.to_string(),
+                        required: input.required,
+                        installed: input_node.manifold.is_some(),
+                        generation: nonzero(self.generation(input.node)),
+                        snapshot_generation: seen.and_then(|seen| nonzero(seen[index])),
+                    }
+                })
+                .collect();
+            if let Some(published) = &node.published {
+                workers.push((manifolds.len(), Arc::clone(&published.worker)));
+            }
+            manifolds.push(ManifoldReport {
+                name: node.name.to_string(),
+                state: slot_state(&installed.slot, now),
+                inputs,
+                start_count: installed.start_count,
+                generation: node
+                    .published
+                    .as_ref()
+                    .map(|published| published.generation),
+                last_error: installed.last_error.clone(),
+                consecutive_failures: installed.consecutive_failures,
+                running_for: node
+                    .published
+                    .as_ref()
+                    .map(|published| now - published.since),
+                worker: None,
+            });
+        }
+        ReportDraft {
+            report: EngineReport {
+                state: if self.stopping {
+                    EngineState::Stopping
+                } else {
+                    EngineState::Running
+                },
+                manifolds,
+            },
+            workers,
+        }
+    }
+
+    // ---- node table ------------------------------------------------------
+
+    fn fresh_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn node(&self, id: NodeId) -> &Node {
+        self.nodes[id]
+            .as_ref()
+            .expect("node ids held by the engine always name live nodes")
+    }
+
+    fn node_mut(&mut self, id: NodeId) -> &mut Node {
+        self.nodes[id]
+            .as_mut()
+            .expect("node ids held by the engine always name live nodes")
+    }
+
+    fn installed_mut(&mut self, id: NodeId) -> &mut Installed {
+        self.node_mut(id)
+            .manifold
+            .as_mut()
+            .expect("only installed manifolds have workers")
+    }
+
+    /// The node for `name`, made (as a placeholder) if it does not exist.
+    fn node_for(&mut self, name: &Name) -> NodeId {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let node = Node {
+            name: name.clone(),
+            span: info_span!("manifold", name = %name),
+            dependents: Vec::new(),
+            published: None,
+            manifold: None,
+            dirty: false,
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.nodes[id] = Some(node);
+                id
+            }
+            None => {
+                self.nodes.push(Some(node));
+                self.nodes.len() - 1
+            }
+        };
+        self.ids.insert(name.clone(), id);
+        id
+    }
+
+    fn free_if_unused(&mut self, id: NodeId) {
+        let node = self.node(id);
+        if node.manifold.is_some() || !node.dependents.is_empty() || node.published.is_some() {
+            return;
+        }
+        if let Some(node) = self.nodes[id].take() {
+            self.ids.remove(&node.name);
+            self.free.push(id);
+        }
+    }
+
+    fn mark_dirty(&mut self, id: NodeId) {
+        if let Some(node) = self.nodes[id].as_mut()
+            && !node.dirty
+        {
+            node.dirty = true;
+            self.dirty.push(id);
+        }
+    }
+
+    fn mark_dependents_dirty(&mut self, id: NodeId) {
+        let count = self.node(id).dependents.len();
+        for index in 0..count {
+            let dependent = self.node(id).dependents[index];
+            self.mark_dirty(dependent);
+        }
+    }
+}
+
+fn nonzero(generation: u64) -> Option<u64> {
+    (generation != 0).then_some(generation)
+}
+
+fn slot_state(slot: &Slot, now: Instant) -> ManifoldState {
+    let reason = match slot {
+        Slot::Starting { .. } => return ManifoldState::Starting,
+        Slot::Running { .. } => return ManifoldState::Started,
+        Slot::Stopping { .. } => return ManifoldState::Stopping,
+        Slot::Idle(Idle::Ready) => StoppedReason::WaitingForInputs,
+        Slot::Idle(Idle::Exited { .. }) => StoppedReason::Exited,
+        Slot::Idle(Idle::BackingOff { until, .. }) => StoppedReason::BackingOff {
+            remaining: until.saturating_duration_since(now),
+        },
+        Slot::Idle(Idle::Parked { .. }) => StoppedReason::Parked,
+        Slot::Idle(Idle::Shutdown) => StoppedReason::Shutdown,
+    };
+    ManifoldState::Stopped { reason }
+}
+
+async fn sleep_until_next(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One start of a manifold's worker: runs the start function, reports the
+/// worker, waits for it to end (killing it if the attempt is stopped), and
+/// reports how it ended. Panics anywhere in it become the attempt's error.
+async fn run_attempt(
+    node: NodeId,
+    attempt: u64,
+    start: Arc<dyn Fn(StartContext) -> crate::StartFuture + Send + Sync>,
+    context: StartContext,
+    stop: CancellationToken,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let result = catch_panic(async {
+        let started = tokio::select! {
+            biased;
+            () = stop.cancelled() => return Ok(()),
+            started = start(context) => started?,
+        };
+        let Started { worker, resource } = started;
+        // The receiver lives as long as the engine loop, which outlives this task.
+        let _ = events.send(Event::Started {
+            node,
+            attempt,
+            worker: Arc::clone(&worker),
+            resource,
+        });
+        tokio::select! {
+            biased;
+            result = worker.wait() => return result,
+            () = stop.cancelled() => {}
+        }
+        worker.kill();
+        worker.wait().await
+    })
+    .await
+    .and_then(|result| result);
+    let _ = events.send(Event::Ended {
+        node,
+        attempt,
+        result,
+    });
+}
