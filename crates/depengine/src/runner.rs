@@ -663,6 +663,11 @@ impl Runner {
             AfterStop::Uninstall => return self.remove(id),
             _ if self.stopping => Slot::Idle(Idle::Shutdown),
             AfterStop::Shutdown => Slot::Idle(Idle::Shutdown),
+            // With a required input gone there is nothing to delay: it
+            // starts when the inputs are back, as after a fresh install.
+            AfterStop::Restart if !self.required_running(&self.installed(id).inputs) => {
+                Slot::Idle(Idle::Ready)
+            }
             AfterStop::Restart => self.delay(id, self.config.bounce_delay),
         };
         self.installed_mut(id).slot = slot;
@@ -947,6 +952,13 @@ impl Runner {
         self.nodes[id]
             .as_mut()
             .expect("node ids held by the engine always name live nodes")
+    }
+
+    fn installed(&self, id: NodeId) -> &Installed {
+        self.node(id)
+            .manifold
+            .as_ref()
+            .expect("only installed manifolds have workers")
     }
 
     fn installed_mut(&mut self, id: NodeId) -> &mut Installed {

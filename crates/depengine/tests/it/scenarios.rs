@@ -1,0 +1,985 @@
+//! Scenario tests: each rule of the engine, one at a time.
+
+use std::cmp::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering as AtomicOrdering};
+use std::time::Duration;
+
+use flotilla_core_types::{ReportFuture, TaskWorker, WaitFuture, Worker, WorkerError};
+use flotilla_depengine::{
+    CrashLoopPolicy, Engine, EngineState, Error, InputError, Manifold, ManifoldState, Signal,
+    Started, StoppedReason,
+};
+
+use crate::harness::*;
+
+fn lab_engine() -> (Lab, Engine) {
+    (
+        Lab::default(),
+        Engine::start(test_config()).expect("valid config"),
+    )
+}
+
+// ---- starting ---------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_starts_once_its_missing_input_is_installed() {
+    let (lab, engine) = lab_engine();
+    engine
+        .install(lab.manifold("b", &["a"]))
+        .await
+        .expect("installs");
+    settle().await;
+    assert_eq!(
+        state(&engine, "b").await,
+        stopped(StoppedReason::WaitingForInputs)
+    );
+    assert_eq!(
+        lab.start_calls("b"),
+        0,
+        "no start is attempted without required inputs"
+    );
+
+    engine
+        .install(lab.manifold("a", &[]))
+        .await
+        .expect("installs");
+    settle().await;
+    assert_eq!(state(&engine, "a").await, ManifoldState::Started);
+    assert_eq!(state(&engine, "b").await, ManifoldState::Started);
+    assert_eq!(start_count(&engine, "b").await, 1);
+    assert!(lab.violations().is_empty(), "{:?}", lab.violations());
+    shut_down(engine).await.expect("clean stop");
+    assert_eq!(lab.alive_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_that_finds_an_optional_input_missing_waits_for_it() {
+    let (lab, engine) = lab_engine();
+    engine
+        .install(lab.manifold_needing_optional("b", &["a"]))
+        .await
+        .expect("installs");
+    settle().await;
+    assert_eq!(lab.start_calls("b"), 1);
+    assert_eq!(state(&engine, "b").await, stopped(StoppedReason::Exited));
+    advance(Duration::from_secs(600)).await;
+    assert_eq!(lab.start_calls("b"), 1, "missing means wait, not retry");
+
+    engine
+        .install(lab.manifold("a", &[]))
+        .await
+        .expect("installs");
+    settle().await;
+    assert_eq!(state(&engine, "b").await, ManifoldState::Started);
+    assert_eq!(lab.start_calls("b"), 2);
+    let report = report(&engine).await;
+    assert_eq!(
+        report.manifold("b").map(|m| m.last_error.clone()),
+        Some(None)
+    );
+    shut_down(engine).await.expect("clean stop");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cold_start_of_a_deep_graph_starts_every_worker_exactly_once() {
+    let (lab, engine) = lab_engine();
+    // A layered graph, installed dependents first: layer n depends on every
+    // node of layer n - 1.
+    let mut manifolds = Vec::new();
+    for layer in (0..6).rev() {
+        for index in 0..4 {
+            let inputs: Vec<String> = if layer == 0 {
+                Vec::new()
+            } else {
+                (0..4).map(|i| format!("l{}-{i}", layer - 1)).collect()
+            };
+            let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+            manifolds.push(lab.manifold(&format!("l{layer}-{index}"), &inputs));
+        }
+    }
+    engine.install_group(manifolds).await.expect("installs");
+    settle().await;
+    let report = report(&engine).await;
+    assert_eq!(report.manifolds.len(), 24);
+    for manifold in &report.manifolds {
+        assert_eq!(manifold.state, ManifoldState::Started, "{}", manifold.name);
+        assert_eq!(manifold.start_count, 1, "{} restarted", manifold.name);
+        assert_eq!(
+            lab.start_calls(&manifold.name),
+            1,
+            "{} started twice",
+            manifold.name
+        );
+    }
+    assert!(lab.violations().is_empty(), "{:?}", lab.violations());
+    shut_down(engine).await.expect("clean stop");
+}
+
+// ---- bouncing ---------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn dependents_bounce_exactly_once_when_an_input_restarts() {
+    let (lab, engine) = lab_engine();
+    engine
+        .install_group([
+            lab.manifold("a", &[]),
+            lab.manifold("b", &["a"]),
+            lab.manifold("c", &["a", "b"]),
+        ])
+        .await
+        .expect("installs");
+    settle().await;
+    assert!(lab.end("a", Ending::Fail("flaky".into())));
+    settle().await;
+    // a backs off; b and c were stopped at once and wait for it.
+    assert_eq!(
+        state(&engine, "a").await,
+        stopped(StoppedReason::BackingOff {
+            remaining: Duration::from_millis(999)
+        })
+    );
+    assert_eq!(
+        state(&engine, "b").await,
+        stopped(StoppedReason::WaitingForInputs)
+    );
+    assert_eq!(
+        state(&engine, "c").await,
+        stopped(StoppedReason::WaitingForInputs)
+    );
+    assert!(!lab.is_alive("b") && !lab.is_alive("c"));
+
+    advance(Duration::from_secs(1)).await;
+    let report = report(&engine).await;
+    for (name, starts) in [("a", 2), ("b", 2), ("c", 2)] {
+        let manifold = report.manifold(name).expect("installed");
+        assert_eq!(manifold.state, ManifoldState::Started, "{name}");
+        assert_eq!(
+            manifold.start_count, starts,
+            "{name} started {} times",
+            manifold.start_count
+        );
+    }
+    assert_eq!(
+        report
+            .manifold("a")
+            .and_then(|m| m.last_error.clone())
+            .as_deref(),
+        Some("flaky")
+    );
+    assert!(lab.violations().is_empty(), "{:?}", lab.violations());
+    shut_down(engine).await.expect("clean stop");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bounce_request_restarts_after_the_bounce_delay_and_bounces_dependents() {
+    let (lab, engine) = lab_engine();
+    engine
+        .install_group([lab.manifold("a", &[]), lab.manifold("b", &["a"])])
+        .await
+        .expect("installs");
+    settle().await;
+    assert!(lab.end("a", Ending::Bounce));
+    settle().await;
+    assert!(matches!(
+        state(&engine, "a").await,
+        ManifoldState::Stopped {
+            reason: StoppedReason::BackingOff { .. }
+        }
+    ));
+    advance(Duration::from_millis(10)).await;
+    assert_eq!(state(&engine, "a").await, ManifoldState::Started);
+    assert_eq!(state(&engine, "b").await, ManifoldState::Started);
+    assert_eq!(start_count(&engine, "b").await, 2);
+    shut_down(engine).await.expect("clean stop");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_clean_exit_stays_down_until_an_input_changes() {
+    let (lab, engine) = lab_engine();
+    engine
+        .install_group([lab.manifold("a", &[]), lab.manifold("b", &["a"])])
+        .await
+        .expect("installs");
+    settle().await;
+    assert!(lab.end("b", Ending::Clean));
+    advance(Duration::from_secs(600)).await;
+    assert_eq!(state(&engine, "b").await, stopped(StoppedReason::Exited));
+    assert_eq!(lab.start_calls("b"), 1);
+
+    assert!(lab.end("a", Ending::Bounce));
+    advance(Duration::from_millis(20)).await;
+    assert_eq!(state(&engine, "b").await, ManifoldState::Started);
+    assert_eq!(start_count(&engine, "b").await, 2);
+    shut_down(engine).await.expect("clean stop");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_slow_to_stop_is_never_running_beside_its_successor() {
+    let (lab, engine) = lab_engine();
+    lab.set_stop_delay("b", Duration::from_secs(5));
+    engine
+        .install_group([lab.manifold("a", &[]), lab.manifold("b", &["a"])])
+        .await
+        .expect("installs");
+    settle().await;
+    assert!(lab.end("a", Ending::Bounce));
+    advance(Duration::from_secs(1)).await;
+    // a is back, but b's old worker is still stopping: no second b yet.
+    assert_eq!(state(&engine, "a").await, ManifoldState::Started);
+    assert_eq!(state(&engine, "b").await, ManifoldState::Stopping);
+    advance(Duration::from_secs(5)).await;
+    assert_eq!(state(&engine, "b").await, ManifoldState::Started);
+    assert!(lab.violations().is_empty(), "{:?}", lab.violations());
+    shut_down(engine).await.expect("clean stop");
+}
+
+// ---- failing ----------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn failures_back_off_exponentially_and_reset_after_a_stable_run() {
+    let (lab, engine) = lab_engine();
+    engine
+        .install(lab.manifold("a", &[]))
+        .await
+        .expect("installs");
+    settle().await;
+    // Each failure right after a start doubles the delay: 1 s, 2 s, 4 s.
+    for (failures, delay_secs) in [(1, 1), (2, 2), (3, 4)] {
+        assert!(lab.end("a", Ending::Fail(format!("failure {failures}"))));
+        settle().await;
+        let report = report(&engine).await;
+        let a = report.manifold("a").expect("installed");
+        assert_eq!(a.consecutive_failures, failures);
+        assert_eq!(
+            a.state,
+            stopped(StoppedReason::BackingOff {
+                remaining: Duration::from_secs(delay_secs) - Duration::from_millis(1)
+            })
+        );
+        advance(Duration::from_secs(delay_secs) - Duration::from_millis(2)).await;
+        assert!(!lab.is_alive("a"), "restarted before its delay");
+        advance(Duration::from_millis(2)).await;
+        assert!(lab.is_alive("a"), "not restarted after its delay");
+    }
+    // After running longer than backoff_reset_after, the backoff starts over.
+    advance(Duration::from_secs(31)).await;
+    assert!(lab.end("a", Ending::Fail("after a stable run".into())));
+    settle().await;
+    let report = report(&engine).await;
+    assert_eq!(
+        report.manifold("a").map(|a| a.consecutive_failures),
+        Some(1)
+    );
+    shut_down(engine).await.expect("clean stop");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_worker_fails_with_its_message_and_is_restarted() {
+    let (lab, engine) = lab_engine();
+    engine
+        .install(lab.manifold("a", &[]))
+        .await
+        .expect("installs");
+    settle().await;
+    assert!(lab.end("a", Ending::Panic));
+    settle().await;
+    let report = report(&engine).await;
+    assert_eq!(
+        report
+            .manifold("a")
+            .and_then(|a| a.last_error.clone())
+            .as_deref(),
+        Some("worker panicked: lab worker told to panic")
+    );
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(state(&engine, "a").await, ManifoldState::Started);
+    shut_down(engine)
+        .await
+        .expect("the engine survived the panic");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_start_function_is_a_failure_too() {
+    let engine = Engine::start(test_config()).expect("valid config");
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = calls.clone();
+    engine
+        .install(Manifold::new("a", move |_ctx| {
+            let call = counted.fetch_add(1, AtomicOrdering::SeqCst);
+            async move {
+                if call == 0 {
+                    panic!("first start explodes");
+                }
+                Ok(Started::new(idle_worker()))
+            }
+        }))
+        .await
+        .expect("installs");
+    settle().await;
+    assert_eq!(
+        report(&engine)
+            .await
+            .manifold("a")
+            .and_then(|a| a.last_error.clone())
+            .as_deref(),
+        Some("worker panicked: first start explodes")
+    );
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(state(&engine, "a").await, ManifoldState::Started);
+    assert_eq!(calls.load(AtomicOrdering::SeqCst), 2);
+    shut_down(engine).await.expect("clean stop");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_loop_is_fatal_by_default() {
+    let lab = Lab::default();
+    let mut config = test_config();
+    config.restart_limit.max_restarts = 3;
+    config.restart_limit.window = Duration::from_secs(60);
+    let engine = Engine::start(config).expect("valid config");
+    engine
+        .install_group([lab.manifold("a", &[]), lab.manifold("steady", &[])])
+        .await
+        .expect("installs");
+    settle().await;
+    for _ in 0..4 {
+        assert!(lab.end("a", Ending::Fail("crash".into())));
+        advance(Duration::from_secs(5)).await;
+    }
+    let error = engine.wait().await.expect_err("the crash loop is fatal");
+    match error.downcast_ref::<Error>() {
+        Some(Error::CrashLoop {
+            name,
+            restarts,
+            last_error,
+            ..
+        }) => {
+            assert_eq!(name.as_str(), "a");
+            assert_eq!(*restarts, 4);
+            assert_eq!(last_error.to_string(), "crash");
+        }
+        other => panic!("expected a crash loop error, got {other:?}"),
+    }
+    assert_eq!(lab.alive_count(), 0, "every worker was stopped");
+    assert!(matches!(engine.report().await, Err(Error::Stopped)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_loop_can_park_the_manifold_until_an_input_changes() {
+    let lab = Lab::default();
+    let mut config = test_config();
+    config.restart_limit.max_restarts = 2;
+    config.restart_limit.on_exceeded = CrashLoopPolicy::Park;
+    let engine = Engine::start(config).expect("valid config");
+    engine
+        .install_group([lab.manifold("input", &[]), lab.manifold("a", &["input"])])
+        .await
+        .expect("installs");
+    settle().await;
+    for _ in 0..3 {
+        assert!(lab.end("a", Ending::Fail("crash".into())));
+        advance(Duration::from_secs(5)).await;
+    }
+    assert_eq!(state(&engine, "a").await, stopped(StoppedReason::Parked));
+    advance(Duration::from_secs(600)).await;
+    assert_eq!(state(&engine, "a").await, stopped(StoppedReason::Parked));
+    assert_eq!(state(&engine, "input").await, ManifoldState::Started);
+
+    assert!(lab.end("input", Ending::Bounce));
+    advance(Duration::from_millis(20)).await;
+    assert_eq!(state(&engine, "a").await, ManifoldState::Started);
+    shut_down(engine)
+        .await
+        .expect("parking is not an engine failure");
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_for_a_missing_input_spends_no_restart_budget() {
+    let lab = Lab::default();
+    let mut config = test_config();
+    config.restart_limit.max_restarts = 1;
+    let engine = Engine::start(config).expect("valid config");
+    engine
+        .install_group([lab.manifold("a", &[]), lab.manifold("b", &["a"])])
+        .await
+        .expect("installs");
+    settle().await;
+    for _ in 0..10 {
+        assert!(lab.end("b", Ending::Missing));
+        settle().await;
+        assert_eq!(state(&engine, "b").await, stopped(StoppedReason::Exited));
+        // a's worker changing lets b try again, without counting as a restart of b.
+        assert!(lab.end("a", Ending::Clean));
+        engine.uninstall("a").await.expect("uninstalls");
+        engine
+            .install(lab.manifold("a", &[]))
+            .await
+            .expect("installs");
+        settle().await;
+        assert_eq!(state(&engine, "b").await, ManifoldState::Started);
+    }
+    assert_eq!(report(&engine).await.state, EngineState::Running);
+    shut_down(engine).await.expect("no crash loop");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fatal_error_stops_the_engine_with_that_error() {
+    let lab = Lab::default();
+    let config = test_config().with_is_fatal(|error| error.to_string().starts_with("fatal"));
+    let engine = Engine::start(config).expect("valid config");
+    engine
+        .install_group([lab.manifold("a", &[]), lab.manifold("b", &["a"])])
+        .await
+        .expect("installs");
+    settle().await;
+    assert!(lab.end("b", Ending::Fail("fatal: disk corrupt".into())));
+    let error = engine.wait().await.expect_err("fatal");
+    assert_eq!(error.to_string(), "fatal: disk corrupt");
+    assert_eq!(lab.alive_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_worst_error_seen_while_stopping_wins() {
+    // Workers that fail with "severity N" when killed; higher N is worse.
+    fn failing_on_kill(severity: u32) -> Manifold {
+        Manifold::new(format!("w{severity}"), move |_ctx| async move {
+            Ok(Started::new(TaskWorker::spawn(move |stop| async move {
+                stop.cancelled().await;
+                Err(WorkerError::msg(format!("severity {severity}")))
+            })))
+        })
+    }
+    fn severity(error: &WorkerError) -> u32 {
+        error
+            .to_string()
+            .trim_start_matches("severity ")
+            .parse()
+            .unwrap_or(0)
+    }
+    let config = test_config().with_worst_error(|a, b| severity(a).cmp(&severity(b)));
+    let engine = Engine::start(config).expect("valid config");
+    engine
+        .install_group([2, 9, 4].map(failing_on_kill))
+        .await
+        .expect("installs");
+    settle().await;
+    let error = shut_down(engine)
+        .await
+        .expect_err("errors while stopping are reported");
+    assert_eq!(error.to_string(), "severity 9");
+}
+
+#[tokio::test(start_paused = true)]
+async fn among_equally_bad_errors_the_first_wins() {
+    let engine = Engine::start(test_config().with_worst_error(|_, _| Ordering::Equal))
+        .expect("valid config");
+    engine
+        .install(Manifold::new("a", |_ctx| async {
+            Ok(Started::new(TaskWorker::spawn(|stop| async move {
+                stop.cancelled().await;
+                Err(WorkerError::msg("first"))
+            })))
+        }))
+        .await
+        .expect("installs");
+    settle().await;
+    assert_eq!(
+        shut_down(engine).await.expect_err("failed").to_string(),
+        "first"
+    );
+}
+
+// ---- stopping ---------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn kill_during_starts_abandons_slow_and_stuck_starts() {
+    let engine = Engine::start(test_config()).expect("valid config");
+    let dropped = Arc::new(AtomicU32::new(0));
+    let (slow_drops, stuck_drops) = (dropped.clone(), dropped.clone());
+    engine
+        .install_group([
+            // Slow, but would finish in an hour.
+            Manifold::new("slow", move |_ctx| {
+                let guard = CountOnDrop(slow_drops.clone());
+                async move {
+                    let _guard = guard;
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    Ok(Started::new(idle_worker()))
+                }
+            }),
+            // Ignores its token and never returns.
+            Manifold::new("stuck", move |_ctx| {
+                let guard = CountOnDrop(stuck_drops.clone());
+                async move {
+                    let _guard = guard;
+                    std::future::pending::<()>().await;
+                    Ok(Started::new(idle_worker()))
+                }
+            }),
+        ])
+        .await
+        .expect("installs");
+    settle().await;
+    assert_eq!(state(&engine, "slow").await, ManifoldState::Starting);
+    assert_eq!(state(&engine, "stuck").await, ManifoldState::Starting);
+    let killed_at = tokio::time::Instant::now();
+    shut_down(engine)
+        .await
+        .expect("abandoning starts is not an error");
+    assert_eq!(
+        killed_at.elapsed(),
+        Duration::ZERO,
+        "shutdown waited for a start"
+    );
+    assert_eq!(
+        dropped.load(AtomicOrdering::SeqCst),
+        2,
+        "both start futures were dropped"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_is_abandoned_when_its_input_goes_away() {
+    let lab = Lab::default();
+    let engine = Engine::start(test_config()).expect("valid config");
+    engine
+        .install(lab.manifold("a", &[]))
+        .await
+        .expect("installs");
+    let starts = Arc::new(AtomicU32::new(0));
+    let counted = starts.clone();
+    engine
+        .install(
+            Manifold::new("slow", move |ctx| {
+                counted.fetch_add(1, AtomicOrdering::SeqCst);
+                async move {
+                    ctx.require("a")?;
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    Ok(Started::new(idle_worker()))
+                }
+            })
+            .input("a"),
+        )
+        .await
+        .expect("installs");
+    settle().await;
+    assert_eq!(state(&engine, "slow").await, ManifoldState::Starting);
+    engine.uninstall("a").await.expect("uninstalls");
+    settle().await;
+    assert_eq!(
+        state(&engine, "slow").await,
+        stopped(StoppedReason::WaitingForInputs)
+    );
+    advance(Duration::from_secs(20)).await;
+    assert_eq!(
+        state(&engine, "slow").await,
+        stopped(StoppedReason::WaitingForInputs)
+    );
+    assert_eq!(starts.load(AtomicOrdering::SeqCst), 1);
+    shut_down(engine).await.expect("clean stop");
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_every_handle_stops_the_engine_and_its_workers() {
+    let lab = Lab::default();
+    let engine = Engine::start(test_config()).expect("valid config");
+    engine
+        .install(lab.manifold("a", &[]))
+        .await
+        .expect("installs");
+    settle().await;
+    assert!(lab.is_alive("a"));
+    drop(engine);
+    settle().await;
+    assert!(!lab.is_alive("a"));
+    assert_eq!(
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks(),
+        0
+    );
+}
+
+// ---- installing -------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn install_rejects_duplicates_cycles_and_bad_names() {
+    let (lab, engine) = lab_engine();
+    engine
+        .install_group([lab.manifold("a", &["b"]), lab.manifold("b", &["c"])])
+        .await
+        .expect("installs");
+
+    let duplicate = engine.install(lab.manifold("a", &[])).await;
+    assert!(matches!(duplicate, Err(Error::AlreadyInstalled { ref name }) if name.as_str() == "a"));
+
+    let cycle = engine
+        .install(lab.manifold("c", &["a"]))
+        .await
+        .expect_err("cycle");
+    assert_eq!(
+        cycle.to_string(),
+        "installing would close the dependency cycle c -> a -> b -> c"
+    );
+    let own = engine
+        .install(lab.manifold("d", &["d"]))
+        .await
+        .expect_err("cycle");
+    assert_eq!(
+        own.to_string(),
+        "installing would close the dependency cycle d -> d"
+    );
+
+    let bad = engine.install(lab.manifold("bad name", &[])).await;
+    assert!(matches!(bad, Err(Error::InvalidName(_))), "{bad:?}");
+    let bad_input = engine.install(lab.manifold("e", &["x//y"])).await;
+    assert!(
+        matches!(bad_input, Err(Error::InvalidName(_))),
+        "{bad_input:?}"
+    );
+    let twice = engine.install(lab.manifold("e", &["a", "a"])).await;
+    assert!(
+        matches!(twice, Err(Error::DuplicateInput { .. })),
+        "{twice:?}"
+    );
+
+    // c can still be installed without the cycle.
+    engine
+        .install(lab.manifold("c", &[]))
+        .await
+        .expect("installs");
+    settle().await;
+    let report = report(&engine).await;
+    let names: Vec<&str> = report.manifolds.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["a", "b", "c"]);
+    assert!(report.manifolds.iter().all(|m| m.state.is_started()));
+    shut_down(engine).await.expect("clean stop");
+}
+
+#[tokio::test(start_paused = true)]
+async fn install_group_is_all_or_nothing() {
+    let (lab, engine) = lab_engine();
+    engine
+        .install(lab.manifold("x", &[]))
+        .await
+        .expect("installs");
+    let cases = [
+        // The last member duplicates an installed manifold.
+        vec![
+            lab.manifold("p", &[]),
+            lab.manifold("q", &["p"]),
+            lab.manifold("x", &[]),
+        ],
+        // Two members close a cycle between them.
+        vec![lab.manifold("p", &["q"]), lab.manifold("q", &["p"])],
+        // A member appears twice.
+        vec![lab.manifold("p", &[]), lab.manifold("p", &[])],
+        // A member has an invalid name.
+        vec![lab.manifold("p", &[]), lab.manifold("", &[])],
+    ];
+    for group in cases {
+        assert!(engine.install_group(group).await.is_err());
+        settle().await;
+        let report = report(&engine).await;
+        let names: Vec<&str> = report.manifolds.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["x"], "a failed group left something behind");
+        assert!(!lab.is_alive("p") && !lab.is_alive("q"));
+    }
+    // The same names install fine afterwards, proving no placeholder leaked.
+    engine
+        .install_group([lab.manifold("q", &["p"]), lab.manifold("p", &[])])
+        .await
+        .expect("installs");
+    settle().await;
+    assert_eq!(state(&engine, "q").await, ManifoldState::Started);
+    shut_down(engine).await.expect("clean stop");
+}
+
+#[tokio::test(start_paused = true)]
+async fn uninstall_stops_the_worker_and_its_dependents_wait() {
+    let (lab, engine) = lab_engine();
+    engine
+        .install_group([lab.manifold("a", &[]), lab.manifold("b", &["a"])])
+        .await
+        .expect("installs");
+    settle().await;
+    engine.uninstall("a").await.expect("uninstalls");
+    assert!(
+        !lab.is_alive("a"),
+        "uninstall returns after the worker ended"
+    );
+    settle().await;
+    assert_eq!(
+        state(&engine, "b").await,
+        stopped(StoppedReason::WaitingForInputs)
+    );
+    assert!(!lab.is_alive("b"));
+    let report = report(&engine).await;
+    assert_eq!(report.manifolds.len(), 1);
+    assert_eq!(
+        report.manifold("b").map(|b| b.inputs[0].installed),
+        Some(false)
+    );
+
+    assert!(matches!(
+        engine.uninstall("a").await,
+        Err(Error::NotInstalled { ref name }) if name == "a"
+    ));
+    assert!(matches!(
+        engine.uninstall("no such").await,
+        Err(Error::NotInstalled { .. })
+    ));
+    shut_down(engine).await.expect("clean stop");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_can_ask_to_be_uninstalled() {
+    let (lab, engine) = lab_engine();
+    engine
+        .install_group([lab.manifold("a", &[]), lab.manifold("b", &["a"])])
+        .await
+        .expect("installs");
+    settle().await;
+    assert!(lab.end("a", Ending::Uninstall));
+    settle().await;
+    let report = report(&engine).await;
+    assert!(report.manifold("a").is_none());
+    assert_eq!(
+        report.manifold("b").map(|b| b.state),
+        Some(stopped(StoppedReason::WaitingForInputs))
+    );
+    // The name is free again.
+    engine
+        .install(lab.manifold("a", &[]))
+        .await
+        .expect("installs again");
+    settle().await;
+    assert_eq!(state(&engine, "b").await, ManifoldState::Started);
+    shut_down(engine).await.expect("clean stop");
+}
+
+// ---- inputs -------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn inputs_are_typed_and_must_be_declared() {
+    let (lab, engine) = lab_engine();
+    engine
+        .install(lab.manifold("a", &[]))
+        .await
+        .expect("installs");
+    engine
+        .install(
+            Manifold::new("wrong-type", |ctx| async move {
+                let _: String = ctx.get("a")?;
+                Ok(Started::new(idle_worker()))
+            })
+            .input("a"),
+        )
+        .await
+        .expect("installs");
+    engine
+        .install(Manifold::new("undeclared", |ctx| async move {
+            let _: Token = ctx.get("a")?;
+            Ok(Started::new(idle_worker()))
+        }))
+        .await
+        .expect("installs");
+    engine
+        .install(
+            Manifold::new("existence", |ctx| async move {
+                ctx.require("a")?;
+                Ok(Started::new(idle_worker()))
+            })
+            .input("a"),
+        )
+        .await
+        .expect("installs");
+    settle().await;
+    let report = report(&engine).await;
+    let error_of = |name: &str| report.manifold(name).and_then(|m| m.last_error.clone());
+    assert_eq!(
+        error_of("wrong-type").as_deref(),
+        Some("input \"a\" offers it::harness::Token, not the requested alloc::string::String")
+    );
+    assert_eq!(
+        error_of("undeclared").as_deref(),
+        Some("manifold \"undeclared\" asked for input \"a\", which it did not declare")
+    );
+    assert_eq!(
+        report.manifold("existence").map(|m| m.state),
+        Some(ManifoldState::Started)
+    );
+    let mismatch = InputError::TypeMismatch {
+        input: "a".into(),
+        requested: "x",
+        offered: "y",
+    };
+    assert_eq!(
+        WorkerError::from(mismatch).find::<InputError>().is_some(),
+        true
+    );
+    shut_down(engine).await.expect("clean stop");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_filter_can_turn_an_error_into_another() {
+    let (lab, engine) = lab_engine();
+    engine
+        .install(lab.manifold("a", &[]).filter(|error| {
+            if error.to_string() == "connection reset" {
+                Signal::Bounce.into()
+            } else {
+                error
+            }
+        }))
+        .await
+        .expect("installs");
+    settle().await;
+    assert!(lab.end("a", Ending::Fail("connection reset".into())));
+    advance(Duration::from_millis(20)).await;
+    // Bounced after 10 ms, not backed off for 1 s, and not recorded as a failure.
+    assert_eq!(state(&engine, "a").await, ManifoldState::Started);
+    let report = report(&engine).await;
+    assert_eq!(
+        report.manifold("a").map(|a| a.consecutive_failures),
+        Some(0)
+    );
+    shut_down(engine).await.expect("clean stop");
+}
+
+// ---- reporting ----------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_report_includes_worker_reports_and_does_not_wait_for_a_stuck_one() {
+    let mut config = test_config();
+    config.report_timeout = Duration::from_secs(2);
+    let engine = Engine::start(config).expect("valid config");
+    engine
+        .install_group([
+            Manifold::new("chatty", |_ctx| async {
+                Ok(Started::new(Reporting {
+                    inner: idle_worker(),
+                    stuck: false,
+                }))
+            }),
+            Manifold::new("stuck", |_ctx| async {
+                Ok(Started::new(Reporting {
+                    inner: idle_worker(),
+                    stuck: true,
+                }))
+            })
+            .input("chatty"),
+        ])
+        .await
+        .expect("installs");
+    settle().await;
+    let asked_at = tokio::time::Instant::now();
+    let report = engine.report().await.expect("reports");
+    assert_eq!(
+        asked_at.elapsed(),
+        Duration::from_secs(2),
+        "waited exactly the deadline"
+    );
+    let chatty = report.manifold("chatty").expect("installed");
+    assert_eq!(chatty.worker, Some(serde_json::json!({ "queue": 3 })));
+    assert_eq!(
+        report.manifold("stuck").and_then(|m| m.worker.clone()),
+        Some(serde_json::json!({ "error": "report timed out" }))
+    );
+    let stuck = report.manifold("stuck").expect("installed");
+    assert_eq!(stuck.inputs[0].generation, chatty.generation);
+    assert_eq!(stuck.inputs[0].snapshot_generation, chatty.generation);
+    assert!(stuck.running_for.is_some());
+
+    let dot = report.to_dot();
+    assert!(dot.contains("\"chatty\" -> \"stuck\""), "{dot}");
+    assert!(dot.contains("stuck\\nstarted"), "{dot}");
+    let json = serde_json::to_value(&report).expect("serialises");
+    assert_eq!(json["manifolds"][0]["name"], "chatty");
+    shut_down(engine).await.expect("clean stop");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_engine_reports_itself_as_a_worker() {
+    let (lab, engine) = lab_engine();
+    engine
+        .install(lab.manifold("a", &[]))
+        .await
+        .expect("installs");
+    settle().await;
+    let as_worker: Arc<dyn Worker> = Arc::new(engine.clone());
+    let value = as_worker.report().expect("the engine reports").await;
+    assert_eq!(value["state"], "running");
+    assert_eq!(value["manifolds"][0]["name"], "a");
+    as_worker.kill();
+    as_worker.wait().await.expect("clean stop");
+    assert!(matches!(
+        engine.install(lab.manifold("b", &[])).await,
+        Err(Error::Stopped)
+    ));
+    assert!(matches!(engine.uninstall("a").await, Err(Error::Stopped)));
+}
+
+#[test]
+fn an_invalid_config_is_refused_before_anything_runs() {
+    let mut config = test_config();
+    config.backoff_factor = 0.1;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let _guard = runtime.enter();
+    match Engine::start(config) {
+        Err(Error::InvalidConfig { field, reason }) => {
+            assert_eq!(field, "backoff_factor");
+            assert!(reason.contains("0.1"), "{reason}");
+        }
+        other => panic!("expected an invalid config error, got {other:?}"),
+    }
+}
+
+// ---- helpers ------------------------------------------------------------------
+
+/// A worker that runs until killed.
+fn idle_worker() -> TaskWorker {
+    TaskWorker::spawn(|stop| async move {
+        stop.cancelled().await;
+        Ok(())
+    })
+}
+
+/// Counts its drops: proves a future was dropped.
+struct CountOnDrop(Arc<AtomicU32>);
+
+impl Drop for CountOnDrop {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, AtomicOrdering::SeqCst);
+    }
+}
+
+/// A worker with a report of its own, which may never answer.
+struct Reporting {
+    inner: TaskWorker,
+    stuck: bool,
+}
+
+impl Worker for Reporting {
+    fn kill(&self) {
+        self.inner.kill();
+    }
+
+    fn wait(&self) -> WaitFuture<'_> {
+        self.inner.wait()
+    }
+
+    fn report(&self) -> Option<ReportFuture<'_>> {
+        let stuck = self.stuck;
+        Some(Box::pin(async move {
+            if stuck {
+                std::future::pending::<()>().await;
+            }
+            serde_json::json!({ "queue": 3 })
+        }))
+    }
+}
