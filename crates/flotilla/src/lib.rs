@@ -1,0 +1,39 @@
+//! Flotilla: the coordination chores every cluster of tokio services has,
+//! as small crates that each do one job, re-exported here behind features.
+//!
+//! | module | feature | what it is |
+//! |---|---|---|
+//! | [`core_types`] | (always) | the `Worker` contract, `TaskWorker`, validated names and ids |
+//! | `depengine` | `depengine` | an engine of named manifolds whose workers depend on each other |
+//!
+//! `full` enables every feature. Each crate is also usable on its own
+//! (`flotilla-depengine = "…"`); this facade only saves naming them one by
+//! one.
+//!
+//! # Example
+//!
+//! ```
+//! # #[cfg(feature = "depengine")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> anyhow::Result<()> {
+//! use flotilla::core_types::Worker;
+//! use flotilla::depengine::{Engine, EngineConfig};
+//!
+//! let engine = Engine::start(EngineConfig::default())?;
+//! engine.kill();
+//! engine.wait().await?;
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "depengine"))]
+//! # fn main() {}
+//! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub use flotilla_core_types as core_types;
+
+#[cfg(feature = "depengine")]
+#[cfg_attr(docsrs, doc(cfg(feature = "depengine")))]
+pub use flotilla_depengine as depengine;
+
+// Later crates join here, each behind a feature of its own name:
+// publisher, presence, viewreg, gensync.

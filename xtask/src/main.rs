@@ -1,0 +1,244 @@
+//! Project automation, run as `cargo xtask <task>` (an alias in
+//! `.cargo/config.toml`).
+//!
+//! - `cargo xtask ci`: every check CI runs, in order, stopping at the first
+//!   failure: formatting, clippy, the tests (nextest when installed, and the
+//!   doc tests), rustdoc, cargo-deny, and a build of the facade with each
+//!   feature alone and with none.
+//! - `cargo xtask bench [ARGS…]`: the criterion benchmarks in release mode.
+//!
+//! Each command is printed before it runs; `ci` ends with one summary line.
+
+use std::env;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// The facade's features, each built alone by `ci`. A crate added to the
+/// workspace adds its feature here.
+const FACADE_FEATURES: &[&str] = &["depengine", "full"];
+
+/// The crates with benchmarks, run by `bench`.
+const BENCHED_CRATES: &[&str] = &["flotilla-depengine"];
+
+/// Where the advisory database lives; `ci` checks advisories only when this
+/// answers.
+const ADVISORY_DB_HOST: (&str, u16) = ("github.com", 443);
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("bench") => bench(&args[1..]),
+        _ => {
+            eprintln!("usage: cargo xtask ci | cargo xtask bench [criterion args…]");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn ci() -> Result<()> {
+    let started = Instant::now();
+    let root = workspace_root()?;
+    let mut steps = 0;
+    let mut step = |description: &str, command: &mut Command| -> Result<()> {
+        steps += 1;
+        run(description, command).with_context(|| {
+            format!(
+                "ci FAILED at step {steps} ({description}) after {:.0?}",
+                started.elapsed()
+            )
+        })
+    };
+
+    step("formatting", cargo(&root).args(["fmt", "--all", "--check"]))?;
+    step(
+        "clippy",
+        cargo(&root).args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--all-features",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    if has_nextest(&root) {
+        step(
+            "tests (nextest)",
+            cargo(&root).args([
+                "nextest",
+                "run",
+                "--workspace",
+                "--all-features",
+                "--locked",
+                "--profile",
+                "ci",
+            ]),
+        )?;
+        step(
+            "doc tests",
+            cargo(&root).args(["test", "--workspace", "--all-features", "--locked", "--doc"]),
+        )?;
+    } else {
+        println!("note: cargo-nextest not found; running the tests with cargo test");
+        step(
+            "tests",
+            cargo(&root).args(["test", "--workspace", "--all-features", "--locked"]),
+        )?;
+    }
+    step(
+        "rustdoc",
+        cargo(&root)
+            .args(["doc", "--workspace", "--all-features", "--no-deps", "--locked"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    )?;
+    ensure_cargo_deny(&root)?;
+    step(
+        "cargo deny (bans, licenses, sources)",
+        cargo(&root).args(["deny", "--locked", "check", "bans", "licenses", "sources"]),
+    )?;
+    if reachable(ADVISORY_DB_HOST) {
+        step(
+            "cargo deny (advisories)",
+            cargo(&root).args(["deny", "--locked", "check", "advisories"]),
+        )?;
+    } else {
+        println!(
+            "SKIPPED: cargo deny check advisories: the advisory database host {} is unreachable from here",
+            ADVISORY_DB_HOST.0
+        );
+    }
+    step(
+        "facade with no features",
+        cargo(&root).args(["build", "--locked", "-p", "flotilla", "--no-default-features"]),
+    )?;
+    for feature in FACADE_FEATURES {
+        step(
+            &format!("facade with feature {feature} alone"),
+            cargo(&root).args([
+                "build",
+                "--locked",
+                "-p",
+                "flotilla",
+                "--no-default-features",
+                "--features",
+                feature,
+            ]),
+        )?;
+    }
+    println!(
+        "xtask ci: all {steps} steps passed in {:.0?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+fn bench(extra: &[String]) -> Result<()> {
+    let root = workspace_root()?;
+    for package in BENCHED_CRATES {
+        let mut command = cargo(&root);
+        command.args(["bench", "--locked", "-p", package]);
+        if !extra.is_empty() {
+            command.arg("--").args(extra);
+        }
+        run(&format!("benchmarks of {package}"), &mut command)?;
+    }
+    Ok(())
+}
+
+/// Installs cargo-deny with `cargo install --locked` when it is missing.
+fn ensure_cargo_deny(root: &Path) -> Result<()> {
+    let present = Command::new(cargo_binary())
+        .args(["deny", "--version"])
+        .current_dir(root)
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if present {
+        return Ok(());
+    }
+    run(
+        "install cargo-deny",
+        cargo(root).args(["install", "--locked", "cargo-deny"]),
+    )
+}
+
+fn has_nextest(root: &Path) -> bool {
+    Command::new(cargo_binary())
+        .args(["nextest", "--version"])
+        .current_dir(root)
+        .output()
+        .is_ok_and(|output| output.status.success())
+}
+
+/// Whether a TCP connection to `host` opens within a few seconds.
+fn reachable((host, port): (&str, u16)) -> bool {
+    let Ok(addresses) = (host, port).to_socket_addrs() else {
+        return false;
+    };
+    addresses
+        .into_iter()
+        .any(|address| TcpStream::connect_timeout(&address, Duration::from_secs(3)).is_ok())
+}
+
+/// Prints the command, runs it, and fails unless it succeeds.
+fn run(description: &str, command: &mut Command) -> Result<()> {
+    println!("\n==> {description}");
+    println!("$ {}", display(command));
+    let status = command
+        .status()
+        .with_context(|| format!("could not run {}", display(command)))?;
+    if !status.success() {
+        bail!("{} exited with {status}", display(command));
+    }
+    Ok(())
+}
+
+fn display(command: &Command) -> String {
+    let mut shown = String::new();
+    for (key, value) in command.get_envs() {
+        if let Some(value) = value {
+            shown.push_str(&format!("{}={} ", key.to_string_lossy(), value.to_string_lossy()));
+        }
+    }
+    shown.push_str(&command.get_program().to_string_lossy());
+    for arg in command.get_args() {
+        shown.push(' ');
+        shown.push_str(&arg.to_string_lossy());
+    }
+    shown
+}
+
+fn cargo(root: &Path) -> Command {
+    let mut command = Command::new(cargo_binary());
+    command.current_dir(root);
+    command
+}
+
+fn cargo_binary() -> String {
+    env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+}
+
+/// The workspace root: the parent of this crate's manifest directory.
+fn workspace_root() -> Result<PathBuf> {
+    let manifest_dir = env::var("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .or_else(|_| env::current_dir())
+        .context("cannot find the workspace")?;
+    manifest_dir
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask is not inside the workspace")
+}
