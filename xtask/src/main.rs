@@ -102,7 +102,13 @@ fn ci() -> Result<()> {
     step(
         "rustdoc",
         cargo(&root)
-            .args(["doc", "--workspace", "--all-features", "--no-deps", "--locked"])
+            .args([
+                "doc",
+                "--workspace",
+                "--all-features",
+                "--no-deps",
+                "--locked",
+            ])
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
     ensure_cargo_deny(&root)?;
@@ -123,7 +129,13 @@ fn ci() -> Result<()> {
     }
     step(
         "facade with no features",
-        cargo(&root).args(["build", "--locked", "-p", "flotilla", "--no-default-features"]),
+        cargo(&root).args([
+            "build",
+            "--locked",
+            "-p",
+            "flotilla",
+            "--no-default-features",
+        ]),
     )?;
     for feature in FACADE_FEATURES {
         step(
@@ -210,7 +222,11 @@ fn display(command: &Command) -> String {
     let mut shown = String::new();
     for (key, value) in command.get_envs() {
         if let Some(value) = value {
-            shown.push_str(&format!("{}={} ", key.to_string_lossy(), value.to_string_lossy()));
+            shown.push_str(&format!(
+                "{}={} ",
+                key.to_string_lossy(),
+                value.to_string_lossy()
+            ));
         }
     }
     shown.push_str(&command.get_program().to_string_lossy());

@@ -983,3 +983,48 @@ impl Worker for Reporting {
         }))
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn repeated_bounces_ripple_through_a_long_chain_once_each() {
+    let mut config = test_config();
+    config.bounce_delay = Duration::ZERO;
+    // Bounce requests count against the restart limit; this test makes many.
+    config.restart_limit.max_restarts = 100;
+    let lab = Lab::default();
+    let engine = Engine::start(config).expect("valid config");
+    let depth = 50;
+    let manifolds: Vec<Manifold> = (0..depth)
+        .map(|node| {
+            let input = format!("c{}", node.max(1) - 1);
+            let inputs: Vec<&str> = if node == 0 {
+                vec![]
+            } else {
+                vec![input.as_str()]
+            };
+            lab.manifold(&format!("c{node}"), &inputs)
+        })
+        .collect();
+    engine.install_group(manifolds).await.expect("installs");
+    settle().await;
+    for round in 1..=20 {
+        assert!(lab.end("c0", Ending::Bounce), "round {round}");
+        settle().await;
+        let report = report(&engine).await;
+        for manifold in &report.manifolds {
+            assert_eq!(
+                manifold.state,
+                ManifoldState::Started,
+                "round {round}: {}",
+                manifold.name
+            );
+            assert_eq!(
+                manifold.start_count,
+                round + 1,
+                "round {round}: {}",
+                manifold.name
+            );
+        }
+    }
+    assert!(lab.violations().is_empty(), "{:?}", lab.violations());
+    shut_down(engine).await.expect("clean stop");
+}
