@@ -8,6 +8,7 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -124,7 +125,8 @@ impl InvalidId {
 }
 
 /// A hierarchical name: segments joined by `/`, such as `api` or
-/// `cluster-a/db/primary`.
+/// `cluster-a/db/primary`. Cloning is cheap (a reference count), since names
+/// are copied into every report, snapshot and log line.
 ///
 /// Rules: 1 to [`MAX_NAME_LEN`] bytes; no leading, trailing or doubled `/`;
 /// no `.` or `..` segment; segment characters are ASCII letters, digits and
@@ -142,13 +144,13 @@ impl InvalidId {
 /// ```
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct Name(Box<str>);
+pub struct Name(Arc<str>);
 
 impl Name {
     /// Validates `name`.
     pub fn new(name: impl AsRef<str> + Into<String>) -> Result<Self, InvalidId> {
         validate_name(name.as_ref())?;
-        Ok(Name(name.into().into_boxed_str()))
+        Ok(Name(Arc::from(name.into())))
     }
 
     /// The name as text.
@@ -355,7 +357,7 @@ impl TryFrom<SocketAddr> for Endpoint {
 /// ```
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct DeviceId(Box<str>);
+pub struct DeviceId(Arc<str>);
 
 impl DeviceId {
     /// Validates `id`.
@@ -377,7 +379,7 @@ impl DeviceId {
         {
             return fail(InvalidIdReason::InvalidChar { ch, index });
         }
-        Ok(DeviceId(id.into().into_boxed_str()))
+        Ok(DeviceId(Arc::from(id.into())))
     }
 
     /// The id as text.
@@ -437,7 +439,7 @@ macro_rules! text_id_impls {
 
         impl From<$id> for String {
             fn from(id: $id) -> String {
-                id.0.into()
+                String::from(&*id.0)
             }
         }
     };

@@ -178,8 +178,6 @@ pub(crate) struct Runner {
     timers: BinaryHeap<Reverse<(Instant, u64, NodeId)>>,
     events: mpsc::UnboundedSender<Event>,
     tracker: TaskTracker,
-    /// Parent of every attempt's token: cancelled to stop them all.
-    attempts_stop: CancellationToken,
     next_id: u64,
     attempts_in_flight: usize,
     stopping: bool,
@@ -210,7 +208,6 @@ impl Runner {
             timers: BinaryHeap::new(),
             events,
             tracker: TaskTracker::new(),
-            attempts_stop: CancellationToken::new(),
             next_id: 1,
             attempts_in_flight: 0,
             stopping: false,
@@ -219,6 +216,10 @@ impl Runner {
         };
         info!("engine started");
         let mut commands_open = true;
+        // Made once: a fresh `cancelled()` future per turn of the loop would
+        // register and unregister with the token every time.
+        let killed = kill.cancelled();
+        tokio::pin!(killed);
         loop {
             runner.reconcile_dirty();
             if runner.stopping && runner.attempts_in_flight == 0 {
@@ -227,7 +228,7 @@ impl Runner {
             let next_timer = runner.timers.peek().map(|Reverse((at, _, _))| *at);
             tokio::select! {
                 biased;
-                () = kill.cancelled(), if !runner.stopping => runner.begin_shutdown(),
+                () = &mut killed, if !runner.stopping => runner.begin_shutdown(),
                 Some(event) = event_queue.recv() => {
                     runner.handle_event(event);
                     while let Ok(event) = event_queue.try_recv() {
@@ -491,7 +492,10 @@ impl Runner {
     /// then the worker, until it ends or the attempt is stopped.
     fn start(&mut self, id: NodeId) {
         let attempt = self.fresh_id();
-        let stop = self.attempts_stop.child_token();
+        // A token of its own rather than a child of an engine-wide one: child
+        // tokens share their parent's lock, and shutdown visits every attempt
+        // anyway.
+        let stop = CancellationToken::new();
         let node = self.node(id);
         let Some(installed) = node.manifold.as_ref() else {
             return;
@@ -845,7 +849,6 @@ impl Runner {
         }
         info!("engine stopping");
         self.stopping = true;
-        self.attempts_stop.cancel();
         self.timers.clear();
         for node in self.nodes.iter_mut().flatten() {
             node.published = None;
@@ -854,10 +857,13 @@ impl Runner {
             };
             let slot = mem::replace(&mut installed.slot, Slot::Idle(Idle::Shutdown));
             installed.slot = match slot {
-                Slot::Starting { attempt, .. } | Slot::Running { attempt, .. } => Slot::Stopping {
-                    attempt,
-                    then: AfterStop::Shutdown,
-                },
+                Slot::Starting { attempt, stop, .. } | Slot::Running { attempt, stop, .. } => {
+                    stop.cancel();
+                    Slot::Stopping {
+                        attempt,
+                        then: AfterStop::Shutdown,
+                    }
+                }
                 stopping @ Slot::Stopping { .. } => stopping,
                 Slot::Idle(_) => Slot::Idle(Idle::Shutdown),
             };
