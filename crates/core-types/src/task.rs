@@ -163,8 +163,8 @@ mod tests {
     #[tokio::test]
     async fn every_wait_sees_the_same_failure() {
         let worker = TaskWorker::spawn(|_| async { Err(WorkerError::msg("broken")) });
-        let first = worker.wait().await.unwrap_err().to_string();
-        let second = worker.clone().wait().await.unwrap_err().to_string();
+        let first = worker.wait().await.expect_err("fails").to_string();
+        let second = worker.clone().wait().await.expect_err("fails").to_string();
         assert_eq!(first, "broken");
         assert_eq!(second, "broken");
     }
@@ -188,7 +188,7 @@ mod tests {
             explode();
             Ok(())
         });
-        let error = worker.wait().await.unwrap_err();
+        let error = worker.wait().await.expect_err("panics");
         assert!(error.is_panic());
         assert_eq!(error.to_string(), "worker panicked: kaboom");
         assert!(dropped.load(Ordering::SeqCst));

@@ -38,6 +38,11 @@ use crate::report::{
 };
 use crate::{EngineConfig, Error, Manifold};
 
+/// The most events applied before the actor reconciles and looks at its
+/// commands again: large enough to coalesce a wave of restarts through
+/// thousands of manifolds, small enough to keep commands answered promptly.
+const MAX_EVENT_BATCH: usize = 4096;
+
 /// A request from an [`Engine`](crate::Engine) handle.
 pub(crate) enum Command {
     Install {
@@ -230,8 +235,14 @@ impl Runner {
                 biased;
                 () = &mut killed, if !runner.stopping => runner.begin_shutdown(),
                 Some(event) = event_queue.recv() => {
+                    // Apply what has queued up before reconciling, so that
+                    // changes arriving together cost one restart, but cap the
+                    // batch so that commands are never starved.
                     runner.handle_event(event);
-                    while let Ok(event) = event_queue.try_recv() {
+                    for _ in 1..MAX_EVENT_BATCH {
+                        let Ok(event) = event_queue.try_recv() else {
+                            break;
+                        };
                         runner.handle_event(event);
                     }
                 }
@@ -324,7 +335,7 @@ impl Runner {
                 Ok(id) => added.push(id),
                 Err(error) => {
                     for id in added.into_iter().rev() {
-                        self.remove(id);
+                        self.unlink(id);
                     }
                     return Err(error);
                 }
@@ -403,10 +414,18 @@ impl Runner {
     /// Removes an idle manifold, answers whoever waits for its uninstall, and
     /// frees nodes nobody needs any more.
     fn remove(&mut self, id: NodeId) {
+        info!(manifold = %self.node(id).name, "uninstalled");
+        self.unlink(id);
+    }
+
+    /// Takes an idle manifold out of the graph: the work of [`remove`], also
+    /// used to roll back a group install that failed.
+    ///
+    /// [`remove`]: Self::remove
+    fn unlink(&mut self, id: NodeId) {
         let Some(installed) = self.node_mut(id).manifold.take() else {
             return;
         };
-        info!(manifold = %self.node(id).name, "uninstalled");
         for waiter in installed.uninstall_waiters {
             let _ = waiter.send(Ok(()));
         }

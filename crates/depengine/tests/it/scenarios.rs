@@ -815,10 +815,7 @@ async fn inputs_are_typed_and_must_be_declared() {
         requested: "x",
         offered: "y",
     };
-    assert_eq!(
-        WorkerError::from(mismatch).find::<InputError>().is_some(),
-        true
-    );
+    assert!(WorkerError::from(mismatch).find::<InputError>().is_some());
     shut_down(engine).await.expect("clean stop");
 }
 
