@@ -1,5 +1,5 @@
 //! Memory per installed, running manifold: the engine's bookkeeping (the
-//! manifold, its node, its attempt task and the worker's handle), excluding
+//! manifold, its node, its attempt future and the worker's handle), excluding
 //! the worker's own state, measured with dhat's heap statistics.
 //!
 //! Run with `cargo bench -p flotilla-depengine --bench memory`; the result and

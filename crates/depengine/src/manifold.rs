@@ -64,6 +64,10 @@ impl Manifold {
     /// snapshot of the inputs. It may be slow; the engine abandons it (drops
     /// its future, after cancelling [`StartContext::stop_token`]) when the
     /// engine stops or the manifold is bounced meanwhile.
+    ///
+    /// Its future is polled by the engine's own task, beside every other
+    /// start and worker: it may await as long as it likes, but must not block
+    /// the thread (move blocking work to `tokio::task::spawn_blocking`).
     pub fn new<F, Fut>(name: impl Into<String>, start: F) -> Self
     where
         F: Fn(StartContext) -> Fut + Send + Sync + 'static,

@@ -1,12 +1,21 @@
 //! The engine's actor: one task that owns every manifold's state.
 //!
-//! Commands (install, uninstall, report) arrive from [`Engine`] handles;
-//! events (a worker started, a worker or start ended) arrive from attempt
-//! tasks, one per start of a worker. Each change marks the manifolds it may
-//! affect as dirty, and after every batch of messages [`Runner::reconcile`]
-//! brings each dirty manifold in line with its inputs. Because a whole batch
-//! is applied before anything is reconciled, several changes to one
-//! manifold's inputs cost it one restart, not several.
+//! Commands (install, uninstall, report) arrive from [`Engine`] handles.
+//! Every start of a worker is an *attempt*, driven by the actor itself in a
+//! `FuturesUnordered`, in two phases: the start function (ending in a started
+//! worker, or an error), then the worker (ending when it ends, after being
+//! killed if the attempt is stopped). Driving them in the actor's own task
+//! rather than spawning a task per attempt makes a restart cost a few
+//! allocations instead of a spawn and two cross-task messages, and means no
+//! task of the engine can outlive it; the price is that a start function or a
+//! worker's `wait` that blocks the thread stalls the engine, as it would stall
+//! any task of the runtime.
+//!
+//! Each outcome marks the manifolds it may affect as dirty, and after every
+//! batch of outcomes [`Runner::reconcile`] brings each dirty manifold in line
+//! with its inputs. Because a whole batch is applied before anything is
+//! reconciled, several changes to one manifold's inputs cost it one restart,
+//! not several.
 //!
 //! The rule that keeps dependents consistent: every running worker has a
 //! generation, unique in the engine, and every start records the generations
@@ -24,10 +33,13 @@ use std::mem;
 use std::sync::Arc;
 
 use flotilla_core_types::{Name, Worker, WorkerError, WorkerResult, catch_panic};
+use futures_util::FutureExt;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use std::future::Future;
+use std::pin::Pin;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Span, debug, info, info_span, warn};
 
 use crate::config::CrashLoopPolicy;
@@ -38,10 +50,10 @@ use crate::report::{
 };
 use crate::{EngineConfig, Error, Manifold};
 
-/// The most events applied before the actor reconciles and looks at its
+/// The most attempt outcomes applied before the actor reconciles and looks at its
 /// commands again: large enough to coalesce a wave of restarts through
 /// thousands of manifolds, small enough to keep commands answered promptly.
-const MAX_EVENT_BATCH: usize = 4096;
+const MAX_OUTCOME_BATCH: usize = 4096;
 
 /// A request from an [`Engine`](crate::Engine) handle.
 pub(crate) enum Command {
@@ -66,14 +78,20 @@ pub(crate) struct ReportDraft {
     pub(crate) workers: Vec<(usize, Arc<dyn Worker>)>,
 }
 
-/// What an attempt task tells the actor.
-enum Event {
+/// One phase of an attempt, as the actor drives it.
+type AttemptFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+
+/// How a phase of an attempt ended.
+enum Outcome {
+    /// The start function returned a worker; its second phase waits on it.
     Started {
         node: NodeId,
         attempt: u64,
         worker: Arc<dyn Worker>,
         resource: Option<Resource>,
+        stop: CancellationToken,
     },
+    /// The start function failed or was abandoned, or the worker ended.
     Ended {
         node: NodeId,
         attempt: u64,
@@ -181,10 +199,9 @@ pub(crate) struct Runner {
     dirty: Vec<NodeId>,
     /// Backoff deadlines: (when, timer id, node). Stale entries are skipped.
     timers: BinaryHeap<Reverse<(Instant, u64, NodeId)>>,
-    events: mpsc::UnboundedSender<Event>,
-    tracker: TaskTracker,
+    /// Every attempt in flight, in one phase or the other.
+    attempts: FuturesUnordered<AttemptFuture>,
     next_id: u64,
-    attempts_in_flight: usize,
     stopping: bool,
     worst: Option<WorkerError>,
     rng: fastrand::Rng,
@@ -199,7 +216,6 @@ impl Runner {
         kill: CancellationToken,
         mut commands: mpsc::Receiver<Command>,
     ) -> WorkerResult {
-        let (events, mut event_queue) = mpsc::unbounded_channel();
         let rng = match config.jitter_seed {
             Some(seed) => fastrand::Rng::with_seed(seed),
             None => fastrand::Rng::new(),
@@ -211,10 +227,8 @@ impl Runner {
             ids: HashMap::new(),
             dirty: Vec::new(),
             timers: BinaryHeap::new(),
-            events,
-            tracker: TaskTracker::new(),
+            attempts: FuturesUnordered::new(),
             next_id: 1,
-            attempts_in_flight: 0,
             stopping: false,
             worst: None,
             rng,
@@ -227,23 +241,23 @@ impl Runner {
         tokio::pin!(killed);
         loop {
             runner.reconcile_dirty();
-            if runner.stopping && runner.attempts_in_flight == 0 {
+            if runner.stopping && runner.attempts.is_empty() {
                 break;
             }
             let next_timer = runner.timers.peek().map(|Reverse((at, _, _))| *at);
             tokio::select! {
                 biased;
                 () = &mut killed, if !runner.stopping => runner.begin_shutdown(),
-                Some(event) = event_queue.recv() => {
-                    // Apply what has queued up before reconciling, so that
-                    // changes arriving together cost one restart, but cap the
-                    // batch so that commands are never starved.
-                    runner.handle_event(event);
-                    for _ in 1..MAX_EVENT_BATCH {
-                        let Ok(event) = event_queue.try_recv() else {
+                Some(outcome) = runner.attempts.next(), if !runner.attempts.is_empty() => {
+                    // Apply every outcome that is ready before reconciling, so
+                    // that changes arriving together cost one restart, but cap
+                    // the batch so that commands are never starved.
+                    runner.handle_outcome(outcome);
+                    for _ in 1..MAX_OUTCOME_BATCH {
+                        let Some(Some(outcome)) = runner.attempts.next().now_or_never() else {
                             break;
                         };
-                        runner.handle_event(event);
+                        runner.handle_outcome(outcome);
                     }
                 }
                 command = commands.recv(), if commands_open => match command {
@@ -257,8 +271,6 @@ impl Runner {
                 () = sleep_until_next(next_timer), if next_timer.is_some() => runner.fire_timers(),
             }
         }
-        runner.tracker.close();
-        runner.tracker.wait().await;
         info!("engine stopped");
         match runner.worst.take() {
             Some(error) => Err(error),
@@ -289,22 +301,30 @@ impl Runner {
         }
     }
 
-    fn handle_event(&mut self, event: Event) {
-        match event {
-            Event::Started {
+    fn handle_outcome(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Started {
                 node,
                 attempt,
                 worker,
                 resource,
-            } => self.on_started(node, attempt, worker, resource),
-            Event::Ended {
+                stop,
+            } => {
+                // Whatever the engine now thinks of this attempt, its worker
+                // is waited for (and killed first if the attempt was stopped).
+                let span = self.nodes[node]
+                    .as_ref()
+                    .map_or_else(Span::none, |n| n.span.clone());
+                self.attempts.push(Box::pin(
+                    run_worker(node, attempt, Arc::clone(&worker), stop).instrument(span),
+                ));
+                self.on_started(node, attempt, worker, resource);
+            }
+            Outcome::Ended {
                 node,
                 attempt,
                 result,
-            } => {
-                self.attempts_in_flight -= 1;
-                self.on_ended(node, attempt, result);
-            }
+            } => self.on_ended(node, attempt, result),
         }
     }
 
@@ -507,7 +527,7 @@ impl Runner {
             .all(|input| !input.required || self.generation(input.node) != 0)
     }
 
-    /// Spawns an attempt: the start function with a snapshot of the inputs,
+    /// Begins an attempt: the start function with a snapshot of the inputs,
     /// then the worker, until it ends or the attempt is stopped.
     fn start(&mut self, id: NodeId) {
         let attempt = self.fresh_id();
@@ -546,18 +566,9 @@ impl Runner {
         let start = Arc::clone(&installed.manifold.start);
         let span = node.span.clone();
         debug!(manifold = %node.name, "starting");
-        self.tracker.spawn(
-            run_attempt(
-                id,
-                attempt,
-                start,
-                context,
-                stop.clone(),
-                self.events.clone(),
-            )
-            .instrument(span),
-        );
-        self.attempts_in_flight += 1;
+        self.attempts.push(Box::pin(
+            start_worker(id, attempt, start, context, stop.clone()).instrument(span),
+        ));
         self.installed_mut(id).slot = Slot::Starting {
             attempt,
             stop,
@@ -602,7 +613,7 @@ impl Runner {
             attempt: current, ..
         } = &installed.slot
         else {
-            // Stopping already: the attempt sees its token and stops the worker.
+            // Stopping already: the worker's phase sees the token and kills it.
             return;
         };
         if *current != attempt {
@@ -1076,31 +1087,53 @@ async fn sleep_until_next(deadline: Option<Instant>) {
     }
 }
 
-/// One start of a manifold's worker: runs the start function, reports the
-/// worker, waits for it to end (killing it if the attempt is stopped), and
-/// reports how it ended. Panics anywhere in it become the attempt's error.
-async fn run_attempt(
+/// The first phase of an attempt: runs the start function, unless the
+/// attempt is stopped first. A panic in it is the attempt's error.
+async fn start_worker(
     node: NodeId,
     attempt: u64,
     start: Arc<dyn Fn(StartContext) -> crate::StartFuture + Send + Sync>,
     context: StartContext,
     stop: CancellationToken,
-    events: mpsc::UnboundedSender<Event>,
-) {
-    let result = catch_panic(async {
-        let started = tokio::select! {
+) -> Outcome {
+    let started = catch_panic(async {
+        tokio::select! {
             biased;
-            () = stop.cancelled() => return Ok(()),
-            started = start(context) => started?,
-        };
-        let Started { worker, resource } = started;
-        // The receiver lives as long as the engine loop, which outlives this task.
-        let _ = events.send(Event::Started {
-            node,
-            attempt,
-            worker: Arc::clone(&worker),
-            resource,
-        });
+            () = stop.cancelled() => None,
+            started = start(context) => Some(started),
+        }
+    })
+    .await;
+    let result = match started {
+        Ok(Some(Ok(Started { worker, resource }))) => {
+            return Outcome::Started {
+                node,
+                attempt,
+                worker,
+                resource,
+                stop,
+            };
+        }
+        Ok(Some(Err(error))) | Err(error) => Err(error),
+        // Abandoned: the engine asked for it and reads no error into it.
+        Ok(None) => Ok(()),
+    };
+    Outcome::Ended {
+        node,
+        attempt,
+        result,
+    }
+}
+
+/// The second phase of an attempt: waits for the worker to end, killing it
+/// first if the attempt is stopped. A panic in its `wait` is its error.
+async fn run_worker(
+    node: NodeId,
+    attempt: u64,
+    worker: Arc<dyn Worker>,
+    stop: CancellationToken,
+) -> Outcome {
+    let result = catch_panic(async {
         tokio::select! {
             biased;
             result = worker.wait() => return result,
@@ -1111,9 +1144,9 @@ async fn run_attempt(
     })
     .await
     .and_then(|result| result);
-    let _ = events.send(Event::Ended {
+    Outcome::Ended {
         node,
         attempt,
         result,
-    });
+    }
 }

@@ -332,6 +332,36 @@ async fn a_panicking_start_function_is_a_failure_too() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_worker_whose_wait_panics_has_failed() {
+    let engine = Engine::start(test_config()).expect("valid config");
+    let starts = Arc::new(AtomicU32::new(0));
+    let counted = starts.clone();
+    engine
+        .install(Manifold::new("a", move |_ctx| {
+            let first = counted.fetch_add(1, AtomicOrdering::SeqCst) == 0;
+            async move {
+                if first {
+                    Ok(Started::new(PanicsInWait))
+                } else {
+                    Ok(Started::new(idle_worker()))
+                }
+            }
+        }))
+        .await
+        .expect("installs");
+    settle().await;
+    let report = report(&engine).await;
+    assert_eq!(
+        report.manifold("a").and_then(|a| a.last_error.clone()).as_deref(),
+        Some("worker panicked: wait exploded")
+    );
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(state(&engine, "a").await, ManifoldState::Started);
+    assert_eq!(starts.load(AtomicOrdering::SeqCst), 2);
+    shut_down(engine).await.expect("the engine survived");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_crash_loop_is_fatal_by_default() {
     let lab = Lab::default();
     let mut config = test_config();
@@ -944,6 +974,20 @@ fn idle_worker() -> TaskWorker {
         stop.cancelled().await;
         Ok(())
     })
+}
+
+/// A worker whose `wait` panics: a broken implementation of the contract.
+struct PanicsInWait;
+
+impl Worker for PanicsInWait {
+    fn kill(&self) {}
+
+    fn wait(&self) -> WaitFuture<'_> {
+        Box::pin(async {
+            tokio::task::yield_now().await;
+            panic!("wait exploded")
+        })
+    }
 }
 
 /// Counts its drops: proves a future was dropped.
