@@ -2,7 +2,8 @@
 //! `.cargo/config.toml`).
 //!
 //! - `cargo xtask ci`: every check CI runs, in order, stopping at the first
-//!   failure: formatting, clippy, the tests (nextest when installed, and the
+//!   failure: tidy (every Rust file opens with a `//!` comment), formatting,
+//!   clippy, the tests (nextest when installed, and the
 //!   doc tests), rustdoc, cargo-deny, and a build of the facade with each
 //!   feature alone and with none.
 //! - `cargo xtask bench [ARGS…]`: the criterion benchmarks in release mode.
@@ -50,7 +51,9 @@ fn main() -> ExitCode {
 fn ci() -> Result<()> {
     let started = Instant::now();
     let root = workspace_root()?;
-    let mut steps = 0;
+    println!("\n==> tidy: every Rust file opens with a //! comment saying what it is for");
+    tidy(&root).context("ci FAILED at step 1 (tidy)")?;
+    let mut steps = 1;
     let mut step = |description: &str, command: &mut Command| -> Result<()> {
         steps += 1;
         run(description, command).with_context(|| {
@@ -127,29 +130,23 @@ fn ci() -> Result<()> {
             ADVISORY_DB_HOST.0
         );
     }
-    step(
-        "facade with no features",
-        cargo(&root).args([
+    for feature in std::iter::once(None).chain(FACADE_FEATURES.iter().map(Some)) {
+        let mut build = cargo(&root);
+        build.args([
             "build",
             "--locked",
             "-p",
             "flotilla",
             "--no-default-features",
-        ]),
-    )?;
-    for feature in FACADE_FEATURES {
-        step(
-            &format!("facade with feature {feature} alone"),
-            cargo(&root).args([
-                "build",
-                "--locked",
-                "-p",
-                "flotilla",
-                "--no-default-features",
-                "--features",
-                feature,
-            ]),
-        )?;
+        ]);
+        let description = match feature {
+            Some(feature) => {
+                build.args(["--features", feature]);
+                format!("facade with feature {feature} alone")
+            }
+            None => "facade with no features".to_owned(),
+        };
+        step(&description, &mut build)?;
     }
     println!(
         "xtask ci: all {steps} steps passed in {:.0?}",
@@ -167,6 +164,53 @@ fn bench(extra: &[String]) -> Result<()> {
             command.arg("--").args(extra);
         }
         run(&format!("benchmarks of {package}"), &mut command)?;
+    }
+    Ok(())
+}
+
+/// Checks that every Rust source file under `crates/` and `xtask/` opens
+/// with a `//!` comment, as rust-analyzer's tidy test does.
+fn tidy(root: &Path) -> Result<()> {
+    let mut files = Vec::new();
+    for folder in ["crates", "xtask"] {
+        rust_files(&root.join(folder), &mut files)?;
+    }
+    let mut missing = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        if !text.starts_with("//!") {
+            missing.push(
+                file.strip_prefix(root)
+                    .unwrap_or(file)
+                    .display()
+                    .to_string(),
+            );
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "these files do not open with a //! comment:\n  {}",
+            missing.join("\n  ")
+        );
+    }
+    println!("{} Rust files checked", files.len());
+    Ok(())
+}
+
+fn rust_files(folder: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in
+        std::fs::read_dir(folder).with_context(|| format!("cannot list {}", folder.display()))?
+    {
+        let path = entry?.path();
+        if path.is_dir() {
+            if path.file_name().is_some_and(|name| name == "target") {
+                continue;
+            }
+            rust_files(&path, files)?;
+        } else if path.extension().is_some_and(|extension| extension == "rs") {
+            files.push(path);
+        }
     }
     Ok(())
 }

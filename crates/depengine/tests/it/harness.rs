@@ -54,49 +54,52 @@ struct LabState {
 impl Lab {
     /// A manifold whose workers are lab workers, with the given required inputs.
     pub(crate) fn manifold(&self, name: &str, inputs: &[&str]) -> Manifold {
-        let lab = self.clone();
-        let owned = name.to_owned();
-        let declared: Vec<String> = inputs.iter().map(|input| (*input).to_owned()).collect();
-        let manifold = Manifold::new(name, move |ctx| {
-            let lab = lab.clone();
-            let name = owned.clone();
-            let declared = declared.clone();
-            async move {
-                lab.count_start_call(&name);
-                let mut tokens = Vec::new();
-                for input in &declared {
-                    tokens.push(ctx.get::<Token>(input)?);
-                }
-                Ok(lab.spawn_worker(&name, &tokens))
-            }
-        });
         inputs
             .iter()
-            .fold(manifold, |manifold, input| manifold.input(*input))
+            .fold(self.reading(name, inputs), |manifold, input| {
+                manifold.input(*input)
+            })
     }
 
     /// A manifold whose inputs are all optional, but whose start returns
     /// `Missing` unless every one of them runs (as juju's manifolds do).
     pub(crate) fn manifold_needing_optional(&self, name: &str, optional: &[&str]) -> Manifold {
+        optional
+            .iter()
+            .fold(self.reading(name, optional), |manifold, input| {
+                manifold.optional_input(*input)
+            })
+    }
+
+    /// A manifold (inputs not yet declared) whose start reads a token from
+    /// each of `inputs` and starts a lab worker with them.
+    fn reading(&self, name: &str, inputs: &[&str]) -> Manifold {
         let lab = self.clone();
         let owned = name.to_owned();
-        let declared: Vec<String> = optional.iter().map(|input| (*input).to_owned()).collect();
-        let manifold = Manifold::new(name, move |ctx| {
+        let inputs: Vec<String> = inputs.iter().map(|input| (*input).to_owned()).collect();
+        Manifold::new(name, move |ctx| {
             let lab = lab.clone();
             let name = owned.clone();
-            let declared = declared.clone();
+            let inputs = inputs.clone();
             async move {
                 lab.count_start_call(&name);
                 let mut tokens = Vec::new();
-                for input in &declared {
+                for input in &inputs {
                     tokens.push(ctx.get::<Token>(input)?);
                 }
                 Ok(lab.spawn_worker(&name, &tokens))
             }
-        });
-        optional
+        })
+    }
+
+    /// Installs lab manifolds, given as (name, required inputs), all at once,
+    /// and lets the engine settle.
+    pub(crate) async fn install(&self, engine: &Engine, manifolds: &[(&str, &[&str])]) {
+        let manifolds = manifolds
             .iter()
-            .fold(manifold, |manifold, input| manifold.optional_input(*input))
+            .map(|(name, inputs)| self.manifold(name, inputs));
+        engine.install_group(manifolds).await.expect("installs");
+        settle().await;
     }
 
     /// Starts a lab worker for manifold `name`, checking the tokens it was given.

@@ -121,15 +121,8 @@ async fn a_cold_start_of_a_deep_graph_starts_every_worker_exactly_once() {
 #[tokio::test(start_paused = true)]
 async fn dependents_bounce_exactly_once_when_an_input_restarts() {
     let (lab, engine) = lab_engine();
-    engine
-        .install_group([
-            lab.manifold("a", &[]),
-            lab.manifold("b", &["a"]),
-            lab.manifold("c", &["a", "b"]),
-        ])
-        .await
-        .expect("installs");
-    settle().await;
+    lab.install(&engine, &[("a", &[]), ("b", &["a"]), ("c", &["a", "b"])])
+        .await;
     assert!(lab.end("a", Ending::Fail("flaky".into())));
     settle().await;
     // a backs off; b and c were stopped at once and wait for it.
@@ -174,11 +167,7 @@ async fn dependents_bounce_exactly_once_when_an_input_restarts() {
 #[tokio::test(start_paused = true)]
 async fn a_bounce_request_restarts_after_the_bounce_delay_and_bounces_dependents() {
     let (lab, engine) = lab_engine();
-    engine
-        .install_group([lab.manifold("a", &[]), lab.manifold("b", &["a"])])
-        .await
-        .expect("installs");
-    settle().await;
+    lab.install(&engine, &[("a", &[]), ("b", &["a"])]).await;
     assert!(lab.end("a", Ending::Bounce));
     settle().await;
     assert!(matches!(
@@ -197,11 +186,7 @@ async fn a_bounce_request_restarts_after_the_bounce_delay_and_bounces_dependents
 #[tokio::test(start_paused = true)]
 async fn a_clean_exit_stays_down_until_an_input_changes() {
     let (lab, engine) = lab_engine();
-    engine
-        .install_group([lab.manifold("a", &[]), lab.manifold("b", &["a"])])
-        .await
-        .expect("installs");
-    settle().await;
+    lab.install(&engine, &[("a", &[]), ("b", &["a"])]).await;
     assert!(lab.end("b", Ending::Clean));
     advance(Duration::from_secs(600)).await;
     assert_eq!(state(&engine, "b").await, stopped(StoppedReason::Exited));
@@ -218,11 +203,7 @@ async fn a_clean_exit_stays_down_until_an_input_changes() {
 async fn a_worker_slow_to_stop_is_never_running_beside_its_successor() {
     let (lab, engine) = lab_engine();
     lab.set_stop_delay("b", Duration::from_secs(5));
-    engine
-        .install_group([lab.manifold("a", &[]), lab.manifold("b", &["a"])])
-        .await
-        .expect("installs");
-    settle().await;
+    lab.install(&engine, &[("a", &[]), ("b", &["a"])]).await;
     assert!(lab.end("a", Ending::Bounce));
     advance(Duration::from_secs(1)).await;
     // a is back, but b's old worker is still stopping: no second b yet.
@@ -352,7 +333,10 @@ async fn a_worker_whose_wait_panics_has_failed() {
     settle().await;
     let report = report(&engine).await;
     assert_eq!(
-        report.manifold("a").and_then(|a| a.last_error.clone()).as_deref(),
+        report
+            .manifold("a")
+            .and_then(|a| a.last_error.clone())
+            .as_deref(),
         Some("worker panicked: wait exploded")
     );
     advance(Duration::from_secs(1)).await;
@@ -368,11 +352,7 @@ async fn a_crash_loop_is_fatal_by_default() {
     config.restart_limit.max_restarts = 3;
     config.restart_limit.window = Duration::from_secs(60);
     let engine = Engine::start(config).expect("valid config");
-    engine
-        .install_group([lab.manifold("a", &[]), lab.manifold("steady", &[])])
-        .await
-        .expect("installs");
-    settle().await;
+    lab.install(&engine, &[("a", &[]), ("steady", &[])]).await;
     for _ in 0..4 {
         assert!(lab.end("a", Ending::Fail("crash".into())));
         advance(Duration::from_secs(5)).await;
@@ -402,11 +382,8 @@ async fn a_crash_loop_can_park_the_manifold_until_an_input_changes() {
     config.restart_limit.max_restarts = 2;
     config.restart_limit.on_exceeded = CrashLoopPolicy::Park;
     let engine = Engine::start(config).expect("valid config");
-    engine
-        .install_group([lab.manifold("input", &[]), lab.manifold("a", &["input"])])
-        .await
-        .expect("installs");
-    settle().await;
+    lab.install(&engine, &[("input", &[]), ("a", &["input"])])
+        .await;
     for _ in 0..3 {
         assert!(lab.end("a", Ending::Fail("crash".into())));
         advance(Duration::from_secs(5)).await;
@@ -430,11 +407,7 @@ async fn waiting_for_a_missing_input_spends_no_restart_budget() {
     let mut config = test_config();
     config.restart_limit.max_restarts = 1;
     let engine = Engine::start(config).expect("valid config");
-    engine
-        .install_group([lab.manifold("a", &[]), lab.manifold("b", &["a"])])
-        .await
-        .expect("installs");
-    settle().await;
+    lab.install(&engine, &[("a", &[]), ("b", &["a"])]).await;
     for _ in 0..10 {
         assert!(lab.end("b", Ending::Missing));
         settle().await;
@@ -458,11 +431,7 @@ async fn a_fatal_error_stops_the_engine_with_that_error() {
     let lab = Lab::default();
     let config = test_config().with_is_fatal(|error| error.to_string().starts_with("fatal"));
     let engine = Engine::start(config).expect("valid config");
-    engine
-        .install_group([lab.manifold("a", &[]), lab.manifold("b", &["a"])])
-        .await
-        .expect("installs");
-    settle().await;
+    lab.install(&engine, &[("a", &[]), ("b", &["a"])]).await;
     assert!(lab.end("b", Ending::Fail("fatal: disk corrupt".into())));
     let error = engine.wait().await.expect_err("fatal");
     assert_eq!(error.to_string(), "fatal: disk corrupt");
@@ -717,11 +686,7 @@ async fn install_group_is_all_or_nothing() {
         assert!(!lab.is_alive("p") && !lab.is_alive("q"));
     }
     // The same names install fine afterwards, proving no placeholder leaked.
-    engine
-        .install_group([lab.manifold("q", &["p"]), lab.manifold("p", &[])])
-        .await
-        .expect("installs");
-    settle().await;
+    lab.install(&engine, &[("q", &["p"]), ("p", &[])]).await;
     assert_eq!(state(&engine, "q").await, ManifoldState::Started);
     shut_down(engine).await.expect("clean stop");
 }
@@ -729,11 +694,7 @@ async fn install_group_is_all_or_nothing() {
 #[tokio::test(start_paused = true)]
 async fn uninstall_stops_the_worker_and_its_dependents_wait() {
     let (lab, engine) = lab_engine();
-    engine
-        .install_group([lab.manifold("a", &[]), lab.manifold("b", &["a"])])
-        .await
-        .expect("installs");
-    settle().await;
+    lab.install(&engine, &[("a", &[]), ("b", &["a"])]).await;
     engine.uninstall("a").await.expect("uninstalls");
     assert!(
         !lab.is_alive("a"),
@@ -766,11 +727,7 @@ async fn uninstall_stops_the_worker_and_its_dependents_wait() {
 #[tokio::test(start_paused = true)]
 async fn a_worker_can_ask_to_be_uninstalled() {
     let (lab, engine) = lab_engine();
-    engine
-        .install_group([lab.manifold("a", &[]), lab.manifold("b", &["a"])])
-        .await
-        .expect("installs");
-    settle().await;
+    lab.install(&engine, &[("a", &[]), ("b", &["a"])]).await;
     assert!(lab.end("a", Ending::Uninstall));
     settle().await;
     let report = report(&engine).await;
