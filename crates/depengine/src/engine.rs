@@ -3,9 +3,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use flotilla_core_types::{ReportFuture, TaskWorker, WaitFuture, Worker};
+use flotilla_core_types::{ReportFuture, TaskWorker, WaitFuture, Worker, catch_panic};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -118,7 +118,8 @@ impl Engine {
     ///
     /// Returns within [`EngineConfig::report_timeout`] of the engine's
     /// answer: a worker that has not reported by then appears with
-    /// `{"error": "report timed out"}`, and never holds up the rest.
+    /// `{"error": "report timed out"}`, and never holds up the rest; one whose
+    /// report panicked appears with the panic message.
     ///
     /// # Errors
     ///
@@ -134,27 +135,14 @@ impl Engine {
             workers,
         } = self.request(|reply| Command::Report { reply }).await?;
         let deadline = Instant::now() + self.config.report_timeout;
-        let mut pending = JoinSet::new();
-        for (index, worker) in workers {
-            pending.spawn(async move {
-                let Some(report) = worker.report() else {
-                    return (index, None);
-                };
-                let value = match tokio::time::timeout_at(deadline, report).await {
-                    Ok(value) => value,
-                    Err(_) => serde_json::json!({ "error": "report timed out" }),
-                };
-                (index, Some(value))
-            });
-        }
-        while let Some(joined) = pending.join_next().await {
-            match joined {
-                Ok((index, value)) => report.manifolds[index].worker = value,
-                Err(error) => {
-                    // A worker's report panicked; its row says so instead.
-                    tracing::warn!(error = %error, "a worker's report failed");
-                }
-            }
+        // Gathered side by side in this future, not in tasks: dropping it
+        // drops them all.
+        let mut pending: FuturesUnordered<_> = workers
+            .into_iter()
+            .map(|(index, worker)| async move { (index, worker_report(&*worker, deadline).await) })
+            .collect();
+        while let Some((index, value)) = pending.next().await {
+            report.manifolds[index].worker = value;
         }
         Ok(report)
     }
@@ -171,6 +159,22 @@ impl Engine {
             .await
             .map_err(|_| Error::Stopped)?;
         answer.await.map_err(|_| Error::Stopped)
+    }
+}
+
+/// A worker's own report, or a note of why there is none by `deadline`:
+/// `None` when the worker offers no report.
+async fn worker_report(worker: &dyn Worker, deadline: Instant) -> Option<serde_json::Value> {
+    let answer = catch_panic(async {
+        let report = worker.report()?;
+        Some(tokio::time::timeout_at(deadline, report).await)
+    })
+    .await;
+    match answer {
+        Ok(None) => None,
+        Ok(Some(Ok(value))) => Some(value),
+        Ok(Some(Err(_elapsed))) => Some(serde_json::json!({ "error": "report timed out" })),
+        Err(panicked) => Some(serde_json::json!({ "error": panicked.to_string() })),
     }
 }
 

@@ -832,28 +832,71 @@ async fn a_filter_can_turn_an_error_into_another() {
     shut_down(engine).await.expect("clean stop");
 }
 
+#[tokio::test(start_paused = true)]
+async fn repeated_bounces_ripple_through_a_long_chain_once_each() {
+    let mut config = test_config();
+    config.bounce_delay = Duration::ZERO;
+    // Bounce requests count against the restart limit; this test makes many.
+    config.restart_limit.max_restarts = 100;
+    let lab = Lab::default();
+    let engine = Engine::start(config).expect("valid config");
+    let depth = 50;
+    let manifolds: Vec<Manifold> = (0..depth)
+        .map(|node| {
+            let input = format!("c{}", node.max(1) - 1);
+            let inputs: Vec<&str> = if node == 0 {
+                vec![]
+            } else {
+                vec![input.as_str()]
+            };
+            lab.manifold(&format!("c{node}"), &inputs)
+        })
+        .collect();
+    engine.install_group(manifolds).await.expect("installs");
+    settle().await;
+    for round in 1..=20 {
+        assert!(lab.end("c0", Ending::Bounce), "round {round}");
+        settle().await;
+        let report = report(&engine).await;
+        for manifold in &report.manifolds {
+            assert_eq!(
+                manifold.state,
+                ManifoldState::Started,
+                "round {round}: {}",
+                manifold.name
+            );
+            assert_eq!(
+                manifold.start_count,
+                round + 1,
+                "round {round}: {}",
+                manifold.name
+            );
+        }
+    }
+    assert!(lab.violations().is_empty(), "{:?}", lab.violations());
+    shut_down(engine).await.expect("clean stop");
+}
+
 // ---- reporting ----------------------------------------------------------------
 
 #[tokio::test(start_paused = true)]
 async fn a_report_includes_worker_reports_and_does_not_wait_for_a_stuck_one() {
+    fn reporting(name: &str, answer: Answer) -> Manifold {
+        Manifold::new(name, move |_ctx| async move {
+            Ok(Started::new(Reporting {
+                inner: idle_worker(),
+                answer,
+            }))
+        })
+    }
     let mut config = test_config();
     config.report_timeout = Duration::from_secs(2);
     let engine = Engine::start(config).expect("valid config");
     engine
         .install_group([
-            Manifold::new("chatty", |_ctx| async {
-                Ok(Started::new(Reporting {
-                    inner: idle_worker(),
-                    stuck: false,
-                }))
-            }),
-            Manifold::new("stuck", |_ctx| async {
-                Ok(Started::new(Reporting {
-                    inner: idle_worker(),
-                    stuck: true,
-                }))
-            })
-            .input("chatty"),
+            reporting("chatty", Answer::Promptly),
+            reporting("stuck", Answer::Never).input("chatty"),
+            reporting("broken", Answer::Panic),
         ])
         .await
         .expect("installs");
@@ -871,6 +914,10 @@ async fn a_report_includes_worker_reports_and_does_not_wait_for_a_stuck_one() {
         report.manifold("stuck").and_then(|m| m.worker.clone()),
         Some(serde_json::json!({ "error": "report timed out" }))
     );
+    assert_eq!(
+        report.manifold("broken").and_then(|m| m.worker.clone()),
+        Some(serde_json::json!({ "error": "worker panicked: report exploded" }))
+    );
     let stuck = report.manifold("stuck").expect("installed");
     assert_eq!(stuck.inputs[0].generation, chatty.generation);
     assert_eq!(stuck.inputs[0].snapshot_generation, chatty.generation);
@@ -880,7 +927,7 @@ async fn a_report_includes_worker_reports_and_does_not_wait_for_a_stuck_one() {
     assert!(dot.contains("\"chatty\" -> \"stuck\""), "{dot}");
     assert!(dot.contains("stuck\\nstarted"), "{dot}");
     let json = serde_json::to_value(&report).expect("serialises");
-    assert_eq!(json["manifolds"][0]["name"], "chatty");
+    assert_eq!(json["manifolds"][0]["name"], "broken");
     shut_down(engine).await.expect("clean stop");
 }
 
@@ -956,10 +1003,17 @@ impl Drop for CountOnDrop {
     }
 }
 
-/// A worker with a report of its own, which may never answer.
+/// A worker with a report of its own, which may never answer or may panic.
 struct Reporting {
     inner: TaskWorker,
-    stuck: bool,
+    answer: Answer,
+}
+
+#[derive(Clone, Copy)]
+enum Answer {
+    Promptly,
+    Never,
+    Panic,
 }
 
 impl Worker for Reporting {
@@ -972,57 +1026,14 @@ impl Worker for Reporting {
     }
 
     fn report(&self) -> Option<ReportFuture<'_>> {
-        let stuck = self.stuck;
+        let answer = self.answer;
         Some(Box::pin(async move {
-            if stuck {
-                std::future::pending::<()>().await;
+            match answer {
+                Answer::Promptly => {}
+                Answer::Never => std::future::pending::<()>().await,
+                Answer::Panic => panic!("report exploded"),
             }
             serde_json::json!({ "queue": 3 })
         }))
     }
-}
-
-#[tokio::test(start_paused = true)]
-async fn repeated_bounces_ripple_through_a_long_chain_once_each() {
-    let mut config = test_config();
-    config.bounce_delay = Duration::ZERO;
-    // Bounce requests count against the restart limit; this test makes many.
-    config.restart_limit.max_restarts = 100;
-    let lab = Lab::default();
-    let engine = Engine::start(config).expect("valid config");
-    let depth = 50;
-    let manifolds: Vec<Manifold> = (0..depth)
-        .map(|node| {
-            let input = format!("c{}", node.max(1) - 1);
-            let inputs: Vec<&str> = if node == 0 {
-                vec![]
-            } else {
-                vec![input.as_str()]
-            };
-            lab.manifold(&format!("c{node}"), &inputs)
-        })
-        .collect();
-    engine.install_group(manifolds).await.expect("installs");
-    settle().await;
-    for round in 1..=20 {
-        assert!(lab.end("c0", Ending::Bounce), "round {round}");
-        settle().await;
-        let report = report(&engine).await;
-        for manifold in &report.manifolds {
-            assert_eq!(
-                manifold.state,
-                ManifoldState::Started,
-                "round {round}: {}",
-                manifold.name
-            );
-            assert_eq!(
-                manifold.start_count,
-                round + 1,
-                "round {round}: {}",
-                manifold.name
-            );
-        }
-    }
-    assert!(lab.violations().is_empty(), "{:?}", lab.violations());
-    shut_down(engine).await.expect("clean stop");
 }
