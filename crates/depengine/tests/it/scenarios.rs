@@ -25,11 +25,7 @@ fn lab_engine() -> (Lab, Engine) {
 #[tokio::test(start_paused = true)]
 async fn a_worker_starts_once_its_missing_input_is_installed() {
     let (lab, engine) = lab_engine();
-    engine
-        .install(lab.manifold("b", &["a"]))
-        .await
-        .expect("installs");
-    settle().await;
+    lab.install(&engine, &[("b", &["a"])]).await;
     assert_eq!(
         state(&engine, "b").await,
         stopped(StoppedReason::WaitingForInputs)
@@ -40,11 +36,7 @@ async fn a_worker_starts_once_its_missing_input_is_installed() {
         "no start is attempted without required inputs"
     );
 
-    engine
-        .install(lab.manifold("a", &[]))
-        .await
-        .expect("installs");
-    settle().await;
+    lab.install(&engine, &[("a", &[])]).await;
     assert_eq!(state(&engine, "a").await, ManifoldState::Started);
     assert_eq!(state(&engine, "b").await, ManifoldState::Started);
     assert_eq!(start_count(&engine, "b").await, 1);
@@ -66,11 +58,7 @@ async fn a_start_that_finds_an_optional_input_missing_waits_for_it() {
     advance(Duration::from_secs(600)).await;
     assert_eq!(lab.start_calls("b"), 1, "missing means wait, not retry");
 
-    engine
-        .install(lab.manifold("a", &[]))
-        .await
-        .expect("installs");
-    settle().await;
+    lab.install(&engine, &[("a", &[])]).await;
     assert_eq!(state(&engine, "b").await, ManifoldState::Started);
     assert_eq!(lab.start_calls("b"), 2);
     let report = report(&engine).await;
@@ -220,11 +208,7 @@ async fn a_worker_slow_to_stop_is_never_running_beside_its_successor() {
 #[tokio::test(start_paused = true)]
 async fn failures_back_off_exponentially_and_reset_after_a_stable_run() {
     let (lab, engine) = lab_engine();
-    engine
-        .install(lab.manifold("a", &[]))
-        .await
-        .expect("installs");
-    settle().await;
+    lab.install(&engine, &[("a", &[])]).await;
     // Each failure right after a start doubles the delay: 1 s, 2 s, 4 s.
     for (failures, delay_secs) in [(1, 1), (2, 2), (3, 4)] {
         assert!(lab.end("a", Ending::Fail(format!("failure {failures}"))));
@@ -258,11 +242,7 @@ async fn failures_back_off_exponentially_and_reset_after_a_stable_run() {
 #[tokio::test(start_paused = true)]
 async fn a_panicking_worker_fails_with_its_message_and_is_restarted() {
     let (lab, engine) = lab_engine();
-    engine
-        .install(lab.manifold("a", &[]))
-        .await
-        .expect("installs");
-    settle().await;
+    lab.install(&engine, &[("a", &[])]).await;
     assert!(lab.end("a", Ending::Panic));
     settle().await;
     let report = report(&engine).await;
@@ -282,47 +262,33 @@ async fn a_panicking_worker_fails_with_its_message_and_is_restarted() {
 
 #[tokio::test(start_paused = true)]
 async fn a_panicking_start_function_is_a_failure_too() {
-    let engine = Engine::start(test_config()).expect("valid config");
-    let calls = Arc::new(AtomicU32::new(0));
-    let counted = calls.clone();
-    engine
-        .install(Manifold::new("a", move |_ctx| {
-            let call = counted.fetch_add(1, AtomicOrdering::SeqCst);
-            async move {
-                if call == 0 {
-                    panic!("first start explodes");
-                }
-                Ok(Started::new(idle_worker()))
-            }
-        }))
-        .await
-        .expect("installs");
-    settle().await;
-    assert_eq!(
-        report(&engine)
-            .await
-            .manifold("a")
-            .and_then(|a| a.last_error.clone())
-            .as_deref(),
-        Some("worker panicked: first start explodes")
-    );
-    advance(Duration::from_secs(1)).await;
-    assert_eq!(state(&engine, "a").await, ManifoldState::Started);
-    assert_eq!(calls.load(AtomicOrdering::SeqCst), 2);
-    shut_down(engine).await.expect("clean stop");
+    fn explode() -> Started {
+        panic!("first start explodes")
+    }
+    check_recovery_from_a_bad_first_start(explode, "worker panicked: first start explodes").await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_worker_whose_wait_panics_has_failed() {
+    fn broken() -> Started {
+        Started::new(PanicsInWait)
+    }
+    check_recovery_from_a_bad_first_start(broken, "worker panicked: wait exploded").await;
+}
+
+/// Installs "a", whose first start is `first` and whose later starts run an
+/// idle worker; checks that the first failure is recorded as `expected` and
+/// that "a" runs again after the error delay, with the engine unharmed.
+async fn check_recovery_from_a_bad_first_start(first: fn() -> Started, expected: &str) {
     let engine = Engine::start(test_config()).expect("valid config");
     let starts = Arc::new(AtomicU32::new(0));
     let counted = starts.clone();
     engine
         .install(Manifold::new("a", move |_ctx| {
-            let first = counted.fetch_add(1, AtomicOrdering::SeqCst) == 0;
+            let is_first = counted.fetch_add(1, AtomicOrdering::SeqCst) == 0;
             async move {
-                if first {
-                    Ok(Started::new(PanicsInWait))
+                if is_first {
+                    Ok(first())
                 } else {
                     Ok(Started::new(idle_worker()))
                 }
@@ -332,13 +298,8 @@ async fn a_worker_whose_wait_panics_has_failed() {
         .expect("installs");
     settle().await;
     let report = report(&engine).await;
-    assert_eq!(
-        report
-            .manifold("a")
-            .and_then(|a| a.last_error.clone())
-            .as_deref(),
-        Some("worker panicked: wait exploded")
-    );
+    let last_error = report.manifold("a").and_then(|a| a.last_error.clone());
+    assert_eq!(last_error.as_deref(), Some(expected));
     advance(Duration::from_secs(1)).await;
     assert_eq!(state(&engine, "a").await, ManifoldState::Started);
     assert_eq!(starts.load(AtomicOrdering::SeqCst), 2);
@@ -583,11 +544,7 @@ async fn a_start_is_abandoned_when_its_input_goes_away() {
 async fn dropping_every_handle_stops_the_engine_and_its_workers() {
     let lab = Lab::default();
     let engine = Engine::start(test_config()).expect("valid config");
-    engine
-        .install(lab.manifold("a", &[]))
-        .await
-        .expect("installs");
-    settle().await;
+    lab.install(&engine, &[("a", &[])]).await;
     assert!(lab.is_alive("a"));
     drop(engine);
     settle().await;
@@ -644,11 +601,7 @@ async fn install_rejects_duplicates_cycles_and_bad_names() {
     );
 
     // c can still be installed without the cycle.
-    engine
-        .install(lab.manifold("c", &[]))
-        .await
-        .expect("installs");
-    settle().await;
+    lab.install(&engine, &[("c", &[])]).await;
     let report = report(&engine).await;
     let names: Vec<&str> = report.manifolds.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, ["a", "b", "c"]);
@@ -934,11 +887,7 @@ async fn a_report_includes_worker_reports_and_does_not_wait_for_a_stuck_one() {
 #[tokio::test(start_paused = true)]
 async fn the_engine_reports_itself_as_a_worker() {
     let (lab, engine) = lab_engine();
-    engine
-        .install(lab.manifold("a", &[]))
-        .await
-        .expect("installs");
-    settle().await;
+    lab.install(&engine, &[("a", &[])]).await;
     let as_worker: Arc<dyn Worker> = Arc::new(engine.clone());
     let value = as_worker.report().expect("the engine reports").await;
     assert_eq!(value["state"], "running");
