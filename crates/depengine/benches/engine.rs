@@ -16,7 +16,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 mod common;
-use common::{NullWorker, name, random_dag};
+use common::{NullWorker, all_started, dag_manifolds, name, random_dag};
 
 const DAG_NODES: usize = 10_000;
 const DAG_INPUTS: usize = 3;
@@ -66,6 +66,12 @@ impl StartCounter {
         }
     }
 
+    /// A closure that records a start, for [`dag_manifolds`].
+    fn record_fn(&self) -> impl Fn() + Clone + Send + Sync + 'static {
+        let counter = self.clone();
+        move || counter.record()
+    }
+
     /// Waits until `target` starts in total have been recorded.
     async fn until(&self, target: usize) {
         let reached = self.reached.notified();
@@ -75,22 +81,6 @@ impl StartCounter {
         }
         reached.await;
     }
-}
-
-fn dag_manifolds(dag: &[Vec<usize>], counter: &StartCounter) -> Vec<Manifold> {
-    dag.iter()
-        .enumerate()
-        .map(|(node, inputs)| {
-            let counter = counter.clone();
-            let manifold = Manifold::new(name(node), move |_ctx| {
-                counter.record();
-                async { Ok(Started::new(NullWorker::default())) }
-            });
-            inputs
-                .iter()
-                .fold(manifold, |manifold, &input| manifold.input(name(input)))
-        })
-        .collect()
 }
 
 fn cold_start(c: &mut Criterion) {
@@ -112,7 +102,7 @@ fn cold_start(c: &mut Criterion) {
                 for _ in 0..iterations {
                     let engine = Engine::start(engine_config()).expect("valid config");
                     let counter = StartCounter::default();
-                    let manifolds = dag_manifolds(&dag, &counter);
+                    let manifolds = dag_manifolds(&dag, counter.record_fn());
                     let started = Instant::now();
                     engine.install_group(manifolds).await.expect("installs");
                     counter.until(DAG_NODES).await;
@@ -145,19 +135,6 @@ fn cold_start(c: &mut Criterion) {
         "cold start: extra restarts over all engine iterations: {}",
         extra_restarts.load(Ordering::SeqCst)
     );
-}
-
-/// The engine's report once it has recorded every worker as started (the
-/// start functions have all returned by the time this is called; the engine
-/// may still be reading their `Started` events).
-async fn all_started(engine: &Engine) -> flotilla_depengine::EngineReport {
-    loop {
-        let report = engine.report().await.expect("reports");
-        if report.manifolds.iter().all(|m| m.state.is_started()) {
-            return report;
-        }
-        tokio::task::yield_now().await;
-    }
 }
 
 /// The floor: one task per node that waits for a signal from each input,
@@ -306,7 +283,7 @@ fn shutdown(c: &mut Criterion) {
                     let engine = Engine::start(engine_config()).expect("valid config");
                     let counter = StartCounter::default();
                     engine
-                        .install_group(dag_manifolds(&dag, &counter))
+                        .install_group(dag_manifolds(&dag, counter.record_fn()))
                         .await
                         .expect("installs");
                     counter.until(DAG_NODES).await;

@@ -9,10 +9,10 @@
 use std::time::Duration;
 
 use flotilla_core_types::Worker;
-use flotilla_depengine::{Engine, EngineConfig, EngineReport, Manifold, Started};
+use flotilla_depengine::{Engine, EngineConfig};
 
 mod common;
-use common::{NullWorker, name, random_dag};
+use common::{NullWorker, all_started, dag_manifolds, random_dag};
 
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
@@ -40,18 +40,7 @@ async fn measure() {
     let engine = Engine::start(config).expect("valid config");
     let dag = random_dag(MANIFOLDS, 3, 42);
     let before = heap_bytes();
-    let manifolds: Vec<Manifold> = dag
-        .iter()
-        .enumerate()
-        .map(|(node, inputs)| {
-            let manifold = Manifold::new(name(node), |_ctx| async {
-                Ok(Started::new(NullWorker::default()))
-            });
-            inputs
-                .iter()
-                .fold(manifold, |manifold, &input| manifold.input(name(input)))
-        })
-        .collect();
+    let manifolds = dag_manifolds(&dag, || {});
     engine.install_group(manifolds).await.expect("installs");
     let report = all_started(&engine).await;
     drop(report);
@@ -70,14 +59,4 @@ async fn measure() {
 
 fn heap_bytes() -> usize {
     dhat::HeapStats::get().curr_bytes
-}
-
-async fn all_started(engine: &Engine) -> EngineReport {
-    loop {
-        let report = engine.report().await.expect("reports");
-        if report.manifolds.iter().all(|m| m.state.is_started()) {
-            return report;
-        }
-        tokio::task::yield_now().await;
-    }
 }

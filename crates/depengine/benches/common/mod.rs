@@ -1,7 +1,9 @@
 //! Pieces the benchmark binaries share: a worker that costs nothing but its
-//! stop token, and a seeded random DAG.
+//! stop token, a seeded random DAG of manifolds, and a wait for all of them
+//! to be recorded as started.
 
 use flotilla_core_types::{WaitFuture, Worker};
+use flotilla_depengine::{Engine, EngineReport, Manifold, Started};
 use tokio_util::sync::CancellationToken;
 
 /// A worker with no task: it runs until killed. Benchmarks use it so that
@@ -44,4 +46,36 @@ pub(crate) fn random_dag(nodes: usize, max_inputs: usize, seed: u64) -> Vec<Vec<
 
 pub(crate) fn name(node: usize) -> String {
     format!("m{node}")
+}
+
+/// One manifold per node of `dag`, named by [`name`], whose start calls
+/// `on_start` and runs a [`NullWorker`].
+pub(crate) fn dag_manifolds<F>(dag: &[Vec<usize>], on_start: F) -> Vec<Manifold>
+where
+    F: Fn() + Clone + Send + Sync + 'static,
+{
+    dag.iter()
+        .enumerate()
+        .map(|(node, inputs)| {
+            let on_start = on_start.clone();
+            let manifold = Manifold::new(name(node), move |_ctx| {
+                on_start();
+                async { Ok(Started::new(NullWorker::default())) }
+            });
+            inputs
+                .iter()
+                .fold(manifold, |manifold, &input| manifold.input(name(input)))
+        })
+        .collect()
+}
+
+/// The engine's report once it has recorded every manifold as started.
+pub(crate) async fn all_started(engine: &Engine) -> EngineReport {
+    loop {
+        let report = engine.report().await.expect("reports");
+        if report.manifolds.iter().all(|m| m.state.is_started()) {
+            return report;
+        }
+        tokio::task::yield_now().await;
+    }
 }
