@@ -1,0 +1,918 @@
+//! The publisher's actor: it owns the desired names and servers, a record
+//! per (name, server) pair, and a schedule of when each pair needs work.
+//!
+//! Scheduling: every pair has at most one due time (`next_attempt_at`),
+//! kept in a min-heap with lazy deletion (an entry whose time no longer
+//! matches its pair is skipped). Pairs that are due move to a ready queue
+//! ordered by how soon their mount lapses, and at most
+//! `max_in_flight` operations run at once, as futures polled by the actor
+//! itself. So one slow backend call delays nothing but itself, and when many
+//! pairs are due together the one closest to expiry goes first.
+//!
+//! Losses: a refresh that finds its mount gone, a session that is gone, or
+//! the first success after a run of transport failures makes every pair due
+//! now. Operations that were under way when a loss was seen carry an older
+//! `loss_epoch`, and their success does not count as a mount.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_core_types::{Endpoint, Name, WorkerError, WorkerResult};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::{
+    Error, MountOutcome, MountState, MountStatus, Namespace, NamespaceError, Phase, Published,
+    PublisherConfig, PublisherStatus, RefreshStyle,
+};
+
+/// A request from a [`Publisher`](crate::Publisher) handle.
+pub(crate) enum Command {
+    AddName(Name, oneshot::Sender<()>),
+    RemoveName(Name, oneshot::Sender<()>),
+    AddServer(Endpoint, oneshot::Sender<()>),
+    RemoveServer(Endpoint, oneshot::Sender<()>),
+    Published(oneshot::Sender<Vec<Published>>),
+    Status(oneshot::Sender<PublisherStatus>),
+    Watch(oneshot::Sender<watch::Receiver<PublisherStatus>>),
+}
+
+/// A (name, server) pair. Shared by reference count between the map of
+/// pairs and the schedule, so that scheduling copies no strings.
+#[derive(Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct MountKey {
+    name: Name,
+    server: Endpoint,
+}
+
+/// What the publisher knows and wants of one pair.
+#[derive(Debug)]
+struct Mount {
+    desired: MountState,
+    observed: MountState,
+    in_flight: bool,
+    /// Whether a mount may have reached the backend since the last
+    /// confirmed unmount (a mount that timed out may still have landed).
+    written: bool,
+    consecutive_failures: u32,
+    next_attempt_at: Option<Instant>,
+    expires_at: Option<Instant>,
+    last_mounted_at: Option<Instant>,
+    last_unmounted_at: Option<Instant>,
+    last_error: Option<NamespaceError>,
+}
+
+impl Mount {
+    fn wanted() -> Mount {
+        Mount {
+            desired: MountState::Mounted,
+            observed: MountState::Unmounted,
+            in_flight: false,
+            written: false,
+            consecutive_failures: 0,
+            next_attempt_at: None,
+            expires_at: None,
+            last_mounted_at: None,
+            last_unmounted_at: None,
+            last_error: None,
+        }
+    }
+}
+
+/// The session of a [`RefreshStyle::Session`] backend, as far as the
+/// publisher tracks it.
+#[derive(Debug, Default)]
+struct Session {
+    /// A mount has succeeded since the session was last lost, so the
+    /// backend holds a session to keep alive.
+    active: bool,
+    in_flight: bool,
+    keep_alive_at: Option<Instant>,
+    expires_at: Option<Instant>,
+    consecutive_failures: u32,
+}
+
+/// A pair's place in the schedule.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Due {
+    at: Instant,
+    key: Arc<MountKey>,
+}
+
+/// A due pair waiting for a free operation slot; the soonest to lapse goes
+/// first.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Ready {
+    lapses_at: Instant,
+    key: Arc<MountKey>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Operation {
+    Mount { was_mounted: bool },
+    Unmount,
+    KeepAlive,
+}
+
+/// A finished backend operation.
+struct Done {
+    key: Option<Arc<MountKey>>,
+    operation: Operation,
+    sent_at: Instant,
+    loss_epoch: u64,
+    result: Result<Option<MountOutcome>, NamespaceError>,
+}
+
+type OperationFuture = Pin<Box<dyn Future<Output = Done> + Send>>;
+
+pub(crate) struct Actor<N> {
+    namespace: Arc<N>,
+    config: PublisherConfig,
+    ttl: Duration,
+    style: RefreshStyle,
+    root: String,
+    names: BTreeSet<Name>,
+    servers: BTreeSet<Endpoint>,
+    mounts: HashMap<Arc<MountKey>, Mount>,
+    schedule: BinaryHeap<Reverse<Due>>,
+    ready: BinaryHeap<Reverse<Ready>>,
+    in_flight: FuturesUnordered<OperationFuture>,
+    session: Session,
+    /// Bumped whenever the backend is found to have lost our mounts.
+    loss_epoch: u64,
+    /// The last operation failed in a way that suggests the backend is
+    /// unreachable; the next success ends the outage.
+    outage: bool,
+    rng: fastrand::Rng,
+    phase: watch::Sender<Phase>,
+    status: Option<watch::Sender<PublisherStatus>>,
+    status_changed: bool,
+}
+
+impl<N: Namespace> Actor<N> {
+    pub(crate) fn new(
+        namespace: N,
+        config: PublisherConfig,
+        phase: watch::Sender<Phase>,
+    ) -> Actor<N> {
+        let rng = config
+            .rng_seed
+            .map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed);
+        Actor {
+            ttl: config.ttl(),
+            style: namespace.refresh_style(),
+            root: namespace.root(),
+            namespace: Arc::new(namespace),
+            config,
+            names: BTreeSet::new(),
+            servers: BTreeSet::new(),
+            mounts: HashMap::new(),
+            schedule: BinaryHeap::new(),
+            ready: BinaryHeap::new(),
+            in_flight: FuturesUnordered::new(),
+            session: Session::default(),
+            loss_epoch: 0,
+            outage: false,
+            rng,
+            phase,
+            status: None,
+            status_changed: false,
+        }
+    }
+
+    pub(crate) async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        stop: CancellationToken,
+    ) -> WorkerResult {
+        let timer = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(timer);
+        loop {
+            self.dispatch_due();
+            self.publish_status();
+            let wake_at = self.next_wake();
+            if let Some(at) = wake_at {
+                timer.as_mut().reset(at);
+            }
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                command = commands.recv() => match command {
+                    Some(command) => self.handle(command),
+                    None => break,
+                },
+                Some(done) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    self.complete(done);
+                }
+                () = &mut timer, if wake_at.is_some() => {}
+            }
+        }
+        // Refuse whatever is queued: those callers get `Error::Stopped`.
+        commands.close();
+        while commands.try_recv().is_ok() {}
+        self.shut_down().await
+    }
+
+    // ---- commands ----
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::AddName(name, done) => {
+                if self.names.insert(name.clone()) {
+                    let servers: Vec<Endpoint> = self.servers.iter().cloned().collect();
+                    for server in servers {
+                        self.want(&name, &server);
+                    }
+                }
+                let _ = done.send(());
+            }
+            Command::RemoveName(name, done) => {
+                if self.names.remove(&name) {
+                    let servers: Vec<Endpoint> = self.servers.iter().cloned().collect();
+                    for server in servers {
+                        self.unwant(&name, &server);
+                    }
+                }
+                let _ = done.send(());
+            }
+            Command::AddServer(server, done) => {
+                if self.servers.insert(server.clone()) {
+                    let names: Vec<Name> = self.names.iter().cloned().collect();
+                    for name in names {
+                        self.want(&name, &server);
+                    }
+                }
+                let _ = done.send(());
+            }
+            Command::RemoveServer(server, done) => {
+                if self.servers.remove(&server) {
+                    let names: Vec<Name> = self.names.iter().cloned().collect();
+                    for name in names {
+                        self.unwant(&name, &server);
+                    }
+                }
+                let _ = done.send(());
+            }
+            Command::Published(reply) => {
+                let _ = reply.send(self.published());
+            }
+            Command::Status(reply) => {
+                let _ = reply.send(self.snapshot());
+            }
+            Command::Watch(reply) => {
+                let snapshot = self.snapshot();
+                let receiver = match &self.status {
+                    Some(sender) => {
+                        sender.send_replace(snapshot);
+                        sender.subscribe()
+                    }
+                    None => {
+                        let (sender, receiver) = watch::channel(snapshot);
+                        self.status = Some(sender);
+                        receiver
+                    }
+                };
+                self.status_changed = false;
+                let _ = reply.send(receiver);
+            }
+        }
+    }
+
+    /// The pair is wanted mounted.
+    fn want(&mut self, name: &Name, server: &Endpoint) {
+        let key = MountKey {
+            name: name.clone(),
+            server: server.clone(),
+        };
+        let now = Instant::now();
+        match self.mounts.get_mut(&key) {
+            None => {
+                let key = Arc::new(key);
+                self.mounts.insert(Arc::clone(&key), Mount::wanted());
+                self.schedule(&key, now);
+            }
+            Some(mount) => {
+                mount.desired = MountState::Mounted;
+                if !mount.in_flight {
+                    let key = self.key_of(&key);
+                    self.schedule(&key, now);
+                }
+            }
+        }
+        self.status_changed = true;
+    }
+
+    /// The pair is wanted unmounted.
+    fn unwant(&mut self, name: &Name, server: &Endpoint) {
+        let key = MountKey {
+            name: name.clone(),
+            server: server.clone(),
+        };
+        let Some(mount) = self.mounts.get_mut(&key) else {
+            return;
+        };
+        mount.desired = MountState::Unmounted;
+        self.status_changed = true;
+        if mount.in_flight {
+            return; // its completion schedules the unmount
+        }
+        if !mount.written {
+            // Nothing can be in the backend: forget the pair.
+            self.mounts.remove(&key);
+            return;
+        }
+        let key = self.key_of(&key);
+        self.schedule(&key, Instant::now());
+    }
+
+    fn key_of(&self, key: &MountKey) -> Arc<MountKey> {
+        let (shared, _) = self
+            .mounts
+            .get_key_value(key)
+            .expect("key_of is called only for pairs in the map");
+        Arc::clone(shared)
+    }
+
+    // ---- scheduling and dispatch ----
+
+    fn schedule(&mut self, key: &Arc<MountKey>, at: Instant) {
+        if let Some(mount) = self.mounts.get_mut(key) {
+            mount.next_attempt_at = Some(at);
+            self.schedule.push(Reverse(Due {
+                at,
+                key: Arc::clone(key),
+            }));
+        }
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        let pair = self.schedule.peek().map(|Reverse(due)| due.at);
+        let keep_alive = if self.session.in_flight {
+            None
+        } else {
+            self.session.keep_alive_at
+        };
+        match (pair, keep_alive) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Moves every due pair to the ready queue, then starts operations up
+    /// to the in-flight limit.
+    fn dispatch_due(&mut self) {
+        let now = Instant::now();
+        if let Some(at) = self.session.keep_alive_at
+            && at <= now
+            && !self.session.in_flight
+        {
+            self.start_keep_alive(now);
+        }
+        while let Some(Reverse(due)) = self.schedule.peek() {
+            if due.at > now {
+                break;
+            }
+            let Some(Reverse(due)) = self.schedule.pop() else {
+                break;
+            };
+            let Some(mount) = self.mounts.get(&due.key) else {
+                continue;
+            };
+            if mount.in_flight || mount.next_attempt_at != Some(due.at) {
+                continue; // superseded
+            }
+            let lapses_at = mount.expires_at.unwrap_or(due.at);
+            self.ready.push(Reverse(Ready {
+                lapses_at,
+                key: due.key,
+            }));
+        }
+        while self.in_flight.len() < self.config.max_in_flight {
+            let Some(Reverse(ready)) = self.ready.pop() else {
+                break;
+            };
+            let still_due = self.mounts.get(&ready.key).is_some_and(|mount| {
+                !mount.in_flight && mount.next_attempt_at.is_some_and(|at| at <= now)
+            });
+            if still_due {
+                self.start_operation(ready.key, now);
+            }
+        }
+    }
+
+    fn start_operation(&mut self, key: Arc<MountKey>, now: Instant) {
+        let Some(mount) = self.mounts.get_mut(&key) else {
+            return;
+        };
+        mount.in_flight = true;
+        mount.next_attempt_at = None;
+        let namespace = Arc::clone(&self.namespace);
+        let timeout = self.config.operation_timeout;
+        let loss_epoch = self.loss_epoch;
+        if mount.desired == MountState::Mounted {
+            let was_mounted = mount.observed == MountState::Mounted;
+            if !was_mounted {
+                mount.observed = MountState::Mounting;
+            }
+            mount.written = true;
+            let (ttl, flags) = (self.ttl, self.config.flags);
+            let span = tracing::debug_span!("mount", name = %key.name, server = %key.server, refresh = was_mounted);
+            self.in_flight.push(Box::pin(
+                async move {
+                    let result =
+                        bounded(timeout, namespace.mount(&key.name, &key.server, ttl, flags)).await;
+                    Done {
+                        key: Some(key),
+                        operation: Operation::Mount { was_mounted },
+                        sent_at: now,
+                        loss_epoch,
+                        result: result.map(Some),
+                    }
+                }
+                .instrument(span),
+            ));
+        } else {
+            mount.observed = MountState::Unmounting;
+            let span = tracing::debug_span!("unmount", name = %key.name, server = %key.server);
+            self.in_flight.push(Box::pin(
+                async move {
+                    let result = bounded(timeout, namespace.unmount(&key.name, &key.server)).await;
+                    Done {
+                        key: Some(key),
+                        operation: Operation::Unmount,
+                        sent_at: now,
+                        loss_epoch,
+                        result: result.map(|()| None),
+                    }
+                }
+                .instrument(span),
+            ));
+        }
+        self.status_changed = true;
+    }
+
+    fn start_keep_alive(&mut self, now: Instant) {
+        self.session.in_flight = true;
+        self.session.keep_alive_at = None;
+        let namespace = Arc::clone(&self.namespace);
+        let timeout = self.config.operation_timeout;
+        let loss_epoch = self.loss_epoch;
+        self.in_flight.push(Box::pin(
+            async move {
+                let result = bounded(timeout, namespace.keep_alive()).await;
+                Done {
+                    key: None,
+                    operation: Operation::KeepAlive,
+                    sent_at: now,
+                    loss_epoch,
+                    result: result.map(|()| None),
+                }
+            }
+            .instrument(tracing::debug_span!("keep_alive")),
+        ));
+    }
+
+    // ---- completions ----
+
+    fn complete(&mut self, done: Done) {
+        let Done {
+            key,
+            operation,
+            sent_at,
+            loss_epoch,
+            result,
+        } = done;
+        match (operation, key) {
+            (Operation::KeepAlive, _) => self.keep_alive_done(sent_at, result.map(|_| ())),
+            (Operation::Mount { was_mounted }, Some(key)) => {
+                self.mount_done(&key, was_mounted, sent_at, loss_epoch, result);
+            }
+            (Operation::Unmount, Some(key)) => self.unmount_done(&key, result.map(|_| ())),
+            (_, None) => {}
+        }
+        self.status_changed = true;
+    }
+
+    fn mount_done(
+        &mut self,
+        key: &Arc<MountKey>,
+        was_mounted: bool,
+        sent_at: Instant,
+        loss_epoch: u64,
+        result: Result<Option<MountOutcome>, NamespaceError>,
+    ) {
+        let now = Instant::now();
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                self.mount_failed(key, error, now);
+                return;
+            }
+        };
+        let found_gone = self.style == RefreshStyle::PerMount
+            && was_mounted
+            && outcome == Some(MountOutcome::Created);
+        if found_gone {
+            self.entries_lost("a refresh found its mount gone");
+        } else if loss_epoch != self.loss_epoch {
+            // Sent before a loss was seen: it may have landed on the lost
+            // session. Mount it again.
+            if let Some(mount) = self.mounts.get_mut(key) {
+                mount.in_flight = false;
+                mount.observed = MountState::Mounting;
+            }
+            self.schedule(key, now);
+            return;
+        }
+        self.end_outage();
+        if self.style == RefreshStyle::Session && !self.session.active {
+            self.session.active = true;
+            self.session.expires_at = Some(sent_at + self.ttl);
+            self.session.keep_alive_at = Some(sent_at + self.refresh_after());
+        }
+        let refresh_at = sent_at + self.refresh_after();
+        let (style, ttl, session_expiry) = (self.style, self.ttl, self.session.expires_at);
+        let Some(mount) = self.mounts.get_mut(key) else {
+            return;
+        };
+        mount.in_flight = false;
+        mount.observed = MountState::Mounted;
+        mount.consecutive_failures = 0;
+        mount.last_error = None;
+        mount.last_mounted_at = Some(now);
+        mount.expires_at = match style {
+            RefreshStyle::Session => session_expiry,
+            _ => Some(sent_at + ttl),
+        };
+        tracing::debug!(name = %key.name, server = %key.server, refresh = was_mounted, "mounted");
+        if mount.desired == MountState::Unmounted {
+            self.schedule(key, now);
+        } else if style == RefreshStyle::PerMount {
+            self.schedule(key, refresh_at);
+        }
+    }
+
+    fn mount_failed(&mut self, key: &Arc<MountKey>, error: NamespaceError, now: Instant) {
+        tracing::warn!(name = %key.name, server = %key.server, %error, "mount failed");
+        self.note_failure(&error);
+        let unit = self.rng.f64();
+        let Some(mount) = self.mounts.get_mut(key) else {
+            return;
+        };
+        mount.in_flight = false;
+        mount.consecutive_failures = mount.consecutive_failures.saturating_add(1);
+        let retry_at = now + self.config.retry_after(mount.consecutive_failures, unit);
+        let lost = error.is_entries_lost();
+        mount.last_error = Some(error);
+        if mount.desired == MountState::Unmounted {
+            self.schedule(key, now);
+        } else if lost {
+            self.entries_lost("the backend's session is gone");
+        } else {
+            self.schedule(key, retry_at);
+        }
+    }
+
+    fn unmount_done(&mut self, key: &Arc<MountKey>, result: Result<(), NamespaceError>) {
+        let now = Instant::now();
+        let unit = self.rng.f64();
+        match result {
+            Ok(()) => {
+                self.end_outage();
+                let Some(mount) = self.mounts.get_mut(key) else {
+                    return;
+                };
+                tracing::debug!(name = %key.name, server = %key.server, "unmounted");
+                mount.in_flight = false;
+                mount.written = false;
+                mount.observed = MountState::Unmounted;
+                mount.expires_at = None;
+                mount.consecutive_failures = 0;
+                mount.last_error = None;
+                mount.last_unmounted_at = Some(now);
+                if mount.desired == MountState::Mounted {
+                    self.schedule(key, now);
+                } else {
+                    self.mounts.remove(key);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(name = %key.name, server = %key.server, %error, "unmount failed");
+                self.note_failure(&error);
+                let Some(mount) = self.mounts.get_mut(key) else {
+                    return;
+                };
+                mount.in_flight = false;
+                mount.consecutive_failures = mount.consecutive_failures.saturating_add(1);
+                mount.last_error = Some(error);
+                let at = if mount.desired == MountState::Mounted {
+                    now
+                } else {
+                    now + self.config.retry_after(mount.consecutive_failures, unit)
+                };
+                self.schedule(key, at);
+            }
+        }
+    }
+
+    fn keep_alive_done(&mut self, sent_at: Instant, result: Result<(), NamespaceError>) {
+        self.session.in_flight = false;
+        let now = Instant::now();
+        match result {
+            Ok(()) => {
+                self.end_outage();
+                self.session.consecutive_failures = 0;
+                self.session.expires_at = Some(sent_at + self.ttl);
+                self.session.keep_alive_at = Some(sent_at + self.refresh_after());
+                let expires_at = self.session.expires_at;
+                for mount in self.mounts.values_mut() {
+                    if mount.observed == MountState::Mounted {
+                        mount.expires_at = expires_at;
+                    }
+                }
+            }
+            Err(error) if error.is_entries_lost() => {
+                tracing::warn!(%error, "session lost");
+                self.entries_lost("the backend's session is gone");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "keep-alive failed");
+                self.note_failure(&error);
+                self.session.consecutive_failures =
+                    self.session.consecutive_failures.saturating_add(1);
+                let delay = self
+                    .config
+                    .retry_after(self.session.consecutive_failures, self.rng.f64());
+                self.session.keep_alive_at = Some(now + delay);
+            }
+        }
+    }
+
+    /// The backend lost our mounts: every wanted pair is due now.
+    fn entries_lost(&mut self, reason: &str) {
+        tracing::warn!(
+            reason,
+            "the backend lost our mounts; mounting everything again"
+        );
+        self.loss_epoch += 1;
+        self.session = Session::default();
+        let now = Instant::now();
+        let due: Vec<Arc<MountKey>> = self
+            .mounts
+            .iter_mut()
+            .filter(|(_, mount)| mount.desired == MountState::Mounted && !mount.in_flight)
+            .map(|(key, mount)| {
+                mount.observed = MountState::Mounting;
+                mount.expires_at = None;
+                Arc::clone(key)
+            })
+            .collect();
+        for key in due {
+            self.schedule(&key, now);
+        }
+    }
+
+    fn note_failure(&mut self, error: &NamespaceError) {
+        if matches!(
+            error,
+            NamespaceError::Unavailable { .. } | NamespaceError::Timeout { .. }
+        ) {
+            self.outage = true;
+        }
+    }
+
+    /// A success after transport failures: the backend is back, so every
+    /// pair waiting out a backoff is due now.
+    fn end_outage(&mut self) {
+        if !std::mem::take(&mut self.outage) {
+            return;
+        }
+        tracing::info!("the backend answers again; retrying everything now");
+        let now = Instant::now();
+        let due: Vec<Arc<MountKey>> = self
+            .mounts
+            .iter()
+            .filter(|(_, mount)| mount.consecutive_failures > 0 && !mount.in_flight)
+            .map(|(key, _)| Arc::clone(key))
+            .collect();
+        for key in due {
+            self.schedule(&key, now);
+        }
+        if self.session.consecutive_failures > 0 && !self.session.in_flight {
+            self.session.keep_alive_at = Some(now);
+        }
+    }
+
+    fn refresh_after(&mut self) -> Duration {
+        self.config.refresh_after(self.rng.f64())
+    }
+
+    // ---- reporting ----
+
+    fn publish_status(&mut self) {
+        if !std::mem::take(&mut self.status_changed) {
+            return;
+        }
+        let Some(sender) = &self.status else {
+            return;
+        };
+        if sender.receiver_count() == 0 {
+            self.status = None;
+            return;
+        }
+        let snapshot = self.snapshot();
+        if let Some(sender) = &self.status {
+            sender.send_replace(snapshot);
+        }
+    }
+
+    fn snapshot(&self) -> PublisherStatus {
+        let now = Instant::now();
+        let mut mounts: Vec<MountStatus> = self
+            .mounts
+            .iter()
+            .map(|(key, mount)| {
+                let lapsed = mount.observed == MountState::Mounted
+                    && mount.expires_at.is_some_and(|at| at <= now);
+                MountStatus {
+                    name: key.name.clone(),
+                    server: key.server.clone(),
+                    desired: mount.desired,
+                    observed: if lapsed {
+                        MountState::Mounting
+                    } else {
+                        mount.observed
+                    },
+                    last_mounted_at: mount.last_mounted_at,
+                    last_unmounted_at: mount.last_unmounted_at,
+                    last_error: mount.last_error.clone(),
+                    consecutive_failures: mount.consecutive_failures,
+                    next_attempt_at: mount.next_attempt_at,
+                    expires_at: mount.expires_at,
+                }
+            })
+            .collect();
+        mounts.sort_by(|a, b| (&a.name, &a.server).cmp(&(&b.name, &b.server)));
+        PublisherStatus {
+            phase: *self.phase.borrow(),
+            names: self.names.iter().cloned().collect(),
+            servers: self.servers.iter().cloned().collect(),
+            mounts: mounts.into(),
+        }
+    }
+
+    fn published(&self) -> Vec<Published> {
+        let now = Instant::now();
+        self.names
+            .iter()
+            .map(|name| Published {
+                name: name.clone(),
+                rooted: format!("{}/{name}", self.root),
+                servers: self
+                    .servers
+                    .iter()
+                    .filter(|server| {
+                        let key = MountKey {
+                            name: name.clone(),
+                            server: (*server).clone(),
+                        };
+                        self.mounts.get(&key).is_some_and(|mount| {
+                            mount.observed == MountState::Mounted
+                                && mount.expires_at.is_none_or(|at| at > now)
+                        })
+                    })
+                    .cloned()
+                    .collect(),
+            })
+            .collect()
+    }
+
+    // ---- stopping ----
+
+    /// Unmounts everything, one bounded attempt each (or releases the
+    /// session), and reports what could not be undone.
+    async fn shut_down(mut self) -> WorkerResult {
+        self.phase.send_replace(Phase::Stopping);
+        // Operations under way are abandoned; whatever they may have
+        // written is unmounted below.
+        self.in_flight = FuturesUnordered::new();
+        self.ready.clear();
+        self.schedule.clear();
+        for mount in self.mounts.values_mut() {
+            mount.desired = MountState::Unmounted;
+            mount.in_flight = false;
+            mount.next_attempt_at = None;
+        }
+        self.status_changed = true;
+        self.publish_status();
+        let failures = match self.style {
+            RefreshStyle::Session => self.release_session().await,
+            _ => self.unmount_all().await,
+        };
+        self.phase.send_replace(Phase::Stopped);
+        self.status_changed = true;
+        self.publish_status();
+        match failures.into_iter().next() {
+            None => Ok(()),
+            Some((failed, first)) => {
+                Err(WorkerError::new(Error::UnmountIncomplete { failed, first }))
+            }
+        }
+    }
+
+    async fn release_session(&mut self) -> Option<(usize, NamespaceError)> {
+        let timeout = self.config.operation_timeout;
+        let result = bounded(timeout, self.namespace.release()).await;
+        let now = Instant::now();
+        for mount in self.mounts.values_mut() {
+            match &result {
+                Ok(()) => {
+                    mount.observed = MountState::Unmounted;
+                    mount.written = false;
+                    mount.expires_at = None;
+                    mount.last_unmounted_at = Some(now);
+                }
+                Err(error) => mount.last_error = Some(error.clone()),
+            }
+        }
+        match result {
+            Ok(()) => {
+                tracing::info!("session released; every mount removed");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not release the session; mounts expire by their TTL");
+                Some((1, error))
+            }
+        }
+    }
+
+    async fn unmount_all(&mut self) -> Option<(usize, NamespaceError)> {
+        let timeout = self.config.operation_timeout;
+        let mut pending = self
+            .mounts
+            .iter()
+            .filter(|(_, mount)| mount.written)
+            .map(|(key, _)| Arc::clone(key))
+            .collect::<Vec<_>>()
+            .into_iter();
+        let mut running = FuturesUnordered::new();
+        let mut failed = 0;
+        let mut first_error = None;
+        loop {
+            while running.len() < self.config.max_in_flight {
+                let Some(key) = pending.next() else { break };
+                let namespace = Arc::clone(&self.namespace);
+                running.push(async move {
+                    let result = bounded(timeout, namespace.unmount(&key.name, &key.server)).await;
+                    (key, result)
+                });
+            }
+            let Some((key, result)) = running.next().await else {
+                break;
+            };
+            let Some(mount) = self.mounts.get_mut(&key) else {
+                continue;
+            };
+            match result {
+                Ok(()) => {
+                    tracing::debug!(name = %key.name, server = %key.server, "unmounted");
+                    mount.observed = MountState::Unmounted;
+                    mount.written = false;
+                    mount.expires_at = None;
+                    mount.last_unmounted_at = Some(Instant::now());
+                }
+                Err(error) => {
+                    tracing::warn!(name = %key.name, server = %key.server, %error, "unmount at stop failed");
+                    failed += 1;
+                    first_error.get_or_insert_with(|| error.clone());
+                    mount.last_error = Some(error);
+                }
+            }
+        }
+        // Pairs never written were never in the backend.
+        for mount in self.mounts.values_mut() {
+            if !mount.written {
+                mount.observed = MountState::Unmounted;
+            }
+        }
+        first_error.map(|first| (failed, first))
+    }
+}
+
+/// Runs `operation` for at most `timeout`.
+async fn bounded<T>(
+    timeout: Duration,
+    operation: impl Future<Output = Result<T, NamespaceError>>,
+) -> Result<T, NamespaceError> {
+    tokio::time::timeout(timeout, operation)
+        .await
+        .unwrap_or(Err(NamespaceError::Timeout { after: timeout }))
+}

@@ -1,0 +1,140 @@
+//! The crate's errors: [`Error`] for the publisher's own operations and
+//! [`NamespaceError`] for what a naming backend can answer.
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_core_types::{Endpoint, InvalidId, Name};
+
+use crate::MountFlags;
+
+/// A publisher operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A setting in [`PublisherConfig`](crate::PublisherConfig) is out of
+    /// range, or the backend cannot honour the TTL it implies.
+    #[error("invalid publisher config: {field} {reason}")]
+    InvalidConfig {
+        /// The field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A name or server given as text did not validate.
+    #[error(transparent)]
+    InvalidId(#[from] InvalidId),
+    /// The publisher has been stopped; nothing more will be mounted.
+    #[error("the publisher is stopped")]
+    Stopped,
+    /// Stopping could not unmount everything; what it could not unmount
+    /// expires by its TTL.
+    #[error("stopping left {failed} mount(s) in place (they expire by their TTL): {first}")]
+    UnmountIncomplete {
+        /// How many unmounts (or the session release) failed.
+        failed: usize,
+        /// The first failure.
+        first: NamespaceError,
+    },
+}
+
+/// What a naming backend answered instead of doing what was asked.
+///
+/// Cheap to clone (sources are shared), because the publisher keeps the last
+/// one of every mount in its status.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum NamespaceError {
+    /// The backend could not be reached or did not answer.
+    #[error("naming backend unavailable: {source}")]
+    Unavailable {
+        /// What the transport said.
+        #[source]
+        source: Arc<dyn StdError + Send + Sync>,
+    },
+    /// The operation took longer than the publisher allows.
+    #[error("naming backend did not answer within {after:?}")]
+    Timeout {
+        /// The limit.
+        after: Duration,
+    },
+    /// The backend lost this publisher's mounts: its session (lease) expired
+    /// or was revoked, or the table was reset.
+    #[error("the naming backend lost our mounts: {reason}")]
+    EntriesLost {
+        /// How the loss showed.
+        reason: String,
+    },
+    /// A mount's flags disagree with those of servers already mounted under
+    /// the name (mount with `replace` to change them).
+    #[error(
+        "cannot mount {server} under {name} with {requested:?}: mounted servers have {existing:?}"
+    )]
+    FlagsConflict {
+        /// The name.
+        name: Name,
+        /// The server being mounted.
+        server: Endpoint,
+        /// The flags of the servers already there.
+        existing: MountFlags,
+        /// The flags asked for.
+        requested: MountFlags,
+    },
+    /// The backend cannot honour this TTL.
+    #[error("invalid TTL {ttl:?}: {reason}")]
+    InvalidTtl {
+        /// The TTL.
+        ttl: Duration,
+        /// Why not.
+        reason: String,
+    },
+    /// Nothing is mounted under the name or any ancestor that resolves
+    /// beneath itself.
+    #[error("nothing is mounted under {name}")]
+    NotFound {
+        /// The name.
+        name: Name,
+    },
+    /// The backend answered with data this crate cannot read (someone else
+    /// wrote under our prefix).
+    #[error("unreadable entry {key:?} in the naming backend: {reason}")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The backend refused the operation for a reason of its own.
+    #[error("naming backend refused the operation: {source}")]
+    Rejected {
+        /// What it said.
+        #[source]
+        source: Arc<dyn StdError + Send + Sync>,
+    },
+    /// The backend has been shut down.
+    #[error("the naming backend is shut down")]
+    Closed,
+}
+
+impl NamespaceError {
+    /// A [`NamespaceError::Unavailable`] from any transport error.
+    pub fn unavailable(source: impl StdError + Send + Sync + 'static) -> Self {
+        NamespaceError::Unavailable {
+            source: Arc::new(source),
+        }
+    }
+
+    /// A [`NamespaceError::Rejected`] from any backend error.
+    pub fn rejected(source: impl StdError + Send + Sync + 'static) -> Self {
+        NamespaceError::Rejected {
+            source: Arc::new(source),
+        }
+    }
+
+    /// Whether the backend lost this publisher's mounts, so that everything
+    /// must be mounted again.
+    pub fn is_entries_lost(&self) -> bool {
+        matches!(self, NamespaceError::EntriesLost { .. })
+    }
+}

@@ -1,0 +1,585 @@
+//! [`EtcdNamespace`]: the naming backend on a real etcd cluster.
+//!
+//! # Key layout
+//!
+//! A server mounted under a name is one key:
+//!
+//! ```text
+//! {prefix}/{name}/#{server}   →   {"serves_mount_table":false,"leaf":false}
+//! ```
+//!
+//! for example `flotilla/names/api/v1/#10.0.0.7:8080`. `#` cannot occur in
+//! a [`Name`], so the keys of name `api` (prefix `…/api/#`) never include
+//! those of `api/v1` (prefix `…/api/v1/#`), and resolving a name is one
+//! range read. The value holds the mount's flags as JSON.
+//!
+//! # Sessions
+//!
+//! Every key one `EtcdNamespace` writes is attached to its lease, granted
+//! on the first mount with the publisher's TTL (rounded up to whole
+//! seconds). [`keep_alive`](Namespace::keep_alive) extends it: one request a
+//! period, however many mounts. When etcd says the lease is gone (it
+//! expired during an outage, or was revoked), the operation answers
+//! [`NamespaceError::EntriesLost`] and forgets the lease, and the next mount
+//! grants a new one. [`release`](Namespace::release) revokes it, which
+//! deletes every key on it at once. So give each publisher its own
+//! `EtcdNamespace` ([`EtcdNamespace::fresh_session`] shares the connection).
+
+use std::fmt;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions, WatchStream,
+};
+use flotilla_core_types::{Endpoint, Name};
+use tokio::sync::Mutex;
+use tonic::Code;
+
+use crate::{
+    Error, MountFlags, MountOutcome, MountedServer, Namespace, NamespaceError, RefreshStyle,
+    Resolution,
+};
+
+/// The longest TTL etcd grants (its `MaxLeaseTTL`).
+const MAX_ETCD_TTL: Duration = Duration::from_secs(9_000_000_000);
+
+/// How long connecting to an endpoint may take before it counts as down.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// HTTP/2 pings on idle connections, so that a member killed without
+/// closing its sockets is noticed in seconds, not at the next request's
+/// timeout.
+const HTTP2_KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(2));
+
+/// The naming backend on etcd. See the [module docs](self) for the key
+/// layout and how the lease works.
+///
+/// # Example
+///
+/// ```no_run
+/// use flotilla_core_types::Name;
+/// use flotilla_publisher::{EtcdNamespace, Namespace, Publisher, PublisherConfig};
+///
+/// # async fn example() -> anyhow::Result<()> {
+/// let etcd = EtcdNamespace::connect(&["http://127.0.0.1:2379"], "flotilla/names").await?;
+/// let publisher = Publisher::start(etcd.fresh_session(), PublisherConfig::default())?;
+/// publisher.add_name(Name::new("api")?).await?;
+/// publisher.add_server("10.0.0.7:8080".parse()?).await?;
+///
+/// // Anyone can resolve, and follow a name's servers as they change.
+/// let servers = etcd.resolve(&Name::new("api")?).await?;
+/// let mut changes = etcd.watch_name(&Name::new("api")?).await?;
+/// while let Some(change) = changes.next().await? {
+///     println!("{change:?}");
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub struct EtcdNamespace {
+    client: Client,
+    prefix: String,
+    root: String,
+    lease: Mutex<Option<Lease>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    id: i64,
+}
+
+impl EtcdNamespace {
+    /// Connects to the etcd cluster at `endpoints` (URLs such as
+    /// `http://127.0.0.1:2379`) and keeps names under `prefix`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for an empty or malformed prefix or no
+    /// endpoints; [`Error::InvalidConfig`] naming `endpoints` when the
+    /// client cannot be built from them.
+    pub async fn connect(endpoints: &[&str], prefix: &str) -> Result<EtcdNamespace, Error> {
+        let Some(first) = endpoints.first() else {
+            return Err(Error::InvalidConfig {
+                field: "endpoints",
+                reason: String::from("must name at least one etcd endpoint"),
+            });
+        };
+        validate_prefix(prefix)?;
+        let options = ConnectOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_keep_alive(HTTP2_KEEP_ALIVE.0, HTTP2_KEEP_ALIVE.1)
+            .with_keep_alive_while_idle(true);
+        let client = Client::connect(endpoints, Some(options))
+            .await
+            .map_err(|error| Error::InvalidConfig {
+                field: "endpoints",
+                reason: error.to_string(),
+            })?;
+        let host = first.split_once("://").map_or(*first, |(_, rest)| rest);
+        Ok(EtcdNamespace {
+            client,
+            root: format!("etcd://{host}/{prefix}"),
+            prefix: prefix.to_owned(),
+            lease: Mutex::new(None),
+        })
+    }
+
+    /// A backend on an existing client, keeping names under `prefix`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for an empty or malformed prefix.
+    pub fn from_client(client: Client, prefix: &str) -> Result<EtcdNamespace, Error> {
+        validate_prefix(prefix)?;
+        Ok(EtcdNamespace {
+            client,
+            root: format!("etcd:/{prefix}"),
+            prefix: prefix.to_owned(),
+            lease: Mutex::new(None),
+        })
+    }
+
+    /// Another backend on the same connection and prefix, with a session
+    /// (lease) of its own: one for each publisher.
+    pub fn fresh_session(&self) -> EtcdNamespace {
+        EtcdNamespace {
+            client: self.client.clone(),
+            prefix: self.prefix.clone(),
+            root: self.root.clone(),
+            lease: Mutex::new(None),
+        }
+    }
+
+    /// The client, for whatever else the caller wants of etcd.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The id of the lease this backend's mounts hang on, once one is
+    /// granted.
+    pub async fn lease_id(&self) -> Option<i64> {
+        self.lease.lock().await.map(|lease| lease.id)
+    }
+
+    /// The key of `server` under `name` (see the [module docs](self)).
+    pub fn key(&self, name: &Name, server: &Endpoint) -> String {
+        format!("{}#{server}", self.name_prefix(name.as_str()))
+    }
+
+    /// Follows the servers mounted under `name` (exactly that name): first
+    /// every server mounted now, as [`NameChange::Mounted`], then each change
+    /// as etcd commits it, with nothing missed in between.
+    ///
+    /// # Errors
+    ///
+    /// [`NamespaceError::Unavailable`] when etcd cannot be reached;
+    /// [`NamespaceError::Corrupt`] for an unreadable entry.
+    pub async fn watch_name(&self, name: &Name) -> Result<NameWatch, NamespaceError> {
+        let key_prefix = self.name_prefix(name.as_str());
+        let mut client = self.client.clone();
+        let current = client
+            .get(key_prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(classify)?;
+        let revision = current.header().map_or(0, |header| header.revision());
+        let mut initial = Vec::new();
+        for kv in current.kvs() {
+            let (server, flags) = parse_entry(&key_prefix, kv.key(), kv.value())?;
+            initial.push(NameChange::Mounted { server, flags });
+        }
+        let stream = client
+            .watch(
+                key_prefix.as_str(),
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(revision + 1),
+                ),
+            )
+            .await
+            .map_err(classify)?;
+        initial.reverse();
+        Ok(NameWatch {
+            key_prefix,
+            pending: initial,
+            stream,
+        })
+    }
+
+    fn name_prefix(&self, name: &str) -> String {
+        format!("{}/{name}/", self.prefix)
+    }
+
+    async fn session_lease(&self, ttl: Duration) -> Result<Lease, NamespaceError> {
+        let mut lease = self.lease.lock().await;
+        if let Some(lease) = *lease {
+            return Ok(lease);
+        }
+        let granted = self
+            .client
+            .clone()
+            .lease_grant(ttl_seconds(ttl), None)
+            .await
+            .map_err(classify)?;
+        let granted = Lease { id: granted.id() };
+        tracing::debug!(lease = granted.id, ttl = ?ttl, "lease granted");
+        *lease = Some(granted);
+        Ok(granted)
+    }
+
+    /// Forgets `lost` if it is still the session's lease, and says so.
+    async fn forget_lease(&self, lost: Lease, how: &str) -> NamespaceError {
+        let mut lease = self.lease.lock().await;
+        if lease.is_some_and(|current| current.id == lost.id) {
+            *lease = None;
+        }
+        NamespaceError::EntriesLost {
+            reason: format!("etcd lease {:x} {how}", lost.id),
+        }
+    }
+
+    async fn servers_under(&self, name: &str) -> Result<Vec<MountedServer>, NamespaceError> {
+        let key_prefix = self.name_prefix(name);
+        let response = self
+            .client
+            .clone()
+            .get(
+                format!("{key_prefix}#"),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await
+            .map_err(classify)?;
+        let mut servers = Vec::with_capacity(response.kvs().len());
+        for kv in response.kvs() {
+            let (server, flags) = parse_entry(&key_prefix, kv.key(), kv.value())?;
+            servers.push(MountedServer {
+                server,
+                flags,
+                ttl_left: None,
+            });
+        }
+        servers.sort_by(|a, b| a.server.cmp(&b.server));
+        Ok(servers)
+    }
+}
+
+impl Namespace for EtcdNamespace {
+    fn refresh_style(&self) -> RefreshStyle {
+        RefreshStyle::Session
+    }
+
+    fn root(&self) -> String {
+        self.root.clone()
+    }
+
+    fn validate_ttl(&self, ttl: Duration) -> Result<(), NamespaceError> {
+        if ttl < Duration::from_secs(1) || ttl > MAX_ETCD_TTL {
+            return Err(NamespaceError::InvalidTtl {
+                ttl,
+                reason: format!("etcd leases last from 1 s to {MAX_ETCD_TTL:?}, in whole seconds"),
+            });
+        }
+        Ok(())
+    }
+
+    async fn mount(
+        &self,
+        name: &Name,
+        server: &Endpoint,
+        ttl: Duration,
+        flags: MountFlags,
+    ) -> Result<MountOutcome, NamespaceError> {
+        self.validate_ttl(ttl)?;
+        let lease = self.session_lease(ttl).await?;
+        let key = self.key(name, server);
+        let others = self.servers_under(name.as_str()).await?;
+        let value = encode_flags(flags);
+        let put = PutOptions::new().with_lease(lease.id).with_prev_key();
+        let mut client = self.client.clone();
+        let result = if flags.replace {
+            let mut operations: Vec<TxnOp> = others
+                .iter()
+                .filter(|other| &other.server != server)
+                .map(|other| TxnOp::delete(self.key(name, &other.server), None))
+                .collect();
+            let existed = others.iter().any(|other| &other.server == server);
+            operations.push(TxnOp::put(key, value, Some(put)));
+            client
+                .txn(Txn::new().and_then(operations))
+                .await
+                .map(|_| existed)
+        } else {
+            if let Some(conflict) = others
+                .iter()
+                .find(|other| &other.server != server && !other.flags.same_kind(flags))
+            {
+                return Err(NamespaceError::FlagsConflict {
+                    name: name.clone(),
+                    server: server.clone(),
+                    existing: conflict.flags,
+                    requested: flags,
+                });
+            }
+            client
+                .put(key, value, Some(put))
+                .await
+                .map(|response| response.prev_key().is_some())
+        };
+        match result {
+            Ok(true) => Ok(MountOutcome::Refreshed),
+            Ok(false) => Ok(MountOutcome::Created),
+            Err(error) if is_lease_not_found(&error) => {
+                Err(self.forget_lease(lease, "is gone").await)
+            }
+            Err(error) => Err(classify(error)),
+        }
+    }
+
+    async fn unmount(&self, name: &Name, server: &Endpoint) -> Result<(), NamespaceError> {
+        self.client
+            .clone()
+            .delete(self.key(name, server), None::<DeleteOptions>)
+            .await
+            .map(drop)
+            .map_err(classify)
+    }
+
+    async fn keep_alive(&self) -> Result<(), NamespaceError> {
+        let Some(lease) = *self.lease.lock().await else {
+            return Ok(());
+        };
+        // Opening the keep-alive stream sends one keep-alive and reads its
+        // answer; that is all a period needs.
+        match self.client.clone().lease_keep_alive(lease.id).await {
+            Ok(_) => Ok(()),
+            Err(error) if is_lease_not_found(&error) => {
+                Err(self.forget_lease(lease, "expired or was revoked").await)
+            }
+            Err(error) => Err(classify(error)),
+        }
+    }
+
+    async fn release(&self) -> Result<(), NamespaceError> {
+        let Some(lease) = self.lease.lock().await.take() else {
+            return Ok(());
+        };
+        match self.client.clone().lease_revoke(lease.id).await {
+            Ok(_) => Ok(()),
+            Err(error) if is_lease_not_found(&error) => Ok(()),
+            Err(error) => Err(classify(error)),
+        }
+    }
+
+    async fn resolve(&self, name: &Name) -> Result<Resolution, NamespaceError> {
+        let text = name.as_str();
+        let servers = self.servers_under(text).await?;
+        if !servers.is_empty() {
+            return Ok(Resolution {
+                mounted_name: name.clone(),
+                suffix: String::new(),
+                servers,
+            });
+        }
+        let mut cut = text.len();
+        while let Some(slash) = text[..cut].rfind('/') {
+            cut = slash;
+            let servers = self.servers_under(&text[..cut]).await?;
+            if servers.is_empty() {
+                continue;
+            }
+            if servers.iter().any(|mounted| mounted.flags.leaf) {
+                break;
+            }
+            let mounted_name = Name::new(&text[..cut])
+                .expect("an ancestor of a valid name, cut at a '/', is a valid name");
+            return Ok(Resolution {
+                mounted_name,
+                suffix: text[cut + 1..].to_owned(),
+                servers,
+            });
+        }
+        Err(NamespaceError::NotFound { name: name.clone() })
+    }
+}
+
+impl fmt::Debug for EtcdNamespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdNamespace")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A change to the servers under one name; see
+/// [`EtcdNamespace::watch_name`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NameChange {
+    /// The server is mounted (or its mount was rewritten).
+    Mounted {
+        /// The server.
+        server: Endpoint,
+        /// Its flags.
+        flags: MountFlags,
+    },
+    /// The server's mount is gone: unmounted, or its lease ended.
+    Unmounted {
+        /// The server.
+        server: Endpoint,
+    },
+}
+
+/// The stream of [`NameChange`]s from [`EtcdNamespace::watch_name`].
+pub struct NameWatch {
+    key_prefix: String,
+    /// Changes received but not yet returned, last first.
+    pending: Vec<NameChange>,
+    stream: WatchStream,
+}
+
+impl NameWatch {
+    /// The next change, or `None` when etcd ended the watch.
+    ///
+    /// # Errors
+    ///
+    /// [`NamespaceError::Unavailable`] when the connection fails,
+    /// [`NamespaceError::Rejected`] when etcd cancels the watch (its history
+    /// was compacted), [`NamespaceError::Corrupt`] for an unreadable entry.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a change received is kept for the next call.
+    pub async fn next(&mut self) -> Result<Option<NameChange>, NamespaceError> {
+        loop {
+            if let Some(change) = self.pending.pop() {
+                return Ok(Some(change));
+            }
+            let Some(response) = self.stream.message().await.map_err(classify)? else {
+                return Ok(None);
+            };
+            if response.canceled() {
+                return Err(NamespaceError::Rejected {
+                    source: std::sync::Arc::new(WatchCanceled(response.cancel_reason().to_owned())),
+                });
+            }
+            let mut changes = Vec::with_capacity(response.events().len());
+            for event in response.events() {
+                let Some(kv) = event.kv() else { continue };
+                let change = match event.event_type() {
+                    EventType::Put => {
+                        let (server, flags) = parse_entry(&self.key_prefix, kv.key(), kv.value())?;
+                        NameChange::Mounted { server, flags }
+                    }
+                    EventType::Delete => {
+                        let (server, _) = parse_entry(&self.key_prefix, kv.key(), b"{}")?;
+                        NameChange::Unmounted { server }
+                    }
+                };
+                changes.push(change);
+            }
+            changes.reverse();
+            self.pending = changes;
+        }
+    }
+}
+
+impl fmt::Debug for NameWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NameWatch")
+            .field("key_prefix", &self.key_prefix)
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("etcd canceled the watch: {0}")]
+struct WatchCanceled(String);
+
+fn validate_prefix(prefix: &str) -> Result<(), Error> {
+    let fail = |reason: &str| {
+        Err(Error::InvalidConfig {
+            field: "prefix",
+            reason: format!("{prefix:?} {reason}"),
+        })
+    };
+    if prefix.is_empty() {
+        return fail("is empty");
+    }
+    if prefix.ends_with('/') {
+        return fail("ends with '/' (the layout adds it)");
+    }
+    if prefix.contains('#') {
+        return fail("contains '#', which the layout reserves");
+    }
+    Ok(())
+}
+
+/// `ttl` in whole seconds, rounded up, as etcd wants it.
+fn ttl_seconds(ttl: Duration) -> i64 {
+    let seconds = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    i64::try_from(seconds).unwrap_or(i64::MAX)
+}
+
+fn encode_flags(flags: MountFlags) -> String {
+    // `replace` is an instruction to the mount, not a property of it.
+    let stored = MountFlags {
+        replace: false,
+        ..flags
+    };
+    serde_json::to_string(&stored).expect("MountFlags serialises to JSON infallibly")
+}
+
+/// The server and flags of the entry `key` → `value` under `key_prefix`.
+fn parse_entry(
+    key_prefix: &str,
+    key: &[u8],
+    value: &[u8],
+) -> Result<(Endpoint, MountFlags), NamespaceError> {
+    let corrupt = |reason: String| NamespaceError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason,
+    };
+    let text = std::str::from_utf8(key).map_err(|error| corrupt(error.to_string()))?;
+    let server_text = text
+        .strip_prefix(key_prefix)
+        .and_then(|rest| rest.strip_prefix('#'))
+        .ok_or_else(|| corrupt(format!("not under {key_prefix:?}#")))?;
+    let server = Endpoint::parse(server_text).map_err(|error| corrupt(error.to_string()))?;
+    let flags: MountFlags =
+        serde_json::from_slice(value).map_err(|error| corrupt(error.to_string()))?;
+    Ok((server, flags))
+}
+
+fn is_lease_not_found(error: &etcd_client::Error) -> bool {
+    match error {
+        etcd_client::Error::GRpcStatus(status) => status.message().contains("lease not found"),
+        etcd_client::Error::LeaseKeepAliveError(message) => message.contains("lease not found"),
+        _ => false,
+    }
+}
+
+/// Sorts an etcd error into the publisher's terms: transport trouble is
+/// [`NamespaceError::Unavailable`] (retried, and its end triggers a
+/// re-mount of everything), anything else is [`NamespaceError::Rejected`].
+fn classify(error: etcd_client::Error) -> NamespaceError {
+    use etcd_client::Error as E;
+    let transient = match &error {
+        E::TransportError(_) | E::IoError(_) | E::LeaseKeepAliveError(_) | E::WatchError(_) => true,
+        E::GRpcStatus(status) => matches!(
+            status.code(),
+            Code::Unavailable
+                | Code::DeadlineExceeded
+                | Code::Cancelled
+                | Code::Unknown
+                | Code::Aborted
+                | Code::ResourceExhausted
+        ),
+        _ => false,
+    };
+    if transient {
+        NamespaceError::unavailable(error)
+    } else {
+        NamespaceError::rejected(error)
+    }
+}

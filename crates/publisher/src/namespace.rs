@@ -1,0 +1,169 @@
+//! [`Namespace`]: what the publisher needs from a naming backend, and the
+//! small types that cross that boundary.
+//!
+//! A backend keeps mounts alive in one of two ways, named by
+//! [`RefreshStyle`]: each mount carries its own TTL and must be written again
+//! before it runs out (the embedded [`MountTable`](crate::MountTable), as in
+//! Vanadium), or all of one publisher's mounts hang on a session that a
+//! single keep-alive extends (etcd's lease). The publisher schedules its work
+//! by that style, so the lease backend costs one operation per period however
+//! many mounts it holds.
+
+use std::future::Future;
+use std::time::Duration;
+
+use flotilla_core_types::{Endpoint, Name};
+use serde::{Deserialize, Serialize};
+
+use crate::NamespaceError;
+
+/// A naming backend: where (name, server) pairs are mounted with a TTL and
+/// resolved by others.
+///
+/// One value serves one publisher: a session-style backend keeps that
+/// publisher's session (lease) inside it. Resolving needs no session, so any
+/// value can resolve.
+///
+/// Every method is cancel safe in the sense the publisher needs: dropping a
+/// future leaves the backend either with or without that one change.
+pub trait Namespace: Send + Sync + 'static {
+    /// How this backend keeps mounts alive.
+    fn refresh_style(&self) -> RefreshStyle;
+
+    /// Where this backend lives, as the root of a rooted name: a name `api`
+    /// published here is reachable as `{root}/api`.
+    fn root(&self) -> String;
+
+    /// Checks that the backend can honour `ttl`, before anything is written.
+    ///
+    /// # Errors
+    ///
+    /// [`NamespaceError::InvalidTtl`] when it cannot.
+    fn validate_ttl(&self, ttl: Duration) -> Result<(), NamespaceError>;
+
+    /// Mounts `server` under `name` for `ttl`, or refreshes that mount.
+    /// Says whether the mount was there already, so that a refresh that
+    /// finds its mount gone reveals a backend that lost its entries.
+    fn mount(
+        &self,
+        name: &Name,
+        server: &Endpoint,
+        ttl: Duration,
+        flags: MountFlags,
+    ) -> impl Future<Output = Result<MountOutcome, NamespaceError>> + Send;
+
+    /// Removes the mount of `server` under `name`. Removing a mount that is
+    /// not there succeeds.
+    fn unmount(
+        &self,
+        name: &Name,
+        server: &Endpoint,
+    ) -> impl Future<Output = Result<(), NamespaceError>> + Send;
+
+    /// Extends this publisher's session by its TTL. Only called on
+    /// [`RefreshStyle::Session`] backends, and only once something has been
+    /// mounted.
+    ///
+    /// # Errors
+    ///
+    /// [`NamespaceError::EntriesLost`] when the session is gone (and with it
+    /// every mount on it); the next [`mount`](Self::mount) opens a new one.
+    fn keep_alive(&self) -> impl Future<Output = Result<(), NamespaceError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Ends this publisher's session, removing every mount on it at once.
+    /// Does nothing on [`RefreshStyle::PerMount`] backends.
+    fn release(&self) -> impl Future<Output = Result<(), NamespaceError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// The servers mounted under `name` now (expired mounts excluded), or
+    /// under the nearest mounted ancestor of `name` that lets resolution
+    /// continue beneath it.
+    fn resolve(
+        &self,
+        name: &Name,
+    ) -> impl Future<Output = Result<Resolution, NamespaceError>> + Send;
+}
+
+/// How a backend keeps mounts alive; see [`Namespace::refresh_style`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RefreshStyle {
+    /// Every mount has its own TTL and is refreshed by mounting it again.
+    PerMount,
+    /// Every mount of one publisher hangs on one session, extended by
+    /// [`Namespace::keep_alive`] once per period.
+    Session,
+}
+
+/// Properties of a mount, after Vanadium's mount flags.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MountFlags {
+    /// Replace every server mounted under the name instead of adding one.
+    pub replace: bool,
+    /// The server is itself a mount table: names beneath this one resolve
+    /// there.
+    pub serves_mount_table: bool,
+    /// The server serves exactly this name: nothing resolves beneath it.
+    pub leaf: bool,
+}
+
+impl MountFlags {
+    /// No flags: add the server, which serves this name and may handle
+    /// names beneath it.
+    pub const NONE: MountFlags = MountFlags {
+        replace: false,
+        serves_mount_table: false,
+        leaf: false,
+    };
+
+    /// Whether two mounts under one name describe the same kind of server.
+    /// `replace` is an instruction, not a property, so it is ignored.
+    pub fn same_kind(self, other: MountFlags) -> bool {
+        self.serves_mount_table == other.serves_mount_table && self.leaf == other.leaf
+    }
+}
+
+/// What a [`Namespace::mount`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MountOutcome {
+    /// The mount was not there, and now is.
+    Created,
+    /// The mount was there; its TTL starts again.
+    Refreshed,
+}
+
+/// The answer to [`Namespace::resolve`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolution {
+    /// The name that was found mounted: the name asked for, or an ancestor.
+    pub mounted_name: Name,
+    /// What is left of the name asked for beneath `mounted_name`, without a
+    /// leading `/`; empty when the name itself is mounted.
+    pub suffix: String,
+    /// The live mounts under `mounted_name`, ordered by server.
+    pub servers: Vec<MountedServer>,
+}
+
+impl Resolution {
+    /// Just the servers' endpoints.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        self.servers
+            .iter()
+            .map(|mounted| mounted.server.clone())
+            .collect()
+    }
+}
+
+/// One live mount, as seen by a resolver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountedServer {
+    /// Where the server listens.
+    pub server: Endpoint,
+    /// The flags it was mounted with.
+    pub flags: MountFlags,
+    /// How long the mount lives unless refreshed, when the backend can say.
+    pub ttl_left: Option<Duration>,
+}

@@ -1,0 +1,137 @@
+//! What a publisher reports: [`PublisherStatus`] with a [`MountStatus`] per
+//! (name, server) pair, and [`Published`] names.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_core_types::{Endpoint, Name};
+use tokio::time::Instant;
+
+use crate::NamespaceError;
+
+/// Where a mount is, or is meant to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MountState {
+    /// Not confirmed mounted yet (or lapsed, or lost by the backend), and
+    /// being mounted.
+    Mounting,
+    /// Confirmed mounted, and not past its TTL.
+    Mounted,
+    /// Being removed (or its removal failed and is being retried).
+    Unmounting,
+    /// Confirmed removed, or never written.
+    Unmounted,
+}
+
+/// Whether a publisher is still publishing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Mounting and refreshing.
+    Running,
+    /// Stopped: unmounting everything; nothing new is mounted.
+    Stopping,
+    /// Done: `wait` has returned or is about to.
+    Stopped,
+}
+
+/// One (name, server) pair as the publisher sees it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct MountStatus {
+    /// The name.
+    pub name: Name,
+    /// The server.
+    pub server: Endpoint,
+    /// What the publisher wants: [`MountState::Mounted`] or
+    /// [`MountState::Unmounted`].
+    pub desired: MountState,
+    /// What the publisher last confirmed, or is doing about it.
+    pub observed: MountState,
+    /// When the backend last confirmed a mount (or refresh) of this pair.
+    pub last_mounted_at: Option<Instant>,
+    /// When the backend last confirmed an unmount of this pair.
+    pub last_unmounted_at: Option<Instant>,
+    /// The last failure, cleared by the next success.
+    pub last_error: Option<NamespaceError>,
+    /// Failures since the last success.
+    pub consecutive_failures: u32,
+    /// When the next operation on this pair is due, if one is scheduled.
+    pub next_attempt_at: Option<Instant>,
+    /// When the mount lapses unless refreshed, if it is mounted.
+    pub expires_at: Option<Instant>,
+}
+
+impl MountStatus {
+    /// How long the mount lives unless refreshed, from now; zero once it has
+    /// lapsed, `None` when it is not mounted.
+    pub fn ttl_left(&self) -> Option<Duration> {
+        self.expires_at
+            .map(|at| at.saturating_duration_since(Instant::now()))
+    }
+
+    /// Whether the pair is where the publisher wants it.
+    pub fn is_settled(&self) -> bool {
+        self.desired == self.observed
+    }
+}
+
+/// A snapshot of everything a publisher holds.
+///
+/// Snapshots sent to [`watch`](crate::Publisher::watch)ers are published on
+/// every change of phase, desired or observed state, failure count or error;
+/// a refresh that changes nothing else does not publish one (with ten
+/// thousand mounts that would be ten thousand snapshots a period). Ask
+/// [`status`](crate::Publisher::status) for fresh timestamps.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PublisherStatus {
+    /// Running, stopping or stopped.
+    pub phase: Phase,
+    /// The names being published, in order.
+    pub names: Arc<[Name]>,
+    /// The servers being published, in order.
+    pub servers: Arc<[Endpoint]>,
+    /// Every pair the publisher holds, by name then server: the cross
+    /// product of `names` and `servers`, plus pairs no longer wanted whose
+    /// unmount is not yet confirmed.
+    pub mounts: Arc<[MountStatus]>,
+}
+
+impl PublisherStatus {
+    /// Whether every wanted pair is confirmed mounted (true when nothing is
+    /// wanted), and no pair is left to unmount.
+    pub fn all_settled(&self) -> bool {
+        self.mounts.iter().all(MountStatus::is_settled)
+    }
+
+    /// Whether the publisher is running and every pair of the cross product
+    /// is mounted.
+    pub fn all_mounted(&self) -> bool {
+        self.phase == Phase::Running
+            && self.mounts.len() == self.names.len() * self.servers.len()
+            && self
+                .mounts
+                .iter()
+                .all(|m| m.observed == MountState::Mounted)
+    }
+
+    /// The status of one pair.
+    pub fn mount(&self, name: &Name, server: &Endpoint) -> Option<&MountStatus> {
+        self.mounts
+            .iter()
+            .find(|m| &m.name == name && &m.server == server)
+    }
+}
+
+/// One published name: where it can be resolved and which servers are
+/// confirmed mounted under it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The name.
+    pub name: Name,
+    /// The name rooted at the backend, such as `mem:/api` or
+    /// `etcd://127.0.0.1:2379/flotilla/api`.
+    pub rooted: String,
+    /// The servers confirmed mounted under it, in order.
+    pub servers: Vec<Endpoint>,
+}

@@ -1,0 +1,414 @@
+//! [`MountTable`]: the embedded naming backend, an in-process mount table
+//! whose entries expire by their TTL.
+//!
+//! The table is plain data behind a mutex (no lock is held across an
+//! `.await`), so mounts and resolves from any number of tasks are a lock and
+//! a map lookup. Expiry is exact without depending on a timer: every read
+//! ignores entries whose deadline has passed. A reaper task sleeps until the
+//! earliest deadline and drops expired entries, so their memory comes back
+//! even when nobody resolves them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use flotilla_core_types::{Endpoint, Name, TaskWorker, WaitFuture, Worker};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::{
+    MountFlags, MountOutcome, MountedServer, Namespace, NamespaceError, RefreshStyle, Resolution,
+};
+
+/// The longest TTL the table accepts: long enough for any refresh period,
+/// short enough that a deadline never overflows the clock.
+pub const MAX_TABLE_TTL: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// An in-process mount table, the default naming backend. Cloning is cheap:
+/// every clone is a handle to the same table, so publishers and resolvers in
+/// one process share it.
+///
+/// The table is a [`Worker`] (its reaper task): [`kill`](Worker::kill) shuts
+/// it down, after which every operation answers [`NamespaceError::Closed`].
+/// Dropping every handle shuts it down too.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use flotilla_core_types::{Endpoint, Name};
+/// use flotilla_publisher::{MountFlags, MountTable, Namespace};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> anyhow::Result<()> {
+/// let table = MountTable::start();
+/// let name = Name::new("api")?;
+/// let server: Endpoint = "10.0.0.7:8080".parse()?;
+/// table.mount(&name, &server, Duration::from_secs(30), MountFlags::NONE).await?;
+/// assert_eq!(table.resolve(&name).await?.endpoints(), [server]);
+///
+/// tokio::time::sleep(Duration::from_secs(30)).await;
+/// assert!(table.resolve(&name).await.is_err(), "expired exactly at its deadline");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct MountTable {
+    inner: Arc<TableInner>,
+}
+
+struct TableInner {
+    state: Arc<Mutex<TableState>>,
+    wake_reaper: Arc<Notify>,
+    reaper: TaskWorker,
+}
+
+impl Drop for TableInner {
+    fn drop(&mut self) {
+        self.reaper.kill();
+    }
+}
+
+impl MountTable {
+    /// An empty table, with its reaper running.
+    ///
+    /// # Panics
+    ///
+    /// Panics when called outside a tokio runtime with a timer.
+    pub fn start() -> MountTable {
+        let state = Arc::new(Mutex::new(TableState::default()));
+        let wake_reaper = Arc::new(Notify::new());
+        let reaper = {
+            let state = Arc::clone(&state);
+            let wake = Arc::clone(&wake_reaper);
+            TaskWorker::spawn(move |stop| async move {
+                reap(&state, &wake, stop).await;
+                Ok(())
+            })
+        };
+        MountTable {
+            inner: Arc::new(TableInner {
+                state,
+                wake_reaper,
+                reaper,
+            }),
+        }
+    }
+
+    /// Drops every entry at once, as a restarted table would. Publishers
+    /// notice when a refresh finds its mount gone, and mount everything
+    /// again.
+    pub fn reset(&self) {
+        let mut state = self.lock();
+        state.names.clear();
+        state.expiries.clear();
+    }
+
+    /// How many entries the table holds in memory, expired ones not yet
+    /// reaped included.
+    pub fn entry_count(&self) -> usize {
+        self.lock().expiries.len()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, TableState> {
+        lock(&self.inner.state)
+    }
+
+    fn mount_now(
+        &self,
+        name: &Name,
+        server: &Endpoint,
+        ttl: Duration,
+        flags: MountFlags,
+    ) -> Result<MountOutcome, NamespaceError> {
+        self.validate_ttl(ttl)?;
+        let now = Instant::now();
+        let expires_at = now + ttl;
+        let mut state = self.lock();
+        if state.closed {
+            return Err(NamespaceError::Closed);
+        }
+        state.drop_expired_under(name, now);
+        if flags.replace {
+            state.remove_others(name, server);
+        } else if let Some(existing) = state.conflicting_flags(name, server, flags) {
+            return Err(NamespaceError::FlagsConflict {
+                name: name.clone(),
+                server: server.clone(),
+                existing,
+                requested: flags,
+            });
+        }
+        let sequence = state.next_sequence();
+        let previous = state.names.entry(name.clone()).or_default().insert(
+            server.clone(),
+            Entry {
+                flags,
+                expires_at,
+                sequence,
+            },
+        );
+        let outcome = match previous {
+            Some(old) => {
+                state.expiries.remove(&(old.expires_at, old.sequence));
+                MountOutcome::Refreshed
+            }
+            None => MountOutcome::Created,
+        };
+        let earliest_before = state.expiries.keys().next().map(|(at, _)| *at);
+        state
+            .expiries
+            .insert((expires_at, sequence), (name.clone(), server.clone()));
+        drop(state);
+        if earliest_before.is_none_or(|earliest| expires_at < earliest) {
+            self.inner.wake_reaper.notify_one();
+        }
+        Ok(outcome)
+    }
+
+    fn unmount_now(&self, name: &Name, server: &Endpoint) -> Result<(), NamespaceError> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(NamespaceError::Closed);
+        }
+        state.remove(name, server);
+        Ok(())
+    }
+
+    fn resolve_now(&self, name: &Name) -> Result<Resolution, NamespaceError> {
+        let now = Instant::now();
+        let state = self.lock();
+        if state.closed {
+            return Err(NamespaceError::Closed);
+        }
+        if let Some(servers) = state.live_servers(name.as_str(), now) {
+            return Ok(Resolution {
+                mounted_name: name.clone(),
+                suffix: String::new(),
+                servers,
+            });
+        }
+        // The nearest mounted ancestor answers for the rest of the name,
+        // unless it is a leaf.
+        let text = name.as_str();
+        let mut cut = text.len();
+        while let Some(slash) = text[..cut].rfind('/') {
+            cut = slash;
+            let Some(servers) = state.live_servers(&text[..cut], now) else {
+                continue;
+            };
+            if servers.iter().any(|mounted| mounted.flags.leaf) {
+                break;
+            }
+            let mounted_name = Name::new(&text[..cut])
+                .expect("an ancestor of a valid name, cut at a '/', is a valid name");
+            return Ok(Resolution {
+                mounted_name,
+                suffix: text[cut + 1..].to_owned(),
+                servers,
+            });
+        }
+        Err(NamespaceError::NotFound { name: name.clone() })
+    }
+}
+
+impl Namespace for MountTable {
+    fn refresh_style(&self) -> RefreshStyle {
+        RefreshStyle::PerMount
+    }
+
+    fn root(&self) -> String {
+        String::from("mem:")
+    }
+
+    fn validate_ttl(&self, ttl: Duration) -> Result<(), NamespaceError> {
+        if ttl.is_zero() || ttl > MAX_TABLE_TTL {
+            return Err(NamespaceError::InvalidTtl {
+                ttl,
+                reason: format!("the mount table accepts from 1ns to {MAX_TABLE_TTL:?}"),
+            });
+        }
+        Ok(())
+    }
+
+    async fn mount(
+        &self,
+        name: &Name,
+        server: &Endpoint,
+        ttl: Duration,
+        flags: MountFlags,
+    ) -> Result<MountOutcome, NamespaceError> {
+        self.mount_now(name, server, ttl, flags)
+    }
+
+    async fn unmount(&self, name: &Name, server: &Endpoint) -> Result<(), NamespaceError> {
+        self.unmount_now(name, server)
+    }
+
+    async fn resolve(&self, name: &Name) -> Result<Resolution, NamespaceError> {
+        self.resolve_now(name)
+    }
+}
+
+impl Worker for MountTable {
+    fn kill(&self) {
+        self.lock().closed = true;
+        self.inner.reaper.kill();
+    }
+
+    fn wait(&self) -> WaitFuture<'_> {
+        self.inner.reaper.wait()
+    }
+}
+
+impl fmt::Debug for MountTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.lock();
+        f.debug_struct("MountTable")
+            .field("names", &state.names.len())
+            .field("entries", &state.expiries.len())
+            .field("closed", &state.closed)
+            .finish()
+    }
+}
+
+/// The table's data. Every entry is in `names` and, by its deadline, in
+/// `expiries`; the two always hold the same entries.
+#[derive(Default)]
+struct TableState {
+    names: HashMap<Name, BTreeMap<Endpoint, Entry>>,
+    /// Deadline order, for the reaper. The sequence number tells apart
+    /// entries that expire at the same instant.
+    expiries: BTreeMap<(Instant, u64), (Name, Endpoint)>,
+    sequence: u64,
+    closed: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    flags: MountFlags,
+    expires_at: Instant,
+    sequence: u64,
+}
+
+impl TableState {
+    fn next_sequence(&mut self) -> u64 {
+        self.sequence += 1;
+        self.sequence
+    }
+
+    fn live_servers(&self, name: &str, now: Instant) -> Option<Vec<MountedServer>> {
+        let servers: Vec<MountedServer> = self
+            .names
+            .get(name)?
+            .iter()
+            .filter(|(_, entry)| entry.expires_at > now)
+            .map(|(server, entry)| MountedServer {
+                server: server.clone(),
+                flags: entry.flags,
+                ttl_left: Some(entry.expires_at - now),
+            })
+            .collect();
+        (!servers.is_empty()).then_some(servers)
+    }
+
+    /// The flags of a live server under `name`, other than `server`, whose
+    /// kind differs from `flags`.
+    fn conflicting_flags(
+        &self,
+        name: &Name,
+        server: &Endpoint,
+        flags: MountFlags,
+    ) -> Option<MountFlags> {
+        self.names
+            .get(name)?
+            .iter()
+            .find(|(other, entry)| *other != server && !entry.flags.same_kind(flags))
+            .map(|(_, entry)| entry.flags)
+    }
+
+    fn drop_expired_under(&mut self, name: &Name, now: Instant) {
+        let Some(servers) = self.names.get(name) else {
+            return;
+        };
+        let expired: Vec<Endpoint> = servers
+            .iter()
+            .filter(|(_, entry)| entry.expires_at <= now)
+            .map(|(server, _)| server.clone())
+            .collect();
+        for server in expired {
+            self.remove(name, &server);
+        }
+    }
+
+    fn remove_others(&mut self, name: &Name, keep: &Endpoint) {
+        let Some(servers) = self.names.get(name) else {
+            return;
+        };
+        let others: Vec<Endpoint> = servers.keys().filter(|s| *s != keep).cloned().collect();
+        for server in others {
+            self.remove(name, &server);
+        }
+    }
+
+    fn remove(&mut self, name: &Name, server: &Endpoint) {
+        let Some(servers) = self.names.get_mut(name) else {
+            return;
+        };
+        if let Some(entry) = servers.remove(server) {
+            self.expiries.remove(&(entry.expires_at, entry.sequence));
+        }
+        if servers.is_empty() {
+            self.names.remove(name);
+        }
+    }
+
+    /// Removes every entry whose deadline is at or before `now`, and returns
+    /// the next deadline.
+    fn reap(&mut self, now: Instant) -> Option<Instant> {
+        while let Some(((expires_at, _), _)) = self.expiries.first_key_value() {
+            if *expires_at > now {
+                return Some(*expires_at);
+            }
+            let Some((_, (name, server))) = self.expiries.pop_first() else {
+                break;
+            };
+            if let Some(servers) = self.names.get_mut(&name) {
+                servers.remove(&server);
+                if servers.is_empty() {
+                    self.names.remove(&name);
+                }
+            }
+        }
+        None
+    }
+}
+
+fn lock(state: &Mutex<TableState>) -> MutexGuard<'_, TableState> {
+    // The state holds no invariant a panicking holder could break halfway
+    // (every method leaves it consistent before it can panic), so a poisoned
+    // lock is safe to keep using.
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The reaper: sleeps until the earliest deadline (or until an earlier one
+/// is added) and drops what has expired.
+async fn reap(state: &Mutex<TableState>, wake: &Notify, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        let next_deadline = lock(state).reap(Instant::now());
+        let sleep = async {
+            match next_deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = wake.notified() => {}
+            () = sleep => {}
+        }
+    }
+}
