@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_core_types::{Endpoint, Name, WorkerError, WorkerResult};
+use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -210,6 +211,12 @@ impl<N: Namespace> Actor<N> {
                 },
                 Some(done) = self.in_flight.next(), if !self.in_flight.is_empty() => {
                     self.complete(done);
+                    // Take in every other operation that has finished too,
+                    // so that one status snapshot covers them all (at most
+                    // `max_in_flight` of them).
+                    while let Some(Some(done)) = self.in_flight.next().now_or_never() {
+                        self.complete(done);
+                    }
                 }
                 () = &mut timer, if wake_at.is_some() => {}
             }
@@ -420,6 +427,7 @@ impl<N: Namespace> Actor<N> {
             let was_mounted = mount.observed == MountState::Mounted;
             if !was_mounted {
                 mount.observed = MountState::Mounting;
+                self.status_changed = true;
             }
             mount.written = true;
             let (ttl, flags) = (self.ttl, self.config.flags);
@@ -440,6 +448,7 @@ impl<N: Namespace> Actor<N> {
             ));
         } else {
             mount.observed = MountState::Unmounting;
+            self.status_changed = true;
             let span = tracing::debug_span!("unmount", name = %key.name, server = %key.server);
             self.in_flight.push(Box::pin(
                 async move {
@@ -455,7 +464,6 @@ impl<N: Namespace> Actor<N> {
                 .instrument(span),
             ));
         }
-        self.status_changed = true;
     }
 
     fn start_keep_alive(&mut self, now: Instant) {
@@ -497,7 +505,6 @@ impl<N: Namespace> Actor<N> {
             (Operation::Unmount, Some(key)) => self.unmount_done(&key, result.map(|_| ())),
             (_, None) => {}
         }
-        self.status_changed = true;
     }
 
     fn mount_done(
@@ -524,6 +531,7 @@ impl<N: Namespace> Actor<N> {
         } else if loss_epoch != self.loss_epoch {
             // Sent before a loss was seen: it may have landed on the lost
             // session. Mount it again.
+            self.status_changed = true;
             if let Some(mount) = self.mounts.get_mut(key) {
                 mount.in_flight = false;
                 mount.observed = MountState::Mounting;
@@ -542,6 +550,8 @@ impl<N: Namespace> Actor<N> {
         let Some(mount) = self.mounts.get_mut(key) else {
             return;
         };
+        let clean_refresh = was_mounted && mount.consecutive_failures == 0;
+        self.status_changed |= !clean_refresh;
         mount.in_flight = false;
         mount.observed = MountState::Mounted;
         mount.consecutive_failures = 0;
@@ -560,6 +570,7 @@ impl<N: Namespace> Actor<N> {
     }
 
     fn mount_failed(&mut self, key: &Arc<MountKey>, error: NamespaceError, now: Instant) {
+        self.status_changed = true;
         tracing::warn!(name = %key.name, server = %key.server, %error, "mount failed");
         self.note_failure(&error);
         let unit = self.rng.f64();
@@ -581,6 +592,7 @@ impl<N: Namespace> Actor<N> {
     }
 
     fn unmount_done(&mut self, key: &Arc<MountKey>, result: Result<(), NamespaceError>) {
+        self.status_changed = true;
         let now = Instant::now();
         let unit = self.rng.f64();
         match result {
@@ -657,6 +669,7 @@ impl<N: Namespace> Actor<N> {
 
     /// The backend lost our mounts: every wanted pair is due now.
     fn entries_lost(&mut self, reason: &str) {
+        self.status_changed = true;
         tracing::warn!(
             reason,
             "the backend lost our mounts; mounting everything again"

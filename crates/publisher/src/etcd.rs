@@ -470,10 +470,9 @@ impl NameWatch {
                         let (server, flags) = parse_entry(&self.key_prefix, kv.key(), kv.value())?;
                         NameChange::Mounted { server, flags }
                     }
-                    EventType::Delete => {
-                        let (server, _) = parse_entry(&self.key_prefix, kv.key(), b"{}")?;
-                        NameChange::Unmounted { server }
-                    }
+                    EventType::Delete => NameChange::Unmounted {
+                        server: parse_server(&self.key_prefix, kv.key())?,
+                    },
                 };
                 changes.push(change);
             }
@@ -536,19 +535,27 @@ fn parse_entry(
     key: &[u8],
     value: &[u8],
 ) -> Result<(Endpoint, MountFlags), NamespaceError> {
-    let corrupt = |reason: String| NamespaceError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        reason,
-    };
-    let text = std::str::from_utf8(key).map_err(|error| corrupt(error.to_string()))?;
+    let server = parse_server(key_prefix, key)?;
+    let flags: MountFlags =
+        serde_json::from_slice(value).map_err(|error| corrupt(key, error.to_string()))?;
+    Ok((server, flags))
+}
+
+/// The server whose entry under `key_prefix` is `key`.
+fn parse_server(key_prefix: &str, key: &[u8]) -> Result<Endpoint, NamespaceError> {
+    let text = std::str::from_utf8(key).map_err(|error| corrupt(key, error.to_string()))?;
     let server_text = text
         .strip_prefix(key_prefix)
         .and_then(|rest| rest.strip_prefix('#'))
-        .ok_or_else(|| corrupt(format!("not under {key_prefix:?}#")))?;
-    let server = Endpoint::parse(server_text).map_err(|error| corrupt(error.to_string()))?;
-    let flags: MountFlags =
-        serde_json::from_slice(value).map_err(|error| corrupt(error.to_string()))?;
-    Ok((server, flags))
+        .ok_or_else(|| corrupt(key, format!("not under {key_prefix:?}#")))?;
+    Endpoint::parse(server_text).map_err(|error| corrupt(key, error.to_string()))
+}
+
+fn corrupt(key: &[u8], reason: String) -> NamespaceError {
+    NamespaceError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason,
+    }
 }
 
 fn is_lease_not_found(error: &etcd_client::Error) -> bool {

@@ -73,7 +73,7 @@ pub use config::PublisherConfig;
 pub use error::{Error, NamespaceError};
 #[cfg(feature = "etcd")]
 #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
-pub use etcd::{EtcdNamespace, NameChange};
+pub use etcd::{EtcdNamespace, NameChange, NameWatch};
 pub use namespace::{MountFlags, MountOutcome, MountedServer, Namespace, RefreshStyle, Resolution};
 pub use publisher::Publisher;
 pub use status::{MountState, MountStatus, Phase, Published, PublisherStatus};

@@ -100,6 +100,7 @@ pub enum RefreshStyle {
 
 /// Properties of a mount, after Vanadium's mount flags.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default)]
 pub struct MountFlags {
     /// Replace every server mounted under the name instead of adding one.
     pub replace: bool,

@@ -1,1 +1,11 @@
-//! x
+//! Integration tests of flotilla-publisher: the embedded table and the
+//! publisher on tokio's paused clock, a proptest model, and the etcd
+//! backend against real etcd processes.
+
+mod harness;
+mod model;
+mod publisher;
+mod table;
+
+#[cfg(feature = "etcd")]
+mod etcd;

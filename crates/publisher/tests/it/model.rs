@@ -1,0 +1,1 @@
+//! The model test (to come).

@@ -1,0 +1,545 @@
+//! The publisher's behaviour on the embedded table and on a session-style
+//! backend, every test on tokio's paused clock.
+
+use std::time::Duration;
+
+use flotilla_core_types::Worker;
+use flotilla_publisher::{
+    Error, MountState, MountTable, Namespace, NamespaceError, Phase, Publisher, PublisherConfig,
+};
+use tokio::time::{Instant, sleep};
+
+use crate::harness::{
+    Flaky, LeaseTable, alive_tasks, config, name, resolved, server, settle, stop_and_check, until,
+};
+
+const PERIOD: Duration = Duration::from_secs(60);
+const TTL: Duration = Duration::from_secs(80);
+
+async fn started(flaky: &Flaky, config: PublisherConfig) -> Publisher {
+    Publisher::start(flaky.clone(), config).expect("valid config")
+}
+
+async fn publish(publisher: &Publisher, names: &[&str], ports: &[u16]) {
+    for text in names {
+        publisher.add_name(name(text)).await.expect("running");
+    }
+    for port in ports {
+        publisher.add_server(server(*port)).await.expect("running");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_cross_product_is_mounted_and_duplicates_change_nothing() {
+    let flaky = Flaky::new();
+    let publisher = started(&flaky, config()).await;
+    publish(&publisher, &["a", "b"], &[1, 2]).await;
+    until(&publisher, |s| s.all_mounted()).await;
+    for text in ["a", "b"] {
+        assert_eq!(
+            resolved(&flaky.table, &name(text)).await,
+            [server(1), server(2)]
+        );
+    }
+    assert_eq!(flaky.mounts(), 4);
+
+    publish(&publisher, &["a", "b"], &[1, 2]).await;
+    settle().await;
+    assert_eq!(flaky.mounts(), 4, "adding what is there mounts nothing");
+    assert_eq!(publisher.status().await.expect("running").mounts.len(), 4);
+    assert!(stop_and_check(publisher).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn adding_a_name_mounts_it_for_every_server_and_a_server_under_every_name() {
+    let flaky = Flaky::new();
+    let publisher = started(&flaky, config()).await;
+    publish(&publisher, &["a"], &[1, 2]).await;
+    until(&publisher, |s| s.all_mounted()).await;
+    publisher.add_name(name("b")).await.expect("running");
+    until(&publisher, |s| s.all_mounted()).await;
+    assert_eq!(
+        resolved(&flaky.table, &name("b")).await,
+        [server(1), server(2)]
+    );
+    publisher.add_server(server(3)).await.expect("running");
+    until(&publisher, |s| s.all_mounted()).await;
+    for text in ["a", "b"] {
+        assert_eq!(
+            resolved(&flaky.table, &name(text)).await,
+            [server(1), server(2), server(3)]
+        );
+    }
+    assert!(stop_and_check(publisher).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn removing_a_server_or_a_name_unmounts_exactly_its_pairs() {
+    let flaky = Flaky::new();
+    let publisher = started(&flaky, config()).await;
+    publish(&publisher, &["a", "b"], &[1, 2]).await;
+    until(&publisher, |s| s.all_mounted()).await;
+
+    publisher.remove_server(server(1)).await.expect("running");
+    let status = until(&publisher, |s| s.all_settled() && s.mounts.len() == 2).await;
+    assert!(status.mounts.iter().all(|m| m.server == server(2)));
+    assert_eq!(resolved(&flaky.table, &name("a")).await, [server(2)]);
+    assert_eq!(resolved(&flaky.table, &name("b")).await, [server(2)]);
+
+    publisher.remove_name(name("a")).await.expect("running");
+    until(&publisher, |s| s.all_settled() && s.mounts.len() == 1).await;
+    assert_eq!(resolved(&flaky.table, &name("a")).await, []);
+    assert_eq!(resolved(&flaky.table, &name("b")).await, [server(2)]);
+    assert_eq!(flaky.unmounts(), 3);
+
+    publisher
+        .remove_name(name("never-added"))
+        .await
+        .expect("running");
+    settle().await;
+    assert_eq!(
+        flaky.unmounts(),
+        3,
+        "removing what is not there unmounts nothing"
+    );
+    assert!(stop_and_check(publisher).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_mount_carries_the_period_plus_slack_and_is_refreshed_before_it_lapses() {
+    let flaky = Flaky::new();
+    let publisher = started(&flaky, config()).await;
+    publish(&publisher, &["a"], &[1]).await;
+    until(&publisher, |s| s.all_mounted()).await;
+    let resolution = flaky.table.resolve(&name("a")).await.expect("mounted");
+    assert_eq!(resolution.servers[0].ttl_left, Some(TTL));
+
+    // Ten periods later, it has never lapsed: resolvable at every second.
+    let start = Instant::now();
+    while Instant::now() - start < PERIOD * 10 {
+        sleep(Duration::from_secs(1)).await;
+        assert_eq!(resolved(&flaky.table, &name("a")).await, [server(1)]);
+    }
+    let mounts = flaky.mounts();
+    assert!(
+        (10..=13).contains(&mounts),
+        "one refresh a period, jittered early: {mounts}"
+    );
+    assert!(
+        flaky.longest_gap() <= PERIOD,
+        "refreshed within a period: {:?}",
+        flaky.longest_gap()
+    );
+    assert!(stop_and_check(publisher).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_mount_has_its_own_jittered_refresh_deadline() {
+    let flaky = Flaky::new();
+    let publisher = started(&flaky, config()).await;
+    let ports: Vec<u16> = (1..=100).collect();
+    publish(&publisher, &["a"], &ports).await;
+    let status = until(&publisher, |s| s.all_mounted()).await;
+    let mounted_at = status.mounts[0].last_mounted_at.expect("mounted");
+    let mut deadlines: Vec<Instant> = status
+        .mounts
+        .iter()
+        .map(|m| m.next_attempt_at.expect("a refresh is scheduled"))
+        .collect();
+    for deadline in &deadlines {
+        let after = *deadline - mounted_at;
+        assert!(
+            after >= PERIOD.mul_f64(0.8) && after <= PERIOD,
+            "refresh after {after:?}"
+        );
+    }
+    deadlines.sort();
+    deadlines.dedup();
+    assert!(
+        deadlines.len() > 90,
+        "refreshes spread out: {} distinct",
+        deadlines.len()
+    );
+    assert!(stop_and_check(publisher).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn ten_thousand_mounts_on_a_slow_backend_never_lapse() {
+    // The seed refreshed sequentially: 10,000 calls of 10 ms take 100 s,
+    // longer than the 80 s TTL.
+    let flaky = Flaky::new();
+    flaky.set_delay(Duration::from_millis(10));
+    let publisher = started(&flaky, config()).await;
+    let names: Vec<String> = (0..100).map(|i| format!("svc-{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let ports: Vec<u16> = (1..=100).collect();
+    publish(&publisher, &names, &ports).await;
+    until(&publisher, |s| s.all_mounted()).await;
+    sleep(PERIOD * 3).await;
+    assert!(
+        flaky.mounts() >= 30_000,
+        "three rounds of refreshes: {}",
+        flaky.mounts()
+    );
+    assert!(
+        flaky.longest_gap() < TTL,
+        "longest gap {:?}",
+        flaky.longest_gap()
+    );
+    assert_eq!(flaky.table.entry_count(), 10_000);
+    assert!(stop_and_check(publisher).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_back_off_exponentially_with_jitter_up_to_the_cap() {
+    let flaky = Flaky::new();
+    flaky.set_down(true);
+    let publisher = started(&flaky, config()).await;
+    publish(&publisher, &["a"], &[1]).await;
+    sleep(Duration::from_secs(300)).await;
+    let attempts: Vec<Instant> = flaky.attempts().into_iter().map(|(at, ..)| at).collect();
+    let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
+    for (index, gap) in gaps.iter().enumerate() {
+        let full = Duration::from_secs(1 << index.min(5)).min(Duration::from_secs(30));
+        assert!(
+            *gap >= full / 2 && *gap <= full,
+            "retry {index} after {gap:?}, expected between {:?} and {full:?}",
+            full / 2
+        );
+    }
+    assert!(gaps.len() >= 10, "kept retrying: {} retries", gaps.len());
+    let status = publisher.status().await.expect("running");
+    let mount = &status.mounts[0];
+    assert_eq!(mount.observed, MountState::Mounting);
+    assert_eq!(mount.consecutive_failures as usize, attempts.len());
+    assert!(matches!(
+        mount.last_error,
+        Some(NamespaceError::Unavailable { .. })
+    ));
+    assert!(mount.next_attempt_at.is_some_and(|at| at > Instant::now()));
+    assert_eq!(mount.ttl_left(), None);
+    publisher.stop().await;
+    assert!(
+        publisher.wait().await.is_err(),
+        "the stop-time unmount fails too"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_the_backend_returns_everything_is_mounted_again_at_once_closest_to_expiry_first() {
+    let flaky = Flaky::new();
+    let mut config = config();
+    config.max_in_flight = 1;
+    let publisher = started(&flaky, config).await;
+    publish(&publisher, &["a"], &[]).await;
+    // Mounted ten seconds apart, so they lapse in the order of their ports.
+    for port in 1..=5 {
+        publisher.add_server(server(port)).await.expect("running");
+        until(&publisher, |s| s.all_mounted()).await;
+        sleep(Duration::from_secs(10)).await;
+    }
+    flaky.set_down(true);
+    sleep(PERIOD * 3).await;
+    assert_eq!(
+        resolved(&flaky.table, &name("a")).await,
+        [],
+        "all lapsed in the outage"
+    );
+    flaky.set_down(false);
+    let healed_at = Instant::now();
+    let status = until(&publisher, |s| s.all_mounted()).await;
+    let first_success = status
+        .mounts
+        .iter()
+        .filter_map(|m| m.last_mounted_at)
+        .min()
+        .expect("mounted");
+    let log = flaky.mount_log();
+    let after_outage: Vec<_> = log.iter().filter(|(at, ..)| *at >= healed_at).collect();
+    assert_eq!(after_outage.len(), 5);
+    assert!(
+        after_outage.iter().all(|(at, ..)| *at == first_success),
+        "every pair re-mounted at the instant of the first success"
+    );
+    // The first is whichever retry came due first; the rest, due together
+    // once it succeeded, went one at a time, the longest-lapsed first.
+    let rest: Vec<u16> = after_outage[1..].iter().map(|(_, _, s)| s.port()).collect();
+    assert!(rest.is_sorted(), "lapse order: {rest:?}");
+    assert!(stop_and_check(publisher).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reset_table_gets_every_mount_back_at_the_first_refresh() {
+    let flaky = Flaky::new();
+    let publisher = started(&flaky, config()).await;
+    let ports: Vec<u16> = (1..=50).collect();
+    publish(&publisher, &["a"], &ports).await;
+    until(&publisher, |s| s.all_mounted()).await;
+    flaky.table.reset();
+    assert_eq!(flaky.table.entry_count(), 0);
+    // Step to the first refresh.
+    while flaky.table.entry_count() == 0 {
+        sleep(Duration::from_millis(100)).await;
+    }
+    let first_back = Instant::now();
+    settle().await;
+    assert_eq!(flaky.table.entry_count(), 50, "all back at once");
+    assert!(Instant::now() - first_back <= Duration::from_millis(1));
+    assert!(stop_and_check(publisher).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_unmount_is_retried_until_it_succeeds() {
+    let flaky = Flaky::new();
+    let publisher = started(&flaky, config()).await;
+    publish(&publisher, &["a"], &[1]).await;
+    until(&publisher, |s| s.all_mounted()).await;
+    flaky.set_fail_unmounts(true);
+    publisher.remove_server(server(1)).await.expect("running");
+    sleep(Duration::from_secs(20)).await;
+    let status = publisher.status().await.expect("running");
+    let mount = status
+        .mount(&name("a"), &server(1))
+        .expect("kept until unmounted");
+    assert_eq!(mount.desired, MountState::Unmounted);
+    assert_eq!(mount.observed, MountState::Unmounting);
+    assert!(mount.consecutive_failures >= 3);
+    flaky.set_fail_unmounts(false);
+    until(&publisher, |s| s.mounts.is_empty()).await;
+    assert_eq!(resolved(&flaky.table, &name("a")).await, []);
+    assert_eq!(flaky.unmounts(), 1);
+    assert!(stop_and_check(publisher).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pair_wanted_again_stops_its_unmount_and_is_mounted() {
+    let flaky = Flaky::new();
+    let publisher = started(&flaky, config()).await;
+    publish(&publisher, &["a"], &[1]).await;
+    until(&publisher, |s| s.all_mounted()).await;
+    flaky.set_fail_unmounts(true);
+    publisher.remove_server(server(1)).await.expect("running");
+    sleep(Duration::from_secs(5)).await;
+    publisher.add_server(server(1)).await.expect("running");
+    let status = until(&publisher, |s| s.all_mounted()).await;
+    assert_eq!(status.mounts[0].desired, MountState::Mounted);
+    let unmount_attempts_then = flaky.unmounts();
+    sleep(PERIOD * 2).await;
+    assert_eq!(flaky.unmounts(), unmount_attempts_then);
+    assert_eq!(resolved(&flaky.table, &name("a")).await, [server(1)]);
+    flaky.set_fail_unmounts(false);
+    assert!(stop_and_check(publisher).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_reports_times_failures_and_ttl() {
+    let flaky = Flaky::new();
+    let publisher = started(&flaky, config()).await;
+    publish(&publisher, &["a"], &[1]).await;
+    until(&publisher, |s| s.all_mounted()).await;
+    let mounted_at = Instant::now();
+    sleep(Duration::from_secs(10)).await;
+    let status = publisher.status().await.expect("running");
+    assert_eq!(status.phase, Phase::Running);
+    assert_eq!(&*status.names, [name("a")]);
+    assert_eq!(&*status.servers, [server(1)]);
+    let mount = &status.mounts[0];
+    assert_eq!(
+        (mount.desired, mount.observed),
+        (MountState::Mounted, MountState::Mounted)
+    );
+    assert_eq!(mount.last_mounted_at, Some(mounted_at));
+    assert_eq!(mount.last_unmounted_at, None);
+    assert_eq!(mount.consecutive_failures, 0);
+    assert!(mount.last_error.is_none());
+    assert_eq!(mount.ttl_left(), Some(TTL - Duration::from_secs(10)));
+    let refresh_in = mount.next_attempt_at.expect("scheduled") - mounted_at;
+    assert!(refresh_in >= PERIOD.mul_f64(0.8) && refresh_in <= PERIOD);
+    assert!(stop_and_check(publisher).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn published_lists_rooted_names_and_their_mounted_servers() {
+    let flaky = Flaky::new();
+    let publisher = started(&flaky, config()).await;
+    publish(&publisher, &["a", "b/c"], &[1]).await;
+    until(&publisher, |s| s.all_mounted()).await;
+    let published = publisher.published().await.expect("running");
+    let summary: Vec<(String, Vec<u16>)> = published
+        .iter()
+        .map(|p| {
+            (
+                p.rooted.clone(),
+                p.servers.iter().map(|s| s.port()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (String::from("mem:/a"), vec![1]),
+            (String::from("mem:/b/c"), vec![1])
+        ]
+    );
+    assert_eq!(publisher.root(), "mem:");
+    assert!(stop_and_check(publisher).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn stop_unmounts_everything_and_nothing_is_mounted_after_it() {
+    let flaky = Flaky::new();
+    let baseline = alive_tasks();
+    let publisher = started(&flaky, config()).await;
+    publish(&publisher, &["a", "b"], &[1, 2]).await;
+    until(&publisher, |s| s.all_mounted()).await;
+    let mut watch = publisher.watch().await.expect("running");
+
+    publisher.stop().await;
+    assert!(publisher.is_stopped());
+    let mounts_at_stop = flaky.mounts();
+    assert!(matches!(
+        publisher.add_name(name("c")).await,
+        Err(Error::Stopped)
+    ));
+    assert!(matches!(
+        publisher.add_server(server(3)).await,
+        Err(Error::Stopped)
+    ));
+    assert!(matches!(publisher.status().await, Err(Error::Stopped)));
+    assert!(publisher.wait().await.is_ok());
+    let last = watch
+        .wait_for(|s| s.phase == Phase::Stopped)
+        .await
+        .expect("final status");
+    assert!(
+        last.mounts
+            .iter()
+            .all(|m| m.observed == MountState::Unmounted)
+    );
+    sleep(PERIOD * 3).await;
+    assert_eq!(flaky.mounts(), mounts_at_stop, "nothing mounted after stop");
+    assert_eq!(flaky.table.entry_count(), 0);
+    publisher.stop().await; // stopping again is harmless
+    assert!(publisher.wait().await.is_ok());
+    drop(publisher);
+    settle().await;
+    assert_eq!(alive_tasks(), baseline, "no task outlives the publisher");
+}
+
+#[tokio::test(start_paused = true)]
+async fn stop_makes_one_bounded_attempt_at_each_unmount() {
+    let flaky = Flaky::new();
+    let mut config = config();
+    config.operation_timeout = Duration::from_secs(2);
+    let publisher = started(&flaky, config).await;
+    publish(&publisher, &["a"], &[1, 2]).await;
+    until(&publisher, |s| s.all_mounted()).await;
+    flaky.set_hang(true);
+    let stopped_at = Instant::now();
+    publisher.stop().await;
+    let result = publisher.wait().await;
+    assert_eq!(Instant::now() - stopped_at, Duration::from_secs(2));
+    let error = result.expect_err("the unmounts timed out");
+    match error.find::<Error>() {
+        Some(Error::UnmountIncomplete {
+            failed: 2,
+            first: NamespaceError::Timeout { .. },
+        }) => {}
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_every_handle_stops_and_unmounts() {
+    let flaky = Flaky::new();
+    let baseline = alive_tasks();
+    let publisher = started(&flaky, config()).await;
+    publish(&publisher, &["a"], &[1]).await;
+    until(&publisher, |s| s.all_mounted()).await;
+    drop(publisher);
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(flaky.table.entry_count(), 0);
+    assert_eq!(alive_tasks(), baseline);
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_configs_and_ttls_the_backend_refuses_are_rejected_before_anything_runs() {
+    let table = MountTable::start();
+    let mut zero_period = config();
+    zero_period.refresh_period = Duration::ZERO;
+    assert!(matches!(
+        Publisher::start(table.clone(), zero_period),
+        Err(Error::InvalidConfig {
+            field: "refresh_period",
+            ..
+        })
+    ));
+    let too_long =
+        config().with_period(Duration::from_secs(400 * 24 * 3600), Duration::from_secs(1));
+    assert!(matches!(
+        Publisher::start(table.clone(), too_long),
+        Err(Error::InvalidConfig { field: "ttl", .. })
+    ));
+    assert_eq!(table.entry_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_backend_costs_one_keep_alive_a_period() {
+    let backend = LeaseTable::default();
+    let publisher = Publisher::start(backend.clone(), config()).expect("valid");
+    let ports: Vec<u16> = (1..=100).collect();
+    publish(&publisher, &["a", "b"], &ports).await;
+    until(&publisher, |s| s.all_mounted()).await;
+    assert_eq!(backend.counts(), (1, 200, 0));
+    sleep(PERIOD * 10).await;
+    let (grants, mounts, keep_alives) = backend.counts();
+    assert_eq!((grants, mounts), (1, 200), "no per-mount refresh");
+    assert!(
+        (10..=13).contains(&keep_alives),
+        "{keep_alives} keep-alives in ten periods"
+    );
+    assert_eq!(backend.alive().len(), 200);
+    let status = publisher.status().await.expect("running");
+    assert!(
+        status
+            .mounts
+            .iter()
+            .all(|m| m.ttl_left().is_some_and(|t| t > Duration::from_secs(20)))
+    );
+    assert!(stop_and_check(publisher).await.is_ok());
+    assert!(backend.alive().is_empty(), "stop released the session");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_session_is_replaced_and_everything_mounted_again_at_once() {
+    let backend = LeaseTable::default();
+    let publisher = Publisher::start(backend.clone(), config()).expect("valid");
+    let ports: Vec<u16> = (1..=20).collect();
+    publish(&publisher, &["a"], &ports).await;
+    until(&publisher, |s| s.all_mounted()).await;
+    backend.revoke();
+    assert!(backend.alive().is_empty());
+    // The next keep-alive finds the session gone; at that instant every
+    // mount goes back on a new one.
+    while backend.alive().is_empty() {
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(backend.alive().len(), 20);
+    let (grants, mounts, _) = backend.counts();
+    assert_eq!((grants, mounts), (2, 40));
+    until(&publisher, |s| s.all_mounted()).await;
+    assert!(stop_and_check(publisher).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_publisher_is_a_worker_that_kill_stops() {
+    let flaky = Flaky::new();
+    let publisher = started(&flaky, config()).await;
+    publish(&publisher, &["a"], &[1]).await;
+    until(&publisher, |s| s.all_mounted()).await;
+    let worker: Box<dyn Worker> = Box::new(publisher.clone());
+    worker.kill();
+    assert!(worker.wait().await.is_ok());
+    assert_eq!(flaky.table.entry_count(), 0);
+    assert!(matches!(publisher.published().await, Err(Error::Stopped)));
+}
