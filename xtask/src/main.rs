@@ -2,8 +2,9 @@
 //! `.cargo/config.toml`).
 //!
 //! - `cargo xtask ci`: every check CI runs, in order, stopping at the first
-//!   failure: tidy (every Rust file opens with a `//!` comment), formatting,
-//!   clippy, the tests (nextest when installed, and the
+//!   failure: tidy (every Rust file opens with a `//!` comment), the system
+//!   tools the tests need (etcd and protoc, installed with apt-get when run
+//!   as root), formatting, clippy, the tests (nextest when installed, and the
 //!   doc tests), rustdoc, cargo-deny, and a build of the facade with each
 //!   feature alone and with none.
 //! - `cargo xtask bench [ARGS…]`: the criterion benchmarks in release mode.
@@ -20,10 +21,14 @@ use anyhow::{Context, Result, bail};
 
 /// The facade's features, each built alone by `ci`. A crate added to the
 /// workspace adds its feature here.
-const FACADE_FEATURES: &[&str] = &["depengine", "full"];
+const FACADE_FEATURES: &[&str] = &["depengine", "publisher", "etcd", "full"];
 
 /// The crates with benchmarks, run by `bench`.
-const BENCHED_CRATES: &[&str] = &["flotilla-depengine"];
+const BENCHED_CRATES: &[&str] = &["flotilla-depengine", "flotilla-publisher"];
+
+/// The Debian packages behind the tools the tests need: etcd for the tests
+/// against real etcd, protoc to build etcd-client.
+const SYSTEM_PACKAGES: &[&str] = &["etcd-server", "protobuf-compiler"];
 
 /// Where the advisory database lives; `ci` checks advisories only when this
 /// answers.
@@ -53,7 +58,9 @@ fn ci() -> Result<()> {
     let root = workspace_root()?;
     println!("\n==> tidy: every Rust file opens with a //! comment saying what it is for");
     tidy(&root).context("ci FAILED at step 1 (tidy)")?;
-    let mut steps = 1;
+    println!("\n==> system tools: etcd and protoc");
+    ensure_system_tools().context("ci FAILED at step 2 (system tools)")?;
+    let mut steps = 2;
     let mut step = |description: &str, command: &mut Command| -> Result<()> {
         steps += 1;
         run(description, command).with_context(|| {
@@ -213,6 +220,68 @@ fn rust_files(folder: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Makes sure etcd (for the tests against real etcd) and protoc (to build
+/// etcd-client) can run: as root on Debian, installs them with apt-get;
+/// otherwise fails saying exactly what to install. The etcd tests are never
+/// skipped, so a machine without etcd fails here, early and clearly.
+fn ensure_system_tools() -> Result<()> {
+    let missing = missing_tools();
+    if missing.is_empty() {
+        println!("etcd and protoc found");
+        return Ok(());
+    }
+    let can_install = is_root() && Command::new("apt-get").arg("--version").output().is_ok();
+    if !can_install {
+        bail!(
+            "missing {}: install Debian's {} (as root: `apt-get install -y {}`), or point \
+             ETCD_BIN and PROTOC at an etcd 3.4+ and a protoc binary",
+            missing.join(" and "),
+            SYSTEM_PACKAGES.join(" and "),
+            SYSTEM_PACKAGES.join(" ")
+        );
+    }
+    let apt = |args: &[&str]| {
+        let mut command = Command::new("apt-get");
+        command.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        command
+    };
+    run("apt-get update", &mut apt(&["update", "-qq"]))?;
+    let mut install = apt(&["install", "-y", "-qq", "--no-install-recommends"]);
+    install.args(SYSTEM_PACKAGES);
+    run("install etcd and protoc", &mut install)?;
+    let still_missing = missing_tools();
+    if !still_missing.is_empty() {
+        bail!("{} still missing after apt-get install", still_missing.join(" and "));
+    }
+    Ok(())
+}
+
+/// Which of etcd and protoc cannot be run, as the tests and build scripts
+/// would look for them.
+fn missing_tools() -> Vec<&'static str> {
+    let runs = |program: String| {
+        Command::new(program)
+            .arg("--version")
+            .output()
+            .is_ok_and(|output| output.status.success())
+    };
+    let mut missing = Vec::new();
+    if !runs(env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".to_owned())) {
+        missing.push("etcd");
+    }
+    if !runs(env::var("PROTOC").unwrap_or_else(|_| "protoc".to_owned())) {
+        missing.push("protoc");
+    }
+    missing
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|output| output.stdout.trim_ascii() == b"0")
 }
 
 /// Installs cargo-deny with `cargo install --locked` when it is missing.

@@ -5,8 +5,10 @@
 //! |---|---|---|
 //! | [`core_types`] | (always) | the `Worker` contract, `TaskWorker`, validated names and ids |
 //! | `depengine` | `depengine` | an engine of named manifolds whose workers depend on each other |
+//! | `publisher` | `publisher` | keeps (name, server) pairs mounted in a naming backend with a TTL |
 //!
-//! `full` enables every feature. Each crate is also usable on its own
+//! `full` enables every crate. `etcd` adds the etcd backend of each enabled
+//! crate that has one (building it needs `protoc`). Each crate is also usable on its own
 //! (`flotilla-depengine = "…"`); this facade only saves naming them one by
 //! one.
 //!
@@ -35,5 +37,9 @@ pub use flotilla_core_types as core_types;
 #[cfg_attr(docsrs, doc(cfg(feature = "depengine")))]
 pub use flotilla_depengine as depengine;
 
+#[cfg(feature = "publisher")]
+#[cfg_attr(docsrs, doc(cfg(feature = "publisher")))]
+pub use flotilla_publisher as publisher;
+
 // Later crates join here, each behind a feature of its own name:
-// publisher, presence, viewreg, gensync.
+// presence, viewreg, gensync.
