@@ -166,7 +166,7 @@ fn bench(extra: &[String]) -> Result<()> {
     let root = workspace_root()?;
     for package in BENCHED_CRATES {
         let mut command = cargo(&root);
-        command.args(["bench", "--locked", "-p", package]);
+        command.args(["bench", "--locked", "--all-features", "-p", package]);
         if !extra.is_empty() {
             command.arg("--").args(extra);
         }
@@ -253,7 +253,10 @@ fn ensure_system_tools() -> Result<()> {
     run("install etcd and protoc", &mut install)?;
     let still_missing = missing_tools();
     if !still_missing.is_empty() {
-        bail!("{} still missing after apt-get install", still_missing.join(" and "));
+        bail!(
+            "{} still missing after apt-get install",
+            still_missing.join(" and ")
+        );
     }
     Ok(())
 }

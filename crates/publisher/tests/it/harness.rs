@@ -37,18 +37,18 @@ pub(crate) async fn settle() {
     tokio::time::sleep(Duration::from_millis(1)).await;
 }
 
-/// Waits on the paused clock until `status` satisfies `condition`.
+/// Waits on the paused clock until `status` satisfies `condition`, for at
+/// most an hour of (virtual) time.
 pub(crate) async fn until(
     publisher: &Publisher,
     condition: impl FnMut(&PublisherStatus) -> bool,
 ) -> PublisherStatus {
     let mut watch = publisher.watch().await.expect("publisher running");
-    let status = watch
-        .wait_for(condition)
-        .await
-        .expect("publisher ended before the condition held")
-        .clone();
-    status
+    let waited = tokio::time::timeout(Duration::from_secs(3600), watch.wait_for(condition)).await;
+    let status = waited
+        .expect("the condition did not hold within an hour")
+        .expect("publisher ended before the condition held");
+    status.clone()
 }
 
 /// The servers `table` resolves `name` to, exactly (no ancestors).
