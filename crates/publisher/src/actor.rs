@@ -67,7 +67,8 @@ struct Mount {
     expires_at: Option<Instant>,
     last_mounted_at: Option<Instant>,
     last_unmounted_at: Option<Instant>,
-    last_error: Option<NamespaceError>,
+    /// Boxed: errors are rare, and a mount record is kept per pair.
+    last_error: Option<Box<NamespaceError>>,
 }
 
 impl Mount {
@@ -581,7 +582,7 @@ impl<N: Namespace> Actor<N> {
         mount.consecutive_failures = mount.consecutive_failures.saturating_add(1);
         let retry_at = now + self.config.retry_after(mount.consecutive_failures, unit);
         let lost = error.is_entries_lost();
-        mount.last_error = Some(error);
+        mount.last_error = Some(Box::new(error));
         if mount.desired == MountState::Unmounted {
             self.schedule(key, now);
         } else if lost {
@@ -623,7 +624,7 @@ impl<N: Namespace> Actor<N> {
                 };
                 mount.in_flight = false;
                 mount.consecutive_failures = mount.consecutive_failures.saturating_add(1);
-                mount.last_error = Some(error);
+                mount.last_error = Some(Box::new(error));
                 let at = if mount.desired == MountState::Mounted {
                     now
                 } else {
@@ -765,7 +766,7 @@ impl<N: Namespace> Actor<N> {
                     },
                     last_mounted_at: mount.last_mounted_at,
                     last_unmounted_at: mount.last_unmounted_at,
-                    last_error: mount.last_error.clone(),
+                    last_error: mount.last_error.as_deref().cloned(),
                     consecutive_failures: mount.consecutive_failures,
                     next_attempt_at: mount.next_attempt_at,
                     expires_at: mount.expires_at,
@@ -812,10 +813,11 @@ impl<N: Namespace> Actor<N> {
     /// Unmounts everything, one bounded attempt each (or releases the
     /// session), and reports what could not be undone.
     async fn shut_down(mut self) -> WorkerResult {
-        self.phase.send_replace(Phase::Stopping);
-        // Operations under way are abandoned; whatever they may have
-        // written is unmounted below.
+        // Operations under way are abandoned before anyone is told the
+        // publisher is stopping; whatever they may have written is
+        // unmounted below.
         self.in_flight = FuturesUnordered::new();
+        self.phase.send_replace(Phase::Stopping);
         self.ready.clear();
         self.schedule.clear();
         for mount in self.mounts.values_mut() {
@@ -852,7 +854,7 @@ impl<N: Namespace> Actor<N> {
                     mount.expires_at = None;
                     mount.last_unmounted_at = Some(now);
                 }
-                Err(error) => mount.last_error = Some(error.clone()),
+                Err(error) => mount.last_error = Some(Box::new(error.clone())),
             }
         }
         match result {
@@ -906,7 +908,7 @@ impl<N: Namespace> Actor<N> {
                     tracing::warn!(name = %key.name, server = %key.server, %error, "unmount at stop failed");
                     failed += 1;
                     first_error.get_or_insert_with(|| error.clone());
-                    mount.last_error = Some(error);
+                    mount.last_error = Some(Box::new(error));
                 }
             }
         }

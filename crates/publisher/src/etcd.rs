@@ -29,8 +29,8 @@ use std::fmt;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
-    WatchOptions, WatchStream,
+    Client, ConnectOptions, DeleteOptions, EventType, GetOptions, LeaseKeepAliveStream,
+    LeaseKeeper, PutOptions, Txn, TxnOp, WatchOptions, WatchStream,
 };
 use flotilla_core_types::{Endpoint, Name};
 use tokio::sync::Mutex;
@@ -47,10 +47,12 @@ const MAX_ETCD_TTL: Duration = Duration::from_secs(9_000_000_000);
 /// How long connecting to an endpoint may take before it counts as down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// HTTP/2 pings on idle connections, so that a member killed without
-/// closing its sockets is noticed in seconds, not at the next request's
-/// timeout.
-const HTTP2_KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(2));
+/// HTTP/2 pings while requests are under way, so that a member killed
+/// without closing its sockets is noticed without waiting for each request's
+/// own timeout. Not faster, and never on an idle connection: etcd closes
+/// connections that ping more often than every 5 s, or with no stream open
+/// (`--grpc-keepalive-min-time`), which cancels every call on them.
+const HTTP2_KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(10), Duration::from_secs(5));
 
 /// The naming backend on etcd. See the [module docs](self) for the key
 /// layout and how the lease works.
@@ -81,11 +83,23 @@ pub struct EtcdNamespace {
     prefix: String,
     root: String,
     lease: Mutex<Option<Lease>>,
+    keeper: Mutex<Option<Keeper>>,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Lease {
     id: i64,
+}
+
+/// The open keep-alive stream of a lease: each keep-alive is one request and
+/// one answer on it, so a period costs one message, not a new stream.
+struct Keeper {
+    lease_id: i64,
+    requests: LeaseKeeper,
+    answers: LeaseKeepAliveStream,
+    /// A request was sent and its answer not yet read (the caller's future
+    /// was dropped in between): the stream is out of step and is replaced.
+    awaiting_answer: bool,
 }
 
 impl EtcdNamespace {
@@ -107,8 +121,7 @@ impl EtcdNamespace {
         validate_prefix(prefix)?;
         let options = ConnectOptions::new()
             .with_connect_timeout(CONNECT_TIMEOUT)
-            .with_keep_alive(HTTP2_KEEP_ALIVE.0, HTTP2_KEEP_ALIVE.1)
-            .with_keep_alive_while_idle(true);
+            .with_keep_alive(HTTP2_KEEP_ALIVE.0, HTTP2_KEEP_ALIVE.1);
         let client = Client::connect(endpoints, Some(options))
             .await
             .map_err(|error| Error::InvalidConfig {
@@ -121,6 +134,7 @@ impl EtcdNamespace {
             root: format!("etcd://{host}/{prefix}"),
             prefix: prefix.to_owned(),
             lease: Mutex::new(None),
+            keeper: Mutex::new(None),
         })
     }
 
@@ -136,6 +150,7 @@ impl EtcdNamespace {
             root: format!("etcd:/{prefix}"),
             prefix: prefix.to_owned(),
             lease: Mutex::new(None),
+            keeper: Mutex::new(None),
         })
     }
 
@@ -147,6 +162,7 @@ impl EtcdNamespace {
             prefix: self.prefix.clone(),
             root: self.root.clone(),
             lease: Mutex::new(None),
+            keeper: Mutex::new(None),
         }
     }
 
@@ -348,18 +364,55 @@ impl Namespace for EtcdNamespace {
         let Some(lease) = *self.lease.lock().await else {
             return Ok(());
         };
-        // Opening the keep-alive stream sends one keep-alive and reads its
-        // answer; that is all a period needs.
-        match self.client.clone().lease_keep_alive(lease.id).await {
-            Ok(_) => Ok(()),
-            Err(error) if is_lease_not_found(&error) => {
+        let mut keeper = self.keeper.lock().await;
+        let reusable = keeper
+            .as_ref()
+            .is_some_and(|k| k.lease_id == lease.id && !k.awaiting_answer);
+        if !reusable {
+            // Opening the stream sends one keep-alive and reads its answer.
+            *keeper = None;
+            return match self.client.clone().lease_keep_alive(lease.id).await {
+                Ok((requests, answers)) => {
+                    *keeper = Some(Keeper {
+                        lease_id: lease.id,
+                        requests,
+                        answers,
+                        awaiting_answer: false,
+                    });
+                    Ok(())
+                }
+                Err(error) if is_lease_not_found(&error) => {
+                    Err(self.forget_lease(lease, "expired or was revoked").await)
+                }
+                Err(error) => Err(classify(error)),
+            };
+        }
+        let open = keeper.as_mut().expect("checked reusable above");
+        open.awaiting_answer = true;
+        let answer = match open.requests.keep_alive().await {
+            Ok(()) => open.answers.message().await,
+            Err(error) => Err(error),
+        };
+        open.awaiting_answer = false;
+        match answer {
+            Ok(Some(answer)) if answer.ttl() > 0 => Ok(()),
+            Ok(Some(_)) => {
+                *keeper = None;
                 Err(self.forget_lease(lease, "expired or was revoked").await)
             }
-            Err(error) => Err(classify(error)),
+            Ok(None) => {
+                *keeper = None;
+                Err(NamespaceError::unavailable(StreamEnded))
+            }
+            Err(error) => {
+                *keeper = None;
+                Err(classify(error))
+            }
         }
     }
 
     async fn release(&self) -> Result<(), NamespaceError> {
+        *self.keeper.lock().await = None;
         let Some(lease) = self.lease.lock().await.take() else {
             return Ok(());
         };
@@ -494,6 +547,10 @@ impl fmt::Debug for NameWatch {
 #[derive(Debug, thiserror::Error)]
 #[error("etcd canceled the watch: {0}")]
 struct WatchCanceled(String);
+
+#[derive(Debug, thiserror::Error)]
+#[error("etcd ended the lease keep-alive stream")]
+struct StreamEnded;
 
 fn validate_prefix(prefix: &str) -> Result<(), Error> {
     let fail = |reason: &str| {

@@ -219,8 +219,8 @@ impl EtcdCluster {
     pub async fn client(&self) -> Result<Client, TestkitError> {
         let options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
-            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
-            .with_keep_alive_while_idle(true);
+            // etcd drops connections that ping more often than every 5 s.
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
         Ok(Client::connect(self.endpoints(), Some(options)).await?)
     }
 

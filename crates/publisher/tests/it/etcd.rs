@@ -217,6 +217,20 @@ async fn stop_revokes_the_lease_and_with_it_every_mount() -> Result<()> {
 
 #[tokio::test]
 async fn a_lease_revoked_behind_its_back_is_replaced_and_everything_mounted_again() -> Result<()> {
+    revoke_and_recover(0).await
+}
+
+#[tokio::test]
+async fn a_lease_revoked_while_its_keep_alive_stream_is_open_is_replaced_too() -> Result<()> {
+    // After two keep-alives the stream is open, and the loss shows as an
+    // answer on it rather than as an error opening it.
+    revoke_and_recover(2).await
+}
+
+/// Mounts five servers, lets `keep_alives` keep-alives succeed, revokes the
+/// lease from another client, and waits for all five to come back on a new
+/// lease.
+async fn revoke_and_recover(keep_alives: usize) -> Result<()> {
     let cluster = EtcdCluster::single().await?;
     let etcd = namespace(&cluster).await?;
     let session = etcd.fresh_session();
@@ -226,6 +240,17 @@ async fn a_lease_revoked_behind_its_back_is_replaced_and_everything_mounted_agai
         publisher.add_server(server(port)).await?;
     }
     all_mounted(&publisher).await?;
+    for _ in 0..keep_alives {
+        let expiry = |publisher: &Publisher| {
+            let publisher = publisher.clone();
+            async move { anyhow::Ok(publisher.status().await?.mounts[0].expires_at) }
+        };
+        let before = expiry(&publisher).await?;
+        eventually("a keep-alive", PATIENCE, || async {
+            Ok(expiry(&publisher).await? != before)
+        })
+        .await?;
+    }
     let mut client = cluster.client().await?;
     let keys = client
         .get(PREFIX, Some(etcd_client::GetOptions::new().with_prefix()))
