@@ -22,9 +22,11 @@ pub struct PublisherConfig {
     /// What the TTL adds to the period, so that a slow refresh still lands
     /// in time. Default: 20 s.
     pub ttl_slack: Duration,
-    /// Each refresh is due a random fraction of up to this much of the
-    /// period early, so that publishers started together spread their load.
-    /// From 0 (no jitter) to below 1. Default: 0.2.
+    /// The first refresh after a mount (and after a failure) is due a random
+    /// fraction of up to this much of the period early, so that mounts made
+    /// together, by one publisher or by a thousand started at once, spread
+    /// their refreshes; later refreshes keep that phase. From 0 (no jitter)
+    /// to below 1. Default: 0.2.
     pub refresh_jitter: f64,
     /// The delay before the first retry of a failed operation. Default: 1 s.
     pub retry_delay: Duration,
