@@ -26,6 +26,7 @@
 //! `EtcdNamespace` ([`EtcdNamespace::fresh_session`] shares the connection).
 
 use std::fmt;
+use std::future::Future;
 use std::time::Duration;
 
 use etcd_client::{
@@ -46,6 +47,12 @@ const MAX_ETCD_TTL: Duration = Duration::from_secs(9_000_000_000);
 
 /// How long connecting to an endpoint may take before it counts as down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How many times one call is sent again after failing to reach a member,
+/// and how long to wait before each: enough for the client to move past a
+/// dead member, little enough to stay well inside an operation timeout.
+const CONNECT_RETRIES: u32 = 3;
+const CONNECT_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// HTTP/2 pings while requests are under way, so that a member killed
 /// without closing its sockets is noticed without waiting for each request's
@@ -192,9 +199,15 @@ impl EtcdNamespace {
     /// [`NamespaceError::Corrupt`] for an unreadable entry.
     pub async fn watch_name(&self, name: &Name) -> Result<NameWatch, NamespaceError> {
         let key_prefix = self.name_prefix(name.as_str());
+        // Exactly this name's servers: `…/{name}/` alone would also cover
+        // the names beneath it.
+        let servers_prefix = format!("{key_prefix}#");
         let mut client = self.client.clone();
         let current = client
-            .get(key_prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .get(
+                servers_prefix.as_str(),
+                Some(GetOptions::new().with_prefix()),
+            )
             .await
             .map_err(classify)?;
         let revision = current.header().map_or(0, |header| header.revision());
@@ -205,7 +218,7 @@ impl EtcdNamespace {
         }
         let stream = client
             .watch(
-                key_prefix.as_str(),
+                servers_prefix,
                 Some(
                     WatchOptions::new()
                         .with_prefix()
@@ -222,6 +235,29 @@ impl EtcdNamespace {
         })
     }
 
+    /// Runs one etcd call, again on a fresh pick of endpoint when it could
+    /// not reach the member it was sent to: the client balances over every
+    /// endpoint and may send a call to a member that just died. Only
+    /// connection failures are retried, and only idempotent calls are made
+    /// this way; the publisher's operation timeout bounds the whole.
+    async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, etcd_client::Error>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut retries = 0;
+        loop {
+            match call(self.client.clone()).await {
+                Err(error) if retries < CONNECT_RETRIES && is_connect_failure(&error) => {
+                    retries += 1;
+                    tracing::debug!(%error, retries, "etcd member unreachable; trying again");
+                    tokio::time::sleep(CONNECT_RETRY_PAUSE).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
     fn name_prefix(&self, name: &str) -> String {
         format!("{}/{name}/", self.prefix)
     }
@@ -232,9 +268,7 @@ impl EtcdNamespace {
             return Ok(lease);
         }
         let granted = self
-            .client
-            .clone()
-            .lease_grant(ttl_seconds(ttl), None)
+            .call(|mut client| async move { client.lease_grant(ttl_seconds(ttl), None).await })
             .await
             .map_err(classify)?;
         let granted = Lease { id: granted.id() };
@@ -256,13 +290,16 @@ impl EtcdNamespace {
 
     async fn servers_under(&self, name: &str) -> Result<Vec<MountedServer>, NamespaceError> {
         let key_prefix = self.name_prefix(name);
+        let servers_prefix = format!("{key_prefix}#");
         let response = self
-            .client
-            .clone()
-            .get(
-                format!("{key_prefix}#"),
-                Some(GetOptions::new().with_prefix()),
-            )
+            .call(|mut client| {
+                let servers_prefix = servers_prefix.clone();
+                async move {
+                    client
+                        .get(servers_prefix, Some(GetOptions::new().with_prefix()))
+                        .await
+                }
+            })
             .await
             .map_err(classify)?;
         let mut servers = Vec::with_capacity(response.kvs().len());
@@ -311,7 +348,6 @@ impl Namespace for EtcdNamespace {
         let others = self.servers_under(name.as_str()).await?;
         let value = encode_flags(flags);
         let put = PutOptions::new().with_lease(lease.id).with_prev_key();
-        let mut client = self.client.clone();
         let result = if flags.replace {
             let mut operations: Vec<TxnOp> = others
                 .iter()
@@ -320,10 +356,13 @@ impl Namespace for EtcdNamespace {
                 .collect();
             let existed = others.iter().any(|other| &other.server == server);
             operations.push(TxnOp::put(key, value, Some(put)));
-            client
-                .txn(Txn::new().and_then(operations))
-                .await
-                .map(|_| existed)
+            let txn = Txn::new().and_then(operations);
+            self.call(|mut client| {
+                let txn = txn.clone();
+                async move { client.txn(txn).await }
+            })
+            .await
+            .map(|_| existed)
         } else {
             if let Some(conflict) = others
                 .iter()
@@ -336,10 +375,12 @@ impl Namespace for EtcdNamespace {
                     requested: flags,
                 });
             }
-            client
-                .put(key, value, Some(put))
-                .await
-                .map(|response| response.prev_key().is_some())
+            self.call(|mut client| {
+                let (key, value, put) = (key.clone(), value.clone(), put.clone());
+                async move { client.put(key, value, Some(put)).await }
+            })
+            .await
+            .map(|response| response.prev_key().is_some())
         };
         match result {
             Ok(true) => Ok(MountOutcome::Refreshed),
@@ -352,12 +393,14 @@ impl Namespace for EtcdNamespace {
     }
 
     async fn unmount(&self, name: &Name, server: &Endpoint) -> Result<(), NamespaceError> {
-        self.client
-            .clone()
-            .delete(self.key(name, server), None::<DeleteOptions>)
-            .await
-            .map(drop)
-            .map_err(classify)
+        let key = self.key(name, server);
+        self.call(|mut client| {
+            let key = key.clone();
+            async move { client.delete(key, None::<DeleteOptions>).await }
+        })
+        .await
+        .map(drop)
+        .map_err(classify)
     }
 
     async fn keep_alive(&self) -> Result<(), NamespaceError> {
@@ -371,7 +414,10 @@ impl Namespace for EtcdNamespace {
         if !reusable {
             // Opening the stream sends one keep-alive and reads its answer.
             *keeper = None;
-            return match self.client.clone().lease_keep_alive(lease.id).await {
+            let opened = self
+                .call(|mut client| async move { client.lease_keep_alive(lease.id).await })
+                .await;
+            return match opened {
                 Ok((requests, answers)) => {
                     *keeper = Some(Keeper {
                         lease_id: lease.id,
@@ -416,7 +462,10 @@ impl Namespace for EtcdNamespace {
         let Some(lease) = self.lease.lock().await.take() else {
             return Ok(());
         };
-        match self.client.clone().lease_revoke(lease.id).await {
+        let revoked = self
+            .call(|mut client| async move { client.lease_revoke(lease.id).await })
+            .await;
+        match revoked {
             Ok(_) => Ok(()),
             Err(error) if is_lease_not_found(&error) => Ok(()),
             Err(error) => Err(classify(error)),
@@ -578,12 +627,7 @@ fn ttl_seconds(ttl: Duration) -> i64 {
 }
 
 fn encode_flags(flags: MountFlags) -> String {
-    // `replace` is an instruction to the mount, not a property of it.
-    let stored = MountFlags {
-        replace: false,
-        ..flags
-    };
-    serde_json::to_string(&stored).expect("MountFlags serialises to JSON infallibly")
+    serde_json::to_string(&flags).expect("MountFlags serialises to JSON infallibly")
 }
 
 /// The server and flags of the entry `key` → `value` under `key_prefix`.
@@ -612,6 +656,18 @@ fn corrupt(key: &[u8], reason: String) -> NamespaceError {
     NamespaceError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
         reason,
+    }
+}
+
+/// Whether the call never reached a member (so sending it again is safe
+/// and may reach another).
+fn is_connect_failure(error: &etcd_client::Error) -> bool {
+    match error {
+        etcd_client::Error::TransportError(_) => true,
+        etcd_client::Error::GRpcStatus(status) => {
+            status.code() == Code::Unavailable && status.message().contains("connect")
+        }
+        _ => false,
     }
 }
 

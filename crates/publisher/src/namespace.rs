@@ -103,6 +103,9 @@ pub enum RefreshStyle {
 #[serde(default)]
 pub struct MountFlags {
     /// Replace every server mounted under the name instead of adding one.
+    /// An instruction to the mount, not a property of it: never stored or
+    /// serialised.
+    #[serde(skip)]
     pub replace: bool,
     /// The server is itself a mount table: names beneath this one resolve
     /// there.
@@ -167,4 +170,44 @@ pub struct MountedServer {
     pub flags: MountFlags,
     /// How long the mount lives unless refreshed, when the backend can say.
     pub ttl_left: Option<Duration>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_serialise_their_properties_but_not_the_replace_instruction() {
+        let flags = MountFlags {
+            replace: true,
+            serves_mount_table: true,
+            leaf: false,
+        };
+        let text = serde_json::to_string(&flags).expect("serialises");
+        assert_eq!(text, r#"{"serves_mount_table":true,"leaf":false}"#);
+        let back: MountFlags = serde_json::from_str(&text).expect("parses");
+        assert_eq!(
+            back,
+            MountFlags {
+                replace: false,
+                ..flags
+            }
+        );
+        let empty: MountFlags = serde_json::from_str("{}").expect("fields default");
+        assert_eq!(empty, MountFlags::NONE);
+    }
+
+    #[test]
+    fn kinds_ignore_replace() {
+        let replacing = MountFlags {
+            replace: true,
+            ..MountFlags::NONE
+        };
+        assert!(replacing.same_kind(MountFlags::NONE));
+        let leaf = MountFlags {
+            leaf: true,
+            ..MountFlags::NONE
+        };
+        assert!(!leaf.same_kind(MountFlags::NONE));
+    }
 }

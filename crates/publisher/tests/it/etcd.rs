@@ -332,7 +332,8 @@ async fn killing_the_leader_loses_no_mount_for_longer_than_a_ttl() -> Result<()>
 async fn watch_name_streams_the_current_servers_then_each_change() -> Result<()> {
     let cluster = EtcdCluster::single().await?;
     let etcd = namespace(&cluster).await?;
-    let publisher = publishing(&etcd, &["a"], &[1]).await?;
+    // Changes under "a/child" are not changes of "a".
+    let publisher = publishing(&etcd, &["a", "a/child"], &[1]).await?;
     let mut changes = etcd.watch_name(&name("a")).await?;
     let mounted = |port| NameChange::Mounted {
         server: server(port),
