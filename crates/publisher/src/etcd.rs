@@ -1,29 +1,5 @@
-//! [`EtcdNamespace`]: the naming backend on a real etcd cluster.
-//!
-//! # Key layout
-//!
-//! A server mounted under a name is one key:
-//!
-//! ```text
-//! {prefix}/{name}/#{server}   →   {"serves_mount_table":false,"leaf":false}
-//! ```
-//!
-//! for example `flotilla/names/api/v1/#10.0.0.7:8080`. `#` cannot occur in
-//! a [`Name`], so the keys of name `api` (prefix `…/api/#`) never include
-//! those of `api/v1` (prefix `…/api/v1/#`), and resolving a name is one
-//! range read. The value holds the mount's flags as JSON.
-//!
-//! # Sessions
-//!
-//! Every key one `EtcdNamespace` writes is attached to its lease, granted
-//! on the first mount with the publisher's TTL (rounded up to whole
-//! seconds). [`keep_alive`](Namespace::keep_alive) extends it: one request a
-//! period, however many mounts. When etcd says the lease is gone (it
-//! expired during an outage, or was revoked), the operation answers
-//! [`NamespaceError::EntriesLost`] and forgets the lease, and the next mount
-//! grants a new one. [`release`](Namespace::release) revokes it, which
-//! deletes every key on it at once. So give each publisher its own
-//! `EtcdNamespace` ([`EtcdNamespace::fresh_session`] shares the connection).
+//! [`EtcdNamespace`]: the naming backend on a real etcd cluster. Its doc
+//! comment gives the key layout and how the lease works.
 
 use std::fmt;
 use std::future::Future;
@@ -61,8 +37,32 @@ const CONNECT_RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// (`--grpc-keepalive-min-time`), which cancels every call on them.
 const HTTP2_KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(10), Duration::from_secs(5));
 
-/// The naming backend on etcd. See the [module docs](self) for the key
-/// layout and how the lease works.
+/// The naming backend on etcd.
+///
+/// # Key layout
+///
+/// A server mounted under a name is one key:
+///
+/// ```text
+/// {prefix}/{name}/#{server}   →   {"serves_mount_table":false,"leaf":false}
+/// ```
+///
+/// for example `flotilla/names/api/v1/#10.0.0.7:8080`. `#` cannot occur in
+/// a [`Name`], so the keys of name `api` (prefix `…/api/#`) never include
+/// those of `api/v1` (prefix `…/api/v1/#`), and resolving a name is one
+/// range read. The value holds the mount's flags as JSON.
+///
+/// # Sessions
+///
+/// Every key one `EtcdNamespace` writes is attached to its lease, granted
+/// on the first mount with the publisher's TTL (rounded up to whole
+/// seconds). [`keep_alive`](Namespace::keep_alive) extends it: one message a
+/// period on a stream kept open, however many mounts. When etcd says the
+/// lease is gone (it expired during an outage, or was revoked), the
+/// operation answers [`NamespaceError::EntriesLost`] and forgets the lease,
+/// and the next mount grants a new one. [`release`](Namespace::release) revokes it, which
+/// deletes every key on it at once. So give each publisher its own
+/// `EtcdNamespace` ([`EtcdNamespace::fresh_session`] shares the connection).
 ///
 /// # Example
 ///
@@ -184,7 +184,8 @@ impl EtcdNamespace {
         self.lease.lock().await.map(|lease| lease.id)
     }
 
-    /// The key of `server` under `name` (see the [module docs](self)).
+    /// The key of `server` under `name` (see the key layout in the
+    /// [type's documentation](EtcdNamespace)).
     pub fn key(&self, name: &Name, server: &Endpoint) -> String {
         format!("{}#{server}", self.name_prefix(name.as_str()))
     }
