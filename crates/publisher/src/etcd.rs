@@ -13,6 +13,7 @@ use flotilla_core_types::{Endpoint, Name};
 use tokio::sync::Mutex;
 use tonic::Code;
 
+use crate::namespace::{resolution_at, resolution_candidates};
 use crate::{
     Error, MountFlags, MountOutcome, MountedServer, Namespace, NamespaceError, RefreshStyle,
     Resolution,
@@ -474,32 +475,11 @@ impl Namespace for EtcdNamespace {
     }
 
     async fn resolve(&self, name: &Name) -> Result<Resolution, NamespaceError> {
-        let text = name.as_str();
-        let servers = self.servers_under(text).await?;
-        if !servers.is_empty() {
-            return Ok(Resolution {
-                mounted_name: name.clone(),
-                suffix: String::new(),
-                servers,
-            });
-        }
-        let mut cut = text.len();
-        while let Some(slash) = text[..cut].rfind('/') {
-            cut = slash;
-            let servers = self.servers_under(&text[..cut]).await?;
-            if servers.is_empty() {
-                continue;
+        for candidate in resolution_candidates(name) {
+            let servers = self.servers_under(candidate).await?;
+            if !servers.is_empty() {
+                return resolution_at(name, candidate, servers);
             }
-            if servers.iter().any(|mounted| mounted.flags.leaf) {
-                break;
-            }
-            let mounted_name = Name::new(&text[..cut])
-                .expect("an ancestor of a valid name, cut at a '/', is a valid name");
-            return Ok(Resolution {
-                mounted_name,
-                suffix: text[cut + 1..].to_owned(),
-                servers,
-            });
         }
         Err(NamespaceError::NotFound { name: name.clone() })
     }

@@ -161,6 +161,47 @@ impl Resolution {
     }
 }
 
+/// The names a resolve of `name` looks at, in order: `name` itself, then
+/// each ancestor, nearest first. The first with live servers answers (see
+/// [`resolution_at`]).
+pub(crate) fn resolution_candidates(name: &Name) -> impl Iterator<Item = &str> {
+    let text = name.as_str();
+    std::iter::once(text).chain(
+        text.char_indices()
+            .rev()
+            .filter(|&(_, ch)| ch == '/')
+            .map(move |(slash, _)| &text[..slash]),
+    )
+}
+
+/// How `name` resolves, given that `candidate` (from
+/// [`resolution_candidates`]) is the first with live `servers`: the name
+/// itself, or an ancestor that answers for the rest of the name unless it is
+/// a leaf.
+pub(crate) fn resolution_at(
+    name: &Name,
+    candidate: &str,
+    servers: Vec<MountedServer>,
+) -> Result<Resolution, NamespaceError> {
+    if candidate == name.as_str() {
+        return Ok(Resolution {
+            mounted_name: name.clone(),
+            suffix: String::new(),
+            servers,
+        });
+    }
+    if servers.iter().any(|mounted| mounted.flags.leaf) {
+        return Err(NamespaceError::NotFound { name: name.clone() });
+    }
+    let mounted_name =
+        Name::new(candidate).expect("an ancestor of a valid name, cut at a '/', is a valid name");
+    Ok(Resolution {
+        mounted_name,
+        suffix: name.as_str()[candidate.len() + 1..].to_owned(),
+        servers,
+    })
+}
+
 /// One live mount, as seen by a resolver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountedServer {
@@ -195,6 +236,15 @@ mod tests {
         );
         let empty: MountFlags = serde_json::from_str("{}").expect("fields default");
         assert_eq!(empty, MountFlags::NONE);
+    }
+
+    #[test]
+    fn resolution_looks_at_the_name_then_each_ancestor_nearest_first() {
+        let name = Name::new("a/b/c").expect("valid");
+        let candidates: Vec<&str> = resolution_candidates(&name).collect();
+        assert_eq!(candidates, ["a/b/c", "a/b", "a"]);
+        let single = Name::new("a").expect("valid");
+        assert_eq!(resolution_candidates(&single).collect::<Vec<_>>(), ["a"]);
     }
 
     #[test]

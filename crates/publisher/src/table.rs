@@ -17,6 +17,7 @@ use flotilla_core_types::{Endpoint, Name, TaskWorker, WaitFuture, Worker};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::namespace::{resolution_at, resolution_candidates};
 use crate::{
     MountFlags, MountOutcome, MountedServer, Namespace, NamespaceError, RefreshStyle, Resolution,
 };
@@ -182,32 +183,10 @@ impl MountTable {
         if state.closed {
             return Err(NamespaceError::Closed);
         }
-        if let Some(servers) = state.live_servers(name.as_str(), now) {
-            return Ok(Resolution {
-                mounted_name: name.clone(),
-                suffix: String::new(),
-                servers,
-            });
-        }
-        // The nearest mounted ancestor answers for the rest of the name,
-        // unless it is a leaf.
-        let text = name.as_str();
-        let mut cut = text.len();
-        while let Some(slash) = text[..cut].rfind('/') {
-            cut = slash;
-            let Some(servers) = state.live_servers(&text[..cut], now) else {
-                continue;
-            };
-            if servers.iter().any(|mounted| mounted.flags.leaf) {
-                break;
+        for candidate in resolution_candidates(name) {
+            if let Some(servers) = state.live_servers(candidate, now) {
+                return resolution_at(name, candidate, servers);
             }
-            let mounted_name = Name::new(&text[..cut])
-                .expect("an ancestor of a valid name, cut at a '/', is a valid name");
-            return Ok(Resolution {
-                mounted_name,
-                suffix: text[cut + 1..].to_owned(),
-                servers,
-            });
         }
         Err(NamespaceError::NotFound { name: name.clone() })
     }
