@@ -20,6 +20,15 @@ async fn started(flaky: &Flaky, config: PublisherConfig) -> Publisher {
     Publisher::start(flaky.clone(), config).expect("valid config")
 }
 
+/// A publisher on `flaky` with the test config, publishing `names` ×
+/// `ports`, once all of it is mounted.
+async fn mounted(flaky: &Flaky, names: &[&str], ports: &[u16]) -> Publisher {
+    let publisher = started(flaky, config()).await;
+    publish(&publisher, names, ports).await;
+    until(&publisher, |s| s.all_mounted()).await;
+    publisher
+}
+
 async fn publish(publisher: &Publisher, names: &[&str], ports: &[u16]) {
     for text in names {
         publisher.add_name(name(text)).await.expect("running");
@@ -32,9 +41,7 @@ async fn publish(publisher: &Publisher, names: &[&str], ports: &[u16]) {
 #[tokio::test(start_paused = true)]
 async fn the_cross_product_is_mounted_and_duplicates_change_nothing() {
     let flaky = Flaky::new();
-    let publisher = started(&flaky, config()).await;
-    publish(&publisher, &["a", "b"], &[1, 2]).await;
-    until(&publisher, |s| s.all_mounted()).await;
+    let publisher = mounted(&flaky, &["a", "b"], &[1, 2]).await;
     for text in ["a", "b"] {
         assert_eq!(
             resolved(&flaky.table, &name(text)).await,
@@ -53,9 +60,7 @@ async fn the_cross_product_is_mounted_and_duplicates_change_nothing() {
 #[tokio::test(start_paused = true)]
 async fn adding_a_name_mounts_it_for_every_server_and_a_server_under_every_name() {
     let flaky = Flaky::new();
-    let publisher = started(&flaky, config()).await;
-    publish(&publisher, &["a"], &[1, 2]).await;
-    until(&publisher, |s| s.all_mounted()).await;
+    let publisher = mounted(&flaky, &["a"], &[1, 2]).await;
     publisher.add_name(name("b")).await.expect("running");
     until(&publisher, |s| s.all_mounted()).await;
     assert_eq!(
@@ -76,9 +81,7 @@ async fn adding_a_name_mounts_it_for_every_server_and_a_server_under_every_name(
 #[tokio::test(start_paused = true)]
 async fn removing_a_server_or_a_name_unmounts_exactly_its_pairs() {
     let flaky = Flaky::new();
-    let publisher = started(&flaky, config()).await;
-    publish(&publisher, &["a", "b"], &[1, 2]).await;
-    until(&publisher, |s| s.all_mounted()).await;
+    let publisher = mounted(&flaky, &["a", "b"], &[1, 2]).await;
 
     publisher.remove_server(server(1)).await.expect("running");
     let status = until(&publisher, |s| s.all_settled() && s.mounts.len() == 2).await;
@@ -108,9 +111,7 @@ async fn removing_a_server_or_a_name_unmounts_exactly_its_pairs() {
 #[tokio::test(start_paused = true)]
 async fn every_mount_carries_the_period_plus_slack_and_is_refreshed_before_it_lapses() {
     let flaky = Flaky::new();
-    let publisher = started(&flaky, config()).await;
-    publish(&publisher, &["a"], &[1]).await;
-    until(&publisher, |s| s.all_mounted()).await;
+    let publisher = mounted(&flaky, &["a"], &[1]).await;
     let resolution = flaky.table.resolve(&name("a")).await.expect("mounted");
     assert_eq!(resolution.servers[0].ttl_left, Some(TTL));
 
@@ -291,9 +292,7 @@ async fn a_reset_table_gets_every_mount_back_at_the_first_refresh() {
 #[tokio::test(start_paused = true)]
 async fn a_failed_unmount_is_retried_until_it_succeeds() {
     let flaky = Flaky::new();
-    let publisher = started(&flaky, config()).await;
-    publish(&publisher, &["a"], &[1]).await;
-    until(&publisher, |s| s.all_mounted()).await;
+    let publisher = mounted(&flaky, &["a"], &[1]).await;
     flaky.set_fail_unmounts(true);
     publisher.remove_server(server(1)).await.expect("running");
     sleep(Duration::from_secs(20)).await;
@@ -314,9 +313,7 @@ async fn a_failed_unmount_is_retried_until_it_succeeds() {
 #[tokio::test(start_paused = true)]
 async fn a_pair_wanted_again_stops_its_unmount_and_is_mounted() {
     let flaky = Flaky::new();
-    let publisher = started(&flaky, config()).await;
-    publish(&publisher, &["a"], &[1]).await;
-    until(&publisher, |s| s.all_mounted()).await;
+    let publisher = mounted(&flaky, &["a"], &[1]).await;
     flaky.set_fail_unmounts(true);
     publisher.remove_server(server(1)).await.expect("running");
     sleep(Duration::from_secs(5)).await;
@@ -334,9 +331,7 @@ async fn a_pair_wanted_again_stops_its_unmount_and_is_mounted() {
 #[tokio::test(start_paused = true)]
 async fn status_reports_times_failures_and_ttl() {
     let flaky = Flaky::new();
-    let publisher = started(&flaky, config()).await;
-    publish(&publisher, &["a"], &[1]).await;
-    until(&publisher, |s| s.all_mounted()).await;
+    let publisher = mounted(&flaky, &["a"], &[1]).await;
     let mounted_at = Instant::now();
     sleep(Duration::from_secs(10)).await;
     let status = publisher.status().await.expect("running");
@@ -361,9 +356,7 @@ async fn status_reports_times_failures_and_ttl() {
 #[tokio::test(start_paused = true)]
 async fn published_lists_rooted_names_and_their_mounted_servers() {
     let flaky = Flaky::new();
-    let publisher = started(&flaky, config()).await;
-    publish(&publisher, &["a", "b/c"], &[1]).await;
-    until(&publisher, |s| s.all_mounted()).await;
+    let publisher = mounted(&flaky, &["a", "b/c"], &[1]).await;
     let published = publisher.published().await.expect("running");
     let summary: Vec<(String, Vec<u16>)> = published
         .iter()
@@ -389,9 +382,7 @@ async fn published_lists_rooted_names_and_their_mounted_servers() {
 async fn stop_unmounts_everything_and_nothing_is_mounted_after_it() {
     let flaky = Flaky::new();
     let baseline = alive_tasks();
-    let publisher = started(&flaky, config()).await;
-    publish(&publisher, &["a", "b"], &[1, 2]).await;
-    until(&publisher, |s| s.all_mounted()).await;
+    let publisher = mounted(&flaky, &["a", "b"], &[1, 2]).await;
     let mut watch = publisher.watch().await.expect("running");
 
     publisher.stop().await;
@@ -453,9 +444,7 @@ async fn stop_makes_one_bounded_attempt_at_each_unmount() {
 async fn dropping_every_handle_stops_and_unmounts() {
     let flaky = Flaky::new();
     let baseline = alive_tasks();
-    let publisher = started(&flaky, config()).await;
-    publish(&publisher, &["a"], &[1]).await;
-    until(&publisher, |s| s.all_mounted()).await;
+    let publisher = mounted(&flaky, &["a"], &[1]).await;
     drop(publisher);
     sleep(Duration::from_secs(1)).await;
     assert_eq!(flaky.table.entry_count(), 0);
@@ -534,9 +523,7 @@ async fn a_lost_session_is_replaced_and_everything_mounted_again_at_once() {
 #[tokio::test(start_paused = true)]
 async fn the_publisher_is_a_worker_that_kill_stops() {
     let flaky = Flaky::new();
-    let publisher = started(&flaky, config()).await;
-    publish(&publisher, &["a"], &[1]).await;
-    until(&publisher, |s| s.all_mounted()).await;
+    let publisher = mounted(&flaky, &["a"], &[1]).await;
     let worker: Box<dyn Worker> = Box::new(publisher.clone());
     worker.kill();
     assert!(worker.wait().await.is_ok());
