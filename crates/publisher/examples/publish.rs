@@ -38,7 +38,7 @@ async fn main() -> Result<()> {
     status.wait_for(|s| s.all_mounted()).await?;
     println!("1. two names x two servers, all mounted:");
     for published in publisher.published().await? {
-        println!("   {} -> {:?}", published.rooted, published.servers);
+        println!("   {} -> {}", published.rooted, list(&published.servers));
     }
 
     println!(
@@ -71,7 +71,10 @@ async fn main() -> Result<()> {
     status
         .wait_for(|s| s.all_settled() && s.mounts.len() == 2)
         .await?;
-    println!("   api -> {:?}", table.resolve(&api).await?.endpoints());
+    println!(
+        "   api -> {}",
+        list(&table.resolve(&api).await?.endpoints())
+    );
 
     println!("5. stopping unmounts the rest:");
     publisher.stop().await;
@@ -85,4 +88,9 @@ async fn main() -> Result<()> {
             .map_or_else(|e| e.to_string(), |()| "ok".into())
     );
     Ok(())
+}
+
+fn list(servers: &[Endpoint]) -> String {
+    let shown: Vec<String> = servers.iter().map(ToString::to_string).collect();
+    shown.join(", ")
 }
