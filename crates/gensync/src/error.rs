@@ -1,0 +1,125 @@
+//! [`Error`]: everything a replica and its sync can fail with.
+
+use std::sync::Arc;
+
+use flotilla_core_types::DeviceId;
+
+use crate::VersionId;
+use crate::wire::WireError;
+
+/// A replica operation or a sync round failed. Cheap to clone (sources are
+/// shared), so that one round's failure can be reported to several callers.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A key or value is larger than the replica accepts.
+    #[error("{what} of {len} bytes is over the limit of {max}")]
+    TooLarge {
+        /// "key" or "value".
+        what: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The store failed (I/O, or a corrupted file).
+    #[error("storage failed: {0}")]
+    Storage(Arc<redb::Error>),
+    /// Something stored does not decode: the file was written by something
+    /// else, or damaged.
+    #[error("stored {what} does not decode: {source}")]
+    Corrupt {
+        /// What was being read.
+        what: &'static str,
+        /// Why it does not decode.
+        #[source]
+        source: postcard::Error,
+    },
+    /// The peer sent something that is not a valid frame or message.
+    #[error("bad input from the peer: {0}")]
+    Wire(Arc<WireError>),
+    /// The peer claimed a device id it may not use.
+    #[error("peer claims device {claimed}: {reason}")]
+    Impostor {
+        /// The id it claimed.
+        claimed: DeviceId,
+        /// Why it may not.
+        reason: &'static str,
+    },
+    /// The peer sent a message out of turn.
+    #[error("protocol violation: expected {expected}, got {got}")]
+    Protocol {
+        /// What was expected.
+        expected: &'static str,
+        /// What came.
+        got: String,
+    },
+    /// A record's parent version is unknown: the peer sent a version before
+    /// what it descends from.
+    #[error("record {version:?} names parent {parent:?}, which this replica does not have")]
+    MissingParent {
+        /// The record's version.
+        version: VersionId,
+        /// The missing parent.
+        parent: VersionId,
+    },
+    /// The peer's vector claims a generation it did not send.
+    #[error("peer claims generation {generation} of {device} but sent none of it")]
+    UnbackedClaim {
+        /// The device.
+        device: DeviceId,
+        /// The generation.
+        generation: u64,
+    },
+    /// The peer sent a record its own vector does not cover.
+    #[error("peer sent generation {generation} of {device}, beyond what its vector claims")]
+    UnclaimedRecord {
+        /// The device.
+        device: DeviceId,
+        /// The generation.
+        generation: u64,
+    },
+    /// The peer ended the round, saying why.
+    #[error("peer aborted the round: {0}")]
+    PeerAborted(String),
+    /// The connection closed before the round was done.
+    #[error("the peer closed the connection before the round was done")]
+    Disconnected,
+    /// Connecting to the peer failed.
+    #[error("cannot connect to {peer}: {source}")]
+    Connect {
+        /// The address.
+        peer: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// The replica is closed.
+    #[error("the replica is closed")]
+    Closed,
+}
+
+impl From<WireError> for Error {
+    fn from(error: WireError) -> Self {
+        Error::Wire(Arc::new(error))
+    }
+}
+
+macro_rules! storage_error {
+    ($($source:ty),*) => {$(
+        impl From<$source> for Error {
+            fn from(error: $source) -> Self {
+                Error::Storage(Arc::new(redb::Error::from(error)))
+            }
+        }
+    )*};
+}
+
+storage_error!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);

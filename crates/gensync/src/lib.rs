@@ -1,0 +1,66 @@
+//! Peer-to-peer replication of a key/value store by generation vectors,
+//! after Veyron's sync daemon.
+//!
+//! Every local mutation becomes a record in this device's log, in the open
+//! generation. A [`GenVector`] says, per device, the newest generation a
+//! replica holds. To sync, an initiator sends its vector to a peer, which
+//! seals its open generation and streams exactly the records the vector
+//! does not cover, oldest first; the initiator applies them in one
+//! transaction through a DAG of versions that tells updates from conflicts,
+//! and settles conflicts with a pluggable [`Resolver`] (last writer wins by
+//! default), writing merge versions whose ids every replica derives alike.
+//!
+//! - [`Replica`]: put, get, delete, scan, watch; durable on redb
+//!   ([`Storage`]), or in memory for tests.
+//! - [`sync_with`]: one round as initiator; [`Responder`]: serves rounds
+//!   over TCP; [`Initiator`]: rounds with a set of peers on an interval.
+//! - [`wire`]: the frames and messages (see docs/gensync-wire.md).
+//!
+//! Not yet here (see the issue): garbage collection of the log and the DAG,
+//! eviction of silent devices, and full-state transfer.
+//!
+//! # Example
+//!
+//! ```
+//! use flotilla_core_types::{DeviceId, Worker};
+//! use flotilla_gensync::{Replica, ReplicaConfig, Responder, Storage, SyncConfig, sync_with};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), flotilla_gensync::Error> {
+//! let open = |name: &str| {
+//!     let device = DeviceId::new(name).expect("valid id");
+//!     Replica::open(device, Storage::in_memory()?, ReplicaConfig::default())
+//! };
+//! let (laptop, phone) = (open("laptop")?, open("phone")?);
+//! laptop.put(b"todo/1".to_vec(), b"buy milk".to_vec()).await?;
+//!
+//! // The laptop serves; the phone fetches what it lacks.
+//! let address = "127.0.0.1:0".parse().expect("an address");
+//! let responder = Responder::bind(laptop.clone(), address, SyncConfig::default()).await?;
+//! sync_with(&phone, responder.local_addr(), &SyncConfig::default()).await?;
+//! assert_eq!(phone.get(b"todo/1")?, Some(b"buy milk".to_vec()));
+//!
+//! responder.kill();
+//! responder.wait().await.expect("clean stop");
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+mod model;
+mod replay;
+mod replica;
+mod resolver;
+mod storage;
+mod sync;
+pub mod wire;
+
+pub use error::Error;
+pub use model::{GenVector, LogRecord, VersionId};
+pub use replay::RoundStats;
+pub use replica::{
+    Change, Entry, MAX_KEY_LEN, MAX_VALUE_LEN, Origin, Replica, ReplicaConfig, Write,
+};
+pub use resolver::{Conflict, LastWriterWins, Resolution, Resolver, Side};
+pub use storage::Storage;
+pub use sync::{Initiator, Peers, Responder, SyncConfig, sync_with};

@@ -1,0 +1,366 @@
+//! [`Replica`]: one device's copy of the store, read and written locally and
+//! kept in step with its peers by sync rounds.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use flotilla_core_types::DeviceId;
+use tokio::sync::broadcast;
+
+use crate::storage::{Head, Storage};
+use crate::{Error, GenVector, LastWriterWins, LogRecord, Resolver, VersionId};
+
+/// The longest key a replica accepts.
+pub const MAX_KEY_LEN: usize = 4 * 1024;
+
+/// The longest value a replica accepts: a record must fit in one frame
+/// ([`MAX_FRAME_LEN`](crate::wire::MAX_FRAME_LEN)) with room to spare.
+pub const MAX_VALUE_LEN: usize = 1024 * 1024;
+
+/// How a [`Replica`] behaves. Start from [`Default`].
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct ReplicaConfig {
+    /// A generation is sealed when it reaches this many records, even if no
+    /// peer has asked for it yet. Default: 10,000.
+    pub max_generation_records: u64,
+    /// Settles conflicts. Default: [`LastWriterWins`].
+    pub resolver: Arc<dyn Resolver>,
+    /// How many changes a slow [`watch`](Replica::watch)er may fall behind
+    /// before it misses some (it is told how many). Default: 1,024.
+    pub watch_buffer: usize,
+    /// The clock stamped on local writes, in milliseconds since the Unix
+    /// epoch; last-writer-wins compares these. Default: the system clock.
+    pub clock: Arc<dyn Fn() -> u64 + Send + Sync>,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        ReplicaConfig {
+            max_generation_records: 10_000,
+            resolver: Arc::new(LastWriterWins),
+            watch_buffer: 1024,
+            clock: Arc::new(system_clock_ms),
+        }
+    }
+}
+
+impl fmt::Debug for ReplicaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplicaConfig")
+            .field("max_generation_records", &self.max_generation_records)
+            .field("watch_buffer", &self.watch_buffer)
+            .finish_non_exhaustive()
+    }
+}
+
+fn system_clock_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis()
+        .try_into()
+        .unwrap_or(u64::MAX)
+}
+
+/// A change to a key, local or replicated, as [`Replica::watch`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The new value (`None`: deleted).
+    pub value: Option<Vec<u8>>,
+    /// The version that holds it.
+    pub version: VersionId,
+    /// Whether it was written here or arrived from a peer.
+    pub origin: Origin,
+}
+
+/// Where a [`Change`] came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A write on this replica.
+    Local,
+    /// A sync round (including a merge this replica made while applying it).
+    Replicated,
+}
+
+/// One write of a batch: a value, or `None` to delete.
+pub type Write = (Vec<u8>, Option<Vec<u8>>);
+
+/// A key and its value, as [`Replica::scan`] returns them.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// One device's replica of the store. Cloning is cheap: every clone is a
+/// handle to the same replica.
+///
+/// Reads see the last committed state and never wait for a write or a sync
+/// round (the store is multi-version). Writes are durable when they return:
+/// each [`put`](Replica::put) or [`write_batch`](Replica::write_batch) is
+/// one transaction, and so is each sync round applied.
+///
+/// # Example
+///
+/// ```
+/// use flotilla_core_types::DeviceId;
+/// use flotilla_gensync::{Replica, ReplicaConfig, Storage};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), flotilla_gensync::Error> {
+/// let device = DeviceId::new("laptop").expect("valid id");
+/// let replica = Replica::open(device, Storage::in_memory()?, ReplicaConfig::default())?;
+/// replica.put(b"greeting".to_vec(), b"hello".to_vec()).await?;
+/// assert_eq!(replica.get(b"greeting")?, Some(b"hello".to_vec()));
+/// replica.delete(b"greeting".to_vec()).await?;
+/// assert_eq!(replica.get(b"greeting")?, None);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Replica {
+    pub(crate) shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) device: DeviceId,
+    pub(crate) storage: Storage,
+    pub(crate) config: ReplicaConfig,
+    pub(crate) changes: broadcast::Sender<Change>,
+}
+
+impl Replica {
+    /// Opens `device`'s replica on `storage` (empty or written before by
+    /// the same device).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] when the store cannot be read.
+    pub fn open(
+        device: DeviceId,
+        storage: Storage,
+        config: ReplicaConfig,
+    ) -> Result<Replica, Error> {
+        // Reading the vector checks that the store is readable now, not at
+        // the first sync.
+        storage.read()?.vector()?;
+        let (changes, _) = broadcast::channel(config.watch_buffer.max(1));
+        Ok(Replica {
+            shared: Arc::new(Shared {
+                device,
+                storage,
+                config,
+                changes,
+            }),
+        })
+    }
+
+    /// This replica's device.
+    pub fn device(&self) -> &DeviceId {
+        &self.shared.device
+    }
+
+    /// The value of `key`, if it has one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] or [`Error::Corrupt`].
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self
+            .shared
+            .storage
+            .read()?
+            .head(key)?
+            .and_then(|head| head.value))
+    }
+
+    /// Every live key starting with `prefix`, with its value, in key order.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] or [`Error::Corrupt`].
+    pub fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, Error> {
+        self.shared.storage.read()?.scan(prefix)
+    }
+
+    /// The current version of `key` (also for a deleted key), if it has
+    /// ever had one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] or [`Error::Corrupt`].
+    pub fn head(&self, key: &[u8]) -> Result<Option<VersionId>, Error> {
+        Ok(self
+            .shared
+            .storage
+            .read()?
+            .head(key)?
+            .map(|head| head.version))
+    }
+
+    /// Every key's current version, in key order: two replicas that have
+    /// converged have equal heads.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] or [`Error::Corrupt`].
+    pub fn heads(&self) -> Result<Vec<(Vec<u8>, VersionId)>, Error> {
+        self.shared.storage.read()?.heads()
+    }
+
+    /// The generation vector: what this replica holds of every device's log.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] or [`Error::Corrupt`].
+    pub fn vector(&self) -> Result<GenVector, Error> {
+        self.shared.storage.read()?.vector()
+    }
+
+    /// How many records the log holds.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`].
+    pub fn log_len(&self) -> Result<u64, Error> {
+        self.shared.storage.read()?.log_len()
+    }
+
+    /// Every change from now on, local or replicated.
+    pub fn watch(&self) -> broadcast::Receiver<Change> {
+        self.shared.changes.subscribe()
+    }
+
+    /// Sets `key` to `value`, durably, and returns the new version.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TooLarge`] for an oversized key or value (nothing written);
+    /// [`Error::Storage`] when the store fails.
+    ///
+    /// # Cancel safety
+    ///
+    /// If the future is dropped, the write may or may not be committed.
+    pub async fn put(&self, key: Vec<u8>, value: Vec<u8>) -> Result<VersionId, Error> {
+        let mut versions = self.write_batch(vec![(key, Some(value))]).await?;
+        Ok(versions.remove(0))
+    }
+
+    /// Deletes `key` (writes a tombstone, which replicates like a value).
+    ///
+    /// # Errors
+    ///
+    /// As for [`put`](Self::put).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`put`](Self::put).
+    pub async fn delete(&self, key: Vec<u8>) -> Result<VersionId, Error> {
+        let mut versions = self.write_batch(vec![(key, None)]).await?;
+        Ok(versions.remove(0))
+    }
+
+    /// Applies `writes` in one durable transaction, in order, and returns
+    /// each one's version.
+    ///
+    /// # Errors
+    ///
+    /// As for [`put`](Self::put); an oversized entry rejects the whole
+    /// batch before anything is written.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`put`](Self::put).
+    pub async fn write_batch(&self, writes: Vec<Write>) -> Result<Vec<VersionId>, Error> {
+        for (key, value) in &writes {
+            check_len("key", key.len(), MAX_KEY_LEN)?;
+            if let Some(value) = value {
+                check_len("value", value.len(), MAX_VALUE_LEN)?;
+            }
+        }
+        let shared = Arc::clone(&self.shared);
+        let (versions, changes) = blocking(move || shared.write_local(writes)).await?;
+        for change in changes {
+            let _ = self.shared.changes.send(change);
+        }
+        Ok(versions)
+    }
+}
+
+impl fmt::Debug for Replica {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Replica")
+            .field("device", &self.shared.device)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    fn write_local(&self, writes: Vec<Write>) -> Result<(Vec<VersionId>, Vec<Change>), Error> {
+        let mut writer = self.storage.write()?;
+        let timestamp_ms = (self.config.clock)();
+        let mut versions = Vec::with_capacity(writes.len());
+        let mut changes = Vec::with_capacity(writes.len());
+        for (key, value) in writes {
+            let (generation, sequence) = writer.open_slot()?;
+            let version = VersionId::of_write(&self.device, generation, sequence);
+            let parents = writer
+                .head(&key)?
+                .map(|head| vec![head.version])
+                .unwrap_or_default();
+            let record = LogRecord {
+                device: self.device.clone(),
+                generation,
+                sequence,
+                key,
+                version,
+                parents,
+                value,
+                writer: self.device.clone(),
+                timestamp_ms,
+            };
+            writer.append(&record)?;
+            writer.set_head(
+                &record.key,
+                &Head {
+                    version,
+                    value: record.value.clone(),
+                },
+            )?;
+            writer.fill_slot(generation, sequence)?;
+            if sequence >= self.config.max_generation_records {
+                writer.seal(&self.device)?;
+            }
+            versions.push(version);
+            changes.push(Change {
+                key: record.key,
+                value: record.value,
+                version,
+                origin: Origin::Local,
+            });
+        }
+        writer.commit()?;
+        Ok((versions, changes))
+    }
+}
+
+fn check_len(what: &'static str, len: usize, max: usize) -> Result<(), Error> {
+    if len > max {
+        return Err(Error::TooLarge { what, len, max });
+    }
+    Ok(())
+}
+
+/// Runs store work off the async threads: a commit waits for the disk.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|join_error| {
+            if join_error.is_panic() {
+                std::panic::resume_unwind(join_error.into_panic())
+            }
+            Err(Error::Closed)
+        })
+}

@@ -1,0 +1,320 @@
+//! [`Storage`]: the replica's durable state in redb, and typed views of a
+//! read or write transaction over it.
+//!
+//! Tables:
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `meta` | name | u64: the open generation, its next sequence, the next log index |
+//! | `vector` | device id | newest generation held |
+//! | `log` | log index | a [`LogRecord`], postcard |
+//! | `dag` | version id | a [`DagNode`]: parents and the log index of its record |
+//! | `values` | key | a [`Head`]: the key's current version and value |
+//!
+//! Every change a replica makes (a local write, a whole sync round) is one
+//! write transaction, so after a crash the store holds exactly what some
+//! commit left, with the vector never ahead of the log. The in-memory
+//! variant is redb on its in-memory backend: the same code, no file.
+
+use std::path::Path;
+
+use flotilla_core_types::DeviceId;
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition, WriteTransaction,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, GenVector, LogRecord, VersionId};
+
+const META: TableDefinition<'static, &'static str, u64> = TableDefinition::new("meta");
+const VECTOR: TableDefinition<'static, &'static str, u64> = TableDefinition::new("vector");
+const LOG: TableDefinition<'static, u64, &'static [u8]> = TableDefinition::new("log");
+const DAG: TableDefinition<'static, &'static [u8], &'static [u8]> = TableDefinition::new("dag");
+const VALUES: TableDefinition<'static, &'static [u8], &'static [u8]> =
+    TableDefinition::new("values");
+
+const OPEN_GENERATION: &str = "open_generation";
+const OPEN_SEQUENCE: &str = "open_sequence";
+const NEXT_LOG_INDEX: &str = "next_log_index";
+
+/// A version in the DAG: what it replaced, and where its record is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DagNode {
+    pub(crate) parents: Vec<VersionId>,
+    pub(crate) log_index: u64,
+}
+
+/// A key's current version and value (`None`: deleted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Head {
+    pub(crate) version: VersionId,
+    pub(crate) value: Option<Vec<u8>>,
+}
+
+/// The replica's database.
+pub struct Storage {
+    db: Database,
+}
+
+impl Storage {
+    /// Opens the database at `path`, creating it if needed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] when the file cannot be opened or is not a redb
+    /// database.
+    pub fn open(path: impl AsRef<Path>) -> Result<Storage, Error> {
+        Storage::init(Database::create(path)?)
+    }
+
+    /// A database in memory, gone when dropped: for tests.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] only if redb fails to initialise it.
+    pub fn in_memory() -> Result<Storage, Error> {
+        let backend = redb::backends::InMemoryBackend::new();
+        Storage::init(Database::builder().create_with_backend(backend)?)
+    }
+
+    fn init(db: Database) -> Result<Storage, Error> {
+        let txn = db.begin_write()?;
+        {
+            // Opening a table in a write transaction creates it.
+            txn.open_table(META)?;
+            txn.open_table(VECTOR)?;
+            txn.open_table(LOG)?;
+            txn.open_table(DAG)?;
+            txn.open_table(VALUES)?;
+        }
+        txn.commit()?;
+        Ok(Storage { db })
+    }
+
+    pub(crate) fn read(&self) -> Result<Reader, Error> {
+        Ok(Reader {
+            txn: self.db.begin_read()?,
+        })
+    }
+
+    pub(crate) fn write(&self) -> Result<Writer, Error> {
+        Ok(Writer {
+            txn: self.db.begin_write()?,
+        })
+    }
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage").finish_non_exhaustive()
+    }
+}
+
+/// A consistent snapshot for reading.
+pub(crate) struct Reader {
+    txn: ReadTransaction,
+}
+
+impl Reader {
+    pub(crate) fn head(&self, key: &[u8]) -> Result<Option<Head>, Error> {
+        let table = self.txn.open_table(VALUES)?;
+        table
+            .get(key)?
+            .map(|value| decode("head", value.value()))
+            .transpose()
+    }
+
+    /// Live (not deleted) values whose keys start with `prefix`, in key
+    /// order.
+    pub(crate) fn scan(&self, prefix: &[u8]) -> Result<Vec<crate::replica::Entry>, Error> {
+        let table = self.txn.open_table(VALUES)?;
+        let mut found = Vec::new();
+        for entry in table.range(prefix..)? {
+            let (key, head) = entry?;
+            if !key.value().starts_with(prefix) {
+                break;
+            }
+            let head: Head = decode("head", head.value())?;
+            if let Some(value) = head.value {
+                found.push((key.value().to_vec(), value));
+            }
+        }
+        Ok(found)
+    }
+
+    pub(crate) fn vector(&self) -> Result<GenVector, Error> {
+        read_vector(&self.txn.open_table(VECTOR)?)
+    }
+
+    pub(crate) fn next_log_index(&self) -> Result<u64, Error> {
+        meta(&self.txn.open_table(META)?, NEXT_LOG_INDEX)
+    }
+
+    /// Up to `limit` records from `from` (a log index) on, below `end`.
+    pub(crate) fn log_batch(
+        &self,
+        from: u64,
+        end: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, LogRecord)>, Error> {
+        let table = self.txn.open_table(LOG)?;
+        let mut batch = Vec::with_capacity(limit.min(1024));
+        for entry in table.range(from..end)?.take(limit) {
+            let (index, record) = entry?;
+            batch.push((index.value(), decode("log record", record.value())?));
+        }
+        Ok(batch)
+    }
+
+    /// The DAG's heads of every key, for comparing replicas.
+    pub(crate) fn heads(&self) -> Result<Vec<(Vec<u8>, VersionId)>, Error> {
+        let table = self.txn.open_table(VALUES)?;
+        let mut heads = Vec::new();
+        for entry in table.iter()? {
+            let (key, head) = entry?;
+            let head: Head = decode("head", head.value())?;
+            heads.push((key.value().to_vec(), head.version));
+        }
+        Ok(heads)
+    }
+
+    pub(crate) fn log_len(&self) -> Result<u64, Error> {
+        Ok(self.txn.open_table(LOG)?.len()?)
+    }
+}
+
+/// A write transaction: everything written is committed together by
+/// [`commit`](Writer::commit), or dropped.
+pub(crate) struct Writer {
+    txn: WriteTransaction,
+}
+
+impl Writer {
+    pub(crate) fn head(&self, key: &[u8]) -> Result<Option<Head>, Error> {
+        let table = self.txn.open_table(VALUES)?;
+        let head = table.get(key)?;
+        head.map(|value| decode("head", value.value())).transpose()
+    }
+
+    pub(crate) fn set_head(&mut self, key: &[u8], head: &Head) -> Result<(), Error> {
+        let mut table = self.txn.open_table(VALUES)?;
+        table.insert(key, encode(head).as_slice())?;
+        Ok(())
+    }
+
+    pub(crate) fn dag_node(&self, version: &VersionId) -> Result<Option<DagNode>, Error> {
+        let table = self.txn.open_table(DAG)?;
+        let node = table.get(version.0.as_slice())?;
+        node.map(|value| decode("dag node", value.value()))
+            .transpose()
+    }
+
+    pub(crate) fn record_at(&self, log_index: u64) -> Result<Option<LogRecord>, Error> {
+        let table = self.txn.open_table(LOG)?;
+        let record = table.get(log_index)?;
+        record
+            .map(|value| decode("log record", value.value()))
+            .transpose()
+    }
+
+    /// Appends `record` to the log and, unless its version is known
+    /// already, to the DAG. Returns whether the version was new.
+    pub(crate) fn append(&mut self, record: &LogRecord) -> Result<bool, Error> {
+        let index = self.meta(NEXT_LOG_INDEX)?;
+        self.set_meta(NEXT_LOG_INDEX, index + 1)?;
+        self.txn
+            .open_table(LOG)?
+            .insert(index, encode(record).as_slice())?;
+        if self.dag_node(&record.version)?.is_some() {
+            return Ok(false);
+        }
+        let node = DagNode {
+            parents: record.parents.clone(),
+            log_index: index,
+        };
+        self.txn
+            .open_table(DAG)?
+            .insert(record.version.0.as_slice(), encode(&node).as_slice())?;
+        Ok(true)
+    }
+
+    pub(crate) fn vector(&self) -> Result<GenVector, Error> {
+        read_vector(&self.txn.open_table(VECTOR)?)
+    }
+
+    pub(crate) fn set_vector(&mut self, vector: &GenVector) -> Result<(), Error> {
+        let mut table = self.txn.open_table(VECTOR)?;
+        for (device, generation) in vector.iter() {
+            table.insert(device.as_str(), generation)?;
+        }
+        Ok(())
+    }
+
+    /// The open generation (from 1) and the sequence its next record gets.
+    pub(crate) fn open_slot(&self) -> Result<(u64, u64), Error> {
+        let generation = self.meta(OPEN_GENERATION)?.max(1);
+        let sequence = self.meta(OPEN_SEQUENCE)? + 1;
+        Ok((generation, sequence))
+    }
+
+    /// Records that the open generation now has `sequence` records.
+    pub(crate) fn fill_slot(&mut self, generation: u64, sequence: u64) -> Result<(), Error> {
+        self.set_meta(OPEN_GENERATION, generation)?;
+        self.set_meta(OPEN_SEQUENCE, sequence)
+    }
+
+    /// Seals the open generation, if it has records: `device`'s entry in
+    /// the vector becomes it, and the next record opens a new one. Returns
+    /// whether anything was sealed.
+    pub(crate) fn seal(&mut self, device: &DeviceId) -> Result<bool, Error> {
+        let (generation, next_sequence) = self.open_slot()?;
+        if next_sequence == 1 {
+            return Ok(false);
+        }
+        self.txn
+            .open_table(VECTOR)?
+            .insert(device.as_str(), generation)?;
+        self.fill_slot(generation + 1, 0)?;
+        Ok(true)
+    }
+
+    pub(crate) fn commit(self) -> Result<(), Error> {
+        self.txn.commit()?;
+        Ok(())
+    }
+
+    fn meta(&self, name: &str) -> Result<u64, Error> {
+        meta(&self.txn.open_table(META)?, name)
+    }
+
+    fn set_meta(&mut self, name: &str, value: u64) -> Result<(), Error> {
+        self.txn.open_table(META)?.insert(name, value)?;
+        Ok(())
+    }
+}
+
+fn meta(table: &impl ReadableTable<&'static str, u64>, name: &str) -> Result<u64, Error> {
+    Ok(table.get(name)?.map_or(0, |value| value.value()))
+}
+
+fn read_vector(table: &impl ReadableTable<&'static str, u64>) -> Result<GenVector, Error> {
+    let mut vector = GenVector::new();
+    for entry in table.iter()? {
+        let (device, generation) = entry?;
+        let device = DeviceId::new(device.value()).map_err(|_| Error::Corrupt {
+            what: "vector entry",
+            source: postcard::Error::DeserializeBadEncoding,
+        })?;
+        vector.raise(&device, generation.value());
+    }
+    Ok(vector)
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_allocvec(value).expect("postcard encodes these plain types infallibly")
+}
+
+fn decode<'a, T: Deserialize<'a>>(what: &'static str, bytes: &'a [u8]) -> Result<T, Error> {
+    postcard::from_bytes(bytes).map_err(|source| Error::Corrupt { what, source })
+}

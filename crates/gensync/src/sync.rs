@@ -1,0 +1,536 @@
+//! Sync rounds over TCP: [`sync_with`] runs one round as the initiator,
+//! [`Responder`] serves rounds to peers, and [`Initiator`] runs rounds with
+//! a set of peers on a jittered interval.
+//!
+//! A round: both sides say who they are ([`Message::Hello`]), the initiator
+//! sends its vector ([`Message::GetDeltas`]), the responder seals its open
+//! generation and streams every record of its log the initiator's vector
+//! does not cover, oldest first, then its vector ([`Message::Done`]). The
+//! initiator applies the records as they arrive, in one transaction it
+//! commits only when the round is complete and consistent.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use flotilla_core_types::{DeviceId, TaskWorker, WaitFuture, Worker};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::replay::{Round, RoundStats};
+use crate::replica::{Replica, blocking};
+use crate::wire::{Connection, Message};
+use crate::{Error, GenVector};
+
+/// How sync rounds are paced and bounded. Start from [`Default`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SyncConfig {
+    /// How often an [`Initiator`] starts a round with each peer. Default: 5 s.
+    pub interval: Duration,
+    /// Each interval is shortened by a random fraction of up to this much,
+    /// so that replicas started together do not sync in step. From 0 to
+    /// below 1. Default: 0.2.
+    pub jitter: f64,
+    /// The longest a round may take, connecting included. Default: 60 s.
+    pub round_timeout: Duration,
+    /// How many log records a responder reads at a time while streaming.
+    /// Default: 512.
+    pub batch_records: usize,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            interval: Duration::from_secs(5),
+            jitter: 0.2,
+            round_timeout: Duration::from_secs(60),
+            batch_records: 512,
+        }
+    }
+}
+
+/// Runs one sync round with the responder at `peer`: fetches and applies
+/// everything this replica lacks of what the peer has.
+///
+/// # Errors
+///
+/// [`Error::Connect`], or any error of the round (bad input, an impostor,
+/// a missing parent, an unbacked claim, a timeout as
+/// [`Error::Disconnected`]); the replica is then as it was.
+///
+/// # Cancel safety
+///
+/// Dropping the future abandons the round; nothing of it is committed.
+pub async fn sync_with(
+    replica: &Replica,
+    peer: SocketAddr,
+    config: &SyncConfig,
+) -> Result<RoundStats, Error> {
+    let round = async {
+        let stream = TcpStream::connect(peer)
+            .await
+            .map_err(|source| Error::Connect {
+                peer,
+                source: Arc::new(source),
+            })?;
+        // Records are small and many; do not wait to fill packets.
+        let _ = stream.set_nodelay(true);
+        initiate(replica, Connection::new(stream)).await
+    };
+    match tokio::time::timeout(config.round_timeout, round).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::Disconnected),
+    }
+}
+
+async fn initiate(
+    replica: &Replica,
+    mut connection: Connection<TcpStream>,
+) -> Result<RoundStats, Error> {
+    let ours = replica.device().clone();
+    connection
+        .send(&Message::Hello {
+            device: ours.clone(),
+        })
+        .await?;
+    let peer = expect_hello(&mut connection).await?;
+    if peer == ours {
+        return Err(Error::Impostor {
+            claimed: peer,
+            reason: "that is this replica's own id",
+        });
+    }
+    let vector = replica.vector()?;
+    connection.send(&Message::GetDeltas { vector }).await?;
+
+    // The records go to a blocking task that applies them in one
+    // transaction; the channel's bound keeps memory flat however long the
+    // round.
+    let (items, mut queue) = mpsc::channel::<Item>(256);
+    let shared = Arc::clone(&replica.shared);
+    let applier = tokio::task::spawn_blocking(move || {
+        let mut round = Round::begin(&shared)?;
+        while let Some(item) = queue.blocking_recv() {
+            match item {
+                Item::Record(record) => round.apply(record)?,
+                Item::Done(vector) => return round.finish(&vector),
+            }
+        }
+        Err(Error::Disconnected)
+    });
+    let received = receive(&mut connection, &items).await;
+    drop(items);
+    let applied = applier.await.unwrap_or_else(|join_error| {
+        if join_error.is_panic() {
+            std::panic::resume_unwind(join_error.into_panic())
+        }
+        Err(Error::Closed)
+    });
+    // An error from the network wins: it is why the applier stopped.
+    received?;
+    let (stats, changes) = applied?;
+    for change in changes {
+        let _ = replica.shared.changes.send(change);
+    }
+    tracing::debug!(%peer, applied = stats.applied, duplicates = stats.duplicates, conflicts = stats.conflicts, "sync round applied");
+    Ok(stats)
+}
+
+enum Item {
+    Record(crate::LogRecord),
+    Done(GenVector),
+}
+
+/// Forwards the responder's records to the applier until `Done`.
+async fn receive(
+    connection: &mut Connection<TcpStream>,
+    items: &mpsc::Sender<Item>,
+) -> Result<(), Error> {
+    loop {
+        let item = match connection.recv().await? {
+            Some(Message::Record(record)) => Item::Record(record),
+            Some(Message::Done { vector }) => Item::Done(vector),
+            Some(Message::Abort { reason }) => return Err(Error::PeerAborted(reason)),
+            Some(other) => {
+                return Err(Error::Protocol {
+                    expected: "a record or done",
+                    got: format!("{other:?}"),
+                });
+            }
+            None => return Err(Error::Disconnected),
+        };
+        let done = matches!(item, Item::Done(_));
+        // A closed channel means the applier failed; its error is reported.
+        if items.send(item).await.is_err() || done {
+            return Ok(());
+        }
+    }
+}
+
+async fn expect_hello<T>(connection: &mut Connection<T>) -> Result<DeviceId, Error>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match connection.recv().await? {
+        Some(Message::Hello { device }) => Ok(device),
+        Some(other) => Err(Error::Protocol {
+            expected: "hello",
+            got: format!("{other:?}"),
+        }),
+        None => Err(Error::Disconnected),
+    }
+}
+
+/// Serves sync rounds to peers on a TCP listener: a [`Worker`] whose task
+/// accepts connections and serves each on a task of its own, all stopped
+/// and awaited by [`kill`](Worker::kill) and [`wait`](Worker::wait).
+///
+/// A peer may not claim this replica's device id, nor one that is connected
+/// already from another IP address: it is refused with a
+/// [`Message::Abort`] saying why, and nothing it sent is used.
+pub struct Responder {
+    worker: TaskWorker,
+    local_addr: SocketAddr,
+}
+
+impl Responder {
+    /// Binds `address` and starts serving `replica`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connect`] when the address cannot be bound.
+    pub async fn bind(
+        replica: Replica,
+        address: SocketAddr,
+        config: SyncConfig,
+    ) -> Result<Responder, Error> {
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|source| Error::Connect {
+                peer: address,
+                source: Arc::new(source),
+            })?;
+        Responder::start(replica, listener, config)
+    }
+
+    /// Starts serving `replica` on `listener`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connect`] when the listener's address cannot be read.
+    pub fn start(
+        replica: Replica,
+        listener: TcpListener,
+        config: SyncConfig,
+    ) -> Result<Responder, Error> {
+        let local_addr = listener.local_addr().map_err(|source| Error::Connect {
+            peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+            source: Arc::new(source),
+        })?;
+        let span = tracing::info_span!("responder", device = %replica.device(), %local_addr);
+        let worker = TaskWorker::spawn(move |stop| {
+            accept_loop(replica, listener, config, stop).instrument(span)
+        });
+        Ok(Responder { worker, local_addr })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+impl Worker for Responder {
+    fn kill(&self) {
+        self.worker.kill();
+    }
+
+    fn wait(&self) -> WaitFuture<'_> {
+        self.worker.wait()
+    }
+}
+
+impl fmt::Debug for Responder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Responder")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which devices are connected, from where, and how many times.
+type Connected = Arc<Mutex<HashMap<DeviceId, (IpAddr, usize)>>>;
+
+async fn accept_loop(
+    replica: Replica,
+    listener: TcpListener,
+    config: SyncConfig,
+    stop: CancellationToken,
+) -> Result<(), flotilla_core_types::WorkerError> {
+    let tracker = TaskTracker::new();
+    let connected = Connected::default();
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, address) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of descriptors and the like: wait a little, go on.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (replica, config, connected, stop) = (
+            replica.clone(),
+            config.clone(),
+            Arc::clone(&connected),
+            stop.clone(),
+        );
+        tracker.spawn(
+            async move {
+                let served = tokio::select! {
+                    () = stop.cancelled() => return,
+                    served = tokio::time::timeout(
+                        config.round_timeout,
+                        serve(&replica, Connection::new(stream), address, &config, &connected),
+                    ) => served,
+                };
+                match served {
+                    Ok(Ok(sent)) => tracing::debug!(%address, sent, "round served"),
+                    Ok(Err(error)) => tracing::warn!(%address, %error, "round failed"),
+                    Err(_) => tracing::warn!(%address, "round timed out"),
+                }
+            }
+            .in_current_span(),
+        );
+    }
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+/// Serves one round; returns how many records it sent.
+async fn serve(
+    replica: &Replica,
+    mut connection: Connection<TcpStream>,
+    address: SocketAddr,
+    config: &SyncConfig,
+    connected: &Connected,
+) -> Result<u64, Error> {
+    let peer = expect_hello(&mut connection).await?;
+    let registration = match Registration::claim(connected, &peer, address.ip(), replica.device()) {
+        Ok(registration) => registration,
+        Err(error) => {
+            let _ = connection
+                .send(&Message::Abort {
+                    reason: error.to_string(),
+                })
+                .await;
+            return Err(error);
+        }
+    };
+    connection
+        .send(&Message::Hello {
+            device: replica.device().clone(),
+        })
+        .await?;
+    let theirs = match connection.recv().await? {
+        Some(Message::GetDeltas { vector }) => vector,
+        Some(other) => {
+            return Err(Error::Protocol {
+                expected: "get-deltas",
+                got: format!("{other:?}"),
+            });
+        }
+        None => return Err(Error::Disconnected),
+    };
+    let shared = Arc::clone(&replica.shared);
+    let (snapshot, end) = blocking(move || {
+        let mut writer = shared.storage.write()?;
+        writer.seal(&shared.device)?;
+        writer.commit()?;
+        let reader = shared.storage.read()?;
+        Ok((reader.vector()?, reader.next_log_index()?))
+    })
+    .await?;
+    let mut sent = 0;
+    let mut from = 0;
+    while from < end {
+        let shared = Arc::clone(&replica.shared);
+        let limit = config.batch_records.max(1);
+        let batch = blocking(move || shared.storage.read()?.log_batch(from, end, limit)).await?;
+        let Some((last, _)) = batch.last() else { break };
+        from = last + 1;
+        for (_, record) in batch {
+            let missing = !theirs.covers(&record.device, record.generation)
+                && snapshot.covers(&record.device, record.generation);
+            if missing {
+                connection.feed(&Message::Record(record)).await?;
+                sent += 1;
+            }
+        }
+        connection.flush().await?;
+    }
+    connection.send(&Message::Done { vector: snapshot }).await?;
+    drop(registration);
+    Ok(sent)
+}
+
+/// A peer's claim to a device id, held while its connection lasts.
+struct Registration {
+    connected: Connected,
+    device: DeviceId,
+}
+
+impl Registration {
+    fn claim(
+        connected: &Connected,
+        device: &DeviceId,
+        address: IpAddr,
+        ours: &DeviceId,
+    ) -> Result<Registration, Error> {
+        if device == ours {
+            return Err(Error::Impostor {
+                claimed: device.clone(),
+                reason: "that is this replica's own id",
+            });
+        }
+        let mut map = connected.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = map.entry(device.clone()).or_insert((address, 0));
+        if entry.0 != address {
+            return Err(Error::Impostor {
+                claimed: device.clone(),
+                reason: "that device is connected already from another address",
+            });
+        }
+        entry.1 += 1;
+        Ok(Registration {
+            connected: Arc::clone(connected),
+            device: device.clone(),
+        })
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut map = self
+            .connected
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = map.get_mut(&self.device) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                map.remove(&self.device);
+            }
+        }
+    }
+}
+
+/// Where an [`Initiator`] finds its peers.
+#[derive(Clone)]
+pub enum Peers {
+    /// A fixed list.
+    Fixed(Vec<SocketAddr>),
+    /// Asked before every interval, so another component (a registry, a
+    /// presence watcher) can feed it.
+    Dynamic(Arc<dyn Fn() -> Vec<SocketAddr> + Send + Sync>),
+}
+
+impl Peers {
+    fn current(&self) -> Vec<SocketAddr> {
+        match self {
+            Peers::Fixed(peers) => peers.clone(),
+            Peers::Dynamic(source) => source(),
+        }
+    }
+}
+
+impl fmt::Debug for Peers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peers::Fixed(peers) => f.debug_tuple("Fixed").field(peers).finish(),
+            Peers::Dynamic(_) => f.write_str("Dynamic"),
+        }
+    }
+}
+
+/// Runs a sync round with every peer, then again after a jittered
+/// interval, until killed: a [`Worker`]. A failed round is logged and
+/// retried at the next interval; it never stops the initiator.
+pub struct Initiator {
+    worker: TaskWorker,
+    rounds: tokio::sync::watch::Receiver<u64>,
+}
+
+impl Initiator {
+    /// Starts syncing `replica` with `peers`.
+    ///
+    /// # Panics
+    ///
+    /// Panics when called outside a tokio runtime with a timer.
+    pub fn start(replica: Replica, peers: Peers, config: SyncConfig) -> Initiator {
+        let (rounds_tx, rounds) = tokio::sync::watch::channel(0);
+        let span = tracing::info_span!("initiator", device = %replica.device());
+        let worker = TaskWorker::spawn(move |stop| {
+            async move {
+                let mut rng = fastrand::Rng::new();
+                loop {
+                    for peer in peers.current() {
+                        let round = tokio::select! {
+                            () = stop.cancelled() => return Ok(()),
+                            round = sync_with(&replica, peer, &config) => round,
+                        };
+                        match round {
+                            Ok(stats) => tracing::debug!(%peer, applied = stats.applied, "synced"),
+                            Err(error) => tracing::warn!(%peer, %error, "sync round failed"),
+                        }
+                    }
+                    rounds_tx.send_modify(|rounds| *rounds += 1);
+                    let pause = config
+                        .interval
+                        .mul_f64(1.0 - config.jitter.clamp(0.0, 0.99) * rng.f64());
+                    tokio::select! {
+                        () = stop.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                }
+            }
+            .instrument(span)
+        });
+        Initiator { worker, rounds }
+    }
+
+    /// A receiver of how many passes over the peers have finished, so a
+    /// caller can wait for the next one.
+    pub fn passes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.rounds.clone()
+    }
+}
+
+impl Worker for Initiator {
+    fn kill(&self) {
+        self.worker.kill();
+    }
+
+    fn wait(&self) -> WaitFuture<'_> {
+        self.worker.wait()
+    }
+}
+
+impl fmt::Debug for Initiator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Initiator")
+            .field("passes", &*self.rounds.borrow())
+            .finish_non_exhaustive()
+    }
+}

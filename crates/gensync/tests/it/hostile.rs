@@ -1,0 +1,320 @@
+//! Peers that lie, send garbage or vanish: each gets a typed error that
+//! ends its round, and the store is left as it was.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use flotilla_gensync::wire::{Connection, Message, WireError};
+use flotilla_gensync::{Error, GenVector, LogRecord, SyncConfig, VersionId, sync_with};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+use crate::harness::{Node, device, pull, stop};
+
+/// A responder played by `script` for one connection.
+async fn fake_responder<F, Fut>(script: F) -> (SocketAddr, tokio::task::JoinHandle<()>)
+where
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+    let address = listener.local_addr().expect("an address");
+    let task = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("a connection");
+        script(stream).await;
+    });
+    (address, task)
+}
+
+/// A fake responder that greets as `device`, reads the request, and then
+/// sends `messages`.
+async fn scripted(
+    device_name: &'static str,
+    messages: Vec<Message>,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    fake_responder(move |stream| async move {
+        let mut connection = Connection::new(stream);
+        let _hello = connection.recv().await;
+        let _ = connection
+            .send(&Message::Hello {
+                device: device(device_name),
+            })
+            .await;
+        let _request = connection.recv().await;
+        for message in messages {
+            let _ = connection.send(&message).await;
+        }
+    })
+    .await
+}
+
+fn record(
+    writer: &str,
+    generation: u64,
+    sequence: u64,
+    key: &str,
+    parents: Vec<VersionId>,
+) -> LogRecord {
+    let writer = device(writer);
+    LogRecord {
+        version: VersionId::of_write(&writer, generation, sequence),
+        device: writer.clone(),
+        generation,
+        sequence,
+        key: key.as_bytes().to_vec(),
+        parents,
+        value: Some(b"v".to_vec()),
+        writer,
+        timestamp_ms: 1,
+    }
+}
+
+fn vector(entries: &[(&str, u64)]) -> GenVector {
+    let mut vector = GenVector::new();
+    for (name, generation) in entries {
+        vector.raise(&device(name), *generation);
+    }
+    vector
+}
+
+/// Runs one round against `address` and checks that it failed and left
+/// `node` untouched.
+async fn refused(node: &Node, address: SocketAddr) -> Error {
+    let before = (
+        node.replica.vector().expect("reads"),
+        node.replica.log_len().expect("reads"),
+    );
+    let error = sync_with(&node.replica, address, &SyncConfig::default())
+        .await
+        .expect_err("the round fails");
+    let after = (
+        node.replica.vector().expect("reads"),
+        node.replica.log_len().expect("reads"),
+    );
+    assert_eq!(before, after, "nothing of a failed round is kept");
+    assert!(node.replica.scan(b"").expect("scans").is_empty() || before.1 > 0);
+    error
+}
+
+#[tokio::test]
+async fn a_record_whose_parent_is_unknown_ends_the_round() {
+    let node = Node::new("me");
+    let orphan = record(
+        "x",
+        1,
+        1,
+        "k",
+        vec![VersionId::of_write(&device("nobody"), 1, 1)],
+    );
+    let (address, _peer) = scripted(
+        "x",
+        vec![
+            Message::Record(orphan),
+            Message::Done {
+                vector: vector(&[("x", 1)]),
+            },
+        ],
+    )
+    .await;
+    assert!(matches!(
+        refused(&node, address).await,
+        Error::MissingParent { .. }
+    ));
+}
+
+#[tokio::test]
+async fn a_vector_claiming_generations_not_sent_ends_the_round() {
+    let node = Node::new("me");
+    let first = record("x", 1, 1, "k", vec![]);
+    let (address, _peer) = scripted(
+        "x",
+        vec![
+            Message::Record(first),
+            Message::Done {
+                vector: vector(&[("x", 2)]),
+            },
+        ],
+    )
+    .await;
+    match refused(&node, address).await {
+        Error::UnbackedClaim { generation: 2, .. } => {}
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_record_beyond_the_peer_s_own_claim_ends_the_round() {
+    let node = Node::new("me");
+    let beyond = record("x", 3, 1, "k", vec![]);
+    let (address, _peer) = scripted(
+        "x",
+        vec![
+            Message::Record(beyond),
+            Message::Done {
+                vector: vector(&[("x", 0)]),
+            },
+        ],
+    )
+    .await;
+    assert!(matches!(
+        refused(&node, address).await,
+        Error::UnclaimedRecord { generation: 3, .. }
+    ));
+}
+
+#[tokio::test]
+async fn a_round_cut_half_way_leaves_the_replica_as_it_was_and_the_next_completes() {
+    let node = Node::new("me");
+    let records: Vec<Message> = (1..=10)
+        .map(|s| Message::Record(record("x", 1, s, &format!("k{s}"), vec![])))
+        .collect();
+    let (address, _peer) = scripted("x", records).await; // no Done: the peer vanishes
+    assert!(matches!(refused(&node, address).await, Error::Disconnected));
+    assert!(node.replica.scan(b"").expect("scans").is_empty());
+
+    let real = Node::new("x");
+    for s in 1..=10 {
+        real.put(&format!("k{s}"), "v").await;
+    }
+    let responder = real.serve().await;
+    assert_eq!(pull(&node, &responder).await.applied, 10);
+    stop(responder).await;
+}
+
+#[tokio::test]
+async fn a_responder_claiming_our_own_id_is_an_impostor() {
+    let node = Node::new("me");
+    let (address, _peer) = scripted("me", vec![]).await;
+    assert!(matches!(
+        refused(&node, address).await,
+        Error::Impostor { .. }
+    ));
+}
+
+#[tokio::test]
+async fn a_peer_that_aborts_says_why() {
+    let node = Node::new("me");
+    let (address, _peer) = scripted(
+        "x",
+        vec![Message::Abort {
+            reason: String::from("busy"),
+        }],
+    )
+    .await;
+    match refused(&node, address).await {
+        Error::PeerAborted(reason) => assert_eq!(reason, "busy"),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn oversized_truncated_and_unknown_frames_are_typed_errors() {
+    type Expected = fn(&WireError) -> bool;
+    let cases: [(&[u8], Expected); 3] = [
+        // A length prefix far over the cap.
+        (&[0x7f, 0xff, 0xff, 0xff], |e| {
+            matches!(e, WireError::Oversized)
+        }),
+        // A frame of 10 bytes of which 2 arrive.
+        (&[0, 0, 0, 10, 1, 0], |e| matches!(e, WireError::Truncated)),
+        // Protocol version 9.
+        (&[0, 0, 0, 2, 9, 0], |e| {
+            matches!(e, WireError::UnknownVersion(9))
+        }),
+    ];
+    for (bytes, expected) in cases {
+        let node = Node::new("me");
+        let (address, _peer) = fake_responder(move |mut stream| async move {
+            // Take the initiator's hello, answer with the bad bytes, and
+            // close only the sending side, so that they all arrive.
+            let mut hello = [0; 64];
+            let _ = stream.read(&mut hello).await;
+            let _ = stream.write_all(bytes).await;
+            let _ = stream.shutdown().await;
+            let _ = stream.read_to_end(&mut Vec::new()).await;
+        })
+        .await;
+        match refused(&node, address).await {
+            Error::Wire(error) => assert!(expected(&error), "{error}"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_responder_refuses_its_own_id_and_survives_garbage() {
+    let node = Node::new("me");
+    node.put("k", "v").await;
+    let responder = node.serve().await;
+
+    let mut garbage = TcpStream::connect(responder.local_addr())
+        .await
+        .expect("connects");
+    garbage
+        .write_all(&[0, 0, 0, 3, 1, 0xff, 0xff])
+        .await
+        .expect("writes");
+    let mut impostor = Connection::new(
+        TcpStream::connect(responder.local_addr())
+            .await
+            .expect("connects"),
+    );
+    impostor
+        .send(&Message::Hello {
+            device: device("me"),
+        })
+        .await
+        .expect("sends");
+    match impostor.recv().await.expect("an answer") {
+        Some(Message::Abort { reason }) => assert!(reason.contains("own id"), "{reason}"),
+        other => panic!("unexpected {other:?}"),
+    }
+
+    let friend = Node::new("friend");
+    assert_eq!(pull(&friend, &responder).await.applied, 1, "still serving");
+    stop(responder).await;
+}
+
+#[tokio::test]
+async fn one_device_cannot_be_connected_from_two_addresses() {
+    let node = Node::new("me");
+    let responder = node.serve().await;
+    let mut first = Connection::new(
+        TcpStream::connect(responder.local_addr())
+            .await
+            .expect("connects"),
+    );
+    first
+        .send(&Message::Hello {
+            device: device("x"),
+        })
+        .await
+        .expect("sends");
+    assert!(matches!(
+        first.recv().await.expect("an answer"),
+        Some(Message::Hello { .. })
+    ));
+
+    // The same device, from another loopback address, while the first holds.
+    let socket = TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind("127.0.0.2:0".parse().expect("an address"))
+        .expect("binds 127.0.0.2");
+    let stream = socket
+        .connect(responder.local_addr())
+        .await
+        .expect("connects");
+    let mut second = Connection::new(stream);
+    second
+        .send(&Message::Hello {
+            device: device("x"),
+        })
+        .await
+        .expect("sends");
+    match second.recv().await.expect("an answer") {
+        Some(Message::Abort { reason }) => assert!(reason.contains("another address"), "{reason}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    drop(first);
+    stop(responder).await;
+}
