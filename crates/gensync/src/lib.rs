@@ -63,4 +63,4 @@ pub use replica::{
 };
 pub use resolver::{Conflict, LastWriterWins, Resolution, Resolver, Side};
 pub use storage::Storage;
-pub use sync::{Initiator, Peers, Responder, SyncConfig, sync_with};
+pub use sync::{Initiator, Peers, Responder, SyncConfig, initiate_over, respond_over, sync_with};

@@ -208,6 +208,15 @@ impl Replica {
         self.shared.storage.read()?.heads()
     }
 
+    /// Whether this replica has `version` of any key in its DAG.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] or [`Error::Corrupt`].
+    pub fn knows(&self, version: &VersionId) -> Result<bool, Error> {
+        self.shared.storage.read()?.knows(version)
+    }
+
     /// The generation vector: what this replica holds of every device's log.
     ///
     /// # Errors

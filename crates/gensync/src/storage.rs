@@ -179,6 +179,14 @@ impl Reader {
         Ok(heads)
     }
 
+    pub(crate) fn knows(&self, version: &VersionId) -> Result<bool, Error> {
+        Ok(self
+            .txn
+            .open_table(DAG)?
+            .get(version.0.as_slice())?
+            .is_some())
+    }
+
     pub(crate) fn log_len(&self) -> Result<u64, Error> {
         Ok(self.txn.open_table(LOG)?.len()?)
     }

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use flotilla_core_types::{DeviceId, TaskWorker, WaitFuture, Worker};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -89,9 +90,26 @@ pub async fn sync_with(
     }
 }
 
-async fn initiate(
+/// Runs one sync round as the initiator over `io`, any byte stream to a
+/// responder (a TLS stream, an in-memory pipe). The caller bounds its time.
+///
+/// # Errors
+///
+/// As for [`sync_with`], but for connecting.
+///
+/// # Cancel safety
+///
+/// Dropping the future abandons the round; nothing of it is committed.
+pub async fn initiate_over<T: AsyncRead + AsyncWrite + Unpin>(
     replica: &Replica,
-    mut connection: Connection<TcpStream>,
+    io: T,
+) -> Result<RoundStats, Error> {
+    initiate(replica, Connection::new(io)).await
+}
+
+async fn initiate<T: AsyncRead + AsyncWrite + Unpin>(
+    replica: &Replica,
+    mut connection: Connection<T>,
 ) -> Result<RoundStats, Error> {
     let ours = replica.device().clone();
     connection
@@ -100,12 +118,7 @@ async fn initiate(
         })
         .await?;
     let peer = expect_hello(&mut connection).await?;
-    if peer == ours {
-        return Err(Error::Impostor {
-            claimed: peer,
-            reason: "that is this replica's own id",
-        });
-    }
+    check_not_ours(&peer, &ours)?;
     let vector = replica.vector()?;
     connection.send(&Message::GetDeltas { vector }).await?;
 
@@ -148,8 +161,8 @@ enum Item {
 }
 
 /// Forwards the responder's records to the applier until `Done`.
-async fn receive(
-    connection: &mut Connection<TcpStream>,
+async fn receive<T: AsyncRead + AsyncWrite + Unpin>(
+    connection: &mut Connection<T>,
     items: &mpsc::Sender<Item>,
 ) -> Result<(), Error> {
     loop {
@@ -319,7 +332,33 @@ async fn accept_loop(
     Ok(())
 }
 
-/// Serves one round; returns how many records it sent.
+/// Serves one sync round as the responder over `io`, any byte stream from
+/// an initiator, and returns how many records it sent. Refuses a peer that
+/// claims this replica's id; a [`Responder`] also refuses a device connected
+/// from two addresses. The caller bounds its time.
+///
+/// # Errors
+///
+/// Any error of the round: bad input, an impostor, a protocol violation,
+/// the store failing.
+///
+/// # Cancel safety
+///
+/// Dropping the future abandons the round (the initiator then discards it).
+pub async fn respond_over<T: AsyncRead + AsyncWrite + Unpin>(
+    replica: &Replica,
+    io: T,
+    config: &SyncConfig,
+) -> Result<u64, Error> {
+    let mut connection = Connection::new(io);
+    let peer = expect_hello(&mut connection).await?;
+    if let Err(error) = check_not_ours(&peer, replica.device()) {
+        return refuse(&mut connection, error).await;
+    }
+    respond(replica, connection, config).await
+}
+
+/// Serves one round for a [`Responder`]; returns how many records it sent.
 async fn serve(
     replica: &Replica,
     mut connection: Connection<TcpStream>,
@@ -328,17 +367,43 @@ async fn serve(
     connected: &Connected,
 ) -> Result<u64, Error> {
     let peer = expect_hello(&mut connection).await?;
-    let registration = match Registration::claim(connected, &peer, address.ip(), replica.device()) {
+    let _registration = match Registration::claim(connected, &peer, address.ip(), replica.device())
+    {
         Ok(registration) => registration,
-        Err(error) => {
-            let _ = connection
-                .send(&Message::Abort {
-                    reason: error.to_string(),
-                })
-                .await;
-            return Err(error);
-        }
+        Err(error) => return refuse(&mut connection, error).await,
     };
+    respond(replica, connection, config).await
+}
+
+/// Tells the peer why it is refused, and fails with that.
+async fn refuse<T: AsyncRead + AsyncWrite + Unpin>(
+    connection: &mut Connection<T>,
+    error: Error,
+) -> Result<u64, Error> {
+    let _ = connection
+        .send(&Message::Abort {
+            reason: error.to_string(),
+        })
+        .await;
+    Err(error)
+}
+
+fn check_not_ours(claimed: &DeviceId, ours: &DeviceId) -> Result<(), Error> {
+    if claimed == ours {
+        return Err(Error::Impostor {
+            claimed: claimed.clone(),
+            reason: "that is this replica's own id",
+        });
+    }
+    Ok(())
+}
+
+/// The responder's side of a round, once the peer's hello is accepted.
+async fn respond<T: AsyncRead + AsyncWrite + Unpin>(
+    replica: &Replica,
+    mut connection: Connection<T>,
+    config: &SyncConfig,
+) -> Result<u64, Error> {
     connection
         .send(&Message::Hello {
             device: replica.device().clone(),
@@ -382,7 +447,6 @@ async fn serve(
         connection.flush().await?;
     }
     connection.send(&Message::Done { vector: snapshot }).await?;
-    drop(registration);
     Ok(sent)
 }
 
@@ -399,12 +463,7 @@ impl Registration {
         address: IpAddr,
         ours: &DeviceId,
     ) -> Result<Registration, Error> {
-        if device == ours {
-            return Err(Error::Impostor {
-                claimed: device.clone(),
-                reason: "that is this replica's own id",
-            });
-        }
+        check_not_ours(device, ours)?;
         let mut map = connected.lock().unwrap_or_else(PoisonError::into_inner);
         let entry = map.entry(device.clone()).or_insert((address, 0));
         if entry.0 != address {

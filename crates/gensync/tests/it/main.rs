@@ -3,5 +3,6 @@
 
 mod harness;
 mod hostile;
+mod model;
 mod replica;
 mod sync;
