@@ -208,6 +208,20 @@ impl Replica {
         self.shared.storage.read()?.heads()
     }
 
+    /// Checks the store's invariants: the vector is not ahead of the log,
+    /// every head is in the DAG, every DAG node has its record and parents.
+    /// Returns a description of the first breach as `Ok(Err(..))`. Meant
+    /// for tests and for checking a store after a crash; it reads
+    /// everything.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] or [`Error::Corrupt`] when the store cannot be
+    /// read at all.
+    pub fn verify(&self) -> Result<Result<(), String>, Error> {
+        self.shared.storage.read()?.verify()
+    }
+
     /// Whether this replica has `version` of any key in its DAG.
     ///
     /// # Errors

@@ -179,6 +179,50 @@ impl Reader {
         Ok(heads)
     }
 
+    /// Checks what every commit must leave true, and describes the first
+    /// breach: the vector is not ahead of the log (every generation it
+    /// claims has records), every head is in the DAG, and every DAG node's
+    /// record and parents are there.
+    pub(crate) fn verify(&self) -> Result<Result<(), String>, Error> {
+        let log = self.txn.open_table(LOG)?;
+        let dag = self.txn.open_table(DAG)?;
+        let mut generations: std::collections::BTreeSet<(DeviceId, u64)> = Default::default();
+        for entry in log.iter()? {
+            let (_, record) = entry?;
+            let record: LogRecord = decode("log record", record.value())?;
+            generations.insert((record.device, record.generation));
+        }
+        for (device, claimed) in self.vector()?.iter() {
+            if let Some(missing) =
+                (1..=claimed).find(|g| !generations.contains(&(device.clone(), *g)))
+            {
+                return Ok(Err(format!(
+                    "the vector claims generation {missing} of {device}, which the log lacks"
+                )));
+            }
+        }
+        for (key, version) in self.heads()? {
+            if dag.get(version.0.as_slice())?.is_none() {
+                return Ok(Err(format!(
+                    "the head {version:?} of key {key:?} is not in the DAG"
+                )));
+            }
+        }
+        for entry in dag.iter()? {
+            let (version, node) = entry?;
+            let node: DagNode = decode("dag node", node.value())?;
+            if log.get(node.log_index)?.is_none() {
+                return Ok(Err(format!("DAG node {:?} has no record", version.value())));
+            }
+            for parent in node.parents {
+                if dag.get(parent.0.as_slice())?.is_none() {
+                    return Ok(Err(format!("parent {parent:?} of a DAG node is missing")));
+                }
+            }
+        }
+        Ok(Ok(()))
+    }
+
     pub(crate) fn knows(&self, version: &VersionId) -> Result<bool, Error> {
         Ok(self
             .txn

@@ -1,6 +1,7 @@
 //! Integration tests of flotilla-gensync: a replica on its own, replicas
 //! syncing over real loopback TCP, and peers that send bad input.
 
+mod crash;
 mod harness;
 mod hostile;
 mod model;
