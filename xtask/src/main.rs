@@ -21,7 +21,7 @@ use anyhow::{Context, Result, bail};
 
 /// The facade's features, each built alone by `ci`. A crate added to the
 /// workspace adds its feature here.
-const FACADE_FEATURES: &[&str] = &["depengine", "publisher", "etcd", "full"];
+const FACADE_FEATURES: &[&str] = &["depengine", "publisher", "gensync", "etcd", "full"];
 
 /// The crates with benchmarks, run by `bench`.
 const BENCHED_CRATES: &[&str] = &["flotilla-depengine", "flotilla-publisher"];

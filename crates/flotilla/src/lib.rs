@@ -6,6 +6,7 @@
 //! | [`core_types`] | (always) | the `Worker` contract, `TaskWorker`, validated names and ids |
 //! | `depengine` | `depengine` | an engine of named manifolds whose workers depend on each other |
 //! | `publisher` | `publisher` | keeps (name, server) pairs mounted in a naming backend with a TTL |
+//! | `gensync` | `gensync` | replicates a key/value store between peers by generation vectors |
 //!
 //! `full` enables every crate. `etcd` adds the etcd backend of each enabled
 //! crate that has one (building it needs `protoc`). Each crate is also usable on its own
@@ -41,5 +42,9 @@ pub use flotilla_depengine as depengine;
 #[cfg_attr(docsrs, doc(cfg(feature = "publisher")))]
 pub use flotilla_publisher as publisher;
 
+#[cfg(feature = "gensync")]
+#[cfg_attr(docsrs, doc(cfg(feature = "gensync")))]
+pub use flotilla_gensync as gensync;
+
 // Later crates join here, each behind a feature of its own name:
-// presence, viewreg, gensync.
+// presence, viewreg.
