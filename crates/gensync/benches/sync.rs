@@ -1,0 +1,231 @@
+//! Sync figures, printed one per line, each beside its baseline from the
+//! same run:
+//!
+//! - bytes on the wire per byte of missing records (keys and values), for
+//!   1, 100 and 100,000 missing records of 1 KiB, beside a full-state
+//!   transfer of the same store (every key and value, framed alike);
+//! - the convergence of three replicas after a partition in which each
+//!   wrote 100,000 records, over loopback TCP, beside a raw loopback copy
+//!   of the same number of bytes;
+//! - records replayed per second, from the same run.
+//!
+//! Run with `cargo bench -p flotilla-gensync --bench sync`; the results are
+//! in docs/benchmarks.md.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use std::time::{Duration, Instant};
+
+use flotilla_core_types::DeviceId;
+use flotilla_gensync::{
+    Replica, ReplicaConfig, Responder, Storage, SyncConfig, initiate_over, respond_over, sync_with,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+const VALUE_LEN: usize = 1024;
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime builds");
+    runtime.block_on(async {
+        for missing in [1, 100, 100_000] {
+            wire_ratio(missing).await;
+        }
+        convergence(100_000).await;
+    });
+}
+
+fn replica(name: &str, dir: &tempfile::TempDir) -> Replica {
+    let storage = Storage::open(dir.path().join(format!("{name}.redb"))).expect("opens");
+    let device = DeviceId::new(name).expect("valid id");
+    Replica::open(device, storage, ReplicaConfig::default()).expect("opens")
+}
+
+async fn fill(replica: &Replica, prefix: &str, records: usize) -> u64 {
+    let mut payload = 0;
+    for chunk in (0..records).collect::<Vec<_>>().chunks(10_000) {
+        let batch: Vec<_> = chunk
+            .iter()
+            .map(|i| {
+                (
+                    format!("{prefix}/{i:08}").into_bytes(),
+                    Some(vec![7; VALUE_LEN]),
+                )
+            })
+            .collect();
+        payload += batch
+            .iter()
+            .map(|(key, value): &(Vec<u8>, Option<Vec<u8>>)| {
+                key.len() + value.as_ref().map_or(0, Vec::len)
+            })
+            .sum::<usize>() as u64;
+        replica.write_batch(batch).await.expect("writes");
+    }
+    payload
+}
+
+async fn wire_ratio(missing: usize) {
+    let dir = tempfile::tempdir().expect("a directory");
+    let (source, sink) = (replica("source", &dir), replica("sink", &dir));
+    let payload = fill(&source, "k", missing).await;
+    let (near, far) = tokio::io::duplex(256 * 1024);
+    let written = Arc::new(AtomicU64::new(0));
+    let counted = Counted {
+        inner: far,
+        written: Arc::clone(&written),
+    };
+    let config = SyncConfig::default();
+    let (pulled, served) = tokio::join!(
+        initiate_over(&sink, near),
+        respond_over(&source, counted, &config)
+    );
+    pulled.expect("round");
+    served.expect("served");
+    let wire = written.load(Ordering::Relaxed);
+    // The alternative: every key and value, one frame each (length,
+    // version byte, then the pair as postcard).
+    let full_state: u64 = source
+        .scan(b"")
+        .expect("scans")
+        .iter()
+        .map(|entry| 5 + postcard::to_allocvec(entry).expect("encodes").len() as u64)
+        .sum();
+    println!(
+        "wire: {missing} missing records of {VALUE_LEN} B: {wire} B on the wire for {payload} B of records: ratio {:.3} (goal: at most 1.1 for large deltas); a full-state transfer of the same store: {full_state} B ({:.3})",
+        wire as f64 / payload as f64,
+        full_state as f64 / payload as f64
+    );
+}
+
+async fn convergence(per_replica: usize) {
+    let dir = tempfile::tempdir().expect("a directory");
+    let names = ["r0", "r1", "r2"];
+    let replicas: Vec<Replica> = names.iter().map(|name| replica(name, &dir)).collect();
+    let mut payload = 0;
+    for (replica, name) in replicas.iter().zip(names) {
+        payload += fill(replica, name, per_replica).await;
+    }
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("an address");
+    let mut responders = Vec::new();
+    for replica in &replicas {
+        responders.push(
+            Responder::bind(replica.clone(), any, SyncConfig::default())
+                .await
+                .expect("binds"),
+        );
+    }
+    let mut config = SyncConfig::default();
+    config.round_timeout = Duration::from_secs(600);
+    let started = Instant::now();
+    // Each replica pulls from the next; then once more round the ring so
+    // that what arrived second-hand is passed on: three replicas converge.
+    let mut applied = 0;
+    for _ in 0..2 {
+        let pulls = (0..3).map(|i| {
+            let (into, from) = (&replicas[i], responders[(i + 1) % 3].local_addr());
+            let config = config.clone();
+            async move { sync_with(into, from, &config).await.expect("round").applied }
+        });
+        applied += futures_util::future::join_all(pulls)
+            .await
+            .into_iter()
+            .sum::<u64>();
+    }
+    let converged = started.elapsed();
+    for pair in replicas.windows(2) {
+        assert_eq!(
+            pair[0].heads().expect("heads"),
+            pair[1].heads().expect("heads"),
+            "converged"
+        );
+    }
+    // Every replica received the two others' records: the bytes a raw copy
+    // must move too.
+    let moved = payload * 2;
+    let floor = raw_copy(moved).await;
+    println!(
+        "convergence: 3 replicas x {per_replica} records of {VALUE_LEN} B after a partition: {converged:.2?}; floor (raw loopback copy of {moved} B): {floor:.2?}; ratio {:.1}x (goal: within 5x and under 2 s)",
+        converged.as_secs_f64() / floor.as_secs_f64()
+    );
+    println!(
+        "replay: {applied} records applied in {converged:.2?}: {:.0} records/s",
+        applied as f64 / converged.as_secs_f64()
+    );
+}
+
+/// Copies `bytes` over a loopback TCP connection, 64 KiB at a time.
+async fn raw_copy(bytes: u64) -> Duration {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let address = listener.local_addr().expect("an address");
+    let reader = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("accepts");
+        let mut buffer = vec![0; 64 * 1024];
+        let mut total = 0u64;
+        while total < bytes {
+            let read = stream.read(&mut buffer).await.expect("reads");
+            if read == 0 {
+                break;
+            }
+            total += read as u64;
+        }
+    });
+    let started = Instant::now();
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connects");
+    let chunk = vec![7u8; 64 * 1024];
+    let mut sent = 0;
+    while sent < bytes {
+        let len = chunk.len().min((bytes - sent) as usize);
+        stream.write_all(&chunk[..len]).await.expect("writes");
+        sent += len as u64;
+    }
+    reader.await.expect("the reader finishes");
+    started.elapsed()
+}
+
+/// Counts the bytes written through it.
+struct Counted<T> {
+    inner: T,
+    written: Arc<AtomicU64>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.inner).poll_write(cx, data);
+        if let Poll::Ready(Ok(count)) = &written {
+            self.written.fetch_add(*count as u64, Ordering::Relaxed);
+        }
+        written
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
