@@ -24,7 +24,11 @@ use anyhow::{Context, Result, bail};
 const FACADE_FEATURES: &[&str] = &["depengine", "publisher", "gensync", "etcd", "full"];
 
 /// The crates with benchmarks, run by `bench`.
-const BENCHED_CRATES: &[&str] = &["flotilla-depengine", "flotilla-publisher"];
+const BENCHED_CRATES: &[&str] = &[
+    "flotilla-depengine",
+    "flotilla-publisher",
+    "flotilla-gensync",
+];
 
 /// The Debian packages behind the tools the tests need: etcd for the tests
 /// against real etcd, protoc to build etcd-client.
