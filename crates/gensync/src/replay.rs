@@ -24,7 +24,7 @@ use flotilla_core_types::DeviceId;
 
 use crate::replica::{Change, Origin, Shared};
 use crate::resolver::{Conflict, Resolution, Side};
-use crate::storage::{Head, Writer};
+use crate::storage::{Finished, Head, WriteTxn, Writer};
 use crate::{Error, GenVector, LogRecord, VersionId};
 
 /// What a round did.
@@ -41,7 +41,7 @@ pub struct RoundStats {
 
 pub(crate) struct Round<'a> {
     shared: &'a Shared,
-    writer: Writer,
+    writer: Writer<'a>,
     ours: GenVector,
     received: BTreeMap<DeviceId, BTreeSet<u64>>,
     /// Per key touched by the round, the versions nothing known descends
@@ -52,8 +52,8 @@ pub(crate) struct Round<'a> {
 }
 
 impl<'a> Round<'a> {
-    pub(crate) fn begin(shared: &'a Shared) -> Result<Round<'a>, Error> {
-        let writer = shared.storage.write()?;
+    pub(crate) fn begin(shared: &'a Shared, txn: &'a WriteTxn) -> Result<Round<'a>, Error> {
+        let writer = txn.tables()?;
         let ours = writer.vector()?;
         Ok(Round {
             shared,
@@ -98,7 +98,10 @@ impl<'a> Round<'a> {
         self.advance_frontier(&record)
     }
 
-    pub(crate) fn finish(mut self, theirs: &GenVector) -> Result<(RoundStats, Vec<Change>), Error> {
+    pub(crate) fn finish(
+        mut self,
+        theirs: &GenVector,
+    ) -> Result<(RoundStats, Vec<Change>, Finished), Error> {
         for (device, generations) in &self.received {
             if let Some(&beyond) = generations.iter().find(|&&g| g > theirs.get(device)) {
                 return Err(Error::UnclaimedRecord {
@@ -125,8 +128,8 @@ impl<'a> Round<'a> {
         let mut vector = self.ours.clone();
         vector.merge(theirs);
         self.writer.set_vector(&vector)?;
-        self.writer.commit()?;
-        Ok((self.stats, self.changes))
+        let finished = self.writer.finish()?;
+        Ok((self.stats, self.changes, finished))
     }
 
     /// Adds `record`'s version to its key's frontier, dropping what it
@@ -198,7 +201,7 @@ impl<'a> Round<'a> {
             kept.timestamp_ms,
         );
         if self.writer.dag_node(&version)?.is_none() {
-            let (generation, sequence) = self.writer.open_slot()?;
+            let (generation, sequence) = self.writer.open_slot();
             let merge = LogRecord {
                 device: self.shared.device.clone(),
                 generation,
@@ -211,7 +214,7 @@ impl<'a> Round<'a> {
                 timestamp_ms: kept.timestamp_ms,
             };
             self.writer.append(&merge)?;
-            self.writer.fill_slot(generation, sequence)?;
+            self.writer.fill_slot(generation, sequence);
         }
         self.set_head(key, version, kept.value)
     }

@@ -320,12 +320,13 @@ impl fmt::Debug for Replica {
 
 impl Shared {
     fn write_local(&self, writes: Vec<Write>) -> Result<(Vec<VersionId>, Vec<Change>), Error> {
-        let mut writer = self.storage.write()?;
+        let txn = self.storage.write()?;
+        let mut writer = txn.tables()?;
         let timestamp_ms = (self.config.clock)();
         let mut versions = Vec::with_capacity(writes.len());
         let mut changes = Vec::with_capacity(writes.len());
         for (key, value) in writes {
-            let (generation, sequence) = writer.open_slot()?;
+            let (generation, sequence) = writer.open_slot();
             let version = VersionId::of_write(&self.device, generation, sequence);
             let parents = writer
                 .head(&key)?
@@ -350,7 +351,7 @@ impl Shared {
                     value: record.value.clone(),
                 },
             )?;
-            writer.fill_slot(generation, sequence)?;
+            writer.fill_slot(generation, sequence);
             if sequence >= self.config.max_generation_records {
                 writer.seal(&self.device)?;
             }
@@ -362,7 +363,8 @@ impl Shared {
                 origin: Origin::Local,
             });
         }
-        writer.commit()?;
+        let finished = writer.finish()?;
+        txn.commit(finished)?;
         Ok((versions, changes))
     }
 }

@@ -20,7 +20,7 @@ use std::path::Path;
 
 use flotilla_core_types::DeviceId;
 use redb::{
-    Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
     TableDefinition, WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
@@ -98,8 +98,8 @@ impl Storage {
         })
     }
 
-    pub(crate) fn write(&self) -> Result<Writer, Error> {
-        Ok(Writer {
+    pub(crate) fn write(&self) -> Result<WriteTxn, Error> {
+        Ok(WriteTxn {
             txn: self.db.begin_write()?,
         })
     }
@@ -236,35 +236,74 @@ impl Reader {
     }
 }
 
-/// A write transaction: everything written is committed together by
-/// [`commit`](Writer::commit), or dropped.
-pub(crate) struct Writer {
+/// A write transaction. Its tables are opened once, by
+/// [`tables`](WriteTxn::tables), and everything written through them is
+/// committed together by [`commit`](WriteTxn::commit), or dropped.
+pub(crate) struct WriteTxn {
     txn: WriteTransaction,
 }
 
-impl Writer {
+/// Proof that a [`Writer`]'s cached counters went back to the `meta` table:
+/// [`WriteTxn::commit`] takes one, so none is forgotten.
+pub(crate) struct Finished(());
+
+impl WriteTxn {
+    pub(crate) fn tables(&self) -> Result<Writer<'_>, Error> {
+        let meta_table = self.txn.open_table(META)?;
+        let next_log_index = meta(&meta_table, NEXT_LOG_INDEX)?;
+        let open_generation = meta(&meta_table, OPEN_GENERATION)?.max(1);
+        let open_sequence = meta(&meta_table, OPEN_SEQUENCE)?;
+        Ok(Writer {
+            meta: meta_table,
+            vector: self.txn.open_table(VECTOR)?,
+            log: self.txn.open_table(LOG)?,
+            dag: self.txn.open_table(DAG)?,
+            values: self.txn.open_table(VALUES)?,
+            next_log_index,
+            open_generation,
+            open_sequence,
+        })
+    }
+
+    pub(crate) fn commit(self, _finished: Finished) -> Result<(), Error> {
+        self.txn.commit()?;
+        Ok(())
+    }
+}
+
+/// The open tables of a [`WriteTxn`], with the counters kept in memory
+/// until [`finish`](Writer::finish): a record costs no table opening and no
+/// counter round trip.
+pub(crate) struct Writer<'t> {
+    meta: Table<'t, &'static str, u64>,
+    vector: Table<'t, &'static str, u64>,
+    log: Table<'t, u64, &'static [u8]>,
+    dag: Table<'t, &'static [u8], &'static [u8]>,
+    values: Table<'t, &'static [u8], &'static [u8]>,
+    next_log_index: u64,
+    open_generation: u64,
+    open_sequence: u64,
+}
+
+impl Writer<'_> {
     pub(crate) fn head(&self, key: &[u8]) -> Result<Option<Head>, Error> {
-        let table = self.txn.open_table(VALUES)?;
-        let head = table.get(key)?;
+        let head = self.values.get(key)?;
         head.map(|value| decode("head", value.value())).transpose()
     }
 
     pub(crate) fn set_head(&mut self, key: &[u8], head: &Head) -> Result<(), Error> {
-        let mut table = self.txn.open_table(VALUES)?;
-        table.insert(key, encode(head).as_slice())?;
+        self.values.insert(key, encode(head).as_slice())?;
         Ok(())
     }
 
     pub(crate) fn dag_node(&self, version: &VersionId) -> Result<Option<DagNode>, Error> {
-        let table = self.txn.open_table(DAG)?;
-        let node = table.get(version.0.as_slice())?;
+        let node = self.dag.get(version.0.as_slice())?;
         node.map(|value| decode("dag node", value.value()))
             .transpose()
     }
 
     pub(crate) fn record_at(&self, log_index: u64) -> Result<Option<LogRecord>, Error> {
-        let table = self.txn.open_table(LOG)?;
-        let record = table.get(log_index)?;
+        let record = self.log.get(log_index)?;
         record
             .map(|value| decode("log record", value.value()))
             .transpose()
@@ -273,76 +312,61 @@ impl Writer {
     /// Appends `record` to the log and, unless its version is known
     /// already, to the DAG. Returns whether the version was new.
     pub(crate) fn append(&mut self, record: &LogRecord) -> Result<bool, Error> {
-        let index = self.meta(NEXT_LOG_INDEX)?;
-        self.set_meta(NEXT_LOG_INDEX, index + 1)?;
-        self.txn
-            .open_table(LOG)?
-            .insert(index, encode(record).as_slice())?;
-        if self.dag_node(&record.version)?.is_some() {
+        let index = self.next_log_index;
+        self.next_log_index += 1;
+        self.log.insert(index, encode(record).as_slice())?;
+        if self.dag.get(record.version.0.as_slice())?.is_some() {
             return Ok(false);
         }
         let node = DagNode {
             parents: record.parents.clone(),
             log_index: index,
         };
-        self.txn
-            .open_table(DAG)?
+        self.dag
             .insert(record.version.0.as_slice(), encode(&node).as_slice())?;
         Ok(true)
     }
 
     pub(crate) fn vector(&self) -> Result<GenVector, Error> {
-        read_vector(&self.txn.open_table(VECTOR)?)
+        read_vector(&self.vector)
     }
 
     pub(crate) fn set_vector(&mut self, vector: &GenVector) -> Result<(), Error> {
-        let mut table = self.txn.open_table(VECTOR)?;
         for (device, generation) in vector.iter() {
-            table.insert(device.as_str(), generation)?;
+            self.vector.insert(device.as_str(), generation)?;
         }
         Ok(())
     }
 
     /// The open generation (from 1) and the sequence its next record gets.
-    pub(crate) fn open_slot(&self) -> Result<(u64, u64), Error> {
-        let generation = self.meta(OPEN_GENERATION)?.max(1);
-        let sequence = self.meta(OPEN_SEQUENCE)? + 1;
-        Ok((generation, sequence))
+    pub(crate) fn open_slot(&self) -> (u64, u64) {
+        (self.open_generation, self.open_sequence + 1)
     }
 
     /// Records that the open generation now has `sequence` records.
-    pub(crate) fn fill_slot(&mut self, generation: u64, sequence: u64) -> Result<(), Error> {
-        self.set_meta(OPEN_GENERATION, generation)?;
-        self.set_meta(OPEN_SEQUENCE, sequence)
+    pub(crate) fn fill_slot(&mut self, generation: u64, sequence: u64) {
+        self.open_generation = generation;
+        self.open_sequence = sequence;
     }
 
     /// Seals the open generation, if it has records: `device`'s entry in
     /// the vector becomes it, and the next record opens a new one. Returns
     /// whether anything was sealed.
     pub(crate) fn seal(&mut self, device: &DeviceId) -> Result<bool, Error> {
-        let (generation, next_sequence) = self.open_slot()?;
-        if next_sequence == 1 {
+        if self.open_sequence == 0 {
             return Ok(false);
         }
-        self.txn
-            .open_table(VECTOR)?
-            .insert(device.as_str(), generation)?;
-        self.fill_slot(generation + 1, 0)?;
+        self.vector.insert(device.as_str(), self.open_generation)?;
+        self.fill_slot(self.open_generation + 1, 0);
         Ok(true)
     }
 
-    pub(crate) fn commit(self) -> Result<(), Error> {
-        self.txn.commit()?;
-        Ok(())
-    }
-
-    fn meta(&self, name: &str) -> Result<u64, Error> {
-        meta(&self.txn.open_table(META)?, name)
-    }
-
-    fn set_meta(&mut self, name: &str, value: u64) -> Result<(), Error> {
-        self.txn.open_table(META)?.insert(name, value)?;
-        Ok(())
+    /// Writes the counters back; the transaction may then be committed.
+    pub(crate) fn finish(mut self) -> Result<Finished, Error> {
+        self.meta.insert(NEXT_LOG_INDEX, self.next_log_index)?;
+        self.meta.insert(OPEN_GENERATION, self.open_generation)?;
+        self.meta.insert(OPEN_SEQUENCE, self.open_sequence)?;
+        Ok(Finished(()))
     }
 }
 

@@ -128,11 +128,16 @@ async fn initiate<T: AsyncRead + AsyncWrite + Unpin>(
     let (items, mut queue) = mpsc::channel::<Item>(256);
     let shared = Arc::clone(&replica.shared);
     let applier = tokio::task::spawn_blocking(move || {
-        let mut round = Round::begin(&shared)?;
+        let txn = shared.storage.write()?;
+        let mut round = Round::begin(&shared, &txn)?;
         while let Some(item) = queue.blocking_recv() {
             match item {
                 Item::Record(record) => round.apply(record)?,
-                Item::Done(vector) => return round.finish(&vector),
+                Item::Done(vector) => {
+                    let (stats, changes, finished) = round.finish(&vector)?;
+                    txn.commit(finished)?;
+                    return Ok((stats, changes));
+                }
             }
         }
         Err(Error::Disconnected)
@@ -421,9 +426,11 @@ async fn respond<T: AsyncRead + AsyncWrite + Unpin>(
     };
     let shared = Arc::clone(&replica.shared);
     let (snapshot, end) = blocking(move || {
-        let mut writer = shared.storage.write()?;
+        let txn = shared.storage.write()?;
+        let mut writer = txn.tables()?;
         writer.seal(&shared.device)?;
-        writer.commit()?;
+        let finished = writer.finish()?;
+        txn.commit(finished)?;
         let reader = shared.storage.read()?;
         Ok((reader.vector()?, reader.next_log_index()?))
     })
