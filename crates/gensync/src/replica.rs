@@ -127,6 +127,12 @@ pub(crate) struct Shared {
     pub(crate) storage: Storage,
     pub(crate) config: ReplicaConfig,
     pub(crate) changes: broadcast::Sender<Change>,
+    /// Held by a sync round for as long as its transaction is open. A
+    /// responder seals its open generation only if it can take this at
+    /// once: otherwise it would wait for its own replica's round, which may
+    /// be waiting for a responder that waits for its round, around a ring
+    /// of replicas. Busy, it serves the sealed generations only.
+    pub(crate) round_gate: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Replica {
@@ -151,6 +157,7 @@ impl Replica {
                 storage,
                 config,
                 changes,
+                round_gate: Arc::new(tokio::sync::Mutex::new(())),
             }),
         })
     }

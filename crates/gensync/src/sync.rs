@@ -119,6 +119,9 @@ async fn initiate<T: AsyncRead + AsyncWrite + Unpin>(
         .await?;
     let peer = expect_hello(&mut connection).await?;
     check_not_ours(&peer, &ours)?;
+    // The round's gate is held from before the request goes out, so a
+    // peer that has our request knows we are busy.
+    let gate = Arc::clone(&replica.shared.round_gate).lock_owned().await;
     let vector = replica.vector()?;
     connection.send(&Message::GetDeltas { vector }).await?;
 
@@ -128,6 +131,7 @@ async fn initiate<T: AsyncRead + AsyncWrite + Unpin>(
     let (items, mut queue) = mpsc::channel::<Item>(256);
     let shared = Arc::clone(&replica.shared);
     let applier = tokio::task::spawn_blocking(move || {
+        let _gate = gate;
         let txn = shared.storage.write()?;
         let mut round = Round::begin(&shared, &txn)?;
         while let Some(item) = queue.blocking_recv() {
@@ -426,11 +430,17 @@ async fn respond<T: AsyncRead + AsyncWrite + Unpin>(
     };
     let shared = Arc::clone(&replica.shared);
     let (snapshot, end) = blocking(move || {
-        let txn = shared.storage.write()?;
-        let mut writer = txn.tables()?;
-        writer.seal(&shared.device)?;
-        let finished = writer.finish()?;
-        txn.commit(finished)?;
+        // Seal unless this replica is applying a round of its own (see
+        // `Shared::round_gate`); the open generation then goes next time.
+        let gate = shared.round_gate.try_lock().ok();
+        if gate.is_some() {
+            let txn = shared.storage.write()?;
+            let mut writer = txn.tables()?;
+            writer.seal(&shared.device)?;
+            let finished = writer.finish()?;
+            txn.commit(finished)?;
+        }
+        drop(gate);
         let reader = shared.storage.read()?;
         Ok((reader.vector()?, reader.next_log_index()?))
     })

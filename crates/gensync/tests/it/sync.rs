@@ -152,3 +152,70 @@ async fn an_initiator_keeps_a_replica_in_step_with_its_peers() {
     initiator.wait().await.expect("clean stop");
     stop(serve_a).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_busy_with_its_own_round_still_serves_its_sealed_generations() {
+    use flotilla_gensync::wire::{Connection, Message};
+    let (a, b) = (Node::new("a"), Node::new("b"));
+    let serve_a = a.serve().await;
+    for i in 0..10 {
+        a.put(&format!("first/{i}"), "v").await;
+    }
+    assert_eq!(pull(&b, &serve_a).await.applied, 10);
+    for i in 0..5 {
+        a.put(&format!("second/{i}"), "v").await;
+    }
+
+    // a starts a round with a peer that answers and then stalls, so a's
+    // round holds a's store for as long as the test wants.
+    let stalling = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binds");
+    let stalling_address = stalling.local_addr().expect("an address");
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let (requested, request_seen) = tokio::sync::oneshot::channel::<()>();
+    let peer = tokio::spawn(async move {
+        let (stream, _) = stalling.accept().await.expect("a connection");
+        let mut connection = Connection::new(stream);
+        let _ = connection.recv().await;
+        let _ = connection
+            .send(&Message::Hello {
+                device: crate::harness::device("x"),
+            })
+            .await;
+        let _ = connection.recv().await;
+        let _ = requested.send(());
+        let _ = released.await;
+    });
+    let busy = a.replica.clone();
+    let stalled_round = tokio::spawn(async move {
+        flotilla_gensync::sync_with(&busy, stalling_address, &SyncConfig::default()).await
+    });
+    // a's round is under way, holding a's store, once its peer has the
+    // request.
+    request_seen
+        .await
+        .expect("the stalling peer got the request");
+
+    // b's round with a completes meanwhile; a cannot seal its open
+    // generation, so it sends nothing new.
+    let mut config = SyncConfig::default();
+    config.round_timeout = Duration::from_secs(10);
+    let round = flotilla_gensync::sync_with(&b.replica, serve_a.local_addr(), &config)
+        .await
+        .expect("served while a is busy");
+    assert_eq!(round.applied, 0);
+
+    let _ = release.send(());
+    peer.await.expect("the stalling peer ends");
+    assert!(
+        stalled_round.await.expect("no panic").is_err(),
+        "the stalled round failed"
+    );
+    assert_eq!(
+        pull(&b, &serve_a).await.applied,
+        5,
+        "the open generation goes next time"
+    );
+    stop(serve_a).await;
+}
