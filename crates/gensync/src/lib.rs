@@ -16,8 +16,10 @@
 //!   over TCP; [`Initiator`]: rounds with a set of peers on an interval.
 //! - [`wire`]: the frames and messages (see docs/gensync-wire.md).
 //!
-//! Not yet here (see the issue): garbage collection of the log and the DAG,
-//! eviction of silent devices, and full-state transfer.
+//! - [`Replica::collect_garbage`] and the [`Collector`] worker: the log
+//!   records and DAG versions every known device holds are removed; a device
+//!   silent for longer than the eviction time stops holding that back, and
+//!   gets what the log still has (every current value) when it returns.
 //!
 //! # Example
 //!
@@ -62,5 +64,7 @@ pub use replica::{
     Change, Entry, MAX_KEY_LEN, MAX_VALUE_LEN, Origin, Replica, ReplicaConfig, Write,
 };
 pub use resolver::{Conflict, LastWriterWins, Resolution, Resolver, Side};
-pub use storage::Storage;
-pub use sync::{Initiator, Peers, Responder, SyncConfig, initiate_over, respond_over, sync_with};
+pub use storage::{GcStats, Storage};
+pub use sync::{
+    Collector, Initiator, Peers, Responder, SyncConfig, initiate_over, respond_over, sync_with,
+};

@@ -108,6 +108,17 @@ impl GenVector {
         }
     }
 
+    /// The entries of `devices`, each lowered to `other`'s (absent counts
+    /// as 0): what both vectors cover, for those devices.
+    pub fn meet(&self, other: &GenVector) -> GenVector {
+        GenVector(
+            self.0
+                .iter()
+                .map(|(device, generation)| (device.clone(), (*generation).min(other.get(device))))
+                .collect(),
+        )
+    }
+
     /// Whether this vector covers the record at `device`'s `generation`.
     pub fn covers(&self, device: &DeviceId, generation: u64) -> bool {
         generation <= self.get(device)

@@ -43,6 +43,12 @@ pub(crate) struct Round<'a> {
     shared: &'a Shared,
     writer: Writer<'a>,
     ours: GenVector,
+    /// The peer, whose vector this round teaches us.
+    peer: DeviceId,
+    /// What the peer has collected, when it says it sends a collected log
+    /// (its records of those generations may be missing, and so may
+    /// parents).
+    collected: Option<GenVector>,
     received: BTreeMap<DeviceId, BTreeSet<u64>>,
     /// Per key touched by the round, the versions nothing known descends
     /// from.
@@ -52,18 +58,29 @@ pub(crate) struct Round<'a> {
 }
 
 impl<'a> Round<'a> {
-    pub(crate) fn begin(shared: &'a Shared, txn: &'a WriteTxn) -> Result<Round<'a>, Error> {
+    pub(crate) fn begin(
+        shared: &'a Shared,
+        txn: &'a WriteTxn,
+        peer: DeviceId,
+    ) -> Result<Round<'a>, Error> {
         let writer = txn.tables()?;
         let ours = writer.vector()?;
         Ok(Round {
             shared,
             writer,
             ours,
+            peer,
+            collected: None,
             received: BTreeMap::new(),
             frontiers: BTreeMap::new(),
             changes: Vec::new(),
             stats: RoundStats::default(),
         })
+    }
+
+    /// The peer has collected `vector`: accept its log as it is.
+    pub(crate) fn accept_collected(&mut self, vector: GenVector) {
+        self.collected = Some(vector);
     }
 
     pub(crate) fn apply(&mut self, record: LogRecord) -> Result<(), Error> {
@@ -78,12 +95,17 @@ impl<'a> Round<'a> {
             });
         }
         for parent in &record.parents {
-            if self.writer.dag_node(parent)?.is_none() {
+            if self.writer.knows(parent)? {
+                continue;
+            }
+            if self.collected.is_none() {
                 return Err(Error::MissingParent {
                     version: record.version,
                     parent: *parent,
                 });
             }
+            // Collected by the peer before we had it.
+            self.writer.mark_collected(parent)?;
         }
         self.received
             .entry(record.device.clone())
@@ -110,11 +132,12 @@ impl<'a> Round<'a> {
                 });
             }
         }
+        let collected = self.collected.take().unwrap_or_default();
         for (device, claimed) in theirs.iter() {
             let empty = BTreeSet::new();
             let received = self.received.get(device).unwrap_or(&empty);
-            let first_missing =
-                (self.ours.get(device) + 1..=claimed).find(|g| !received.contains(g));
+            let from = self.ours.get(device).max(collected.get(device)) + 1;
+            let first_missing = (from..=claimed).find(|g| !received.contains(g));
             if let Some(generation) = first_missing {
                 return Err(Error::UnbackedClaim {
                     device: device.clone(),
@@ -128,6 +151,14 @@ impl<'a> Round<'a> {
         let mut vector = self.ours.clone();
         vector.merge(theirs);
         self.writer.set_vector(&vector)?;
+        self.writer.raise_collected(&collected.meet(&vector))?;
+        let now_ms = (self.shared.config.clock)();
+        self.writer.heard_of(&self.peer, Some(theirs), now_ms)?;
+        for (device, _) in theirs.iter() {
+            if device != &self.shared.device {
+                self.writer.heard_of(device, None, now_ms)?;
+            }
+        }
         let finished = self.writer.finish()?;
         Ok((self.stats, self.changes, finished))
     }
@@ -173,9 +204,13 @@ impl<'a> Round<'a> {
         let mut kept = self.side(frontier[0])?;
         for &next in &frontier[1..] {
             let theirs = self.side(next)?;
+            // The ancestor may have been collected; the resolver then goes
+            // without it.
             let ancestor = match self.common_ancestor(kept.version, theirs.version)? {
-                Some(version) => Some(self.side(version)?),
-                None => None,
+                Some(version) if self.writer.dag_node(&version)?.is_some() => {
+                    Some(self.side(version)?)
+                }
+                _ => None,
             };
             let conflict = Conflict {
                 key: key.clone(),

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use flotilla_core_types::DeviceId;
 use tokio::sync::broadcast;
 
-use crate::storage::{Head, Storage};
+use crate::storage::{GcStats, Head, Storage};
 use crate::{Error, GenVector, LastWriterWins, LogRecord, Resolver, VersionId};
 
 /// The longest key a replica accepts.
@@ -229,6 +229,34 @@ impl Replica {
         self.shared.storage.read()?.verify()
     }
 
+    /// Collects garbage: removes the log records, and the DAG versions, that
+    /// every known device already holds, keeping each key's current
+    /// version. A device that has not been heard of for longer than
+    /// `evict_after` stops holding collection back; if it comes back, it is
+    /// sent what the log still has, which includes every current value (a
+    /// full-state transfer) instead of a delta.
+    ///
+    /// Waits for a sync round under way to finish, and holds the next one
+    /// back while it runs.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] or [`Error::Corrupt`]; nothing is removed then.
+    pub async fn collect_garbage(&self, evict_after: Duration) -> Result<GcStats, Error> {
+        let shared = Arc::clone(&self.shared);
+        blocking(move || shared.collect_garbage(evict_after)).await
+    }
+
+    /// What garbage collection has removed: this log may lack the records
+    /// of these generations.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] or [`Error::Corrupt`].
+    pub fn collected(&self) -> Result<GenVector, Error> {
+        self.shared.storage.read()?.collected()
+    }
+
     /// Whether this replica has `version` of any key in its DAG.
     ///
     /// # Errors
@@ -326,6 +354,53 @@ impl fmt::Debug for Replica {
 }
 
 impl Shared {
+    fn collect_garbage(&self, evict_after: Duration) -> Result<GcStats, Error> {
+        let _no_round = self.round_gate.blocking_lock();
+        let txn = self.storage.write()?;
+        let mut writer = txn.tables()?;
+        let ours = writer.vector()?;
+        let now_ms = (self.config.clock)();
+        let evict_after_ms = u64::try_from(evict_after.as_millis()).unwrap_or(u64::MAX);
+        let mut evicted = Vec::new();
+        let mut listening = Vec::new();
+        for (device, peer) in writer.peers()? {
+            if device == self.device {
+                continue;
+            }
+            if now_ms.saturating_sub(peer.last_seen_ms) > evict_after_ms {
+                evicted.push(device);
+            } else {
+                listening.push((device, peer.vector));
+            }
+        }
+        // A generation can go once every device still listened to has it.
+        // Devices we hold records of but never heard from cannot be
+        // counted on; `heard_of` lists every one, so they hold it back.
+        let heard: std::collections::BTreeSet<&DeviceId> = listening
+            .iter()
+            .map(|(device, _)| device)
+            .chain(evicted.iter())
+            .collect();
+        let mut threshold = GenVector::new();
+        for (device, held) in ours.iter() {
+            let unknown_author = device != &self.device && !heard.contains(device);
+            let everyone = listening
+                .iter()
+                .map(|(_, vector)| vector.get(device))
+                .fold(held, u64::min);
+            threshold.raise(device, if unknown_author { 0 } else { everyone });
+        }
+        let (records_pruned, versions_pruned) = writer.collect(&threshold)?;
+        let finished = writer.finish()?;
+        txn.commit(finished)?;
+        Ok(GcStats {
+            records_pruned,
+            versions_pruned,
+            evicted,
+            collected: threshold,
+        })
+    }
+
     fn write_local(&self, writes: Vec<Write>) -> Result<(Vec<VersionId>, Vec<Change>), Error> {
         let txn = self.storage.write()?;
         let mut writer = txn.tables()?;

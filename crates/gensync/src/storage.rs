@@ -10,6 +10,9 @@
 //! | `log` | log index | a [`LogRecord`], postcard |
 //! | `dag` | version id | a [`DagNode`]: parents and the log index of its record |
 //! | `values` | key | a [`Head`]: the key's current version and value |
+//! | `peers` | device id | a [`PeerRecord`]: its last known vector, and when it was heard of |
+//! | `pruned` | version id | nothing: a version garbage collection removed |
+//! | `pruned_vector` | device id | the generations collected: this log may lack records up to here |
 //!
 //! Every change a replica makes (a local write, a whole sync round) is one
 //! write transaction, so after a crash the store holds exactly what some
@@ -34,6 +37,11 @@ const DAG: TableDefinition<'static, &'static [u8], &'static [u8]> = TableDefinit
 const VALUES: TableDefinition<'static, &'static [u8], &'static [u8]> =
     TableDefinition::new("values");
 
+const PEERS: TableDefinition<'static, &'static str, &'static [u8]> = TableDefinition::new("peers");
+const PRUNED: TableDefinition<'static, &'static [u8], ()> = TableDefinition::new("pruned");
+const PRUNED_VECTOR: TableDefinition<'static, &'static str, u64> =
+    TableDefinition::new("pruned_vector");
+
 const OPEN_GENERATION: &str = "open_generation";
 const OPEN_SEQUENCE: &str = "open_sequence";
 const NEXT_LOG_INDEX: &str = "next_log_index";
@@ -43,6 +51,30 @@ const NEXT_LOG_INDEX: &str = "next_log_index";
 pub(crate) struct DagNode {
     pub(crate) parents: Vec<VersionId>,
     pub(crate) log_index: u64,
+}
+
+/// What a replica knows of another device: the vector it last reported
+/// (empty if it never spoke to us directly), and when it was last heard of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PeerRecord {
+    pub(crate) vector: GenVector,
+    pub(crate) last_seen_ms: u64,
+}
+
+/// What one garbage collection did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GcStats {
+    /// Log records removed.
+    pub records_pruned: u64,
+    /// DAG versions removed (their ids are kept, so that a record naming
+    /// one as its parent is still accepted).
+    pub versions_pruned: u64,
+    /// Devices no longer holding collection back: silent for longer than
+    /// the eviction time.
+    pub evicted: Vec<DeviceId>,
+    /// The generations every known device holds, now collected.
+    pub collected: GenVector,
 }
 
 /// A key's current version and value (`None`: deleted).
@@ -87,6 +119,9 @@ impl Storage {
             txn.open_table(LOG)?;
             txn.open_table(DAG)?;
             txn.open_table(VALUES)?;
+            txn.open_table(PEERS)?;
+            txn.open_table(PRUNED)?;
+            txn.open_table(PRUNED_VECTOR)?;
         }
         txn.commit()?;
         Ok(Storage { db })
@@ -186,6 +221,8 @@ impl Reader {
     pub(crate) fn verify(&self) -> Result<Result<(), String>, Error> {
         let log = self.txn.open_table(LOG)?;
         let dag = self.txn.open_table(DAG)?;
+        let pruned = self.txn.open_table(PRUNED)?;
+        let collected = read_vector(&self.txn.open_table(PRUNED_VECTOR)?)?;
         let mut generations: std::collections::BTreeSet<(DeviceId, u64)> = Default::default();
         for entry in log.iter()? {
             let (_, record) = entry?;
@@ -193,8 +230,9 @@ impl Reader {
             generations.insert((record.device, record.generation));
         }
         for (device, claimed) in self.vector()?.iter() {
+            let from = collected.get(device) + 1;
             if let Some(missing) =
-                (1..=claimed).find(|g| !generations.contains(&(device.clone(), *g)))
+                (from..=claimed).find(|g| !generations.contains(&(device.clone(), *g)))
             {
                 return Ok(Err(format!(
                     "the vector claims generation {missing} of {device}, which the log lacks"
@@ -215,7 +253,9 @@ impl Reader {
                 return Ok(Err(format!("DAG node {:?} has no record", version.value())));
             }
             for parent in node.parents {
-                if dag.get(parent.0.as_slice())?.is_none() {
+                let known = dag.get(parent.0.as_slice())?.is_some()
+                    || pruned.get(parent.0.as_slice())?.is_some();
+                if !known {
                     return Ok(Err(format!("parent {parent:?} of a DAG node is missing")));
                 }
             }
@@ -223,12 +263,15 @@ impl Reader {
         Ok(Ok(()))
     }
 
+    /// Whether `version` is in the DAG, or was collected from it.
     pub(crate) fn knows(&self, version: &VersionId) -> Result<bool, Error> {
-        Ok(self
-            .txn
-            .open_table(DAG)?
-            .get(version.0.as_slice())?
-            .is_some())
+        let id = version.0.as_slice();
+        Ok(self.txn.open_table(DAG)?.get(id)?.is_some()
+            || self.txn.open_table(PRUNED)?.get(id)?.is_some())
+    }
+
+    pub(crate) fn collected(&self) -> Result<GenVector, Error> {
+        read_vector(&self.txn.open_table(PRUNED_VECTOR)?)
     }
 
     pub(crate) fn log_len(&self) -> Result<u64, Error> {
@@ -259,6 +302,9 @@ impl WriteTxn {
             log: self.txn.open_table(LOG)?,
             dag: self.txn.open_table(DAG)?,
             values: self.txn.open_table(VALUES)?,
+            peers: self.txn.open_table(PEERS)?,
+            pruned: self.txn.open_table(PRUNED)?,
+            pruned_vector: self.txn.open_table(PRUNED_VECTOR)?,
             next_log_index,
             open_generation,
             open_sequence,
@@ -280,6 +326,9 @@ pub(crate) struct Writer<'t> {
     log: Table<'t, u64, &'static [u8]>,
     dag: Table<'t, &'static [u8], &'static [u8]>,
     values: Table<'t, &'static [u8], &'static [u8]>,
+    peers: Table<'t, &'static str, &'static [u8]>,
+    pruned: Table<'t, &'static [u8], ()>,
+    pruned_vector: Table<'t, &'static str, u64>,
     next_log_index: u64,
     open_generation: u64,
     open_sequence: u64,
@@ -315,7 +364,7 @@ impl Writer<'_> {
         let index = self.next_log_index;
         self.next_log_index += 1;
         self.log.insert(index, encode(record).as_slice())?;
-        if self.dag.get(record.version.0.as_slice())?.is_some() {
+        if self.knows(&record.version)? {
             return Ok(false);
         }
         let node = DagNode {
@@ -329,6 +378,109 @@ impl Writer<'_> {
 
     pub(crate) fn vector(&self) -> Result<GenVector, Error> {
         read_vector(&self.vector)
+    }
+
+    /// Whether `version` is in the DAG, or was collected from it.
+    pub(crate) fn knows(&self, version: &VersionId) -> Result<bool, Error> {
+        let id = version.0.as_slice();
+        Ok(self.dag.get(id)?.is_some() || self.pruned.get(id)?.is_some())
+    }
+
+    /// The generations collected so far: this log may lack their records.
+    pub(crate) fn collected(&self) -> Result<GenVector, Error> {
+        read_vector(&self.pruned_vector)
+    }
+
+    /// Records that `version` existed and was collected (here or, for a
+    /// parent named in a full-state round, by the peer).
+    pub(crate) fn mark_collected(&mut self, version: &VersionId) -> Result<(), Error> {
+        self.pruned.insert(version.0.as_slice(), ())?;
+        Ok(())
+    }
+
+    /// Raises the collected generations to at least `vector`.
+    pub(crate) fn raise_collected(&mut self, vector: &GenVector) -> Result<(), Error> {
+        let mut collected = self.collected()?;
+        collected.merge(vector);
+        for (device, generation) in collected.iter() {
+            self.pruned_vector.insert(device.as_str(), generation)?;
+        }
+        Ok(())
+    }
+
+    /// Notes that `device` reported `vector` (or, with `None`, that we
+    /// heard of it without learning its vector) at `now_ms`.
+    pub(crate) fn heard_of(
+        &mut self,
+        device: &DeviceId,
+        vector: Option<&GenVector>,
+        now_ms: u64,
+    ) -> Result<(), Error> {
+        let known = self
+            .peers
+            .get(device.as_str())?
+            .map(|value| decode::<PeerRecord>("peer", value.value()))
+            .transpose()?;
+        let record = match (known, vector) {
+            (Some(mut known), Some(vector)) => {
+                known.vector.merge(vector);
+                known.last_seen_ms = known.last_seen_ms.max(now_ms);
+                known
+            }
+            (Some(_), None) => return Ok(()),
+            (None, vector) => PeerRecord {
+                vector: vector.cloned().unwrap_or_default(),
+                last_seen_ms: now_ms,
+            },
+        };
+        self.peers
+            .insert(device.as_str(), encode(&record).as_slice())?;
+        Ok(())
+    }
+
+    pub(crate) fn peers(&self) -> Result<Vec<(DeviceId, PeerRecord)>, Error> {
+        let mut peers = Vec::new();
+        for entry in self.peers.iter()? {
+            let (device, record) = entry?;
+            let device = DeviceId::new(device.value()).map_err(|_| Error::Corrupt {
+                what: "peer entry",
+                source: postcard::Error::DeserializeBadEncoding,
+            })?;
+            peers.push((device, decode("peer", record.value())?));
+        }
+        Ok(peers)
+    }
+
+    /// Removes every log record `threshold` covers, except the records of
+    /// current heads, and the DAG nodes of the versions that leaves without
+    /// a record (keeping their ids in `pruned`).
+    pub(crate) fn collect(&mut self, threshold: &GenVector) -> Result<(u64, u64), Error> {
+        let mut doomed = Vec::new();
+        for entry in self.log.iter()? {
+            let (index, record) = entry?;
+            let record: LogRecord = decode("log record", record.value())?;
+            if !threshold.covers(&record.device, record.generation) {
+                continue;
+            }
+            let is_head = self
+                .head(&record.key)?
+                .is_some_and(|head| head.version == record.version);
+            if !is_head {
+                doomed.push((index.value(), record.version));
+            }
+        }
+        let mut versions = 0;
+        for (index, version) in &doomed {
+            self.log.remove(*index)?;
+            let node = self.dag_node(version)?;
+            if node.is_some_and(|node| node.log_index == *index) {
+                self.dag.remove(version.0.as_slice())?;
+                self.pruned.insert(version.0.as_slice(), ())?;
+                versions += 1;
+            }
+        }
+        self.raise_collected(threshold)?;
+        Ok((doomed.len() as u64, versions))
     }
 
     pub(crate) fn set_vector(&mut self, vector: &GenVector) -> Result<(), Error> {

@@ -130,12 +130,14 @@ async fn initiate<T: AsyncRead + AsyncWrite + Unpin>(
     // round.
     let (items, mut queue) = mpsc::channel::<Item>(256);
     let shared = Arc::clone(&replica.shared);
+    let peer_device = peer.clone();
     let applier = tokio::task::spawn_blocking(move || {
         let _gate = gate;
         let txn = shared.storage.write()?;
-        let mut round = Round::begin(&shared, &txn)?;
+        let mut round = Round::begin(&shared, &txn, peer_device)?;
         while let Some(item) = queue.blocking_recv() {
             match item {
+                Item::Collected(vector) => round.accept_collected(vector),
                 Item::Record(record) => round.apply(record)?,
                 Item::Done(vector) => {
                     let (stats, changes, finished) = round.finish(&vector)?;
@@ -165,6 +167,7 @@ async fn initiate<T: AsyncRead + AsyncWrite + Unpin>(
 }
 
 enum Item {
+    Collected(GenVector),
     Record(crate::LogRecord),
     Done(GenVector),
 }
@@ -177,6 +180,7 @@ async fn receive<T: AsyncRead + AsyncWrite + Unpin>(
     loop {
         let item = match connection.recv().await? {
             Some(Message::Record(record)) => Item::Record(record),
+            Some(Message::Collected { vector }) => Item::Collected(vector),
             Some(Message::Done { vector }) => Item::Done(vector),
             Some(Message::Abort { reason }) => return Err(Error::PeerAborted(reason)),
             Some(other) => {
@@ -364,7 +368,7 @@ pub async fn respond_over<T: AsyncRead + AsyncWrite + Unpin>(
     if let Err(error) = check_not_ours(&peer, replica.device()) {
         return refuse(&mut connection, error).await;
     }
-    respond(replica, connection, config).await
+    respond(replica, connection, config, peer).await
 }
 
 /// Serves one round for a [`Responder`]; returns how many records it sent.
@@ -381,7 +385,7 @@ async fn serve(
         Ok(registration) => registration,
         Err(error) => return refuse(&mut connection, error).await,
     };
-    respond(replica, connection, config).await
+    respond(replica, connection, config, peer).await
 }
 
 /// Tells the peer why it is refused, and fails with that.
@@ -412,6 +416,7 @@ async fn respond<T: AsyncRead + AsyncWrite + Unpin>(
     replica: &Replica,
     mut connection: Connection<T>,
     config: &SyncConfig,
+    peer: DeviceId,
 ) -> Result<u64, Error> {
     connection
         .send(&Message::Hello {
@@ -429,22 +434,36 @@ async fn respond<T: AsyncRead + AsyncWrite + Unpin>(
         None => return Err(Error::Disconnected),
     };
     let shared = Arc::clone(&replica.shared);
-    let (snapshot, end) = blocking(move || {
-        // Seal unless this replica is applying a round of its own (see
-        // `Shared::round_gate`); the open generation then goes next time.
+    let reported = theirs.clone();
+    let (snapshot, end, collected) = blocking(move || {
+        // Seal, and note what the peer reported, unless this replica is
+        // applying a round of its own (see `Shared::round_gate`): the open
+        // generation then goes next time.
         let gate = shared.round_gate.try_lock().ok();
         if gate.is_some() {
             let txn = shared.storage.write()?;
             let mut writer = txn.tables()?;
             writer.seal(&shared.device)?;
+            writer.heard_of(&peer, Some(&reported), (shared.config.clock)())?;
             let finished = writer.finish()?;
             txn.commit(finished)?;
         }
         drop(gate);
         let reader = shared.storage.read()?;
-        Ok((reader.vector()?, reader.next_log_index()?))
+        Ok((
+            reader.vector()?,
+            reader.next_log_index()?,
+            reader.collected()?,
+        ))
     })
     .await?;
+    if !theirs.dominates(&collected) {
+        // The peer lacks generations collected here: it gets what the log
+        // still has, and is told so.
+        connection
+            .feed(&Message::Collected { vector: collected })
+            .await?;
+    }
     let mut sent = 0;
     let mut from = 0;
     while from < end {
@@ -608,5 +627,61 @@ impl fmt::Debug for Initiator {
         f.debug_struct("Initiator")
             .field("passes", &*self.rounds.borrow())
             .finish_non_exhaustive()
+    }
+}
+
+/// Collects garbage on an interval ([`Replica::collect_garbage`]), until
+/// killed: a [`Worker`]. A failed collection is logged and tried again at
+/// the next interval.
+pub struct Collector {
+    worker: TaskWorker,
+}
+
+impl Collector {
+    /// Starts collecting `replica`'s garbage every `every`, evicting devices
+    /// silent for longer than `evict_after`.
+    ///
+    /// # Panics
+    ///
+    /// Panics when called outside a tokio runtime with a timer.
+    pub fn start(replica: Replica, every: Duration, evict_after: Duration) -> Collector {
+        let span = tracing::info_span!("collector", device = %replica.device());
+        let worker = TaskWorker::spawn(move |stop| {
+            async move {
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(every) => {}
+                    }
+                    match replica.collect_garbage(evict_after).await {
+                        Ok(stats) => tracing::debug!(
+                            records = stats.records_pruned,
+                            versions = stats.versions_pruned,
+                            evicted = stats.evicted.len(),
+                            "garbage collected"
+                        ),
+                        Err(error) => tracing::warn!(%error, "garbage collection failed"),
+                    }
+                }
+            }
+            .instrument(span)
+        });
+        Collector { worker }
+    }
+}
+
+impl Worker for Collector {
+    fn kill(&self) {
+        self.worker.kill();
+    }
+
+    fn wait(&self) -> WaitFuture<'_> {
+        self.worker.wait()
+    }
+}
+
+impl fmt::Debug for Collector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Collector").finish_non_exhaustive()
     }
 }

@@ -54,6 +54,14 @@ pub enum Message {
         /// Why.
         reason: String,
     },
+    /// Sent by a responder before its records when it has collected
+    /// generations the initiator lacks: those generations come only as the
+    /// records still in its log (every current value among them), parents
+    /// may be missing, and the initiator holds them as collected too.
+    Collected {
+        /// The generations the responder has collected.
+        vector: GenVector,
+    },
 }
 
 /// What can be wrong with what a peer sent.
@@ -230,6 +238,9 @@ mod tests {
             Message::Done { vector },
             Message::Abort {
                 reason: String::from("no"),
+            },
+            Message::Collected {
+                vector: GenVector::new(),
             },
         ];
         for message in messages {

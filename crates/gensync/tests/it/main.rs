@@ -2,6 +2,7 @@
 //! syncing over real loopback TCP, and peers that send bad input.
 
 mod crash;
+mod gc;
 mod harness;
 mod hostile;
 mod model;

@@ -1,9 +1,11 @@
 //! A proptest model of replication: random writes and deletes on three
 //! replicas, sync rounds between random pairs (in any order, repeated, some
-//! blocked by partitions), then a healing exchange. After it every replica
-//! holds the same values, vectors and heads, every acknowledged write is
-//! known everywhere, and each key holds its last write (timestamps here
-//! increase with every write, so last-writer-wins must pick the last one).
+//! blocked by partitions), garbage collection, then a healing exchange.
+//! After it every replica passes its invariants and holds the same values,
+//! vectors and heads; each key holds its last acknowledged write
+//! (timestamps here increase with every write, so last-writer-wins must
+//! pick the last one), and that write's version is known everywhere.
+//! Versions a later write superseded may be collected.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -30,6 +32,10 @@ enum Step {
         into: usize,
         from: usize,
     },
+    /// Collects garbage on one replica.
+    Collect {
+        on: usize,
+    },
     /// Cuts (true) or heals (false) the link between two replicas.
     Partition {
         between: (usize, usize),
@@ -43,6 +49,7 @@ fn step() -> impl Strategy<Value = Step> {
         4 => (replica.clone(), 0..KEYS.len(), any::<u8>()).prop_map(|(on, key, value)| Step::Write { on, key, value }),
         1 => (replica.clone(), 0..KEYS.len()).prop_map(|(on, key)| Step::Delete { on, key }),
         4 => (replica.clone(), replica.clone()).prop_filter("two replicas", |(a, b)| a != b).prop_map(|(into, from)| Step::Sync { into, from }),
+        1 => (replica.clone()).prop_map(|on| Step::Collect { on }),
         1 => (replica.clone(), replica, any::<bool>()).prop_map(|(a, b, cut)| Step::Partition { between: (a.min(b), a.max(b)), cut }),
     ]
 }
@@ -69,7 +76,10 @@ fn check(steps: &[Step]) -> Result<(), TestCaseError> {
         let mut cut = BTreeSet::new();
         let mut clock = 10_000;
         let mut last_write: BTreeMap<&str, Option<Vec<u8>>> = BTreeMap::new();
-        let mut acknowledged: Vec<VersionId> = Vec::new();
+        // Per key, the version of its last acknowledged write. (Versions a
+        // later write superseded may be collected, once every replica known
+        // at the time had them.)
+        let mut last_version: BTreeMap<&str, VersionId> = BTreeMap::new();
         for step in steps {
             match *step {
                 Step::Write { on, key, value } => {
@@ -80,7 +90,7 @@ fn check(steps: &[Step]) -> Result<(), TestCaseError> {
                         .put(KEYS[key].as_bytes().to_vec(), vec![value])
                         .await
                         .expect("writes");
-                    acknowledged.push(version);
+                    last_version.insert(KEYS[key], version);
                     last_write.insert(KEYS[key], Some(vec![value]));
                 }
                 Step::Delete { on, key } => {
@@ -91,13 +101,21 @@ fn check(steps: &[Step]) -> Result<(), TestCaseError> {
                         .delete(KEYS[key].as_bytes().to_vec())
                         .await
                         .expect("deletes");
-                    acknowledged.push(version);
+                    last_version.insert(KEYS[key], version);
                     last_write.insert(KEYS[key], None);
                 }
                 Step::Sync { into, from } => {
                     if !cut.contains(&(into.min(from), into.max(from))) {
                         sync(&nodes[into], &nodes[from]).await;
                     }
+                }
+                Step::Collect { on } => {
+                    let hour = std::time::Duration::from_secs(3600);
+                    nodes[on]
+                        .replica
+                        .collect_garbage(hour)
+                        .await
+                        .expect("collects");
                 }
                 Step::Partition { between, cut: true } => {
                     cut.insert(between);
@@ -128,6 +146,9 @@ fn check(steps: &[Step]) -> Result<(), TestCaseError> {
                 pair[1].replica.vector().expect("reads")
             );
         }
+        for node in &nodes {
+            prop_assert_eq!(node.replica.verify().expect("reads"), Ok(()));
+        }
         for (key, value) in &last_write {
             prop_assert_eq!(
                 &nodes[0].replica.get(key.as_bytes()).expect("reads"),
@@ -136,7 +157,7 @@ fn check(steps: &[Step]) -> Result<(), TestCaseError> {
                 key
             );
         }
-        for version in &acknowledged {
+        for version in last_version.values() {
             for node in &nodes {
                 prop_assert!(
                     node.replica.knows(version).expect("reads"),

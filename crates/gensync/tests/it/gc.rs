@@ -1,0 +1,149 @@
+//! Garbage collection: what every known device holds is removed, a silent
+//! device holds it back until evicted, and a device that lacks collected
+//! generations (evicted and back, or new) gets what the log still has and
+//! converges.
+
+use std::time::Duration;
+
+use flotilla_core_types::Worker;
+use flotilla_gensync::Collector;
+
+use crate::harness::{Node, assert_converged, device, pull, stop};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+async fn updates(node: &Node, key: &str, count: usize) {
+    for i in 0..count {
+        node.put(key, &format!("{key}={i}")).await;
+    }
+}
+
+#[tokio::test]
+async fn what_every_peer_holds_is_collected_and_current_values_stay() {
+    let (a, b) = (Node::new("a"), Node::new("b"));
+    let (serve_a, serve_b) = (a.serve().await, b.serve().await);
+    updates(&a, "x", 20).await;
+    updates(&a, "y", 5).await;
+    pull(&b, &serve_a).await;
+    pull(&a, &serve_b).await; // a learns b's vector
+    let before = a.replica.log_len().expect("reads");
+
+    let stats = a.replica.collect_garbage(HOUR).await.expect("collects");
+    assert_eq!(stats.records_pruned, 23, "all but the two current versions");
+    assert_eq!(stats.versions_pruned, 23);
+    assert!(stats.evicted.is_empty());
+    assert_eq!(a.replica.log_len().expect("reads"), before - 23);
+    assert_eq!(a.get("x").as_deref(), Some("x=19"));
+    assert_eq!(a.get("y").as_deref(), Some("y=4"));
+    assert_eq!(a.replica.verify().expect("reads"), Ok(()));
+
+    // Syncing goes on as before.
+    a.put("x", "after").await;
+    pull(&b, &serve_a).await;
+    assert_eq!(b.get("x").as_deref(), Some("after"));
+    assert_converged(&a, &b);
+    stop(serve_a).await;
+    stop(serve_b).await;
+}
+
+#[tokio::test]
+async fn a_silent_device_holds_collection_back_until_it_is_evicted() {
+    let (a, b, c) = (Node::new("a"), Node::new("b"), Node::new("c"));
+    let (serve_a, serve_b, serve_c) = (a.serve().await, b.serve().await, c.serve().await);
+    updates(&a, "x", 5).await;
+    pull(&c, &serve_a).await;
+    // a hears that c has generation 1; then c falls silent.
+    pull(&a, &serve_c).await;
+    updates(&a, "x", 5).await;
+    pull(&b, &serve_a).await;
+    pull(&a, &serve_b).await;
+
+    let held_back = a.replica.collect_garbage(HOUR).await.expect("collects");
+    assert_eq!(
+        held_back.collected.get(&device("a")),
+        1,
+        "c holds generation 2 back"
+    );
+    assert_eq!(held_back.records_pruned, 5, "generation 1, all superseded");
+
+    // Two hours on, b has been heard from again; c has not.
+    a.set_clock(a.clock.load(std::sync::atomic::Ordering::SeqCst) + 2 * 3_600_000);
+    pull(&a, &serve_b).await;
+    let evicting = a.replica.collect_garbage(HOUR).await.expect("collects");
+    assert_eq!(evicting.evicted, [device("c")]);
+    assert_eq!(evicting.collected.get(&device("a")), 2);
+    assert_eq!(a.replica.verify().expect("reads"), Ok(()));
+    for responder in [serve_a, serve_b, serve_c] {
+        stop(responder).await;
+    }
+}
+
+#[tokio::test]
+async fn an_evicted_device_that_returns_gets_the_current_state_and_converges() {
+    let (a, b, c) = (Node::new("a"), Node::new("b"), Node::new("c"));
+    let (serve_a, serve_b, serve_c) = (a.serve().await, b.serve().await, c.serve().await);
+    updates(&a, "x", 5).await;
+    pull(&c, &serve_a).await;
+    pull(&a, &serve_c).await;
+    updates(&a, "x", 5).await;
+    updates(&a, "y", 3).await;
+    pull(&b, &serve_a).await;
+    a.set_clock(a.clock.load(std::sync::atomic::Ordering::SeqCst) + 2 * 3_600_000);
+    pull(&a, &serve_b).await; // b is heard from after the jump; c is not
+    let stats = a.replica.collect_garbage(HOUR).await.expect("collects");
+    assert_eq!(stats.evicted, [device("c")]);
+
+    // While away, c wrote a key of its own.
+    c.put("z", "from c").await;
+    let back = pull(&c, &serve_a).await;
+    assert!(back.applied >= 2, "the current versions arrived: {back:?}");
+    assert_eq!(c.get("x").as_deref(), Some("x=4"));
+    assert_eq!(c.get("y").as_deref(), Some("y=2"));
+    assert_eq!(c.replica.verify().expect("reads"), Ok(()));
+    pull(&a, &serve_c).await;
+    pull(&b, &serve_a).await;
+    pull(&c, &serve_a).await;
+    assert_converged(&a, &b);
+    assert_converged(&a, &c);
+    for responder in [serve_a, serve_b, serve_c] {
+        stop(responder).await;
+    }
+}
+
+#[tokio::test]
+async fn a_device_new_after_collection_gets_the_current_state() {
+    let (a, b) = (Node::new("a"), Node::new("b"));
+    let (serve_a, serve_b) = (a.serve().await, b.serve().await);
+    updates(&a, "x", 10).await;
+    pull(&b, &serve_a).await;
+    pull(&a, &serve_b).await;
+    a.replica.collect_garbage(HOUR).await.expect("collects");
+    assert!(a.replica.collected().expect("reads").get(&device("a")) >= 1);
+
+    let newcomer = Node::new("n");
+    pull(&newcomer, &serve_a).await;
+    assert_eq!(newcomer.get("x").as_deref(), Some("x=9"));
+    assert_converged(&a, &newcomer);
+    assert_eq!(newcomer.replica.verify().expect("reads"), Ok(()));
+    stop(serve_a).await;
+    stop(serve_b).await;
+}
+
+#[tokio::test]
+async fn a_collector_worker_collects_on_its_interval_and_stops() {
+    let (a, b) = (Node::new("a"), Node::new("b"));
+    let (serve_a, serve_b) = (a.serve().await, b.serve().await);
+    updates(&a, "x", 10).await;
+    pull(&b, &serve_a).await;
+    pull(&a, &serve_b).await;
+    let collector = Collector::start(a.replica.clone(), Duration::from_millis(20), HOUR);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while a.replica.log_len().expect("reads") > 1 {
+        assert!(tokio::time::Instant::now() < deadline, "collected in time");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    collector.kill();
+    collector.wait().await.expect("clean stop");
+    stop(serve_a).await;
+    stop(serve_b).await;
+}
