@@ -5,8 +5,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use flotilla_core_types::DeviceId;
+use flotilla_core_types::{DeviceId, WaitFuture, Worker};
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::storage::{GcStats, Head, Storage};
 use crate::{Error, GenVector, LastWriterWins, LogRecord, Resolver, VersionId};
@@ -133,6 +135,11 @@ pub(crate) struct Shared {
     /// be waiting for a responder that waits for its round, around a ring
     /// of replicas. Busy, it serves the sealed generations only.
     pub(crate) round_gate: Arc<tokio::sync::Mutex<()>>,
+    /// Every piece of store work under way (writes, rounds, collections),
+    /// so that `wait` can tell when the last one has ended.
+    pub(crate) work: TaskTracker,
+    /// Cancelled by `kill`: no new store work starts.
+    pub(crate) closing: CancellationToken,
 }
 
 impl Replica {
@@ -158,6 +165,8 @@ impl Replica {
                 config,
                 changes,
                 round_gate: Arc::new(tokio::sync::Mutex::new(())),
+                work: TaskTracker::new(),
+                closing: CancellationToken::new(),
             }),
         })
     }
@@ -244,7 +253,7 @@ impl Replica {
     /// [`Error::Storage`] or [`Error::Corrupt`]; nothing is removed then.
     pub async fn collect_garbage(&self, evict_after: Duration) -> Result<GcStats, Error> {
         let shared = Arc::clone(&self.shared);
-        blocking(move || shared.collect_garbage(evict_after)).await
+        blocking(&self.shared, move || shared.collect_garbage(evict_after)).await
     }
 
     /// What garbage collection has removed: this log may lack the records
@@ -337,11 +346,30 @@ impl Replica {
             }
         }
         let shared = Arc::clone(&self.shared);
-        let (versions, changes) = blocking(move || shared.write_local(writes)).await?;
+        let (versions, changes) =
+            blocking(&self.shared, move || shared.write_local(writes)).await?;
         for change in changes {
             let _ = self.shared.changes.send(change);
         }
         Ok(versions)
+    }
+}
+
+/// A replica is a [`Worker`] over its store work: [`kill`](Worker::kill)
+/// refuses new writes, sync rounds and collections with [`Error::Closed`]
+/// (reads go on working), and [`wait`](Worker::wait) returns once the work
+/// already under way has ended.
+impl Worker for Replica {
+    fn kill(&self) {
+        self.shared.closing.cancel();
+        self.shared.work.close();
+    }
+
+    fn wait(&self) -> WaitFuture<'_> {
+        Box::pin(async {
+            self.shared.work.wait().await;
+            Ok(())
+        })
     }
 }
 
@@ -458,11 +486,19 @@ fn check_len(what: &'static str, len: usize, max: usize) -> Result<(), Error> {
     Ok(())
 }
 
-/// Runs store work off the async threads: a commit waits for the disk.
+/// Runs store work off the async threads (a commit waits for the disk),
+/// tracked so that [`Replica::wait`](Worker::wait) sees it, and refused once
+/// the replica is killed.
 pub(crate) async fn blocking<T: Send + 'static>(
+    shared: &Shared,
     work: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
-    tokio::task::spawn_blocking(work)
+    if shared.closing.is_cancelled() {
+        return Err(Error::Closed);
+    }
+    shared
+        .work
+        .spawn_blocking(work)
         .await
         .unwrap_or_else(|join_error| {
             if join_error.is_panic() {

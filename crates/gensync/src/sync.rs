@@ -131,7 +131,10 @@ async fn initiate<T: AsyncRead + AsyncWrite + Unpin>(
     let (items, mut queue) = mpsc::channel::<Item>(256);
     let shared = Arc::clone(&replica.shared);
     let peer_device = peer.clone();
-    let applier = tokio::task::spawn_blocking(move || {
+    if replica.shared.closing.is_cancelled() {
+        return Err(Error::Closed);
+    }
+    let applier = replica.shared.work.spawn_blocking(move || {
         let _gate = gate;
         let txn = shared.storage.write()?;
         let mut round = Round::begin(&shared, &txn, peer_device)?;
@@ -435,7 +438,7 @@ async fn respond<T: AsyncRead + AsyncWrite + Unpin>(
     };
     let shared = Arc::clone(&replica.shared);
     let reported = theirs.clone();
-    let (snapshot, end, collected) = blocking(move || {
+    let (snapshot, end, collected) = blocking(&replica.shared, move || {
         // Seal, and note what the peer reported, unless this replica is
         // applying a round of its own (see `Shared::round_gate`): the open
         // generation then goes next time.
@@ -469,7 +472,10 @@ async fn respond<T: AsyncRead + AsyncWrite + Unpin>(
     while from < end {
         let shared = Arc::clone(&replica.shared);
         let limit = config.batch_records.max(1);
-        let batch = blocking(move || shared.storage.read()?.log_batch(from, end, limit)).await?;
+        let batch = blocking(&replica.shared, move || {
+            shared.storage.read()?.log_batch(from, end, limit)
+        })
+        .await?;
         let Some((last, _)) = batch.last() else { break };
         from = last + 1;
         for (_, record) in batch {

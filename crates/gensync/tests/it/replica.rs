@@ -134,3 +134,29 @@ async fn a_file_that_is_not_a_store_is_a_typed_error() {
     std::fs::write(&path, vec![0xAB; 10_000]).expect("writes");
     assert!(matches!(Storage::open(&path), Err(Error::Storage(_))));
 }
+
+#[tokio::test]
+async fn a_killed_replica_refuses_writes_and_syncs_but_still_reads() {
+    use flotilla_core_types::Worker;
+    let node = Node::new("a");
+    node.put("k", "v").await;
+    node.replica.kill();
+    node.replica.wait().await.expect("ends cleanly");
+    assert!(matches!(
+        node.replica.put(b"k".to_vec(), b"w".to_vec()).await,
+        Err(Error::Closed)
+    ));
+    let hour = std::time::Duration::from_secs(3600);
+    assert!(matches!(
+        node.replica.collect_garbage(hour).await,
+        Err(Error::Closed)
+    ));
+    assert_eq!(node.get("k").as_deref(), Some("v"));
+    let other = Node::new("b");
+    let responder = other.serve().await;
+    let refused =
+        flotilla_gensync::sync_with(&node.replica, responder.local_addr(), &Default::default())
+            .await;
+    assert!(matches!(refused, Err(Error::Closed)));
+    crate::harness::stop(responder).await;
+}
