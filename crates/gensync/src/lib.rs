@@ -64,7 +64,7 @@ pub use replica::{
     Change, Entry, MAX_KEY_LEN, MAX_VALUE_LEN, Origin, Replica, ReplicaConfig, Write,
 };
 pub use resolver::{Conflict, LastWriterWins, Resolution, Resolver, Side};
-pub use storage::{GcStats, Storage};
+pub use storage::{DEFAULT_CACHE_BYTES, GcStats, Storage};
 pub use sync::{
     Collector, Initiator, Peers, Responder, SyncConfig, initiate_over, respond_over, sync_with,
 };

@@ -46,6 +46,11 @@ const OPEN_GENERATION: &str = "open_generation";
 const OPEN_SEQUENCE: &str = "open_sequence";
 const NEXT_LOG_INDEX: &str = "next_log_index";
 
+/// The page cache [`Storage::open`] gives a store: enough for the working
+/// set of a sync round, far below redb's own default of 1 GiB, so that a
+/// replica's memory stays small whatever the size of its store.
+pub const DEFAULT_CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 /// A version in the DAG: what it replaced, and where its record is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct DagNode {
@@ -90,14 +95,30 @@ pub struct Storage {
 }
 
 impl Storage {
-    /// Opens the database at `path`, creating it if needed.
+    /// Opens the database at `path`, creating it if needed, with a page
+    /// cache of [`DEFAULT_CACHE_BYTES`].
     ///
     /// # Errors
     ///
     /// [`Error::Storage`] when the file cannot be opened or is not a redb
     /// database.
     pub fn open(path: impl AsRef<Path>) -> Result<Storage, Error> {
-        Storage::init(Database::create(path)?)
+        Storage::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens the database at `path` with a page cache of `cache_bytes`:
+    /// more makes reads of a large store faster, and is memory the
+    /// replica holds.
+    ///
+    /// # Errors
+    ///
+    /// As for [`open`](Self::open).
+    pub fn open_with_cache(path: impl AsRef<Path>, cache_bytes: usize) -> Result<Storage, Error> {
+        Storage::init(
+            Database::builder()
+                .set_cache_size(cache_bytes)
+                .create(path)?,
+        )
     }
 
     /// A database in memory, gone when dropped: for tests.
