@@ -318,3 +318,21 @@ async fn one_device_cannot_be_connected_from_two_addresses() {
     drop(first);
     stop(responder).await;
 }
+
+#[tokio::test]
+async fn a_record_delivered_twice_in_a_round_is_applied_once() {
+    let node = Node::new("me");
+    let once = record("x", 1, 1, "k", vec![]);
+    let messages = vec![
+        Message::Record(once.clone()),
+        Message::Record(once),
+        Message::Done { vector: vector(&[("x", 1)]) },
+    ];
+    let (address, _peer) = scripted("x", messages).await;
+    let round = sync_with(&node.replica, address, &SyncConfig::default())
+        .await
+        .expect("the round completes");
+    assert_eq!((round.applied, round.duplicates), (1, 1));
+    assert_eq!(node.get("k").as_deref(), Some("v"));
+    assert_eq!(node.replica.verify().expect("reads"), Ok(()));
+}
