@@ -326,7 +326,9 @@ async fn a_record_delivered_twice_in_a_round_is_applied_once() {
     let messages = vec![
         Message::Record(once.clone()),
         Message::Record(once),
-        Message::Done { vector: vector(&[("x", 1)]) },
+        Message::Done {
+            vector: vector(&[("x", 1)]),
+        },
     ];
     let (address, _peer) = scripted("x", messages).await;
     let round = sync_with(&node.replica, address, &SyncConfig::default())
