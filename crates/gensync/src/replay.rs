@@ -14,9 +14,13 @@
 //! merges do not pile up on each other. The merge is a record of our own
 //! log and travels like any other write.
 //!
-//! At the end the peer's vector is checked against what it sent, merged
-//! into ours, and everything is committed at once; an error anywhere drops
-//! the transaction and leaves the store as it was.
+//! The records are written as they come, a chunk per transaction, each
+//! record marked pending, so that a round of any size needs only a chunk's
+//! memory. Nothing a reader sees changes until the end: the heads and the
+//! vector move, and the pending marks go, in one last, durable transaction,
+//! after the peer's vector has been checked against what it sent. If the
+//! round fails before that (or the process dies), its pending records are
+//! removed and the store is as it was.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
@@ -24,7 +28,7 @@ use flotilla_core_types::DeviceId;
 
 use crate::replica::{Change, Origin, Shared};
 use crate::resolver::{Conflict, Resolution, Side};
-use crate::storage::{Finished, Head, WriteTxn, Writer};
+use crate::storage::{Head, Writer};
 use crate::{Error, GenVector, LogRecord, VersionId};
 
 /// What a round did.
@@ -39,9 +43,77 @@ pub struct RoundStats {
     pub conflicts: u64,
 }
 
+/// How many records a round writes per transaction: enough to make commits
+/// rare, few enough that a transaction's dirty pages stay small.
+const CHUNK_RECORDS: usize = 1024;
+
+/// What the network side of a round hands the applier.
+pub(crate) enum Item {
+    /// The peer has collected these generations (sent before its records).
+    Collected(GenVector),
+    Record(LogRecord),
+    /// The round is complete: the peer's vector.
+    Done(GenVector),
+}
+
+/// Applies a round's items as they arrive on `queue`, in chunks of
+/// [`CHUNK_RECORDS`] pending records, then finishes it in one durable
+/// transaction. If anything fails (or the queue closes before `Done`), the
+/// pending records are removed again and the store is as it was.
+pub(crate) fn apply_round(
+    shared: &Shared,
+    peer: DeviceId,
+    queue: &mut tokio::sync::mpsc::Receiver<Item>,
+) -> Result<(RoundStats, Vec<Change>), Error> {
+    let result = run_round(shared, peer, queue);
+    if result.is_err() {
+        shared.storage.discard_pending()?;
+    }
+    result
+}
+
+fn run_round(
+    shared: &Shared,
+    peer: DeviceId,
+    queue: &mut tokio::sync::mpsc::Receiver<Item>,
+) -> Result<(RoundStats, Vec<Change>), Error> {
+    let mut round = Round::begin(shared, peer)?;
+    loop {
+        let mut txn = shared.storage.write()?;
+        txn.not_durable();
+        let mut writer = txn.tables()?;
+        let mut written = 0;
+        let mut done = None;
+        while written < CHUNK_RECORDS {
+            match queue.blocking_recv() {
+                Some(Item::Collected(vector)) => round.accept_collected(vector),
+                Some(Item::Record(record)) => {
+                    round.apply(&mut writer, record)?;
+                    written += 1;
+                }
+                Some(Item::Done(vector)) => {
+                    done = Some(vector);
+                    break;
+                }
+                None => return Err(Error::Disconnected),
+            }
+        }
+        let Some(theirs) = done else {
+            let finished = writer.finish()?;
+            txn.commit(finished)?;
+            continue;
+        };
+        // The last transaction is durable, and makes the earlier ones so.
+        let outcome = round.finish(&mut writer, &theirs)?;
+        let finished = writer.finish()?;
+        txn.durable();
+        txn.commit(finished)?;
+        return Ok(outcome);
+    }
+}
+
 pub(crate) struct Round<'a> {
     shared: &'a Shared,
-    writer: Writer<'a>,
     ours: GenVector,
     /// The peer, whose vector this round teaches us.
     peer: DeviceId,
@@ -58,16 +130,11 @@ pub(crate) struct Round<'a> {
 }
 
 impl<'a> Round<'a> {
-    pub(crate) fn begin(
-        shared: &'a Shared,
-        txn: &'a WriteTxn,
-        peer: DeviceId,
-    ) -> Result<Round<'a>, Error> {
-        let writer = txn.tables()?;
-        let ours = writer.vector()?;
+    /// A round with `peer`, against what the store holds now.
+    pub(crate) fn begin(shared: &'a Shared, peer: DeviceId) -> Result<Round<'a>, Error> {
+        let ours = shared.storage.read()?.vector()?;
         Ok(Round {
             shared,
-            writer,
             ours,
             peer,
             collected: None,
@@ -83,7 +150,11 @@ impl<'a> Round<'a> {
         self.collected = Some(vector);
     }
 
-    pub(crate) fn apply(&mut self, record: LogRecord) -> Result<(), Error> {
+    pub(crate) fn apply(
+        &mut self,
+        writer: &mut Writer<'_>,
+        record: LogRecord,
+    ) -> Result<(), Error> {
         if self.ours.covers(&record.device, record.generation) {
             self.stats.duplicates += 1;
             return Ok(());
@@ -95,7 +166,7 @@ impl<'a> Round<'a> {
             });
         }
         for parent in &record.parents {
-            if self.writer.knows(parent)? {
+            if writer.knows(parent)? {
                 continue;
             }
             if self.collected.is_none() {
@@ -105,25 +176,31 @@ impl<'a> Round<'a> {
                 });
             }
             // Collected by the peer before we had it.
-            self.writer.mark_collected(parent)?;
+            writer.mark_collected(parent)?;
         }
         self.received
             .entry(record.device.clone())
             .or_default()
             .insert(record.generation);
-        if !self.writer.append(&record)? {
+        let (index, new) = writer.append(&record)?;
+        writer.mark_pending(index)?;
+        if !new {
             // A version we have already (the same merge, made here too).
             self.stats.duplicates += 1;
             return Ok(());
         }
         self.stats.applied += 1;
-        self.advance_frontier(&record)
+        self.advance_frontier(writer, &record)
     }
 
+    /// Checks the peer's claims, moves the heads and the vector, and keeps
+    /// the round's records, all in `writer`'s transaction, the last of the
+    /// round.
     pub(crate) fn finish(
         mut self,
+        writer: &mut Writer<'_>,
         theirs: &GenVector,
-    ) -> Result<(RoundStats, Vec<Change>, Finished), Error> {
+    ) -> Result<(RoundStats, Vec<Change>), Error> {
         for (device, generations) in &self.received {
             if let Some(&beyond) = generations.iter().find(|&&g| g > theirs.get(device)) {
                 return Err(Error::UnclaimedRecord {
@@ -146,31 +223,32 @@ impl<'a> Round<'a> {
             }
         }
         for (key, frontier) in std::mem::take(&mut self.frontiers) {
-            self.settle(key, frontier)?;
+            self.settle(writer, key, frontier)?;
         }
-        let mut vector = self.ours.clone();
+        // Local writes during the round may have sealed generations of
+        // ours: start from the vector as it is now.
+        let mut vector = writer.vector()?;
         vector.merge(theirs);
-        self.writer.set_vector(&vector)?;
-        self.writer.raise_collected(&collected.meet(&vector))?;
+        writer.set_vector(&vector)?;
+        writer.raise_collected(&collected.meet(&vector))?;
         let now_ms = (self.shared.config.clock)();
-        self.writer.heard_of(&self.peer, Some(theirs), now_ms)?;
+        writer.heard_of(&self.peer, Some(theirs), now_ms)?;
         for (device, _) in theirs.iter() {
             if device != &self.shared.device {
-                self.writer.heard_of(device, None, now_ms)?;
+                writer.heard_of(device, None, now_ms)?;
             }
         }
-        let finished = self.writer.finish()?;
-        Ok((self.stats, self.changes, finished))
+        writer.clear_pending()?;
+        Ok((self.stats, self.changes))
     }
 
     /// Adds `record`'s version to its key's frontier, dropping what it
     /// descends from. Records arrive parents first and are new to us, so
     /// nothing known descends from them.
-    fn advance_frontier(&mut self, record: &LogRecord) -> Result<(), Error> {
+    fn advance_frontier(&mut self, writer: &Writer<'_>, record: &LogRecord) -> Result<(), Error> {
         let frontier = match self.frontiers.remove(&record.key) {
             Some(frontier) => frontier,
-            None => self
-                .writer
+            None => writer
                 .head(&record.key)?
                 .map(|head| vec![head.version])
                 .unwrap_or_default(),
@@ -178,7 +256,7 @@ impl<'a> Round<'a> {
         let mut kept = Vec::with_capacity(frontier.len() + 1);
         for version in frontier {
             let replaced =
-                record.parents.contains(&version) || self.descends(record.version, version)?;
+                record.parents.contains(&version) || descends(writer, record.version, version)?;
             if !replaced {
                 kept.push(version);
             }
@@ -189,26 +267,50 @@ impl<'a> Round<'a> {
     }
 
     /// Makes the key's head the one version left on its frontier, or the
-    /// merge of all of them.
-    fn settle(&mut self, key: Vec<u8>, mut frontier: Vec<VersionId>) -> Result<(), Error> {
-        let current = self.writer.head(&key)?.map(|head| head.version);
+    /// merge of all of them. A local write made while the round ran joins
+    /// the frontier, in place of what it replaced.
+    fn settle(
+        &mut self,
+        writer: &mut Writer<'_>,
+        key: Vec<u8>,
+        mut frontier: Vec<VersionId>,
+    ) -> Result<(), Error> {
+        let current = writer.head(&key)?.map(|head| head.version);
+        if let Some(current) = current
+            && !frontier.contains(&current)
+        {
+            let mut covered = false;
+            for &member in &frontier {
+                covered |= descends(writer, member, current)?;
+            }
+            if !covered {
+                let mut kept = Vec::with_capacity(frontier.len() + 1);
+                for member in frontier {
+                    if !descends(writer, current, member)? {
+                        kept.push(member);
+                    }
+                }
+                kept.push(current);
+                frontier = kept;
+            }
+        }
         if let [only] = frontier.as_slice() {
             if current == Some(*only) {
                 return Ok(());
             }
-            let side = self.side(*only)?;
-            return self.set_head(key, side.version, side.value);
+            let side = side(writer, *only)?;
+            return self.set_head(writer, key, side.version, side.value);
         }
         self.stats.conflicts += 1;
         frontier.sort();
-        let mut kept = self.side(frontier[0])?;
+        let mut kept = side(writer, frontier[0])?;
         for &next in &frontier[1..] {
-            let theirs = self.side(next)?;
+            let theirs = side(writer, next)?;
             // The ancestor may have been collected; the resolver then goes
             // without it.
-            let ancestor = match self.common_ancestor(kept.version, theirs.version)? {
-                Some(version) if self.writer.dag_node(&version)?.is_some() => {
-                    Some(self.side(version)?)
+            let ancestor = match common_ancestor(writer, kept.version, theirs.version)? {
+                Some(version) if writer.dag_node(&version)?.is_some() => {
+                    Some(side(writer, version)?)
                 }
                 _ => None,
             };
@@ -235,8 +337,8 @@ impl<'a> Round<'a> {
             &kept.writer,
             kept.timestamp_ms,
         );
-        if self.writer.dag_node(&version)?.is_none() {
-            let (generation, sequence) = self.writer.open_slot();
+        if writer.dag_node(&version)?.is_none() {
+            let (generation, sequence) = writer.open_slot();
             let merge = LogRecord {
                 device: self.shared.device.clone(),
                 generation,
@@ -248,23 +350,28 @@ impl<'a> Round<'a> {
                 writer: kept.writer,
                 timestamp_ms: kept.timestamp_ms,
             };
-            self.writer.append(&merge)?;
-            self.writer.fill_slot(generation, sequence);
+            writer.append(&merge)?;
+            writer.fill_slot(generation, sequence);
         }
-        self.set_head(key, version, kept.value)
+        self.set_head(writer, key, version, kept.value)
     }
 
     fn set_head(
         &mut self,
+        writer: &mut Writer<'_>,
         key: Vec<u8>,
         version: VersionId,
         value: Option<Vec<u8>>,
     ) -> Result<(), Error> {
+        let node = writer.dag_node(&version)?.ok_or(Error::Corrupt {
+            what: "dag (a new head without a node)",
+            source: postcard::Error::DeserializeUnexpectedEnd,
+        })?;
         let head = Head {
             version,
-            value: value.clone(),
+            log_index: node.log_index,
         };
-        self.writer.set_head(&key, &head)?;
+        writer.set_head(&key, &head)?;
         self.changes.push(Change {
             key,
             value,
@@ -273,68 +380,71 @@ impl<'a> Round<'a> {
         });
         Ok(())
     }
+}
 
-    /// Whether `descendant` has `ancestor` among its ancestors.
-    fn descends(&self, descendant: VersionId, ancestor: VersionId) -> Result<bool, Error> {
-        Ok(self
-            .ancestors(descendant, |version| version == ancestor)?
-            .is_some())
-    }
+/// Whether `descendant` has `ancestor` among its ancestors.
+fn descends(
+    writer: &Writer<'_>,
+    descendant: VersionId,
+    ancestor: VersionId,
+) -> Result<bool, Error> {
+    Ok(ancestors(writer, descendant, |version| version == ancestor)?.is_some())
+}
 
-    /// The nearest version both `a` and `b` descend from, if any is left.
-    fn common_ancestor(&self, a: VersionId, b: VersionId) -> Result<Option<VersionId>, Error> {
-        let mut of_a = HashSet::new();
-        self.ancestors(a, |version| {
-            of_a.insert(version);
-            false
-        })?;
-        self.ancestors(b, |version| of_a.contains(&version))
-    }
+/// The nearest version both `a` and `b` descend from, if any is left.
+fn common_ancestor(
+    writer: &Writer<'_>,
+    a: VersionId,
+    b: VersionId,
+) -> Result<Option<VersionId>, Error> {
+    let mut of_a = HashSet::new();
+    ancestors(writer, a, |version| {
+        of_a.insert(version);
+        false
+    })?;
+    ancestors(writer, b, |version| of_a.contains(&version))
+}
 
-    /// Walks the ancestors of `start` (itself excluded) breadth first until
-    /// `stop` accepts one, and returns it.
-    fn ancestors(
-        &self,
-        start: VersionId,
-        mut stop: impl FnMut(VersionId) -> bool,
-    ) -> Result<Option<VersionId>, Error> {
-        let mut queue = VecDeque::from([start]);
-        let mut seen = HashSet::from([start]);
-        while let Some(version) = queue.pop_front() {
-            let Some(node) = self.writer.dag_node(&version)? else {
+/// Walks the ancestors of `start` (itself excluded) breadth first until
+/// `stop` accepts one, and returns it.
+fn ancestors(
+    writer: &Writer<'_>,
+    start: VersionId,
+    mut stop: impl FnMut(VersionId) -> bool,
+) -> Result<Option<VersionId>, Error> {
+    let mut queue = VecDeque::from([start]);
+    let mut seen = HashSet::from([start]);
+    while let Some(version) = queue.pop_front() {
+        let Some(node) = writer.dag_node(&version)? else {
+            continue;
+        };
+        for parent in node.parents {
+            if !seen.insert(parent) {
                 continue;
-            };
-            for parent in node.parents {
-                if !seen.insert(parent) {
-                    continue;
-                }
-                if stop(parent) {
-                    return Ok(Some(parent));
-                }
-                queue.push_back(parent);
             }
+            if stop(parent) {
+                return Ok(Some(parent));
+            }
+            queue.push_back(parent);
         }
-        Ok(None)
     }
+    Ok(None)
+}
 
-    /// A version as one side of a conflict, from its record.
-    fn side(&self, version: VersionId) -> Result<Side, Error> {
-        let node = self.writer.dag_node(&version)?.ok_or(Error::Corrupt {
-            what: "dag (a head without a node)",
-            source: postcard::Error::DeserializeUnexpectedEnd,
-        })?;
-        let record = self
-            .writer
-            .record_at(node.log_index)?
-            .ok_or(Error::Corrupt {
-                what: "log (a dag node without its record)",
-                source: postcard::Error::DeserializeUnexpectedEnd,
-            })?;
-        Ok(Side {
-            version,
-            value: record.value,
-            writer: record.writer,
-            timestamp_ms: record.timestamp_ms,
-        })
-    }
+/// A version as one side of a conflict, from its record.
+fn side(writer: &Writer<'_>, version: VersionId) -> Result<Side, Error> {
+    let node = writer.dag_node(&version)?.ok_or(Error::Corrupt {
+        what: "dag (a head without a node)",
+        source: postcard::Error::DeserializeUnexpectedEnd,
+    })?;
+    let record = writer.record_at(node.log_index)?.ok_or(Error::Corrupt {
+        what: "log (a dag node without its record)",
+        source: postcard::Error::DeserializeUnexpectedEnd,
+    })?;
+    Ok(Side {
+        version,
+        value: record.value,
+        writer: record.writer,
+        timestamp_ms: record.timestamp_ms,
+    })
 }

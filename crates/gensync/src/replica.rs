@@ -157,6 +157,8 @@ impl Replica {
         // Reading the vector checks that the store is readable now, not at
         // the first sync.
         storage.read()?.vector()?;
+        // A round cut short by a crash is undone.
+        storage.discard_pending()?;
         let (changes, _) = broadcast::channel(config.watch_buffer.max(1));
         Ok(Replica {
             shared: Arc::new(Shared {
@@ -182,12 +184,7 @@ impl Replica {
     ///
     /// [`Error::Storage`] or [`Error::Corrupt`].
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        Ok(self
-            .shared
-            .storage
-            .read()?
-            .head(key)?
-            .and_then(|head| head.value))
+        Ok(self.shared.storage.read()?.value(key)?.flatten())
     }
 
     /// Every live key starting with `prefix`, with its value, in key order.
@@ -453,14 +450,8 @@ impl Shared {
                 writer: self.device.clone(),
                 timestamp_ms,
             };
-            writer.append(&record)?;
-            writer.set_head(
-                &record.key,
-                &Head {
-                    version,
-                    value: record.value.clone(),
-                },
-            )?;
+            let (log_index, _) = writer.append(&record)?;
+            writer.set_head(&record.key, &Head { version, log_index })?;
             writer.fill_slot(generation, sequence);
             if sequence >= self.config.max_generation_records {
                 writer.seal(&self.device)?;

@@ -13,6 +13,7 @@
 //! | `peers` | device id | a [`PeerRecord`]: its last known vector, and when it was heard of |
 //! | `pruned` | version id | nothing: a version garbage collection removed |
 //! | `pruned_vector` | device id | the generations collected: this log may lack records up to here |
+//! | `pending` | log index | nothing: a record of a sync round not yet finished |
 //!
 //! Every change a replica makes (a local write, a whole sync round) is one
 //! write transaction, so after a crash the store holds exactly what some
@@ -41,6 +42,7 @@ const PEERS: TableDefinition<'static, &'static str, &'static [u8]> = TableDefini
 const PRUNED: TableDefinition<'static, &'static [u8], ()> = TableDefinition::new("pruned");
 const PRUNED_VECTOR: TableDefinition<'static, &'static str, u64> =
     TableDefinition::new("pruned_vector");
+const PENDING: TableDefinition<'static, u64, ()> = TableDefinition::new("pending");
 
 const OPEN_GENERATION: &str = "open_generation";
 const OPEN_SEQUENCE: &str = "open_sequence";
@@ -82,11 +84,13 @@ pub struct GcStats {
     pub collected: GenVector,
 }
 
-/// A key's current version and value (`None`: deleted).
+/// A key's current version, and where its record (with the value) is in
+/// the log. The value is not copied here: a round then writes a few dozen
+/// bytes per key it moves, not the values.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Head {
     pub(crate) version: VersionId,
-    pub(crate) value: Option<Vec<u8>>,
+    pub(crate) log_index: u64,
 }
 
 /// The replica's database.
@@ -143,9 +147,21 @@ impl Storage {
             txn.open_table(PEERS)?;
             txn.open_table(PRUNED)?;
             txn.open_table(PRUNED_VECTOR)?;
+            txn.open_table(PENDING)?;
         }
         txn.commit()?;
         Ok(Storage { db })
+    }
+
+    /// Removes what an unfinished sync round left (after a crash, or a
+    /// round that failed after writing some of its records): its log
+    /// entries and the DAG nodes that point at them.
+    pub(crate) fn discard_pending(&self) -> Result<(), Error> {
+        let txn = self.write()?;
+        let mut writer = txn.tables()?;
+        writer.discard_pending()?;
+        let finished = writer.finish()?;
+        txn.commit(finished)
     }
 
     pub(crate) fn read(&self) -> Result<Reader, Error> {
@@ -185,6 +201,7 @@ impl Reader {
     /// order.
     pub(crate) fn scan(&self, prefix: &[u8]) -> Result<Vec<crate::replica::Entry>, Error> {
         let table = self.txn.open_table(VALUES)?;
+        let log = self.txn.open_table(LOG)?;
         let mut found = Vec::new();
         for entry in table.range(prefix..)? {
             let (key, head) = entry?;
@@ -192,11 +209,20 @@ impl Reader {
                 break;
             }
             let head: Head = decode("head", head.value())?;
-            if let Some(value) = head.value {
+            if let Some(value) = head_value(&log, &head)? {
                 found.push((key.value().to_vec(), value));
             }
         }
         Ok(found)
+    }
+
+    /// The current value of `key`: `None` if it has none, `Some(None)` if
+    /// it was deleted.
+    pub(crate) fn value(&self, key: &[u8]) -> Result<Option<Option<Vec<u8>>>, Error> {
+        let Some(head) = self.head(key)? else {
+            return Ok(None);
+        };
+        Ok(Some(head_value(&self.txn.open_table(LOG)?, &head)?))
     }
 
     pub(crate) fn vector(&self) -> Result<GenVector, Error> {
@@ -260,10 +286,26 @@ impl Reader {
                 )));
             }
         }
-        for (key, version) in self.heads()? {
+        if self.txn.open_table(PENDING)?.len()? > 0 {
+            return Ok(Err(String::from("an unfinished round's records are left")));
+        }
+        for entry in self.txn.open_table(VALUES)?.iter()? {
+            let (key, head) = entry?;
+            let head: Head = decode("head", head.value())?;
+            let version = head.version;
+            let key = key.value();
             if dag.get(version.0.as_slice())?.is_none() {
                 return Ok(Err(format!(
                     "the head {version:?} of key {key:?} is not in the DAG"
+                )));
+            }
+            let record = log.get(head.log_index)?;
+            let record: Option<LogRecord> = record
+                .map(|value| decode("log record", value.value()))
+                .transpose()?;
+            if record.is_none_or(|record| record.version != version) {
+                return Ok(Err(format!(
+                    "the head {version:?} of key {key:?} has no record"
                 )));
             }
         }
@@ -326,10 +368,27 @@ impl WriteTxn {
             peers: self.txn.open_table(PEERS)?,
             pruned: self.txn.open_table(PRUNED)?,
             pruned_vector: self.txn.open_table(PRUNED_VECTOR)?,
+            pending: self.txn.open_table(PENDING)?,
             next_log_index,
             open_generation,
             open_sequence,
         })
+    }
+
+    /// Makes the commit fast and not durable by itself: it becomes durable
+    /// with the next durable commit, and is lost in a crash before that.
+    /// For the parts of a sync round, whose last commit is durable.
+    pub(crate) fn not_durable(&mut self) {
+        self.txn
+            .set_durability(redb::Durability::None)
+            .expect("this crate makes no persistent savepoints, the one reason this can fail");
+    }
+
+    /// Makes the commit durable again (the default).
+    pub(crate) fn durable(&mut self) {
+        self.txn
+            .set_durability(redb::Durability::Immediate)
+            .expect("this crate makes no persistent savepoints, the one reason this can fail");
     }
 
     pub(crate) fn commit(self, _finished: Finished) -> Result<(), Error> {
@@ -350,6 +409,7 @@ pub(crate) struct Writer<'t> {
     peers: Table<'t, &'static str, &'static [u8]>,
     pruned: Table<'t, &'static [u8], ()>,
     pruned_vector: Table<'t, &'static str, u64>,
+    pending: Table<'t, u64, ()>,
     next_log_index: u64,
     open_generation: u64,
     open_sequence: u64,
@@ -380,13 +440,14 @@ impl Writer<'_> {
     }
 
     /// Appends `record` to the log and, unless its version is known
-    /// already, to the DAG. Returns whether the version was new.
-    pub(crate) fn append(&mut self, record: &LogRecord) -> Result<bool, Error> {
+    /// already, to the DAG. Returns its log index, and whether the version
+    /// was new.
+    pub(crate) fn append(&mut self, record: &LogRecord) -> Result<(u64, bool), Error> {
         let index = self.next_log_index;
         self.next_log_index += 1;
         self.log.insert(index, encode(record).as_slice())?;
         if self.knows(&record.version)? {
-            return Ok(false);
+            return Ok((index, false));
         }
         let node = DagNode {
             parents: record.parents.clone(),
@@ -394,7 +455,38 @@ impl Writer<'_> {
         };
         self.dag
             .insert(record.version.0.as_slice(), encode(&node).as_slice())?;
-        Ok(true)
+        Ok((index, true))
+    }
+
+    /// Marks the record at `index` as part of a round not yet finished.
+    pub(crate) fn mark_pending(&mut self, index: u64) -> Result<(), Error> {
+        self.pending.insert(index, ())?;
+        Ok(())
+    }
+
+    /// The round is finished: its records stay.
+    pub(crate) fn clear_pending(&mut self) -> Result<(), Error> {
+        self.pending.retain(|_, ()| false)?;
+        Ok(())
+    }
+
+    /// Removes every pending record and the DAG nodes pointing at them.
+    pub(crate) fn discard_pending(&mut self) -> Result<(), Error> {
+        let mut indices = Vec::new();
+        for entry in self.pending.iter()? {
+            indices.push(entry?.0.value());
+        }
+        for index in indices {
+            if let Some(record) = self.record_at(index)?
+                && self
+                    .dag_node(&record.version)?
+                    .is_some_and(|node| node.log_index == index)
+            {
+                self.dag.remove(record.version.0.as_slice())?;
+            }
+            self.log.remove(index)?;
+        }
+        self.clear_pending()
     }
 
     pub(crate) fn vector(&self) -> Result<GenVector, Error> {
@@ -541,6 +633,19 @@ impl Writer<'_> {
         self.meta.insert(OPEN_SEQUENCE, self.open_sequence)?;
         Ok(Finished(()))
     }
+}
+
+/// The value of the record `head` points at.
+fn head_value(
+    log: &impl ReadableTable<u64, &'static [u8]>,
+    head: &Head,
+) -> Result<Option<Vec<u8>>, Error> {
+    let record = log.get(head.log_index)?.ok_or(Error::Corrupt {
+        what: "head (its record is missing)",
+        source: postcard::Error::DeserializeUnexpectedEnd,
+    })?;
+    let record: LogRecord = decode("log record", record.value())?;
+    Ok(record.value)
 }
 
 fn meta(table: &impl ReadableTable<&'static str, u64>, name: &str) -> Result<u64, Error> {

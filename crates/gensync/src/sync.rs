@@ -23,10 +23,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::replay::{Round, RoundStats};
+use crate::Error;
+use crate::replay::{Item, RoundStats, apply_round};
 use crate::replica::{Replica, blocking};
 use crate::wire::{Connection, Message};
-use crate::{Error, GenVector};
 
 /// How sync rounds are paced and bounded. Start from [`Default`].
 #[derive(Debug, Clone)]
@@ -125,9 +125,9 @@ async fn initiate<T: AsyncRead + AsyncWrite + Unpin>(
     let vector = replica.vector()?;
     connection.send(&Message::GetDeltas { vector }).await?;
 
-    // The records go to a blocking task that applies them in one
-    // transaction; the channel's bound keeps memory flat however long the
-    // round.
+    // The records go to a blocking task that applies them (see
+    // `replay::apply_round`); the channel's bound keeps memory flat however
+    // long the round.
     let (items, mut queue) = mpsc::channel::<Item>(256);
     let shared = Arc::clone(&replica.shared);
     let peer_device = peer.clone();
@@ -136,20 +136,7 @@ async fn initiate<T: AsyncRead + AsyncWrite + Unpin>(
     }
     let applier = replica.shared.work.spawn_blocking(move || {
         let _gate = gate;
-        let txn = shared.storage.write()?;
-        let mut round = Round::begin(&shared, &txn, peer_device)?;
-        while let Some(item) = queue.blocking_recv() {
-            match item {
-                Item::Collected(vector) => round.accept_collected(vector),
-                Item::Record(record) => round.apply(record)?,
-                Item::Done(vector) => {
-                    let (stats, changes, finished) = round.finish(&vector)?;
-                    txn.commit(finished)?;
-                    return Ok((stats, changes));
-                }
-            }
-        }
-        Err(Error::Disconnected)
+        apply_round(&shared, peer_device, &mut queue)
     });
     let received = receive(&mut connection, &items).await;
     drop(items);
@@ -167,12 +154,6 @@ async fn initiate<T: AsyncRead + AsyncWrite + Unpin>(
     }
     tracing::debug!(%peer, applied = stats.applied, duplicates = stats.duplicates, conflicts = stats.conflicts, "sync round applied");
     Ok(stats)
-}
-
-enum Item {
-    Collected(GenVector),
-    Record(crate::LogRecord),
-    Done(GenVector),
 }
 
 /// Forwards the responder's records to the applier until `Done`.

@@ -17,6 +17,9 @@ use crate::harness::device;
 /// Set in the child's environment to the directory of its stores.
 const CHILD_DIR: &str = "FLOTILLA_GENSYNC_CRASH_DIR";
 const NAMES: [&str; 2] = ["a", "b"];
+/// Writes per replica per step: enough that a round spans several of the
+/// transactions a round is written in, so kills land inside rounds too.
+const WRITES_PER_STEP: usize = 700;
 
 fn open(dir: &Path, name: &str) -> Replica {
     let storage = Storage::open(dir.join(format!("{name}.redb"))).expect("opens");
@@ -55,7 +58,7 @@ async fn crashing_child() {
         }
         for (index, replica) in replicas.iter().enumerate() {
             let key = format!("{}-{round}", NAMES[index]);
-            let batch = (0..3)
+            let batch = (0..WRITES_PER_STEP)
                 .map(|i| (format!("{key}-{i}").into_bytes(), Some(vec![7; 100])))
                 .collect();
             replica.write_batch(batch).await.expect("writes");
@@ -101,10 +104,16 @@ fn killed_at_random_moments_the_stores_reopen_whole_and_sync_on() {
                 }
             }
         });
-        // Wait for some progress, then kill at a random moment after it.
-        let first = acks
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the child makes progress");
+        // Wait for the first acknowledged write (libtest prints a header
+        // first), then kill at a random moment after it.
+        let first = loop {
+            let line = acks
+                .recv_timeout(Duration::from_secs(60))
+                .expect("the child makes progress");
+            if line.starts_with("ack ") {
+                break line;
+            }
+        };
         std::thread::sleep(Duration::from_millis(fastrand::u64(20..400)));
         child.kill().expect("SIGKILL");
         child.wait().expect("reaped");
@@ -124,7 +133,7 @@ fn killed_at_random_moments_the_stores_reopen_whole_and_sync_on() {
                 assert_eq!(replica.verify().expect("reads"), Ok(()), "run {run}");
             }
             for (store, key) in &acknowledged {
-                for i in 0..3 {
+                for i in 0..WRITES_PER_STEP {
                     let key = format!("{key}-{i}");
                     assert!(
                         replicas[*store]

@@ -338,3 +338,40 @@ async fn a_record_delivered_twice_in_a_round_is_applied_once() {
     assert_eq!(node.get("k").as_deref(), Some("v"));
     assert_eq!(node.replica.verify().expect("reads"), Ok(()));
 }
+
+#[tokio::test]
+async fn a_round_failing_after_several_chunks_leaves_nothing_behind() {
+    let node = Node::new("me");
+    node.put("mine", "kept").await;
+    let before = (
+        node.replica.vector().expect("reads"),
+        node.replica.log_len().expect("reads"),
+    );
+    // Three thousand good records (a few chunks' worth), then an orphan.
+    let mut messages: Vec<Message> = (1..=3_000)
+        .map(|s| Message::Record(record("x", 1, s, &format!("k{s}"), vec![])))
+        .collect();
+    let orphan = record(
+        "x",
+        1,
+        3_001,
+        "k",
+        vec![VersionId::of_write(&device("nobody"), 1, 1)],
+    );
+    messages.push(Message::Record(orphan));
+    messages.push(Message::Done {
+        vector: vector(&[("x", 1)]),
+    });
+    let (address, _peer) = scripted("x", messages).await;
+    let error = sync_with(&node.replica, address, &SyncConfig::default())
+        .await
+        .expect_err("the orphan ends the round");
+    assert!(matches!(error, Error::MissingParent { .. }), "{error}");
+    let after = (
+        node.replica.vector().expect("reads"),
+        node.replica.log_len().expect("reads"),
+    );
+    assert_eq!(before, after, "no record of the failed round is left");
+    assert_eq!(node.replica.scan(b"").expect("scans").len(), 1);
+    assert_eq!(node.replica.verify().expect("reads"), Ok(()));
+}
