@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use flotilla_core_types::DeviceId;
 
-use crate::replica::{Change, Origin, Shared};
+use crate::replica::Shared;
 use crate::resolver::{Conflict, Resolution, Side};
 use crate::storage::{Head, Writer};
 use crate::{Error, GenVector, LogRecord, VersionId};
@@ -47,6 +47,12 @@ pub struct RoundStats {
 /// rare, few enough that a transaction's dirty pages stay small.
 const CHUNK_RECORDS: usize = 1024;
 
+/// A key whose head a round moved.
+pub(crate) struct Moved {
+    pub(crate) key: Vec<u8>,
+    pub(crate) head: Head,
+}
+
 /// What the network side of a round hands the applier.
 pub(crate) enum Item {
     /// The peer has collected these generations (sent before its records).
@@ -64,7 +70,7 @@ pub(crate) fn apply_round(
     shared: &Shared,
     peer: DeviceId,
     queue: &mut tokio::sync::mpsc::Receiver<Item>,
-) -> Result<(RoundStats, Vec<Change>), Error> {
+) -> Result<(RoundStats, Vec<Moved>), Error> {
     let result = run_round(shared, peer, queue);
     if result.is_err() {
         shared.storage.discard_pending()?;
@@ -76,7 +82,7 @@ fn run_round(
     shared: &Shared,
     peer: DeviceId,
     queue: &mut tokio::sync::mpsc::Receiver<Item>,
-) -> Result<(RoundStats, Vec<Change>), Error> {
+) -> Result<(RoundStats, Vec<Moved>), Error> {
     let mut round = Round::begin(shared, peer)?;
     loop {
         let mut txn = shared.storage.write()?;
@@ -125,7 +131,9 @@ pub(crate) struct Round<'a> {
     /// Per key touched by the round, the versions nothing known descends
     /// from.
     frontiers: BTreeMap<Vec<u8>, Vec<VersionId>>,
-    changes: Vec<Change>,
+    /// The heads the round moved, announced to watchers after the commit.
+    /// Values are not kept here: a round may carry gigabytes of them.
+    moved: Vec<Moved>,
     stats: RoundStats,
 }
 
@@ -140,7 +148,7 @@ impl<'a> Round<'a> {
             collected: None,
             received: BTreeMap::new(),
             frontiers: BTreeMap::new(),
-            changes: Vec::new(),
+            moved: Vec::new(),
             stats: RoundStats::default(),
         })
     }
@@ -200,7 +208,7 @@ impl<'a> Round<'a> {
         mut self,
         writer: &mut Writer<'_>,
         theirs: &GenVector,
-    ) -> Result<(RoundStats, Vec<Change>), Error> {
+    ) -> Result<(RoundStats, Vec<Moved>), Error> {
         for (device, generations) in &self.received {
             if let Some(&beyond) = generations.iter().find(|&&g| g > theirs.get(device)) {
                 return Err(Error::UnclaimedRecord {
@@ -239,7 +247,7 @@ impl<'a> Round<'a> {
             }
         }
         writer.clear_pending()?;
-        Ok((self.stats, self.changes))
+        Ok((self.stats, self.moved))
     }
 
     /// Adds `record`'s version to its key's frontier, dropping what it
@@ -299,7 +307,7 @@ impl<'a> Round<'a> {
                 return Ok(());
             }
             let side = side(writer, *only)?;
-            return self.set_head(writer, key, side.version, side.value);
+            return self.set_head(writer, key, side.version);
         }
         self.stats.conflicts += 1;
         frontier.sort();
@@ -353,7 +361,7 @@ impl<'a> Round<'a> {
             writer.append(&merge)?;
             writer.fill_slot(generation, sequence);
         }
-        self.set_head(writer, key, version, kept.value)
+        self.set_head(writer, key, version)
     }
 
     fn set_head(
@@ -361,7 +369,6 @@ impl<'a> Round<'a> {
         writer: &mut Writer<'_>,
         key: Vec<u8>,
         version: VersionId,
-        value: Option<Vec<u8>>,
     ) -> Result<(), Error> {
         let node = writer.dag_node(&version)?.ok_or(Error::Corrupt {
             what: "dag (a new head without a node)",
@@ -372,12 +379,7 @@ impl<'a> Round<'a> {
             log_index: node.log_index,
         };
         writer.set_head(&key, &head)?;
-        self.changes.push(Change {
-            key,
-            value,
-            version,
-            origin: Origin::Replicated,
-        });
+        self.moved.push(Moved { key, head });
         Ok(())
     }
 }

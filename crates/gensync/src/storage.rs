@@ -216,6 +216,11 @@ impl Reader {
         Ok(found)
     }
 
+    /// The value `head` holds.
+    pub(crate) fn head_value(&self, head: &Head) -> Result<Option<Vec<u8>>, Error> {
+        head_value(&self.txn.open_table(LOG)?, head)
+    }
+
     /// The current value of `key`: `None` if it has none, `Some(None)` if
     /// it was deleted.
     pub(crate) fn value(&self, key: &[u8]) -> Result<Option<Option<Vec<u8>>>, Error> {

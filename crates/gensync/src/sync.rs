@@ -24,7 +24,8 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::Error;
-use crate::replay::{Item, RoundStats, apply_round};
+use crate::replay::{Item, Moved, RoundStats, apply_round};
+use crate::replica::{Change, Origin};
 use crate::replica::{Replica, blocking};
 use crate::wire::{Connection, Message};
 
@@ -148,12 +149,47 @@ async fn initiate<T: AsyncRead + AsyncWrite + Unpin>(
     });
     // An error from the network wins: it is why the applier stopped.
     received?;
-    let (stats, changes) = applied?;
-    for change in changes {
-        let _ = replica.shared.changes.send(change);
+    let (stats, moved) = applied?;
+    // The round is committed; failing to tell watchers does not undo it.
+    if let Err(error) = announce(replica, moved).await {
+        tracing::warn!(%error, "could not tell watchers of a round's changes");
     }
     tracing::debug!(%peer, applied = stats.applied, duplicates = stats.duplicates, conflicts = stats.conflicts, "sync round applied");
     Ok(stats)
+}
+
+/// Tells watchers of the heads a round moved, reading the values back a
+/// batch at a time, so that a large round is never held whole; and not at
+/// all when nobody watches.
+async fn announce(replica: &Replica, moved: Vec<Moved>) -> Result<(), Error> {
+    const BATCH: usize = 1024;
+    let mut moved = moved.into_iter();
+    while replica.shared.changes.receiver_count() > 0 {
+        let batch: Vec<Moved> = moved.by_ref().take(BATCH).collect();
+        if batch.is_empty() {
+            break;
+        }
+        let shared = Arc::clone(&replica.shared);
+        let changes = blocking(&replica.shared, move || {
+            let reader = shared.storage.read()?;
+            batch
+                .into_iter()
+                .map(|Moved { key, head }| {
+                    Ok(Change {
+                        value: reader.head_value(&head)?,
+                        version: head.version,
+                        key,
+                        origin: Origin::Replicated,
+                    })
+                })
+                .collect::<Result<Vec<Change>, Error>>()
+        })
+        .await?;
+        for change in changes {
+            let _ = replica.shared.changes.send(change);
+        }
+    }
+    Ok(())
 }
 
 /// Forwards the responder's records to the applier until `Done`.
