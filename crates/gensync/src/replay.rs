@@ -191,7 +191,7 @@ impl<'a> Round<'a> {
             .or_default()
             .insert(record.generation);
         let (index, new) = writer.append(&record)?;
-        writer.mark_pending(index)?;
+        writer.mark_pending(index);
         if !new {
             // A version we have already (the same merge, made here too).
             self.stats.duplicates += 1;
@@ -306,8 +306,7 @@ impl<'a> Round<'a> {
             if current == Some(*only) {
                 return Ok(());
             }
-            let side = side(writer, *only)?;
-            return self.set_head(writer, key, side.version);
+            return self.set_head(writer, key, *only);
         }
         self.stats.conflicts += 1;
         frontier.sort();

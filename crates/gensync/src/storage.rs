@@ -13,7 +13,7 @@
 //! | `peers` | device id | a [`PeerRecord`]: its last known vector, and when it was heard of |
 //! | `pruned` | version id | nothing: a version garbage collection removed |
 //! | `pruned_vector` | device id | the generations collected: this log may lack records up to here |
-//! | `pending` | log index | nothing: a record of a sync round not yet finished |
+//! | `pending` | first log index | the log index after the last: records of a sync round not yet finished, one range per transaction |
 //!
 //! Every change a replica makes (a local write, a whole sync round) is one
 //! write transaction, so after a crash the store holds exactly what some
@@ -42,7 +42,7 @@ const PEERS: TableDefinition<'static, &'static str, &'static [u8]> = TableDefini
 const PRUNED: TableDefinition<'static, &'static [u8], ()> = TableDefinition::new("pruned");
 const PRUNED_VECTOR: TableDefinition<'static, &'static str, u64> =
     TableDefinition::new("pruned_vector");
-const PENDING: TableDefinition<'static, u64, ()> = TableDefinition::new("pending");
+const PENDING: TableDefinition<'static, u64, u64> = TableDefinition::new("pending");
 
 const OPEN_GENERATION: &str = "open_generation";
 const OPEN_SEQUENCE: &str = "open_sequence";
@@ -374,6 +374,7 @@ impl WriteTxn {
             pruned: self.txn.open_table(PRUNED)?,
             pruned_vector: self.txn.open_table(PRUNED_VECTOR)?,
             pending: self.txn.open_table(PENDING)?,
+            pending_range: None,
             next_log_index,
             open_generation,
             open_sequence,
@@ -414,7 +415,10 @@ pub(crate) struct Writer<'t> {
     peers: Table<'t, &'static str, &'static [u8]>,
     pruned: Table<'t, &'static [u8], ()>,
     pruned_vector: Table<'t, &'static str, u64>,
-    pending: Table<'t, u64, ()>,
+    pending: Table<'t, u64, u64>,
+    /// The log indices this transaction marked pending, written as one
+    /// range by `finish`.
+    pending_range: Option<(u64, u64)>,
     next_log_index: u64,
     open_generation: u64,
     open_sequence: u64,
@@ -464,24 +468,28 @@ impl Writer<'_> {
     }
 
     /// Marks the record at `index` as part of a round not yet finished.
-    pub(crate) fn mark_pending(&mut self, index: u64) -> Result<(), Error> {
-        self.pending.insert(index, ())?;
-        Ok(())
+    pub(crate) fn mark_pending(&mut self, index: u64) {
+        self.pending_range = Some(match self.pending_range {
+            Some((start, end)) => (start.min(index), end.max(index + 1)),
+            None => (index, index + 1),
+        });
     }
 
     /// The round is finished: its records stay.
     pub(crate) fn clear_pending(&mut self) -> Result<(), Error> {
-        self.pending.retain(|_, ()| false)?;
+        self.pending_range = None;
+        self.pending.retain(|_, _| false)?;
         Ok(())
     }
 
     /// Removes every pending record and the DAG nodes pointing at them.
     pub(crate) fn discard_pending(&mut self) -> Result<(), Error> {
-        let mut indices = Vec::new();
+        let mut ranges = Vec::new();
         for entry in self.pending.iter()? {
-            indices.push(entry?.0.value());
+            let (start, end) = entry?;
+            ranges.push(start.value()..end.value());
         }
-        for index in indices {
+        for index in ranges.into_iter().flatten() {
             if let Some(record) = self.record_at(index)?
                 && self
                     .dag_node(&record.version)?
@@ -633,6 +641,9 @@ impl Writer<'_> {
 
     /// Writes the counters back; the transaction may then be committed.
     pub(crate) fn finish(mut self) -> Result<Finished, Error> {
+        if let Some((start, end)) = self.pending_range.take() {
+            self.pending.insert(start, end)?;
+        }
         self.meta.insert(NEXT_LOG_INDEX, self.next_log_index)?;
         self.meta.insert(OPEN_GENERATION, self.open_generation)?;
         self.meta.insert(OPEN_SEQUENCE, self.open_sequence)?;
