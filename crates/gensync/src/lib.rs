@@ -5,17 +5,17 @@
 //! generation. A [`GenVector`] says, per device, the newest generation a
 //! replica holds. To sync, an initiator sends its vector to a peer, which
 //! seals its open generation and streams exactly the records the vector
-//! does not cover, oldest first; the initiator applies them in one
-//! transaction through a DAG of versions that tells updates from conflicts,
-//! and settles conflicts with a pluggable [`Resolver`] (last writer wins by
-//! default), writing merge versions whose ids every replica derives alike.
+//! does not cover, oldest first. The initiator applies them through a DAG of
+//! versions that tells updates from conflicts, and settles conflicts with a
+//! pluggable [`Resolver`] (last writer wins by default), writing merge
+//! versions whose ids every replica derives alike. A round becomes visible
+//! all at once, in its last transaction, or not at all.
 //!
 //! - [`Replica`]: put, get, delete, scan, watch; durable on redb
 //!   ([`Storage`]), or in memory for tests.
 //! - [`sync_with`]: one round as initiator; [`Responder`]: serves rounds
 //!   over TCP; [`Initiator`]: rounds with a set of peers on an interval.
 //! - [`wire`]: the frames and messages (see docs/gensync-wire.md).
-//!
 //! - [`Replica::collect_garbage`] and the [`Collector`] worker: the log
 //!   records and DAG versions every known device holds are removed; a device
 //!   silent for longer than the eviction time stops holding that back, and
