@@ -484,17 +484,30 @@ pub(crate) async fn blocking<T: Send + 'static>(
     shared: &Shared,
     work: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
+    joined(start_blocking(shared, work)?).await
+}
+
+/// Starts store work as [`blocking`] does, for a caller with something to
+/// do before it waits for the result with [`joined`].
+pub(crate) fn start_blocking<T: Send + 'static>(
+    shared: &Shared,
+    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<tokio::task::JoinHandle<Result<T, Error>>, Error> {
     if shared.closing.is_cancelled() {
         return Err(Error::Closed);
     }
-    shared
-        .work
-        .spawn_blocking(work)
-        .await
-        .unwrap_or_else(|join_error| {
-            if join_error.is_panic() {
-                std::panic::resume_unwind(join_error.into_panic())
-            }
-            Err(Error::Closed)
-        })
+    Ok(shared.work.spawn_blocking(work))
+}
+
+/// The result of store work started by [`start_blocking`]; a panic in it
+/// goes on in the caller.
+pub(crate) async fn joined<T>(
+    handle: tokio::task::JoinHandle<Result<T, Error>>,
+) -> Result<T, Error> {
+    handle.await.unwrap_or_else(|join_error| {
+        if join_error.is_panic() {
+            std::panic::resume_unwind(join_error.into_panic())
+        }
+        Err(Error::Closed)
+    })
 }

@@ -568,10 +568,7 @@ impl Writer<'_> {
         let mut peers = Vec::new();
         for entry in self.peers.iter()? {
             let (device, record) = entry?;
-            let device = DeviceId::new(device.value()).map_err(|_| Error::Corrupt {
-                what: "peer entry",
-                source: postcard::Error::DeserializeBadEncoding,
-            })?;
+            let device = stored_device("peer entry", device.value())?;
             peers.push((device, decode("peer", record.value())?));
         }
         Ok(peers)
@@ -672,13 +669,18 @@ fn read_vector(table: &impl ReadableTable<&'static str, u64>) -> Result<GenVecto
     let mut vector = GenVector::new();
     for entry in table.iter()? {
         let (device, generation) = entry?;
-        let device = DeviceId::new(device.value()).map_err(|_| Error::Corrupt {
-            what: "vector entry",
-            source: postcard::Error::DeserializeBadEncoding,
-        })?;
+        let device = stored_device("vector entry", device.value())?;
         vector.raise(&device, generation.value());
     }
     Ok(vector)
+}
+
+/// A device id read back from a table key.
+fn stored_device(what: &'static str, text: &str) -> Result<DeviceId, Error> {
+    DeviceId::new(text).map_err(|_| Error::Corrupt {
+        what,
+        source: postcard::Error::DeserializeBadEncoding,
+    })
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {

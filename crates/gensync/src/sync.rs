@@ -25,8 +25,7 @@ use tracing::Instrument;
 
 use crate::Error;
 use crate::replay::{Item, Moved, RoundStats, apply_round};
-use crate::replica::{Change, Origin};
-use crate::replica::{Replica, blocking};
+use crate::replica::{Change, Origin, Replica, blocking, joined, start_blocking};
 use crate::wire::{Connection, Message};
 
 /// How sync rounds are paced and bounded. Start from [`Default`].
@@ -132,21 +131,13 @@ async fn initiate<T: AsyncRead + AsyncWrite + Unpin>(
     let (items, mut queue) = mpsc::channel::<Item>(256);
     let shared = Arc::clone(&replica.shared);
     let peer_device = peer.clone();
-    if replica.shared.closing.is_cancelled() {
-        return Err(Error::Closed);
-    }
-    let applier = replica.shared.work.spawn_blocking(move || {
+    let applier = start_blocking(&replica.shared, move || {
         let _gate = gate;
         apply_round(&shared, peer_device, &mut queue)
-    });
+    })?;
     let received = receive(&mut connection, &items).await;
     drop(items);
-    let applied = applier.await.unwrap_or_else(|join_error| {
-        if join_error.is_panic() {
-            std::panic::resume_unwind(join_error.into_panic())
-        }
-        Err(Error::Closed)
-    });
+    let applied = joined(applier).await;
     // An error from the network wins: it is why the applier stopped.
     received?;
     let (stats, moved) = applied?;
