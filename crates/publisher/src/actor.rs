@@ -116,16 +116,20 @@ struct Ready {
     key: Arc<MountKey>,
 }
 
-#[derive(Debug, Clone, Copy)]
+/// What a backend operation was, and for which pair.
 enum Operation {
-    Mount { was_mounted: bool },
-    Unmount,
+    Mount {
+        key: Arc<MountKey>,
+        was_mounted: bool,
+    },
+    Unmount {
+        key: Arc<MountKey>,
+    },
     KeepAlive,
 }
 
 /// A finished backend operation.
 struct Done {
-    key: Option<Arc<MountKey>>,
     operation: Operation,
     sent_at: Instant,
     loss_epoch: u64,
@@ -438,8 +442,7 @@ impl<N: Namespace> Actor<N> {
                     let result =
                         bounded(timeout, namespace.mount(&key.name, &key.server, ttl, flags)).await;
                     Done {
-                        key: Some(key),
-                        operation: Operation::Mount { was_mounted },
+                        operation: Operation::Mount { key, was_mounted },
                         sent_at: now,
                         loss_epoch,
                         result: result.map(Some),
@@ -455,8 +458,7 @@ impl<N: Namespace> Actor<N> {
                 async move {
                     let result = bounded(timeout, namespace.unmount(&key.name, &key.server)).await;
                     Done {
-                        key: Some(key),
-                        operation: Operation::Unmount,
+                        operation: Operation::Unmount { key },
                         sent_at: now,
                         loss_epoch,
                         result: result.map(|()| None),
@@ -477,7 +479,6 @@ impl<N: Namespace> Actor<N> {
             async move {
                 let result = bounded(timeout, namespace.keep_alive()).await;
                 Done {
-                    key: None,
                     operation: Operation::KeepAlive,
                     sent_at: now,
                     loss_epoch,
@@ -492,19 +493,17 @@ impl<N: Namespace> Actor<N> {
 
     fn complete(&mut self, done: Done) {
         let Done {
-            key,
             operation,
             sent_at,
             loss_epoch,
             result,
         } = done;
-        match (operation, key) {
-            (Operation::KeepAlive, _) => self.keep_alive_done(sent_at, result.map(|_| ())),
-            (Operation::Mount { was_mounted }, Some(key)) => {
+        match operation {
+            Operation::KeepAlive => self.keep_alive_done(sent_at, result.map(|_| ())),
+            Operation::Mount { key, was_mounted } => {
                 self.mount_done(&key, was_mounted, sent_at, loss_epoch, result);
             }
-            (Operation::Unmount, Some(key)) => self.unmount_done(&key, result.map(|_| ())),
-            (_, None) => {}
+            Operation::Unmount { key } => self.unmount_done(&key, result.map(|_| ())),
         }
     }
 
