@@ -31,8 +31,18 @@ const BENCHED_CRATES: &[&str] = &[
 ];
 
 /// The Debian packages behind the tools the tests need: etcd for the tests
-/// against real etcd, protoc to build etcd-client.
-const SYSTEM_PACKAGES: &[&str] = &["etcd-server", "protobuf-compiler"];
+/// against real etcd, protoc and the well-known `.proto` files it includes
+/// (`google/protobuf/*.proto`, in libprotobuf-dev, which protobuf-compiler
+/// only recommends) to build etcd-client.
+const SYSTEM_PACKAGES: &[&str] = &["etcd-server", "protobuf-compiler", "libprotobuf-dev"];
+
+/// A well-known proto file etcd-client's build includes; its presence proves
+/// protoc's include files are installed, not just the binary.
+const WELL_KNOWN_PROTO: &str = "google/protobuf/descriptor.proto";
+
+/// Where protoc looks for its include files when `PROTOC_INCLUDE` is unset,
+/// as Debian's protoc and prost-build do.
+const DEFAULT_PROTOC_INCLUDES: &[&str] = &["/usr/include", "/usr/local/include"];
 
 /// Where the advisory database lives; `ci` checks advisories only when this
 /// answers.
@@ -62,7 +72,7 @@ fn ci() -> Result<()> {
     let root = workspace_root()?;
     println!("\n==> tidy: every Rust file opens with a //! comment saying what it is for");
     tidy(&root).context("ci FAILED at step 1 (tidy)")?;
-    println!("\n==> system tools: etcd and protoc");
+    println!("\n==> system tools: etcd, protoc and protoc's include files");
     ensure_system_tools().context("ci FAILED at step 2 (system tools)")?;
     let mut steps = 2;
     let mut step = |description: &str, command: &mut Command| -> Result<()> {
@@ -233,14 +243,15 @@ fn rust_files(folder: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
 fn ensure_system_tools() -> Result<()> {
     let missing = missing_tools();
     if missing.is_empty() {
-        println!("etcd and protoc found");
+        println!("etcd, protoc and {WELL_KNOWN_PROTO} found");
         return Ok(());
     }
     let can_install = is_root() && Command::new("apt-get").arg("--version").output().is_ok();
     if !can_install {
         bail!(
             "missing {}: install Debian's {} (as root: `apt-get install -y {}`), or point \
-             ETCD_BIN and PROTOC at an etcd 3.4+ and a protoc binary",
+             ETCD_BIN, PROTOC and PROTOC_INCLUDE at an etcd 3.4+, a protoc binary and the \
+             folder holding google/protobuf/descriptor.proto",
             missing.join(" and "),
             SYSTEM_PACKAGES.join(" and "),
             SYSTEM_PACKAGES.join(" ")
@@ -254,19 +265,20 @@ fn ensure_system_tools() -> Result<()> {
     run("apt-get update", &mut apt(&["update", "-qq"]))?;
     let mut install = apt(&["install", "-y", "-qq", "--no-install-recommends"]);
     install.args(SYSTEM_PACKAGES);
-    run("install etcd and protoc", &mut install)?;
+    run("install etcd, protoc and its include files", &mut install)?;
     let still_missing = missing_tools();
     if !still_missing.is_empty() {
         bail!(
-            "{} still missing after apt-get install",
-            still_missing.join(" and ")
+            "{} still missing after apt-get install of {}",
+            still_missing.join(" and "),
+            SYSTEM_PACKAGES.join(" ")
         );
     }
     Ok(())
 }
 
-/// Which of etcd and protoc cannot be run, as the tests and build scripts
-/// would look for them.
+/// Which of etcd, protoc and protoc's well-known include files cannot be
+/// found, as the tests and build scripts would look for them.
 fn missing_tools() -> Vec<&'static str> {
     let runs = |program: String| {
         Command::new(program)
@@ -281,7 +293,22 @@ fn missing_tools() -> Vec<&'static str> {
     if !runs(env::var("PROTOC").unwrap_or_else(|_| "protoc".to_owned())) {
         missing.push("protoc");
     }
+    if !has_well_known_protos() {
+        missing.push("protoc's include files (google/protobuf/descriptor.proto)");
+    }
     missing
+}
+
+/// Whether the well-known proto files are where protoc will look: under
+/// `PROTOC_INCLUDE` when it is set, else under the default include folders.
+fn has_well_known_protos() -> bool {
+    let folders: Vec<PathBuf> = match env::var_os("PROTOC_INCLUDE") {
+        Some(folder) => vec![PathBuf::from(folder)],
+        None => DEFAULT_PROTOC_INCLUDES.iter().map(PathBuf::from).collect(),
+    };
+    folders
+        .iter()
+        .any(|folder| folder.join(WELL_KNOWN_PROTO).is_file())
 }
 
 fn is_root() -> bool {
