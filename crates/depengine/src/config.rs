@@ -58,11 +58,14 @@ pub struct EngineConfig {
     pub report_timeout: Duration,
     /// The seed for backoff jitter; `None` seeds from the OS. Fix it in tests.
     pub jitter_seed: Option<u64>,
-    /// Which errors stop the whole engine. Default: none.
+    /// Which errors stop the whole engine. Default: none. If it panics, the
+    /// error is not fatal, and the panic becomes the failure of the manifold
+    /// whose error it was judging.
     pub is_fatal: Arc<FatalFn>,
     /// Ranks two errors: `Greater` when the first is worse. The engine's
     /// `wait` returns the worst error it saw while stopping; among equals, the
-    /// first seen. Default: all equal.
+    /// first seen. If it panics, the engine keeps the error it had (the
+    /// earlier one) and logs the other. Default: all equal.
     pub worst_error: Arc<WorstFn>,
 }
 

@@ -3,7 +3,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use flotilla_core_types::{ReportFuture, TaskWorker, WaitFuture, Worker, catch_panic};
+use flotilla_core_types::{
+    ReportFuture, TaskWorker, WaitFuture, Worker, WorkerResult, catch_panic,
+};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -98,6 +100,10 @@ impl Engine {
     /// manifold. Returns once both are done; its dependents then see it as
     /// missing.
     ///
+    /// Returns how the worker ended: `Some(result)` when a worker (or its
+    /// start) was running and has now ended with `result` (after the
+    /// manifold's filter), `None` when none was running.
+    ///
     /// # Errors
     ///
     /// [`Error::NotInstalled`], or [`Error::Stopped`] (also when the engine
@@ -107,7 +113,7 @@ impl Engine {
     ///
     /// If the future is dropped after the request was sent, the uninstall
     /// still happens.
-    pub async fn uninstall(&self, name: &str) -> Result<(), Error> {
+    pub async fn uninstall(&self, name: &str) -> Result<Option<WorkerResult>, Error> {
         let name = name.to_owned();
         self.request(|reply| Command::Uninstall { name, reply })
             .await?

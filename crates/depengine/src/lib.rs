@@ -25,8 +25,32 @@
 //! | an error that [`EngineConfig::is_fatal`] accepts | stops the whole engine with that error |
 //! | any other error | restarts it after a growing, jittered delay |
 //!
+//! That is the [`RestartPolicy::Permanent`] manifold, the default. A
+//! [`RestartPolicy::Transient`] one is finished after `Ok(())` and never
+//! starts again; a [`RestartPolicy::Temporary`] one is uninstalled however
+//! its one attempt ends (fatal errors still stop the engine).
+//!
 //! A worker that panics has failed with [`WorkerError::Panicked`]; the engine
-//! carries on.
+//! carries on. So does a panic in one of the engine's callbacks: a panicking
+//! [`Manifold::filter`] or [`EngineConfig::is_fatal`] is read as a failure of
+//! the manifold whose error it was judging (a [`WorkerError::Panicked`]
+//! naming the callback, never fatal), and when
+//! [`EngineConfig::worst_error`] panics the engine keeps the error it had.
+//! Should the engine's own code ever panic, it still kills every worker it
+//! started and waits for them: [`Engine`]'s `wait` never returns while one
+//! of its workers runs.
+//!
+//! # Backoff
+//!
+//! The delay before a restart after the n-th consecutive failure is
+//! `error_delay × backoff_factor^(n-1)`, capped at `max_delay` and moved by
+//! up to `backoff_jitter` either way; a worker that ran for
+//! `backoff_reset_after` before failing starts counting afresh. A change of
+//! one of its inputs while a manifold waits out that delay is new
+//! information (the failure may have been the input's): the wait is cut to
+//! the bounce delay, or, when a required input has gone, to "start as soon as
+//! the inputs run". The failure count and the restart-limit budget are not
+//! reset by it, so a crash loop is still caught.
 //!
 //! # Example
 //!
@@ -86,7 +110,9 @@ pub use config::{CrashLoopPolicy, EngineConfig, RestartLimit};
 pub use engine::Engine;
 pub use error::Error;
 pub use flotilla_core_types::{Worker, WorkerError, WorkerResult};
-pub use manifold::{InputError, Manifold, Signal, StartContext, StartFuture, Started};
+pub use manifold::{
+    InputError, Manifold, RestartPolicy, Signal, StartContext, StartFuture, Started,
+};
 pub use report::{
     EngineReport, EngineState, InputReport, ManifoldReport, ManifoldState, StoppedReason,
 };

@@ -48,6 +48,38 @@ pub struct Manifold {
     pub(crate) inputs: Vec<InputSpec>,
     pub(crate) start: Arc<StartFn>,
     pub(crate) filter: Option<Arc<FilterFn>>,
+    pub(crate) restart: RestartPolicy,
+}
+
+/// When the engine starts a manifold's worker again after it ended, as OTP
+/// supervisors decide per child.
+///
+/// Whatever the policy, an error that [`EngineConfig::is_fatal`] accepts
+/// stops the engine, and a failure counts against the
+/// [`RestartLimit`](crate::RestartLimit).
+///
+/// [`EngineConfig::is_fatal`]: crate::EngineConfig::is_fatal
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum RestartPolicy {
+    /// Always run: restarted with backoff after a failure, after the bounce
+    /// delay when it asks to be bounced or its inputs change, and, after a
+    /// clean exit, as soon as one of its inputs changes. The default.
+    #[default]
+    Permanent,
+    /// Run until it succeeds: as [`Permanent`](Self::Permanent), except that
+    /// a clean exit (`Ok(())`) is final. The manifold stays installed,
+    /// stopped as [`StoppedReason::Completed`], and is not started again even
+    /// when its inputs change. Bounces caused by input changes while it runs
+    /// still restart it: it had not finished.
+    ///
+    /// [`StoppedReason::Completed`]: crate::StoppedReason::Completed
+    Transient,
+    /// Run once: however its one attempt ends (cleanly, with an error, a
+    /// panic, a bounce request, a missing input, or stopped because its
+    /// inputs changed), the manifold is uninstalled, and its dependents see
+    /// it as missing.
+    Temporary,
 }
 
 /// One declared input of a manifold.
@@ -78,7 +110,15 @@ impl Manifold {
             inputs: Vec::new(),
             start: Arc::new(move |ctx| Box::pin(start(ctx))),
             filter: None,
+            restart: RestartPolicy::Permanent,
         }
+    }
+
+    /// Sets when the worker is started again after it ends; see
+    /// [`RestartPolicy`]. The default is [`RestartPolicy::Permanent`].
+    pub fn restart(mut self, policy: RestartPolicy) -> Self {
+        self.restart = policy;
+        self
     }
 
     /// Declares a required input: the worker is started only while the
@@ -105,6 +145,10 @@ impl Manifold {
     /// Sets a hook that sees every error the start function or the worker
     /// ends with, and may turn it into another before the engine reads it
     /// (for example, to mark a known error as [`Signal::Bounce`]).
+    ///
+    /// A filter that panics does not take the engine down: the engine reads
+    /// the error as [`WorkerError::Panicked`], naming the filter, a failure
+    /// of this manifold like any other.
     pub fn filter<F>(mut self, filter: F) -> Self
     where
         F: Fn(WorkerError) -> WorkerError + Send + Sync + 'static,
@@ -122,6 +166,11 @@ impl Manifold {
     pub fn inputs(&self) -> impl Iterator<Item = &str> {
         self.inputs.iter().map(|input| input.name.as_str())
     }
+
+    /// When its worker is started again after it ends.
+    pub fn restart_policy(&self) -> RestartPolicy {
+        self.restart
+    }
 }
 
 impl fmt::Debug for Manifold {
@@ -130,6 +179,7 @@ impl fmt::Debug for Manifold {
             .field("name", &self.name)
             .field("inputs", &self.inputs)
             .field("filter", &self.filter.is_some())
+            .field("restart", &self.restart)
             .finish_non_exhaustive()
     }
 }

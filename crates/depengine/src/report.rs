@@ -45,10 +45,12 @@ pub struct ManifoldReport {
     pub last_error: Option<String>,
     /// Failures since it last ran stably, which set the backoff.
     pub consecutive_failures: u32,
-    /// How long its current worker has been running.
+    /// How long its current worker has been running: also while it is
+    /// stopping, until it has ended.
     pub running_for: Option<Duration>,
-    /// The worker's own report, when it offers one; `{"error": …}` when it
-    /// did not answer within the report deadline.
+    /// The worker's own report, when it offers one (also while it is
+    /// stopping: a worker slow to stop is the one an operator asks about);
+    /// `{"error": …}` when it did not answer within the report deadline.
     pub worker: Option<serde_json::Value>,
 }
 
@@ -88,6 +90,7 @@ impl ManifoldState {
                     format!("stopped: restarts in {remaining:?}")
                 }
                 StoppedReason::Parked => "stopped: parked".to_owned(),
+                StoppedReason::Completed => "stopped: completed".to_owned(),
                 StoppedReason::Shutdown => "stopped: shut down".to_owned(),
             },
         }
@@ -122,6 +125,9 @@ pub enum StoppedReason {
     },
     /// It exceeded its restart limit; it starts again when an input changes.
     Parked,
+    /// Its [`Transient`](crate::RestartPolicy::Transient) worker exited
+    /// cleanly: it is finished and does not start again.
+    Completed,
     /// The engine is stopping.
     Shutdown,
 }

@@ -27,9 +27,11 @@
 //!
 //! [`Engine`]: crate::Engine
 
+use std::any::Any;
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::mem;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use flotilla_core_types::{Name, Worker, WorkerError, WorkerResult, catch_panic};
@@ -40,11 +42,13 @@ use std::pin::Pin;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, Span, debug, info, info_span, warn};
+use tracing::{Instrument, Span, debug, error, info, info_span, warn};
 
 use crate::config::CrashLoopPolicy;
 use crate::graph::{NodeId, find_cycle};
-use crate::manifold::{ErrorClass, InputValue, Resource, StartContext, Started, classify};
+use crate::manifold::{
+    ErrorClass, InputValue, Resource, RestartPolicy, StartContext, Started, classify,
+};
 use crate::report::{
     EngineReport, EngineState, InputReport, ManifoldReport, ManifoldState, StoppedReason,
 };
@@ -63,7 +67,7 @@ pub(crate) enum Command {
     },
     Uninstall {
         name: String,
-        reply: oneshot::Sender<Result<(), Error>>,
+        reply: oneshot::Sender<Result<Option<WorkerResult>, Error>>,
     },
     Report {
         reply: oneshot::Sender<ReportDraft>,
@@ -128,7 +132,7 @@ struct Installed {
     consecutive_failures: u32,
     /// When it restarted, within the restart-limit window.
     restarts: VecDeque<Instant>,
-    uninstall_waiters: Vec<oneshot::Sender<Result<(), Error>>>,
+    uninstall_waiters: Vec<oneshot::Sender<Result<Option<WorkerResult>, Error>>>,
 }
 
 #[derive(Clone, Copy)]
@@ -154,7 +158,16 @@ enum Slot {
     Stopping {
         attempt: u64,
         then: AfterStop,
+        /// The worker being stopped, withdrawn from dependents but still in
+        /// the report until it has ended; `None` if it had not started.
+        retiring: Option<Retiring>,
     },
+}
+
+/// A worker the engine asked to stop, kept for the report until it ends.
+struct Retiring {
+    worker: Arc<dyn Worker>,
+    since: Instant,
 }
 
 enum Idle {
@@ -165,14 +178,19 @@ enum Idle {
     Exited {
         seen: Vec<u64>,
     },
+    /// Waiting out a restart delay. An input change (the inputs differ
+    /// from `seen`) cuts the wait to the bounce delay.
     BackingOff {
         until: Instant,
         timer: u64,
+        seen: Vec<u64>,
     },
     /// In a crash loop: start when the inputs differ from `seen`.
     Parked {
         seen: Vec<u64>,
     },
+    /// A transient worker exited cleanly: never starts again.
+    Completed,
     Shutdown,
 }
 
@@ -189,6 +207,7 @@ enum Decision {
     Nothing,
     Start,
     Bounce,
+    CutBackoff,
 }
 
 pub(crate) struct Runner {
@@ -234,6 +253,30 @@ impl Runner {
             rng,
         };
         info!("engine started");
+        if let Err(panic) = catch_panic(runner.supervise(&kill, &mut commands)).await {
+            // A bug in the engine itself. Its state can no longer be trusted
+            // to supervise, but it still knows every attempt in flight: end
+            // them all, so that no worker outlives `wait`.
+            error!(error = %panic, "the engine failed; stopping every worker");
+            runner.stop_everything_after_panic().await;
+            info!("engine stopped");
+            return Err(panic);
+        }
+        info!("engine stopped");
+        match runner.worst.take() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    /// The actor's loop: commands, attempt outcomes and timers, until the
+    /// engine has stopped and every attempt has ended.
+    async fn supervise(
+        &mut self,
+        kill: &CancellationToken,
+        commands: &mut mpsc::Receiver<Command>,
+    ) {
+        let runner = self;
         let mut commands_open = true;
         // Made once: a fresh `cancelled()` future per turn of the loop would
         // register and unregister with the token every time.
@@ -271,10 +314,43 @@ impl Runner {
                 () = sleep_until_next(next_timer), if next_timer.is_some() => runner.fire_timers(),
             }
         }
-        info!("engine stopped");
-        match runner.worst.take() {
-            Some(error) => Err(error),
-            None => Ok(()),
+    }
+
+    /// After the actor's own code panicked: cancels every attempt it knows
+    /// of, kills every worker that had started, and waits until all of them
+    /// have ended.
+    async fn stop_everything_after_panic(&mut self) {
+        self.stopping = true;
+        self.timers.clear();
+        for node in self.nodes.iter_mut().flatten() {
+            if let Some(published) = node.published.take() {
+                published.worker.kill();
+            }
+            let Some(installed) = node.manifold.as_mut() else {
+                continue;
+            };
+            match &installed.slot {
+                Slot::Starting { stop, .. } | Slot::Running { stop, .. } => stop.cancel(),
+                Slot::Stopping {
+                    retiring: Some(retiring),
+                    ..
+                } => retiring.worker.kill(),
+                Slot::Stopping { .. } | Slot::Idle(_) => {}
+            }
+        }
+        while let Some(outcome) = self.attempts.next().await {
+            if let Outcome::Started {
+                node,
+                attempt,
+                worker,
+                stop,
+                ..
+            } = outcome
+            {
+                stop.cancel();
+                self.attempts
+                    .push(Box::pin(run_worker(node, attempt, worker, stop)));
+            }
         }
     }
 
@@ -355,7 +431,7 @@ impl Runner {
                 Ok(id) => added.push(id),
                 Err(error) => {
                     for id in added.into_iter().rev() {
-                        self.unlink(id);
+                        self.unlink(id, None);
                     }
                     return Err(error);
                 }
@@ -411,7 +487,11 @@ impl Runner {
         Ok(id)
     }
 
-    fn uninstall(&mut self, name: String, reply: oneshot::Sender<Result<(), Error>>) {
+    fn uninstall(
+        &mut self,
+        name: String,
+        reply: oneshot::Sender<Result<Option<WorkerResult>, Error>>,
+    ) {
         let installed_id = Name::new(name.clone())
             .ok()
             .and_then(|name| self.ids.get(&name).copied())
@@ -427,27 +507,28 @@ impl Runner {
             Slot::Starting { .. } | Slot::Running { .. } => {
                 self.stop_worker(id, AfterStop::Uninstall)
             }
-            Slot::Idle(_) => self.remove(id),
+            Slot::Idle(_) => self.remove(id, None),
         }
     }
 
-    /// Removes an idle manifold, answers whoever waits for its uninstall, and
-    /// frees nodes nobody needs any more.
-    fn remove(&mut self, id: NodeId) {
+    /// Removes an idle manifold, answers whoever waits for its uninstall
+    /// with how its last worker ended (`ended`, when one had been running),
+    /// and frees nodes nobody needs any more.
+    fn remove(&mut self, id: NodeId, ended: Option<WorkerResult>) {
         info!(manifold = %self.node(id).name, "uninstalled");
-        self.unlink(id);
+        self.unlink(id, ended);
     }
 
     /// Takes an idle manifold out of the graph: the work of [`remove`], also
     /// used to roll back a group install that failed.
     ///
     /// [`remove`]: Self::remove
-    fn unlink(&mut self, id: NodeId) {
+    fn unlink(&mut self, id: NodeId, ended: Option<WorkerResult>) {
         let Some(installed) = self.node_mut(id).manifold.take() else {
             return;
         };
         for waiter in installed.uninstall_waiters {
-            let _ = waiter.send(Ok(()));
+            let _ = waiter.send(Ok(ended.clone()));
         }
         for input in &installed.inputs {
             let dependents = &mut self.node_mut(input.node).dependents;
@@ -495,16 +576,50 @@ impl Runner {
             {
                 Decision::Start
             }
+            Slot::Idle(Idle::BackingOff { seen, .. }) if !self.inputs_match(inputs, seen) => {
+                Decision::CutBackoff
+            }
             _ => Decision::Nothing,
         };
         match decision {
             Decision::Nothing => {}
             Decision::Start => self.start(id),
+            Decision::CutBackoff => self.cut_backoff(id),
             Decision::Bounce => {
                 info!(manifold = %self.node(id).name, "bouncing: inputs changed");
                 self.stop_worker(id, AfterStop::Restart);
             }
         }
+    }
+
+    /// An input changed while the manifold waited out a restart delay. That
+    /// is new information (the failure may have been the input's fault), so
+    /// the wait is cut to the bounce delay, or, with a required input down,
+    /// to "start as soon as the inputs run". Never lengthened; the failure
+    /// count and the restart-limit budget are left as they are.
+    fn cut_backoff(&mut self, id: NodeId) {
+        let Slot::Idle(Idle::BackingOff { until, timer, .. }) = self.installed(id).slot else {
+            return;
+        };
+        let seen = self.current_generations(id);
+        let slot = if !self.required_running(&self.installed(id).inputs) {
+            Slot::Idle(Idle::Ready)
+        } else if until <= Instant::now() + self.config.bounce_delay {
+            Slot::Idle(Idle::BackingOff { until, timer, seen })
+        } else {
+            self.delay(id, self.config.bounce_delay, seen)
+        };
+        debug!(manifold = %self.node(id).name, "an input changed: backoff cut short");
+        self.installed_mut(id).slot = slot;
+    }
+
+    /// The generations of the manifold's inputs now, as a start would see them.
+    fn current_generations(&self, id: NodeId) -> Vec<u64> {
+        self.installed(id)
+            .inputs
+            .iter()
+            .map(|input| self.generation(input.node))
+            .collect()
     }
 
     fn generation(&self, id: NodeId) -> u64 {
@@ -579,16 +694,22 @@ impl Runner {
     /// Asks the worker (or start) to stop, and withdraws the worker from
     /// dependents at once.
     fn stop_worker(&mut self, id: NodeId, then: AfterStop) {
+        let published = self.node_mut(id).published.take();
+        let withdrawn = published.is_some();
         let installed = self.installed_mut(id);
         let slot = mem::replace(&mut installed.slot, Slot::Idle(Idle::Ready));
         installed.slot = match slot {
             Slot::Starting { attempt, stop, .. } | Slot::Running { attempt, stop, .. } => {
                 stop.cancel();
-                Slot::Stopping { attempt, then }
+                Slot::Stopping {
+                    attempt,
+                    then,
+                    retiring: published.map(Retiring::from),
+                }
             }
             other => other,
         };
-        if self.node_mut(id).published.take().is_some() {
+        if withdrawn {
             self.mark_dependents_dirty(id);
         }
     }
@@ -658,7 +779,8 @@ impl Runner {
             return;
         }
         let result = match (&installed.manifold.filter, result) {
-            (Some(filter), Err(error)) => Err(filter(error)),
+            (Some(filter), Err(error)) => Err(catch_unwind(AssertUnwindSafe(|| filter(error)))
+                .unwrap_or_else(|payload| callback_panicked("its error filter", payload))),
             (_, result) => result,
         };
         let slot = mem::replace(&mut installed.slot, Slot::Idle(Idle::Ready));
@@ -681,20 +803,26 @@ impl Runner {
     /// A worker the engine stopped has ended: its error matters only if it
     /// is fatal or the engine is stopping.
     fn after_requested_stop(&mut self, id: NodeId, then: AfterStop, result: WorkerResult) {
-        if let Err(error) = result
-            && classify(&error) == ErrorClass::Failure
+        if let Err(error) = &result
+            && classify(error) == ErrorClass::Failure
         {
             warn!(manifold = %self.node(id).name, error = %error, "worker failed while stopping");
+            let (fatal, error) = self.fatality(error.clone());
             self.installed_mut(id).last_error = Some(error.to_string());
-            if !self.stopping && (self.config.is_fatal)(&error) {
+            if !self.stopping && fatal {
                 self.fail(error);
             } else if self.stopping {
                 self.note_error(error);
             }
         }
         info!(manifold = %self.node(id).name, "stopped");
+        let temporary = self.installed(id).manifold.restart == RestartPolicy::Temporary;
         let slot = match then {
-            AfterStop::Uninstall => return self.remove(id),
+            AfterStop::Uninstall => return self.remove(id, Some(result)),
+            AfterStop::Restart if temporary && !self.stopping => {
+                info!(manifold = %self.node(id).name, "temporary worker stopped; uninstalling");
+                return self.remove(id, Some(result));
+            }
             _ if self.stopping => Slot::Idle(Idle::Shutdown),
             AfterStop::Shutdown => Slot::Idle(Idle::Shutdown),
             // With a required input gone there is nothing to delay: it
@@ -702,7 +830,10 @@ impl Runner {
             AfterStop::Restart if !self.required_running(&self.installed(id).inputs) => {
                 Slot::Idle(Idle::Ready)
             }
-            AfterStop::Restart => self.delay(id, self.config.bounce_delay),
+            AfterStop::Restart => {
+                let seen = self.current_generations(id);
+                self.delay(id, self.config.bounce_delay, seen)
+            }
         };
         self.installed_mut(id).slot = slot;
     }
@@ -725,7 +856,16 @@ impl Runner {
             self.installed_mut(id).slot = Slot::Idle(Idle::Shutdown);
             return;
         }
+        let policy = self.installed(id).manifold.restart;
+        if policy == RestartPolicy::Temporary {
+            return self.after_temporary_exit(id, result);
+        }
         let error = match result {
+            Ok(()) if policy == RestartPolicy::Transient => {
+                info!(manifold = %name, "transient worker completed");
+                self.installed_mut(id).slot = Slot::Idle(Idle::Completed);
+                return;
+            }
             Ok(()) => {
                 info!(manifold = %name, "exited; waiting for an input to change");
                 self.installed_mut(id).slot = Slot::Idle(Idle::Exited { seen });
@@ -740,18 +880,19 @@ impl Runner {
             }
             ErrorClass::Uninstall => {
                 info!(manifold = %name, "worker asked to be uninstalled");
-                return self.remove(id);
+                return self.remove(id, Some(Err(error)));
             }
             ErrorClass::Bounce => {
                 info!(manifold = %name, "worker asked to be bounced");
-                match self.charge_restart(id, seen, &error) {
+                match self.charge_restart(id, &seen, &error) {
                     Some(parked) => parked,
-                    None => self.delay(id, self.config.bounce_delay),
+                    None => self.delay(id, self.config.bounce_delay, seen),
                 }
             }
             ErrorClass::Failure => {
+                let (fatal, error) = self.fatality(error);
                 self.installed_mut(id).last_error = Some(error.to_string());
-                if (self.config.is_fatal)(&error) {
+                if fatal {
                     warn!(manifold = %name, error = %error, "fatal error; stopping the engine");
                     self.fail(error);
                     Slot::Idle(Idle::Shutdown)
@@ -764,14 +905,14 @@ impl Runner {
                     installed.consecutive_failures =
                         installed.consecutive_failures.saturating_add(1);
                     let failures = installed.consecutive_failures;
-                    match self.charge_restart(id, seen, &error) {
+                    match self.charge_restart(id, &seen, &error) {
                         Some(parked) => parked,
                         None => {
                             let delay = self
                                 .config
                                 .jittered(self.config.backoff_delay(failures), self.rng.f64());
                             warn!(manifold = %name, error = %error, failures, ?delay, "worker failed; restarting after a delay");
-                            self.delay(id, delay)
+                            self.delay(id, delay, seen)
                         }
                     }
                 }
@@ -785,10 +926,39 @@ impl Runner {
         }
     }
 
+    /// A temporary worker ended by itself: whatever the end, its manifold is
+    /// uninstalled, unless the end is fatal to the engine.
+    fn after_temporary_exit(&mut self, id: NodeId, result: WorkerResult) {
+        if let Err(error) = &result
+            && classify(error) == ErrorClass::Failure
+        {
+            let (fatal, error) = self.fatality(error.clone());
+            self.installed_mut(id).last_error = Some(error.to_string());
+            if fatal {
+                warn!(manifold = %self.node(id).name, error = %error, "fatal error; stopping the engine");
+                self.fail(error);
+                self.installed_mut(id).slot = Slot::Idle(Idle::Shutdown);
+                return;
+            }
+        }
+        info!(manifold = %self.node(id).name, ?result, "temporary worker ended; uninstalling");
+        self.remove(id, Some(result));
+    }
+
+    /// Whether `error` is fatal to the engine, and the error to read: a
+    /// panicking [`EngineConfig::is_fatal`] is not fatal, and its panic
+    /// becomes the manifold's failure.
+    fn fatality(&self, error: WorkerError) -> (bool, WorkerError) {
+        match catch_unwind(AssertUnwindSafe(|| (self.config.is_fatal)(&error))) {
+            Ok(fatal) => (fatal, error),
+            Err(payload) => (false, callback_panicked("EngineConfig::is_fatal", payload)),
+        }
+    }
+
     /// Counts a restart against the restart limit. Returns the slot to park
     /// in when the manifold is in a crash loop (after stopping the engine,
     /// when that is the policy), or `None` when it may restart.
-    fn charge_restart(&mut self, id: NodeId, seen: Vec<u64>, error: &WorkerError) -> Option<Slot> {
+    fn charge_restart(&mut self, id: NodeId, seen: &[u64], error: &WorkerError) -> Option<Slot> {
         let limit = self.config.restart_limit;
         let now = Instant::now();
         let installed = self.installed_mut(id);
@@ -811,7 +981,9 @@ impl Runner {
                 let installed = self.installed_mut(id);
                 installed.restarts.clear();
                 installed.consecutive_failures = 0;
-                Some(Slot::Idle(Idle::Parked { seen }))
+                Some(Slot::Idle(Idle::Parked {
+                    seen: seen.to_vec(),
+                }))
             }
             CrashLoopPolicy::Fatal => {
                 warn!(manifold = %name, restarts, "crash loop; stopping the engine");
@@ -826,15 +998,16 @@ impl Runner {
         }
     }
 
-    /// The idle slot that starts the manifold after `delay`.
-    fn delay(&mut self, id: NodeId, delay: Duration) -> Slot {
+    /// The idle slot that starts the manifold after `delay`, unless its
+    /// inputs differ from `seen` first (then the wait is cut short).
+    fn delay(&mut self, id: NodeId, delay: Duration, seen: Vec<u64>) -> Slot {
         if delay.is_zero() {
             return Slot::Idle(Idle::Ready);
         }
         let until = Instant::now() + delay;
         let timer = self.fresh_id();
         self.timers.push(Reverse((until, timer, id)));
-        Slot::Idle(Idle::BackingOff { until, timer })
+        Slot::Idle(Idle::BackingOff { until, timer, seen })
     }
 
     fn fire_timers(&mut self) {
@@ -862,14 +1035,25 @@ impl Runner {
         self.begin_shutdown();
     }
 
-    /// Keeps the worse of `error` and the worst so far (the earlier on a tie).
+    /// Keeps the worse of `error` and the worst so far (the earlier on a
+    /// tie, and when [`EngineConfig::worst_error`] panics).
     fn note_error(&mut self, error: WorkerError) {
         self.worst = match self.worst.take() {
             None => Some(error),
-            Some(worst) if (self.config.worst_error)(&error, &worst) == Ordering::Greater => {
-                Some(error)
+            Some(worst) => {
+                let ranked = catch_unwind(AssertUnwindSafe(|| {
+                    (self.config.worst_error)(&error, &worst)
+                }));
+                match ranked {
+                    Ok(Ordering::Greater) => Some(error),
+                    Ok(_) => Some(worst),
+                    Err(payload) => {
+                        let panic = callback_panicked("EngineConfig::worst_error", payload);
+                        warn!(error = %panic, kept = %worst, dropped = %error, "keeping the earlier error");
+                        Some(worst)
+                    }
+                }
             }
-            Some(worst) => Some(worst),
         };
     }
 
@@ -881,7 +1065,7 @@ impl Runner {
         self.stopping = true;
         self.timers.clear();
         for node in self.nodes.iter_mut().flatten() {
-            node.published = None;
+            let published = node.published.take();
             let Some(installed) = node.manifold.as_mut() else {
                 continue;
             };
@@ -892,6 +1076,7 @@ impl Runner {
                     Slot::Stopping {
                         attempt,
                         then: AfterStop::Shutdown,
+                        retiring: published.map(Retiring::from),
                     }
                 }
                 stopping @ Slot::Stopping { .. } => stopping,
@@ -936,8 +1121,20 @@ impl Runner {
                     }
                 })
                 .collect();
-            if let Some(published) = &node.published {
-                workers.push((manifolds.len(), Arc::clone(&published.worker)));
+            // A worker being stopped is still reported until it has ended.
+            let running = match (&node.published, &installed.slot) {
+                (Some(published), _) => Some((&published.worker, published.since)),
+                (
+                    None,
+                    Slot::Stopping {
+                        retiring: Some(retiring),
+                        ..
+                    },
+                ) => Some((&retiring.worker, retiring.since)),
+                _ => None,
+            };
+            if let Some((worker, _)) = running {
+                workers.push((manifolds.len(), Arc::clone(worker)));
             }
             manifolds.push(ManifoldReport {
                 name: node.name.to_string(),
@@ -950,10 +1147,7 @@ impl Runner {
                     .map(|published| published.generation),
                 last_error: installed.last_error.clone(),
                 consecutive_failures: installed.consecutive_failures,
-                running_for: node
-                    .published
-                    .as_ref()
-                    .map(|published| now - published.since),
+                running_for: running.map(|(_, since)| now - since),
                 worker: None,
             });
         }
@@ -1060,6 +1254,27 @@ impl Runner {
     }
 }
 
+impl From<Published> for Retiring {
+    fn from(published: Published) -> Self {
+        // The resource is dropped here: dependents have been told it is gone.
+        Retiring {
+            worker: published.worker,
+            since: published.since,
+        }
+    }
+}
+
+/// The error to read when one of the user's callbacks panicked.
+fn callback_panicked(callback: &str, payload: Box<dyn Any + Send>) -> WorkerError {
+    let message = match WorkerError::from_panic(&*payload) {
+        WorkerError::Panicked { message } => message,
+        other => other.to_string(),
+    };
+    WorkerError::Panicked {
+        message: format!("{callback} panicked: {message}"),
+    }
+}
+
 fn nonzero(generation: u64) -> Option<u64> {
     (generation != 0).then_some(generation)
 }
@@ -1075,6 +1290,7 @@ fn slot_state(slot: &Slot, now: Instant) -> ManifoldState {
             remaining: until.saturating_duration_since(now),
         },
         Slot::Idle(Idle::Parked { .. }) => StoppedReason::Parked,
+        Slot::Idle(Idle::Completed) => StoppedReason::Completed,
         Slot::Idle(Idle::Shutdown) => StoppedReason::Shutdown,
     };
     ManifoldState::Stopped { reason }

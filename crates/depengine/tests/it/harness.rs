@@ -48,6 +48,8 @@ struct LabState {
     start_calls: HashMap<String, u32>,
     /// Per manifold: how long its workers take to stop once killed.
     stop_delay: HashMap<String, Duration>,
+    /// Manifolds whose workers fail when killed.
+    fail_on_stop: HashSet<String>,
     violations: Vec<String>,
 }
 
@@ -127,6 +129,7 @@ impl Lab {
             token
         };
         let stop_delay = self.lock().stop_delay.get(name).copied();
+        let fail_on_stop = self.lock().fail_on_stop.contains(name);
         let guard = AliveGuard {
             lab: self.clone(),
             token,
@@ -137,6 +140,9 @@ impl Lab {
                 () = stop.cancelled() => {
                     if let Some(delay) = stop_delay {
                         tokio::time::sleep(delay).await;
+                    }
+                    if fail_on_stop {
+                        return Err(WorkerError::msg("failed while stopping"));
                     }
                     return Ok(());
                 }
@@ -168,6 +174,11 @@ impl Lab {
     /// Makes workers of `name` take `delay` to stop once killed.
     pub(crate) fn set_stop_delay(&self, name: &str, delay: Duration) {
         self.lock().stop_delay.insert(name.to_owned(), delay);
+    }
+
+    /// Makes workers of `name` fail when killed.
+    pub(crate) fn set_fail_on_stop(&self, name: &str) {
+        self.lock().fail_on_stop.insert(name.to_owned());
     }
 
     pub(crate) fn is_alive(&self, name: &str) -> bool {

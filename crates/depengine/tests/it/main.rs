@@ -6,4 +6,5 @@
 
 mod harness;
 mod model;
+mod policies;
 mod scenarios;

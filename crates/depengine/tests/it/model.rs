@@ -6,7 +6,13 @@
 //! are the ones it was started with. At quiescence (every backoff elapsed),
 //! every manifold whose inputs all run is running, unless the model says it
 //! exited and none of its inputs changed since, or it is parked after a crash
-//! loop. After `wait`, no task is left.
+//! loop. After `wait`, no task is left and no worker is alive.
+//!
+//! The engine's callbacks are booby-trapped: a manifold's filter panics on
+//! one error message, `is_fatal` on another and on errors from workers that
+//! fail while being stopped, and `worst_error` always panics. Each must read
+//! as a failure of that manifold (or the documented fallback), never as a
+//! dead engine with its workers left running.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -20,6 +26,10 @@ use crate::harness::*;
 
 const NAMES: usize = 5;
 const MAX_RESTARTS: u32 = 3;
+/// A worker error that makes the manifold's filter panic.
+const FILTER_BOMB: &str = "filter bomb";
+/// A worker error that makes `is_fatal` panic.
+const FATAL_BOMB: &str = "is_fatal bomb";
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -33,6 +43,8 @@ fn ending() -> impl Strategy<Value = Ending> {
     prop_oneof![
         Just(Ending::Clean),
         Just(Ending::Fail("failed".to_owned())),
+        Just(Ending::Fail(FILTER_BOMB.to_owned())),
+        Just(Ending::Fail(FATAL_BOMB.to_owned())),
         Just(Ending::Bounce),
         Just(Ending::Missing),
         Just(Ending::Uninstall),
@@ -90,18 +102,27 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
     #[test]
-    fn the_engine_matches_the_model(graph in graph(), ops in prop::collection::vec(op(), 1..40)) {
+    fn the_engine_matches_the_model(
+        graph in graph(),
+        fail_on_stop in prop::collection::vec(any::<bool>(), NAMES),
+        ops in prop::collection::vec(op(), 1..40),
+    ) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .start_paused(true)
             .build()
             .expect("runtime");
-        runtime.block_on(run(graph, ops));
+        runtime.block_on(run(graph, fail_on_stop, ops));
     }
 }
 
-async fn run(graph: Vec<Vec<usize>>, ops: Vec<Op>) {
+async fn run(graph: Vec<Vec<usize>>, fail_on_stop: Vec<bool>, ops: Vec<Op>) {
     let lab = Lab::default();
+    for (index, fails) in fail_on_stop.into_iter().enumerate() {
+        if fails {
+            lab.set_fail_on_stop(&name(index));
+        }
+    }
     let mut config = test_config();
     config.error_delay = Duration::from_millis(100);
     config.max_delay = Duration::from_secs(1);
@@ -109,12 +130,25 @@ async fn run(graph: Vec<Vec<usize>>, ops: Vec<Op>) {
     config.restart_limit.max_restarts = MAX_RESTARTS;
     config.restart_limit.window = Duration::from_secs(10);
     config.restart_limit.on_exceeded = CrashLoopPolicy::Park;
+    let config = config
+        .with_is_fatal(|error| {
+            let message = error.to_string();
+            assert!(
+                !message.contains(FATAL_BOMB) && !message.contains("while stopping"),
+                "is_fatal exploded"
+            );
+            false
+        })
+        .with_worst_error(|_, _| panic!("worst_error exploded"));
     let engine = Engine::start(config).expect("valid config");
     let mut model = Model::default();
     let manifold = |index: usize| {
         let inputs: Vec<String> = graph[index].iter().map(|&input| name(input)).collect();
         let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-        lab.manifold(&name(index), &inputs)
+        lab.manifold(&name(index), &inputs).filter(|error| {
+            assert!(!error.to_string().contains(FILTER_BOMB), "filter exploded");
+            error
+        })
     };
 
     for op in ops {
@@ -174,7 +208,9 @@ async fn run(graph: Vec<Vec<usize>>, ops: Vec<Op>) {
     check_every_step(&lab, &model, &report);
     check_quiescent(&graph, &model, &report);
 
-    shut_down(engine).await.expect("the engine stops cleanly");
+    // Workers that fail while stopping make `wait` return an error; either
+    // way, it returns only once every worker has ended.
+    let _ = shut_down(engine).await;
     assert_eq!(lab.alive_count(), 0, "a worker outlived the engine");
 }
 

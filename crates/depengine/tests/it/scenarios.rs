@@ -986,3 +986,231 @@ impl Worker for Reporting {
         }))
     }
 }
+
+// ---- callbacks that panic -------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_filter_fails_its_manifold_not_the_engine() {
+    let (lab, engine) = lab_engine();
+    engine
+        .install(lab.manifold("a", &[]).filter(|error| {
+            assert!(!error.to_string().contains("trap"), "the filter fell in");
+            error
+        }))
+        .await
+        .expect("installs");
+    lab.install(&engine, &[("b", &[])]).await;
+    assert!(lab.end("a", Ending::Fail("trap".into())));
+    settle().await;
+    let report = report(&engine).await;
+    let a = report.manifold("a").expect("installed");
+    assert_eq!(a.consecutive_failures, 1);
+    let last_error = a.last_error.clone().unwrap_or_default();
+    assert!(
+        last_error.contains("its error filter panicked: the filter fell in"),
+        "{last_error}"
+    );
+    assert!(matches!(
+        a.state,
+        ManifoldState::Stopped {
+            reason: StoppedReason::BackingOff { .. }
+        }
+    ));
+    assert_eq!(state(&engine, "b").await, ManifoldState::Started);
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(state(&engine, "a").await, ManifoldState::Started);
+    shut_down(engine).await.expect("clean stop");
+    assert_eq!(lab.alive_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_is_fatal_fails_the_manifold_and_is_not_fatal() {
+    let lab = Lab::default();
+    let config = test_config().with_is_fatal(|error| {
+        assert!(!error.to_string().contains("trap"), "is_fatal fell in");
+        true
+    });
+    let engine = Engine::start(config).expect("valid config");
+    lab.set_fail_on_stop("b");
+    lab.install(&engine, &[("a", &[]), ("b", &[])]).await;
+    assert!(lab.end("a", Ending::Fail("trap".into())));
+    settle().await;
+    let report = report(&engine).await;
+    assert_eq!(report.state, EngineState::Running);
+    let last_error = report
+        .manifold("a")
+        .and_then(|a| a.last_error.clone())
+        .unwrap_or_default();
+    assert!(
+        last_error.contains("EngineConfig::is_fatal panicked: is_fatal fell in"),
+        "{last_error}"
+    );
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(state(&engine, "a").await, ManifoldState::Started);
+    // A non-trapped error is still fatal, even one returned while stopping.
+    let outcome = engine.uninstall("b").await.expect("uninstalls");
+    assert_eq!(
+        outcome.and_then(Result::err).map(|e| e.to_string()),
+        Some("failed while stopping".to_owned())
+    );
+    settle().await;
+    let error = shut_down(engine).await.expect_err("fatal");
+    assert_eq!(error.to_string(), "failed while stopping");
+    assert_eq!(lab.alive_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_worst_error_keeps_the_error_seen_first() {
+    let lab = Lab::default();
+    let config = test_config().with_worst_error(|_, _| panic!("worst_error fell in"));
+    let engine = Engine::start(config).expect("valid config");
+    lab.install(&engine, &[("fast", &[]), ("slow", &[])]).await;
+    lab.set_fail_on_stop("fast");
+    lab.set_fail_on_stop("slow");
+    lab.set_stop_delay("slow", Duration::from_millis(5));
+    lab.end("fast", Ending::Bounce);
+    lab.end("slow", Ending::Bounce);
+    // Bounced once, so both run workers that read the fail-on-stop setting.
+    advance(Duration::from_millis(20)).await;
+    engine.kill();
+    let error = engine.wait().await.expect_err("both failed while stopping");
+    assert_eq!(error.to_string(), "failed while stopping");
+    assert_eq!(lab.alive_count(), 0, "wait returned with a worker alive");
+    assert_eq!(
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks(),
+        0
+    );
+}
+
+// ---- backoff and input changes ---------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn an_input_change_cuts_a_backoff_short_but_keeps_the_failure_count() {
+    let lab = Lab::default();
+    let mut config = test_config();
+    config.error_delay = Duration::from_secs(30);
+    let engine = Engine::start(config).expect("valid config");
+    lab.install(&engine, &[("a", &[]), ("b", &["a"])]).await;
+    assert!(lab.end("b", Ending::Fail("needs a fresh a".into())));
+    settle().await;
+    assert!(matches!(
+        state(&engine, "b").await,
+        ManifoldState::Stopped {
+            reason: StoppedReason::BackingOff { remaining }
+        } if remaining > Duration::from_secs(29)
+    ));
+    // Its input restarts: b starts after the bounce delay, not after 30 s.
+    assert!(lab.end("a", Ending::Bounce));
+    advance(Duration::from_millis(30)).await;
+    assert_eq!(state(&engine, "a").await, ManifoldState::Started);
+    assert_eq!(state(&engine, "b").await, ManifoldState::Started);
+    // The failure count was not reset: the next failure waits twice as long.
+    assert!(lab.end("b", Ending::Fail("again".into())));
+    settle().await;
+    let report = report(&engine).await;
+    let b = report.manifold("b").expect("installed");
+    assert_eq!(b.consecutive_failures, 2);
+    assert!(matches!(
+        b.state,
+        ManifoldState::Stopped {
+            reason: StoppedReason::BackingOff { remaining }
+        } if remaining > Duration::from_secs(59)
+    ));
+    // A required input going away ends the wait too: b starts as soon as it
+    // is back.
+    engine.uninstall("a").await.expect("uninstalls");
+    settle().await;
+    assert_eq!(
+        state(&engine, "b").await,
+        stopped(StoppedReason::WaitingForInputs)
+    );
+    lab.install(&engine, &[("a", &[])]).await;
+    settle().await;
+    assert_eq!(state(&engine, "b").await, ManifoldState::Started);
+    assert!(lab.violations().is_empty(), "{:?}", lab.violations());
+    shut_down(engine).await.expect("clean stop");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backoff_shorter_than_the_bounce_delay_is_not_lengthened() {
+    let lab = Lab::default();
+    let mut config = test_config();
+    config.error_delay = Duration::from_millis(5);
+    config.bounce_delay = Duration::from_millis(50);
+    let engine = Engine::start(config).expect("valid config");
+    lab.install(&engine, &[("c", &[])]).await;
+    engine
+        .install(lab.manifold("b", &[]).optional_input("c"))
+        .await
+        .expect("installs");
+    settle().await;
+    // b fails and waits 5 ms; meanwhile its optional input restarts, which
+    // takes 50 ms: b's wait stays 5 ms.
+    assert!(lab.end("b", Ending::Fail("brief".into())));
+    assert!(lab.end("c", Ending::Bounce));
+    settle().await;
+    advance(Duration::from_millis(5)).await;
+    assert_eq!(state(&engine, "b").await, ManifoldState::Started);
+    assert!(!lab.is_alive("c"), "c is still waiting out its bounce");
+    shut_down(engine).await.expect("clean stop");
+}
+
+// ---- reports of workers being stopped -------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_slow_to_stop_keeps_its_report_and_running_time_until_it_ends() {
+    let engine = Engine::start(test_config()).expect("valid config");
+    engine
+        .install(Manifold::new("slow", |_ctx| async {
+            Ok(Started::new(Reporting {
+                inner: TaskWorker::spawn(|stop| async move {
+                    stop.cancelled().await;
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    Ok(())
+                }),
+                answer: Answer::Promptly,
+            }))
+        }))
+        .await
+        .expect("installs");
+    advance(Duration::from_secs(10)).await;
+    let uninstalling = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.uninstall("slow").await }
+    });
+    advance(Duration::from_secs(1)).await;
+    let report = report(&engine).await;
+    let slow = report.manifold("slow").expect("still installed");
+    assert_eq!(slow.state, ManifoldState::Stopping);
+    assert_eq!(slow.worker, Some(serde_json::json!({ "queue": 3 })));
+    assert!(
+        slow.running_for
+            .is_some_and(|ran| ran >= Duration::from_secs(11)),
+        "{:?}",
+        slow.running_for
+    );
+    assert_eq!(slow.generation, None, "withdrawn from dependents");
+    let ended = uninstalling.await.expect("joins").expect("uninstalls");
+    assert!(matches!(ended, Some(Ok(()))), "{ended:?}");
+    shut_down(engine).await.expect("clean stop");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_engine_stopping_reports_the_workers_it_waits_for() {
+    let (lab, engine) = lab_engine();
+    lab.install(&engine, &[("a", &[])]).await;
+    lab.set_stop_delay("a", Duration::from_secs(5));
+    assert!(lab.end("a", Ending::Bounce));
+    advance(Duration::from_millis(20)).await;
+    engine.kill();
+    settle().await;
+    let report = report(&engine).await;
+    assert_eq!(report.state, EngineState::Stopping);
+    let a = report.manifold("a").expect("installed");
+    assert_eq!(a.state, ManifoldState::Stopping);
+    assert!(a.running_for.is_some());
+    engine.wait().await.expect("clean stop");
+    assert_eq!(lab.alive_count(), 0);
+}
