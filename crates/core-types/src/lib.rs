@@ -8,6 +8,8 @@
 //!   task, one [`CancellationToken`](tokio_util::sync::CancellationToken), the
 //!   recorded result, and panics turned into [`WorkerError::Panicked`]. It is
 //!   juju's tomb done the tokio way.
+//! - [`delegate_worker!`]: a type is a `Worker` by way of one of its fields,
+//!   the one way handles around a `TaskWorker` implement the contract.
 //! - [`Name`], [`Endpoint`] and [`DeviceId`]: identifiers validated when they
 //!   are made, so that code holding one never has to check it again.
 //!
@@ -15,6 +17,7 @@
 //! holds nothing that only one crate needs.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod delegate;
 mod ids;
 mod panic;
 mod task;

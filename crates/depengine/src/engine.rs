@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use flotilla_core_types::{
-    ReportFuture, TaskWorker, WaitFuture, Worker, WorkerResult, catch_panic,
+    ReportFuture, TaskWorker, Worker, WorkerResult, catch_panic, delegate_worker,
 };
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
@@ -184,16 +184,9 @@ async fn worker_report(worker: &dyn Worker, deadline: Instant) -> Option<serde_j
     }
 }
 
-impl Worker for Engine {
-    fn kill(&self) {
-        self.worker.kill();
-    }
-
-    fn wait(&self) -> WaitFuture<'_> {
-        self.worker.wait()
-    }
-
-    fn report(&self) -> Option<ReportFuture<'_>> {
+impl Engine {
+    /// The engine's report as a worker's: its [`EngineReport`] as JSON.
+    fn worker_report(&self) -> Option<ReportFuture<'_>> {
         Some(Box::pin(async move {
             match Engine::report(self).await {
                 Ok(report) => serde_json::to_value(report)
@@ -203,6 +196,8 @@ impl Worker for Engine {
         }))
     }
 }
+
+delegate_worker!(Engine, worker, report = Engine::worker_report);
 
 impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
