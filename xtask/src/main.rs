@@ -306,6 +306,11 @@ fn has_well_known_protos() -> bool {
         Some(folder) => vec![PathBuf::from(folder)],
         None => DEFAULT_PROTOC_INCLUDES.iter().map(PathBuf::from).collect(),
     };
+    well_known_protos_in(&folders)
+}
+
+/// Whether one of `folders` holds the well-known proto files.
+fn well_known_protos_in(folders: &[PathBuf]) -> bool {
     folders
         .iter()
         .any(|folder| folder.join(WELL_KNOWN_PROTO).is_file())
@@ -404,4 +409,46 @@ fn workspace_root() -> Result<PathBuf> {
         .parent()
         .map(Path::to_path_buf)
         .context("xtask is not inside the workspace")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh, empty folder under the system's temporary folder.
+    fn scratch(name: &str) -> PathBuf {
+        let folder = env::temp_dir().join(format!("xtask-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&folder);
+        std::fs::create_dir_all(&folder).expect("scratch folder");
+        folder
+    }
+
+    #[test]
+    fn a_protoc_without_its_include_files_is_caught() {
+        // What a machine with protobuf-compiler but not libprotobuf-dev has:
+        // an include folder without google/protobuf.
+        let bare = scratch("bare");
+        assert!(!well_known_protos_in(std::slice::from_ref(&bare)));
+        assert!(!well_known_protos_in(&[]));
+
+        let complete = scratch("complete");
+        let proto = complete.join(WELL_KNOWN_PROTO);
+        std::fs::create_dir_all(proto.parent().expect("has a parent")).expect("folders");
+        std::fs::write(&proto, "syntax = \"proto2\";").expect("writes");
+        assert!(well_known_protos_in(&[bare.clone(), complete.clone()]));
+
+        // A folder of that name is not the file.
+        let fake = scratch("fake");
+        std::fs::create_dir_all(fake.join(WELL_KNOWN_PROTO)).expect("folders");
+        assert!(!well_known_protos_in(std::slice::from_ref(&fake)));
+
+        for folder in [bare, complete, fake] {
+            let _ = std::fs::remove_dir_all(folder);
+        }
+    }
+
+    #[test]
+    fn the_install_list_names_the_include_files_package() {
+        assert!(SYSTEM_PACKAGES.contains(&"libprotobuf-dev"));
+    }
 }
