@@ -56,6 +56,11 @@ pub struct EngineConfig {
     /// How long [`Engine::report`](crate::Engine::report) waits for the
     /// workers' own reports. Default 2 s.
     pub report_timeout: Duration,
+    /// While the engine stops (dependents before their inputs), how long a
+    /// worker may take to end before its inputs are stopped anyway. The
+    /// engine still waits for it to end. Default 5 s (OTP's default
+    /// shutdown time for a worker).
+    pub stop_timeout: Duration,
     /// The seed for backoff jitter; `None` seeds from the OS. Fix it in tests.
     pub jitter_seed: Option<u64>,
     /// Which errors stop the whole engine. Default: none. If it panics, the
@@ -117,6 +122,7 @@ impl Default for EngineConfig {
             bounce_delay: Duration::from_millis(10),
             restart_limit: RestartLimit::default(),
             report_timeout: Duration::from_secs(2),
+            stop_timeout: Duration::from_secs(5),
             jitter_seed: None,
             is_fatal: Arc::new(|_| false),
             worst_error: Arc::new(|_, _| Ordering::Equal),
@@ -193,6 +199,9 @@ impl EngineConfig {
         if self.report_timeout.is_zero() {
             return invalid("report_timeout", "must be longer than zero".to_owned());
         }
+        if self.stop_timeout.is_zero() {
+            return invalid("stop_timeout", "must be longer than zero".to_owned());
+        }
         Ok(())
     }
 
@@ -228,6 +237,7 @@ impl fmt::Debug for EngineConfig {
             .field("bounce_delay", &self.bounce_delay)
             .field("restart_limit", &self.restart_limit)
             .field("report_timeout", &self.report_timeout)
+            .field("stop_timeout", &self.stop_timeout)
             .field("jitter_seed", &self.jitter_seed)
             .finish_non_exhaustive()
     }
@@ -292,6 +302,7 @@ mod tests {
             "restart_limit.window",
         );
         check(|c| c.report_timeout = Duration::ZERO, "report_timeout");
+        check(|c| c.stop_timeout = Duration::ZERO, "stop_timeout");
         assert!(EngineConfig::default().validate().is_ok());
     }
 

@@ -25,7 +25,19 @@ const COMMAND_QUEUE: usize = 256;
 /// [`wait`](Worker::wait) returns once every worker it started has ended,
 /// with the worst error it saw while stopping (a fatal error, a crash loop
 /// as [`Error::CrashLoop`], or an error a worker returned while being
-/// stopped). Dropping every handle stops it too.
+/// stopped). Dropping every handle, a fatal error and a crash loop stop it
+/// the same way.
+///
+/// # The order of stopping
+///
+/// Dependents stop before their inputs, as an OTP supervisor stops its
+/// children in reverse start order: starts under way are abandoned at once,
+/// and a running worker is asked to stop only once every manifold that
+/// depends on it has ended. So a server that advertises a store stops
+/// advertising before the store closes. A worker that takes longer than
+/// [`EngineConfig::stop_timeout`] to end no longer holds up its inputs (they
+/// are then stopped anyway, with a warning), but `wait` still waits for it:
+/// it never returns while a worker the engine started is running.
 ///
 /// See the [crate documentation](crate) for an example.
 #[derive(Clone)]

@@ -114,6 +114,10 @@ struct Node {
     published: Option<Published>,
     manifold: Option<Installed>,
     dirty: bool,
+    /// While the engine stops: how many of this node's dependents still
+    /// have a worker (or a start) that has not ended. Its own worker is
+    /// stopped when this reaches zero.
+    pending_dependents: usize,
 }
 
 struct Published {
@@ -133,6 +137,9 @@ struct Installed {
     /// When it restarted, within the restart-limit window.
     restarts: VecDeque<Instant>,
     uninstall_waiters: Vec<oneshot::Sender<Result<Option<WorkerResult>, Error>>>,
+    /// While the engine stops: whether this manifold's worker still counts
+    /// in its inputs' `pending_dependents`.
+    holds_inputs: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -483,6 +490,7 @@ impl Runner {
             consecutive_failures: 0,
             restarts: VecDeque::new(),
             uninstall_waiters: Vec::new(),
+            holds_inputs: false,
         });
         Ok(id)
     }
@@ -778,6 +786,15 @@ impl Runner {
         if current != attempt {
             return;
         }
+        if self.stopping {
+            self.release_inputs(id);
+        }
+        let Some(installed) = self.nodes[id]
+            .as_mut()
+            .and_then(|node| node.manifold.as_mut())
+        else {
+            return;
+        };
         let result = match (&installed.manifold.filter, result) {
             (Some(filter), Err(error)) => Err(catch_unwind(AssertUnwindSafe(|| filter(error)))
                 .unwrap_or_else(|payload| callback_panicked("its error filter", payload))),
@@ -1024,6 +1041,23 @@ impl Runner {
             if let Some(installed) = due {
                 installed.slot = Slot::Idle(Idle::Ready);
                 self.mark_dirty(id);
+                continue;
+            }
+            let overdue = self.stopping
+                && self.nodes[id]
+                    .as_ref()
+                    .and_then(|node| node.manifold.as_ref())
+                    .is_some_and(|installed| {
+                        installed.holds_inputs
+                            && matches!(installed.slot, Slot::Stopping { attempt, .. } if attempt == timer)
+                    });
+            if overdue {
+                warn!(
+                    manifold = %self.node(id).name,
+                    timeout = ?self.config.stop_timeout,
+                    "still stopping after the stop timeout; stopping its inputs anyway"
+                );
+                self.release_inputs(id);
             }
         }
     }
@@ -1057,6 +1091,11 @@ impl Runner {
         };
     }
 
+    /// Stops the engine: nothing starts any more, starts under way are
+    /// abandoned, and running workers are stopped dependents first. A worker
+    /// is asked to stop once every manifold that depends on it has ended (or
+    /// has had `stop_timeout` to end and has not: then its inputs are
+    /// stopped anyway, so one stuck worker cannot hold up the rest).
     fn begin_shutdown(&mut self) {
         if self.stopping {
             return;
@@ -1064,24 +1103,90 @@ impl Runner {
         info!("engine stopping");
         self.stopping = true;
         self.timers.clear();
-        for node in self.nodes.iter_mut().flatten() {
-            let published = node.published.take();
-            let Some(installed) = node.manifold.as_mut() else {
+        let mut active = Vec::new();
+        for (id, node) in self.nodes.iter_mut().enumerate() {
+            let Some(installed) = node.as_mut().and_then(|node| node.manifold.as_mut()) else {
                 continue;
             };
             let slot = mem::replace(&mut installed.slot, Slot::Idle(Idle::Shutdown));
             installed.slot = match slot {
-                Slot::Starting { attempt, stop, .. } | Slot::Running { attempt, stop, .. } => {
+                // Nothing runs yet: abandon it now.
+                Slot::Starting { attempt, stop, .. } => {
                     stop.cancel();
                     Slot::Stopping {
                         attempt,
                         then: AfterStop::Shutdown,
-                        retiring: published.map(Retiring::from),
+                        retiring: None,
                     }
                 }
-                stopping @ Slot::Stopping { .. } => stopping,
+                Slot::Stopping {
+                    attempt,
+                    then,
+                    retiring,
+                } => Slot::Stopping {
+                    attempt,
+                    then,
+                    retiring,
+                },
+                running @ Slot::Running { .. } => running,
                 Slot::Idle(_) => Slot::Idle(Idle::Shutdown),
             };
+            if !matches!(installed.slot, Slot::Idle(_)) {
+                installed.holds_inputs = true;
+                active.push(id);
+            }
+        }
+        for &id in &active {
+            for index in 0..self.installed(id).inputs.len() {
+                let input = self.installed(id).inputs[index].node;
+                self.node_mut(input).pending_dependents += 1;
+            }
+        }
+        let now = Instant::now();
+        for id in active {
+            match self.installed(id).slot {
+                Slot::Running { .. } if self.node(id).pending_dependents == 0 => {
+                    self.stop_for_shutdown(id, now);
+                }
+                Slot::Stopping { attempt, .. } => self.arm_stop_timeout(id, attempt, now),
+                _ => {}
+            }
+        }
+    }
+
+    /// Stops a running worker whose dependents have all ended.
+    fn stop_for_shutdown(&mut self, id: NodeId, now: Instant) {
+        let Slot::Running { attempt, .. } = self.installed(id).slot else {
+            return;
+        };
+        debug!(manifold = %self.node(id).name, "stopping: its dependents have ended");
+        self.stop_worker(id, AfterStop::Shutdown);
+        self.arm_stop_timeout(id, attempt, now);
+    }
+
+    /// After `stop_timeout`, the inputs of a worker still stopping are
+    /// stopped regardless.
+    fn arm_stop_timeout(&mut self, id: NodeId, attempt: u64, now: Instant) {
+        let deadline = now + self.config.stop_timeout;
+        self.timers.push(Reverse((deadline, attempt, id)));
+    }
+
+    /// A worker has ended (or overrun its stop timeout) while the engine
+    /// stops: it no longer holds up its inputs, and each input with no other
+    /// dependent left is stopped in turn.
+    fn release_inputs(&mut self, id: NodeId) {
+        let installed = self.installed_mut(id);
+        if !mem::replace(&mut installed.holds_inputs, false) {
+            return;
+        }
+        let now = Instant::now();
+        for index in 0..self.installed(id).inputs.len() {
+            let input = self.installed(id).inputs[index].node;
+            let node = self.node_mut(input);
+            node.pending_dependents = node.pending_dependents.saturating_sub(1);
+            if node.pending_dependents == 0 {
+                self.stop_for_shutdown(input, now);
+            }
         }
     }
 
@@ -1210,6 +1315,7 @@ impl Runner {
             published: None,
             manifold: None,
             dirty: false,
+            pending_dependents: 0,
         };
         let id = match self.free.pop() {
             Some(id) => {

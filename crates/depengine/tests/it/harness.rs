@@ -50,6 +50,10 @@ struct LabState {
     stop_delay: HashMap<String, Duration>,
     /// Manifolds whose workers fail when killed.
     fail_on_stop: HashSet<String>,
+    /// A counter that orders kills and ends.
+    sequence: u64,
+    /// Per worker token: its manifold, when it was killed and when it ended.
+    history: HashMap<u64, WorkerHistory>,
     violations: Vec<String>,
 }
 
@@ -128,6 +132,14 @@ impl Lab {
             state.controls.insert(name.to_owned(), control);
             token
         };
+        self.lock().history.insert(
+            token,
+            WorkerHistory {
+                manifold: name.to_owned(),
+                killed: None,
+                ended: None,
+            },
+        );
         let stop_delay = self.lock().stop_delay.get(name).copied();
         let fail_on_stop = self.lock().fail_on_stop.contains(name);
         let guard = AliveGuard {
@@ -135,9 +147,10 @@ impl Lab {
             token,
         };
         let worker = TaskWorker::spawn(move |stop| async move {
-            let _guard = guard;
+            let guard = guard;
             let ending = tokio::select! {
                 () = stop.cancelled() => {
+                    guard.lab.record(guard.token, |history, at| history.killed = Some(at));
                     if let Some(delay) = stop_delay {
                         tokio::time::sleep(delay).await;
                     }
@@ -174,6 +187,62 @@ impl Lab {
     /// Makes workers of `name` take `delay` to stop once killed.
     pub(crate) fn set_stop_delay(&self, name: &str, delay: Duration) {
         self.lock().stop_delay.insert(name.to_owned(), delay);
+    }
+
+    /// Records an event in worker `token`'s history, stamped with the next
+    /// number in sequence.
+    fn record(&self, token: u64, event: impl FnOnce(&mut WorkerHistory, u64)) {
+        let mut state = self.lock();
+        state.sequence += 1;
+        let at = state.sequence;
+        if let Some(history) = state.history.get_mut(&token) {
+            event(history, at);
+        }
+    }
+
+    /// Among the workers `tokens`, the pairs where an input was killed before
+    /// a dependent of it (per `inputs_of`: manifold -> its inputs) ended.
+    pub(crate) fn stop_order_violations(
+        &self,
+        tokens: &HashSet<u64>,
+        inputs_of: impl Fn(&str) -> Vec<String>,
+    ) -> Vec<String> {
+        let state = self.lock();
+        let mut violations = Vec::new();
+        for dependent in tokens.iter().filter_map(|token| state.history.get(token)) {
+            for input_name in inputs_of(&dependent.manifold) {
+                let inputs = tokens
+                    .iter()
+                    .filter_map(|token| state.history.get(token))
+                    .filter(|history| history.manifold == input_name);
+                for input in inputs {
+                    let (Some(input_killed), Some(dependent_ended)) =
+                        (input.killed, dependent.ended)
+                    else {
+                        continue;
+                    };
+                    if input_killed < dependent_ended {
+                        violations.push(format!(
+                            "{} was killed (at {input_killed}) before its dependent {} ended (at {dependent_ended})",
+                            input.manifold, dependent.manifold
+                        ));
+                    }
+                }
+            }
+        }
+        violations
+    }
+
+    /// Whether a live worker of `name` has been killed (and not ended yet).
+    pub(crate) fn is_killed(&self, name: &str) -> bool {
+        let state = self.lock();
+        state.alive.iter().any(|(token, alive)| {
+            alive == name
+                && state
+                    .history
+                    .get(token)
+                    .is_some_and(|history| history.killed.is_some())
+        })
     }
 
     /// Makes workers of `name` fail when killed.
@@ -223,8 +292,18 @@ struct AliveGuard {
 
 impl Drop for AliveGuard {
     fn drop(&mut self) {
+        self.lab
+            .record(self.token, |history, at| history.ended = Some(at));
         self.lab.lock().alive.remove(&self.token);
     }
+}
+
+/// What happened to one lab worker, in the lab's sequence numbers.
+#[derive(Debug, Clone)]
+struct WorkerHistory {
+    manifold: String,
+    killed: Option<u64>,
+    ended: Option<u64>,
 }
 
 /// A config for tests: no jitter, fixed seed, round delays.

@@ -209,9 +209,19 @@ async fn run(graph: Vec<Vec<usize>>, fail_on_stop: Vec<bool>, ops: Vec<Op>) {
     check_quiescent(&graph, &model, &report);
 
     // Workers that fail while stopping make `wait` return an error; either
-    // way, it returns only once every worker has ended.
+    // way, it returns only once every worker has ended, and dependents end
+    // before their inputs are killed.
+    let running = lab.alive_tokens();
     let _ = shut_down(engine).await;
     assert_eq!(lab.alive_count(), 0, "a worker outlived the engine");
+    let violations = lab.stop_order_violations(&running, |manifold| {
+        let index: usize = manifold
+            .trim_start_matches('n')
+            .parse()
+            .expect("model names are n<index>");
+        graph[index].iter().map(|&input| name(input)).collect()
+    });
+    assert!(violations.is_empty(), "{violations:?}");
 }
 
 fn check_every_step(lab: &Lab, model: &Model, report: &EngineReport) {

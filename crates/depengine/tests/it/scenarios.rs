@@ -1214,3 +1214,129 @@ async fn an_engine_stopping_reports_the_workers_it_waits_for() {
     engine.wait().await.expect("clean stop");
     assert_eq!(lab.alive_count(), 0);
 }
+
+// ---- the order of stopping -------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn the_engine_stops_dependents_before_their_inputs() {
+    let (lab, engine) = lab_engine();
+    let graph: &[(&str, &[&str])] = &[
+        ("store", &[]),
+        ("server", &["store"]),
+        ("advertiser", &["server", "store"]),
+        ("other", &[]),
+    ];
+    lab.install(&engine, graph).await;
+    for name in ["store", "server", "advertiser", "other"] {
+        lab.set_stop_delay(name, Duration::from_millis(100));
+    }
+    // Bounce each once so the running workers read their stop delays.
+    for name in ["store", "server", "advertiser", "other"] {
+        lab.end(name, Ending::Bounce);
+    }
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(lab.alive_count(), 4);
+    let running = lab.alive_tokens();
+    engine.kill();
+    // The advertiser and the unrelated worker are stopped first; the store
+    // and its server wait their turn.
+    advance(Duration::from_millis(50)).await;
+    assert!(lab.is_alive("store") && lab.is_alive("server"));
+    advance(Duration::from_millis(100)).await;
+    assert!(!lab.is_alive("advertiser") && !lab.is_alive("other"));
+    assert!(lab.is_alive("store"), "the store stopped before its server");
+    engine.wait().await.expect("clean stop");
+    let inputs_of = |manifold: &str| -> Vec<String> {
+        graph
+            .iter()
+            .find(|(name, _)| *name == manifold)
+            .map(|(_, inputs)| inputs.iter().map(|input| (*input).to_owned()).collect())
+            .unwrap_or_default()
+    };
+    let violations = lab.stop_order_violations(&running, inputs_of);
+    assert!(violations.is_empty(), "{violations:?}");
+    // Three levels of 100 ms each: the store was the last to end.
+    assert_eq!(lab.alive_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stuck_dependent_holds_up_its_inputs_only_until_the_stop_timeout() {
+    let lab = Lab::default();
+    let mut config = test_config();
+    config.stop_timeout = Duration::from_secs(1);
+    let engine = Engine::start(config).expect("valid config");
+    lab.set_stop_delay("stuck", Duration::from_secs(10));
+    lab.install(&engine, &[("store", &[]), ("stuck", &["store"])])
+        .await;
+    let killed_at = tokio::time::Instant::now();
+    engine.kill();
+    advance(Duration::from_millis(900)).await;
+    assert!(lab.is_alive("store"), "stopped before the stop timeout");
+    advance(Duration::from_millis(200)).await;
+    assert!(
+        !lab.is_alive("store"),
+        "still held up after the stop timeout"
+    );
+    assert!(lab.is_alive("stuck"));
+    // wait still waits for the stuck worker to end.
+    engine.wait().await.expect("clean stop");
+    assert!(killed_at.elapsed() >= Duration::from_secs(10));
+    assert_eq!(lab.alive_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn starts_under_way_are_abandoned_before_their_inputs_stop() {
+    let lab = Lab::default();
+    let engine = Engine::start(test_config()).expect("valid config");
+    lab.install(&engine, &[("store", &[])]).await;
+    lab.set_stop_delay("store", Duration::from_millis(100));
+    lab.end("store", Ending::Bounce);
+    advance(Duration::from_millis(20)).await;
+    // A start that never finishes, holding the store's resource; when it is
+    // abandoned it notes whether the store had been killed already.
+    let store_killed_first = Arc::new(std::sync::Mutex::new(None));
+    let noted = Arc::clone(&store_killed_first);
+    let watcher = lab.clone();
+    engine
+        .install(
+            Manifold::new("slow-start", move |ctx| {
+                let guard = NoteOnDrop {
+                    lab: watcher.clone(),
+                    noted: Arc::clone(&noted),
+                };
+                async move {
+                    let _guard = guard;
+                    let _store: Token = ctx.get("store")?;
+                    std::future::pending::<Result<Started, WorkerError>>().await
+                }
+            })
+            .input("store"),
+        )
+        .await
+        .expect("installs");
+    settle().await;
+    assert_eq!(state(&engine, "slow-start").await, ManifoldState::Starting);
+    engine.kill();
+    engine.wait().await.expect("clean stop");
+    assert_eq!(
+        *store_killed_first.lock().expect("not poisoned"),
+        Some(false),
+        "the start was abandoned after its input was killed"
+    );
+    assert_eq!(lab.alive_count(), 0);
+}
+
+/// Notes, when dropped, whether the store's worker had been killed.
+struct NoteOnDrop {
+    lab: Lab,
+    noted: Arc<std::sync::Mutex<Option<bool>>>,
+}
+
+impl Drop for NoteOnDrop {
+    fn drop(&mut self) {
+        let killed = self.lab.is_killed("store");
+        if let Ok(mut noted) = self.noted.lock() {
+            *noted = Some(killed);
+        }
+    }
+}
