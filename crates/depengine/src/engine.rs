@@ -7,12 +7,12 @@ use flotilla_core_types::{
     ReportFuture, TaskWorker, Worker, WorkerResult, catch_panic, delegate_worker,
 };
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::runner::{Command, ReportDraft, Runner};
-use crate::{EngineConfig, EngineReport, Error, Manifold};
+use crate::{EngineConfig, EngineReport, Error, InputKey, Manifold};
 
 /// How many commands may queue for the engine before callers wait: enough to
 /// absorb bursts, small enough that a flood of installs is paced by the actor.
@@ -45,6 +45,8 @@ pub struct Engine {
     commands: mpsc::Sender<Command>,
     worker: TaskWorker,
     config: Arc<EngineConfig>,
+    /// Bumped by the actor when a worker starts or the engine stops.
+    changes: watch::Receiver<u64>,
 }
 
 impl Engine {
@@ -60,14 +62,17 @@ impl Engine {
     pub fn start(config: EngineConfig) -> Result<Engine, Error> {
         config.validate()?;
         let (commands, queue) = mpsc::channel(COMMAND_QUEUE);
+        let (notify, changes) = watch::channel(0);
         let runner_config = config.clone();
         let worker = TaskWorker::spawn(move |kill| {
-            Runner::run(runner_config, kill, queue).instrument(tracing::info_span!("engine"))
+            Runner::run(runner_config, kill, queue, notify)
+                .instrument(tracing::info_span!("engine"))
         });
         Ok(Engine {
             commands,
             worker,
             config: Arc::new(config),
+            changes,
         })
     }
 
@@ -163,6 +168,67 @@ impl Engine {
             report.manifolds[index].worker = value;
         }
         Ok(report)
+    }
+
+    /// A clone of the resource offered by the running worker of the manifold
+    /// `input` names, as a `T`: how code outside the engine (a `main`, a
+    /// test) gets at a handle a start function made.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotInstalled`], [`Error::NotRunning`] (see
+    /// [`wait_for_resource`](Self::wait_for_resource) to wait instead),
+    /// [`Error::ResourceType`], or [`Error::Stopped`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it changes nothing.
+    pub async fn resource<T: Clone + 'static>(&self, input: impl InputKey<T>) -> Result<T, Error> {
+        let name = input.key_name().to_owned();
+        let resource = self
+            .request(|reply| Command::Resource {
+                name: name.clone(),
+                reply,
+            })
+            .await??;
+        let mismatch = |offered| Error::ResourceType {
+            name: name.clone(),
+            requested: std::any::type_name::<T>(),
+            offered,
+        };
+        match resource {
+            Some(resource) => resource.downcast().map_err(mismatch),
+            None => Err(mismatch("no resource")),
+        }
+    }
+
+    /// Like [`resource`](Self::resource), but while the manifold is
+    /// installed and not running, waits until a worker of it has started.
+    /// Bound it with `tokio::time::timeout` to give up.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotInstalled`], [`Error::ResourceType`], or
+    /// [`Error::Stopped`] (also when the engine stops while it waits).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it changes nothing.
+    pub async fn wait_for_resource<T: Clone + 'static>(
+        &self,
+        input: impl InputKey<T>,
+    ) -> Result<T, Error> {
+        let name = input.key_name();
+        let mut changes = self.changes.clone();
+        loop {
+            changes.borrow_and_update();
+            match self.resource::<T>(name).await {
+                Err(Error::NotRunning { .. }) => {
+                    changes.changed().await.map_err(|_| Error::Stopped)?;
+                }
+                answer => return answer,
+            }
+        }
     }
 
     /// Sends a command and waits for its answer; a closed channel or a

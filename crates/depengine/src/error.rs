@@ -43,11 +43,53 @@ pub enum Error {
         /// The cycle, in "depends on" order.
         path: Vec<Name>,
     },
+    /// A typed input and the manifold it names disagree on the type of the
+    /// resource: found at install, whichever of the two came second.
+    #[error("manifold {manifold} reads input {input} as {expected}, but {input} offers {offered}")]
+    InputType {
+        /// The dependent.
+        manifold: Name,
+        /// The input it reads.
+        input: Name,
+        /// The type its [`Input`](crate::Input) key expects.
+        expected: &'static str,
+        /// The type the input declares with [`Manifold::offers`](crate::Manifold::offers).
+        offered: &'static str,
+    },
+    /// A manifold's start returned a resource of another type (or none)
+    /// than the one it declares with [`Manifold::offers`](crate::Manifold::offers):
+    /// the start's failure.
+    #[error("manifold {manifold} declares it offers {declared}, but its start returned {returned}")]
+    OfferMismatch {
+        /// The manifold.
+        manifold: Name,
+        /// The declared type.
+        declared: &'static str,
+        /// What the start returned, or "no resource".
+        returned: &'static str,
+    },
     /// No manifold of that name is installed.
     #[error("manifold {name} is not installed")]
     NotInstalled {
         /// The name.
         name: String,
+    },
+    /// The manifold is installed, but no worker of it is running.
+    #[error("manifold {name} has no running worker")]
+    NotRunning {
+        /// The name.
+        name: String,
+    },
+    /// The manifold's running worker offers no resource, or one of another
+    /// type than the one asked for.
+    #[error("manifold {name} offers {offered}, not the requested {requested}")]
+    ResourceType {
+        /// The name.
+        name: String,
+        /// The type asked for.
+        requested: &'static str,
+        /// The type offered, or "no resource".
+        offered: &'static str,
     },
     /// The engine has stopped, or is stopping.
     #[error("the engine has stopped")]
@@ -66,6 +108,14 @@ pub enum Error {
         /// The error that tipped it over.
         last_error: WorkerError,
     },
+}
+
+/// So that `?` on an engine operation works inside a start function or a
+/// worker.
+impl From<Error> for WorkerError {
+    fn from(error: Error) -> Self {
+        WorkerError::new(error)
+    }
 }
 
 fn display_path(path: &[Name]) -> String {

@@ -102,6 +102,7 @@ mod config;
 mod engine;
 mod error;
 mod graph;
+mod input;
 mod manifold;
 mod report;
 mod runner;
@@ -109,7 +110,8 @@ mod runner;
 pub use config::{CrashLoopPolicy, EngineConfig, RestartLimit};
 pub use engine::Engine;
 pub use error::Error;
-pub use flotilla_core_types::{Worker, WorkerError, WorkerResult};
+pub use flotilla_core_types::{InvalidId, Name, Worker, WorkerError, WorkerResult};
+pub use input::{Input, InputKey, InputName};
 pub use manifold::{
     InputError, Manifold, RestartPolicy, Signal, StartContext, StartFuture, Started,
 };

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use flotilla_core_types::{Name, Worker, WorkerError};
 use tokio_util::sync::CancellationToken;
 
+use crate::input::{InputKey, InputName, TypeTag};
+
 /// The future a manifold's start function returns.
 pub type StartFuture = Pin<Box<dyn Future<Output = Result<Started, WorkerError>> + Send>>;
 
@@ -49,6 +51,8 @@ pub struct Manifold {
     pub(crate) start: Arc<StartFn>,
     pub(crate) filter: Option<Arc<FilterFn>>,
     pub(crate) restart: RestartPolicy,
+    /// The type of resource it declares it offers, if it declares one.
+    pub(crate) offers: Option<TypeTag>,
 }
 
 /// When the engine starts a manifold's worker again after it ended, as OTP
@@ -87,6 +91,8 @@ pub enum RestartPolicy {
 pub(crate) struct InputSpec {
     pub(crate) name: String,
     pub(crate) required: bool,
+    /// The resource type a typed key expects of it.
+    pub(crate) expects: Option<TypeTag>,
 }
 
 impl Manifold {
@@ -111,7 +117,17 @@ impl Manifold {
             start: Arc::new(move |ctx| Box::pin(start(ctx))),
             filter: None,
             restart: RestartPolicy::Permanent,
+            offers: None,
         }
+    }
+
+    /// Declares that the worker offers a `T` (through
+    /// [`Started::with_resource`]). The engine then refuses, at install, a
+    /// dependent whose typed [`Input`](crate::Input) expects another type,
+    /// and reads a start that returns another type (or none) as a failure.
+    pub fn offers<T: Clone + Send + Sync + 'static>(mut self) -> Self {
+        self.offers = Some(TypeTag::of::<T>());
+        self
     }
 
     /// Sets when the worker is started again after it ends; see
@@ -123,21 +139,27 @@ impl Manifold {
 
     /// Declares a required input: the worker is started only while the
     /// input's worker is running, and is bounced when that worker changes.
-    pub fn input(mut self, name: impl Into<String>) -> Self {
-        self.inputs.push(InputSpec {
-            name: name.into(),
-            required: true,
-        });
-        self
+    ///
+    /// `input` is a plain name, or a typed [`Input`](crate::Input) whose
+    /// resource type is checked against what the input
+    /// [`offers`](Self::offers) when both are installed.
+    pub fn input(self, input: impl InputName) -> Self {
+        self.declare(input, true)
     }
 
     /// Declares an optional input: the worker starts whether or not the
     /// input runs (asking for it then gives [`InputError::Missing`]), and is
     /// bounced when the input's worker starts or stops.
-    pub fn optional_input(mut self, name: impl Into<String>) -> Self {
+    pub fn optional_input(self, input: impl InputName) -> Self {
+        self.declare(input, false)
+    }
+
+    fn declare(mut self, input: impl InputName, required: bool) -> Self {
+        let (name, expects) = input.into_declaration();
         self.inputs.push(InputSpec {
-            name: name.into(),
-            required: false,
+            name,
+            required,
+            expects: expects.map(TypeTag::from_parts),
         });
         self
     }
@@ -180,6 +202,7 @@ impl fmt::Debug for Manifold {
             .field("inputs", &self.inputs)
             .field("filter", &self.filter.is_some())
             .field("restart", &self.restart)
+            .field("offers", &self.offers.map(|tag| tag.name))
             .finish_non_exhaustive()
     }
 }
@@ -230,7 +253,22 @@ impl fmt::Debug for Started {
 #[derive(Clone)]
 pub(crate) struct Resource {
     value: Arc<dyn Any + Send + Sync>,
-    type_name: &'static str,
+    pub(crate) type_name: &'static str,
+}
+
+impl Resource {
+    /// A clone of the value as a `T`, or the name of the type it is.
+    pub(crate) fn downcast<T: Clone + 'static>(&self) -> Result<T, &'static str> {
+        match self.value.downcast_ref::<T>() {
+            Some(value) => Ok(value.clone()),
+            None => Err(self.type_name),
+        }
+    }
+
+    /// Whether the value is of the type `tag` names.
+    pub(crate) fn is(&self, tag: TypeTag) -> bool {
+        (*self.value).type_id() == tag.id
+    }
 }
 
 /// One input as a start function sees it.
@@ -266,7 +304,8 @@ impl StartContext {
     /// error from the start function means "wait for my inputs"), and
     /// [`InputError::TypeMismatch`] if it offers no resource or one of
     /// another type.
-    pub fn get<T: Clone + 'static>(&self, input: &str) -> Result<T, InputError> {
+    pub fn get<T: Clone + 'static>(&self, input: impl InputKey<T>) -> Result<T, InputError> {
+        let input = input.key_name();
         let resource = self.running(input)?;
         let mismatch = |offered| InputError::TypeMismatch {
             input: input.to_owned(),
@@ -276,10 +315,7 @@ impl StartContext {
         let Some(resource) = resource else {
             return Err(mismatch("no resource"));
         };
-        match resource.value.downcast_ref::<T>() {
-            Some(value) => Ok(value.clone()),
-            None => Err(mismatch(resource.type_name)),
-        }
+        resource.downcast().map_err(mismatch)
     }
 
     /// Checks that `input`'s worker is running, for a dependency on its

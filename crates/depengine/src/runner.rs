@@ -39,13 +39,14 @@ use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::future::Future;
 use std::pin::Pin;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, error, info, info_span, warn};
 
 use crate::config::CrashLoopPolicy;
 use crate::graph::{NodeId, find_cycle};
+use crate::input::TypeTag;
 use crate::manifold::{
     ErrorClass, InputValue, Resource, RestartPolicy, StartContext, Started, classify,
 };
@@ -71,6 +72,11 @@ pub(crate) enum Command {
     },
     Report {
         reply: oneshot::Sender<ReportDraft>,
+    },
+    /// The resource of a manifold's running worker.
+    Resource {
+        name: String,
+        reply: oneshot::Sender<Result<Option<Resource>, Error>>,
     },
 }
 
@@ -146,6 +152,8 @@ struct Installed {
 struct Input {
     node: NodeId,
     required: bool,
+    /// The resource type a typed key expects of it.
+    expects: Option<TypeTag>,
 }
 
 /// Where a manifold's worker is in its life. `seen` holds, per input, the
@@ -231,6 +239,9 @@ pub(crate) struct Runner {
     stopping: bool,
     worst: Option<WorkerError>,
     rng: fastrand::Rng,
+    /// Bumped whenever a worker starts and when the engine begins to stop,
+    /// so that handles waiting for a resource look again.
+    changes: watch::Sender<u64>,
 }
 
 impl Runner {
@@ -241,6 +252,7 @@ impl Runner {
         config: EngineConfig,
         kill: CancellationToken,
         mut commands: mpsc::Receiver<Command>,
+        changes: watch::Sender<u64>,
     ) -> WorkerResult {
         let rng = match config.jitter_seed {
             Some(seed) => fastrand::Rng::with_seed(seed),
@@ -258,6 +270,7 @@ impl Runner {
             stopping: false,
             worst: None,
             rng,
+            changes,
         };
         info!("engine started");
         if let Err(panic) = catch_panic(runner.supervise(&kill, &mut commands)).await {
@@ -381,6 +394,9 @@ impl Runner {
             Command::Report { reply } => {
                 let _ = reply.send(self.draft_report());
             }
+            Command::Resource { name, reply } => {
+                let _ = reply.send(self.resource(&name));
+            }
         }
     }
 
@@ -419,7 +435,7 @@ impl Runner {
         let mut prepared = Vec::with_capacity(manifolds.len());
         for manifold in manifolds {
             let name = Name::new(manifold.name.clone())?;
-            let mut inputs: Vec<(Name, bool)> = Vec::with_capacity(manifold.inputs.len());
+            let mut inputs: Vec<(Name, Input)> = Vec::with_capacity(manifold.inputs.len());
             for spec in &manifold.inputs {
                 let input = Name::new(spec.name.clone())?;
                 if inputs.iter().any(|(seen, _)| *seen == input) {
@@ -428,7 +444,12 @@ impl Runner {
                         input,
                     });
                 }
-                inputs.push((input, spec.required));
+                let declared = Input {
+                    node: NodeId::MAX,
+                    required: spec.required,
+                    expects: spec.expects,
+                };
+                inputs.push((input, declared));
             }
             prepared.push((name, inputs, manifold));
         }
@@ -454,12 +475,16 @@ impl Runner {
     fn add(
         &mut self,
         name: Name,
-        inputs: Vec<(Name, bool)>,
+        inputs: Vec<(Name, Input)>,
         manifold: Manifold,
     ) -> Result<NodeId, Error> {
         let id = self.node_for(&name);
         if self.node(id).manifold.is_some() {
             return Err(Error::AlreadyInstalled { name });
+        }
+        if let Err(error) = self.check_types(id, &inputs, &manifold) {
+            self.free_if_unused(id);
+            return Err(error);
         }
         let known_inputs: Vec<NodeId> = inputs
             .iter()
@@ -475,10 +500,10 @@ impl Runner {
         }
         let inputs = inputs
             .into_iter()
-            .map(|(input, required)| {
+            .map(|(input, declared)| {
                 let node = self.node_for(&input);
                 self.node_mut(node).dependents.push(id);
-                Input { node, required }
+                Input { node, ..declared }
             })
             .collect();
         self.node_mut(id).manifold = Some(Installed {
@@ -493,6 +518,80 @@ impl Runner {
             holds_inputs: false,
         });
         Ok(id)
+    }
+
+    /// Typed inputs must agree with what their providers declare they offer,
+    /// both ways: this manifold's inputs against installed providers, and
+    /// installed dependents' keys against what this manifold offers.
+    fn check_types(
+        &self,
+        id: NodeId,
+        inputs: &[(Name, Input)],
+        manifold: &Manifold,
+    ) -> Result<(), Error> {
+        let name = &self.node(id).name;
+        for (input, declared) in inputs {
+            let offered = self
+                .ids
+                .get(input)
+                .and_then(|&node| self.node(node).manifold.as_ref())
+                .and_then(|installed| installed.manifold.offers);
+            if let (Some(expected), Some(offered)) = (declared.expects, offered)
+                && expected.id != offered.id
+            {
+                return Err(Error::InputType {
+                    manifold: name.clone(),
+                    input: input.clone(),
+                    expected: expected.name,
+                    offered: offered.name,
+                });
+            }
+        }
+        let Some(offered) = manifold.offers else {
+            return Ok(());
+        };
+        for &dependent in &self.node(id).dependents {
+            let Some(installed) = self.node(dependent).manifold.as_ref() else {
+                continue;
+            };
+            let expects = installed
+                .inputs
+                .iter()
+                .filter(|input| input.node == id)
+                .find_map(|input| input.expects);
+            if let Some(expected) = expects
+                && expected.id != offered.id
+            {
+                return Err(Error::InputType {
+                    manifold: self.node(dependent).name.clone(),
+                    input: name.clone(),
+                    expected: expected.name,
+                    offered: offered.name,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The resource offered by `name`'s running worker (`None`: it offers
+    /// none).
+    fn resource(&self, name: &str) -> Result<Option<Resource>, Error> {
+        let node = Name::new(name.to_owned())
+            .ok()
+            .and_then(|name| self.ids.get(&name).copied())
+            .map(|id| self.node(id))
+            .filter(|node| node.manifold.is_some());
+        let Some(node) = node else {
+            return Err(Error::NotInstalled {
+                name: name.to_owned(),
+            });
+        };
+        match &node.published {
+            Some(published) => Ok(published.resource.clone()),
+            None => Err(Error::NotRunning {
+                name: name.to_owned(),
+            }),
+        }
     }
 
     fn uninstall(
@@ -687,10 +786,11 @@ impl Runner {
             stop: stop.clone(),
         };
         let start = Arc::clone(&installed.manifold.start);
+        let offers = installed.manifold.offers;
         let span = node.span.clone();
         debug!(manifold = %node.name, "starting");
         self.attempts.push(Box::pin(
-            start_worker(id, attempt, start, context, stop.clone()).instrument(span),
+            start_worker(id, attempt, start, offers, context, stop.clone()).instrument(span),
         ));
         self.installed_mut(id).slot = Slot::Starting {
             attempt,
@@ -768,6 +868,7 @@ impl Runner {
         });
         info!(manifold = %node.name, generation, "started");
         self.mark_dependents_dirty(id);
+        self.changes.send_modify(|count| *count += 1);
     }
 
     fn on_ended(&mut self, id: NodeId, attempt: u64, result: WorkerResult) {
@@ -1103,6 +1204,7 @@ impl Runner {
         info!("engine stopping");
         self.stopping = true;
         self.timers.clear();
+        self.changes.send_modify(|count| *count += 1);
         let mut active = Vec::new();
         for (id, node) in self.nodes.iter_mut().enumerate() {
             let Some(installed) = node.as_mut().and_then(|node| node.manifold.as_mut()) else {
@@ -1415,9 +1517,11 @@ async fn start_worker(
     node: NodeId,
     attempt: u64,
     start: Arc<dyn Fn(StartContext) -> crate::StartFuture + Send + Sync>,
+    offers: Option<TypeTag>,
     context: StartContext,
     stop: CancellationToken,
 ) -> Outcome {
+    let name = context.name.clone();
     let started = catch_panic(async {
         tokio::select! {
             biased;
@@ -1427,6 +1531,20 @@ async fn start_worker(
     })
     .await;
     let result = match started {
+        Ok(Some(Ok(Started { worker, resource })))
+            if offers
+                .is_some_and(|declared| !resource.as_ref().is_some_and(|r| r.is(declared))) =>
+        {
+            // It broke its declaration: that is the start's failure, and the
+            // worker it made is stopped before the failure is read.
+            worker.kill();
+            let _ = catch_panic(worker.wait()).await;
+            Err(WorkerError::new(Error::OfferMismatch {
+                manifold: name,
+                declared: offers.map_or("", |declared| declared.name),
+                returned: resource.map_or("no resource", |resource| resource.type_name),
+            }))
+        }
         Ok(Some(Ok(Started { worker, resource }))) => {
             return Outcome::Started {
                 node,

@@ -8,3 +8,4 @@ mod harness;
 mod model;
 mod policies;
 mod scenarios;
+mod typed;
