@@ -16,7 +16,10 @@
 //!
 //! The records are written as they come, a chunk per transaction, each
 //! record marked pending, so that a round of any size needs only a chunk's
-//! memory. Nothing a reader sees changes until the end: the heads and the
+//! memory. A chunk is gathered from the network first and written after,
+//! so a write transaction (redb has one at a time) is never held while the
+//! peer is waited for: a slow or stalling peer cannot hold up local writes
+//! for longer than one chunk's commit. Nothing a reader sees changes until the end: the heads and the
 //! vector move, and the pending marks go, in one last, durable transaction,
 //! after the peer's vector has been checked against what it sent. If the
 //! round fails before that (or the process dies), its pending records are
@@ -47,6 +50,11 @@ pub struct RoundStats {
 /// rare, few enough that a transaction's dirty pages stay small.
 const CHUNK_RECORDS: usize = 1024;
 
+/// How many bytes of keys and values a round holds in memory before it
+/// writes them, whatever the count: a chunk of large values is written
+/// sooner, so a round's memory stays near this (plus the channel's).
+const CHUNK_BYTES: usize = 8 * 1024 * 1024;
+
 /// A key whose head a round moved.
 pub(crate) struct Moved {
     pub(crate) key: Vec<u8>,
@@ -62,9 +70,10 @@ pub(crate) enum Item {
     Done(GenVector),
 }
 
-/// Applies a round's items as they arrive on `queue`, in chunks of
+/// Applies a round's items as they arrive on `queue`, in chunks of up to
 /// [`CHUNK_RECORDS`] pending records, then finishes it in one durable
-/// transaction. If anything fails (or the queue closes before `Done`), the
+/// transaction. A chunk is gathered before its transaction opens, so no
+/// write transaction is held while the peer is waited for. If anything fails (or the queue closes before `Done`), the
 /// pending records are removed again and the store is as it was.
 pub(crate) fn apply_round(
     shared: &Shared,
@@ -84,24 +93,18 @@ fn run_round(
     queue: &mut tokio::sync::mpsc::Receiver<Item>,
 ) -> Result<(RoundStats, Vec<Moved>), Error> {
     let mut round = Round::begin(shared, peer)?;
+    let mut chunk = Vec::with_capacity(CHUNK_RECORDS);
     loop {
+        // No transaction is open while the peer is waited for: a local
+        // write waits at most for one chunk's commit, whatever the peer does.
+        let done = gather(queue, &mut chunk)?;
         let mut txn = shared.storage.write()?;
         txn.not_durable();
         let mut writer = txn.tables()?;
-        let mut written = 0;
-        let mut done = None;
-        while written < CHUNK_RECORDS {
-            match queue.blocking_recv() {
-                Some(Item::Collected(vector)) => round.accept_collected(vector),
-                Some(Item::Record(record)) => {
-                    round.apply(&mut writer, record)?;
-                    written += 1;
-                }
-                Some(Item::Done(vector)) => {
-                    done = Some(vector);
-                    break;
-                }
-                None => return Err(Error::Disconnected),
+        for item in chunk.drain(..) {
+            match item {
+                Gathered::Collected(vector) => round.accept_collected(vector),
+                Gathered::Record(record) => round.apply(&mut writer, record)?,
             }
         }
         let Some(theirs) = done else {
@@ -116,6 +119,36 @@ fn run_round(
         txn.commit(finished)?;
         return Ok(outcome);
     }
+}
+
+/// An item of a chunk, in the order it came.
+enum Gathered {
+    Collected(GenVector),
+    Record(LogRecord),
+}
+
+/// Takes items off `queue` into `chunk` until it holds [`CHUNK_RECORDS`]
+/// records or [`CHUNK_BYTES`] of payload, or `Done` comes (returned).
+/// Called with no transaction open: this is where the round waits for the
+/// peer.
+fn gather(
+    queue: &mut tokio::sync::mpsc::Receiver<Item>,
+    chunk: &mut Vec<Gathered>,
+) -> Result<Option<GenVector>, Error> {
+    let (mut records, mut bytes) = (0, 0);
+    while records < CHUNK_RECORDS && bytes < CHUNK_BYTES {
+        match queue.blocking_recv() {
+            Some(Item::Collected(vector)) => chunk.push(Gathered::Collected(vector)),
+            Some(Item::Record(record)) => {
+                records += 1;
+                bytes += record.payload_len();
+                chunk.push(Gathered::Record(record));
+            }
+            Some(Item::Done(vector)) => return Ok(Some(vector)),
+            None => return Err(Error::Disconnected),
+        }
+    }
+    Ok(None)
 }
 
 pub(crate) struct Round<'a> {

@@ -100,7 +100,9 @@ pub type Entry = (Vec<u8>, Vec<u8>);
 /// Reads see the last committed state and never wait for a write or a sync
 /// round (the store is multi-version). Writes are durable when they return:
 /// each [`put`](Replica::put) or [`write_batch`](Replica::write_batch) is
-/// one transaction, and so is each sync round applied.
+/// one transaction. A sync round becomes visible in one transaction too,
+/// and never holds up a write for longer than one chunk's commit, however
+/// slow its peer.
 ///
 /// # Example
 ///

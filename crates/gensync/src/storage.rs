@@ -15,9 +15,10 @@
 //! | `pruned_vector` | device id | the generations collected: this log may lack records up to here |
 //! | `pending` | first log index | the log index after the last: records of a sync round not yet finished, one range per transaction |
 //!
-//! Every change a replica makes (a local write, a whole sync round) is one
-//! write transaction, so after a crash the store holds exactly what some
-//! commit left, with the vector never ahead of the log. The in-memory
+//! Every local write is one write transaction, and so is the end of a sync
+//! round (its records go before, in transactions of their own, marked
+//! `pending` until then), so after a crash the store holds exactly what
+//! some commit left, with the vector never ahead of the log. The in-memory
 //! variant is redb on its in-memory backend: the same code, no file.
 
 use std::path::Path;

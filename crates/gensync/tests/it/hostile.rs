@@ -5,7 +5,9 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use flotilla_gensync::wire::{Connection, Message, WireError};
-use flotilla_gensync::{Error, GenVector, LogRecord, SyncConfig, VersionId, sync_with};
+use flotilla_gensync::{
+    Error, GenVector, LogRecord, SyncConfig, VersionId, initiate_over, sync_with,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
@@ -374,4 +376,75 @@ async fn a_round_failing_after_several_chunks_leaves_nothing_behind() {
     assert_eq!(before, after, "no record of the failed round is left");
     assert_eq!(node.replica.scan(b"").expect("scans").len(), 1);
     assert_eq!(node.replica.verify().expect("reads"), Ok(()));
+}
+
+/// Polls `condition` until it holds, for at most ten seconds.
+async fn eventually(mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the condition never held"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_peer_that_stalls_mid_round_does_not_hold_up_local_writes() {
+    let node = Node::new("me");
+    let (near, far) = tokio::io::duplex(1 << 20);
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    // More than one chunk of records, then a stall with the connection
+    // open, then `Done`.
+    let peer = tokio::spawn(async move {
+        let mut connection = Connection::new(far);
+        let _hello = connection.recv().await;
+        let _ = connection
+            .send(&Message::Hello {
+                device: device("x"),
+            })
+            .await;
+        let _request = connection.recv().await;
+        for s in 1..=1_100 {
+            let record = record("x", 1, s, &format!("k{s}"), vec![]);
+            let _ = connection.feed(&Message::Record(record)).await;
+        }
+        let _ = connection.flush().await;
+        let _ = released.await;
+        let _ = connection
+            .send(&Message::Done {
+                vector: vector(&[("x", 1)]),
+            })
+            .await;
+        connection
+    });
+    let round = tokio::spawn({
+        let replica = node.replica.clone();
+        async move { initiate_over(&replica, near).await }
+    });
+    // The first chunk is written (pending, invisible); the round now waits
+    // for the peer, which stalls.
+    eventually(|| node.replica.log_len().expect("reads") >= 1_024).await;
+    let write = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        node.replica.put(b"mine".to_vec(), b"v".to_vec()),
+    )
+    .await;
+    assert_eq!(node.get("k1"), None, "the round is not visible before Done");
+    // Unstall the peer before asserting, so that a failure does not hang.
+    let _ = release.send(());
+    write
+        .expect("a local write completes while the peer stalls")
+        .expect("writes");
+    assert_eq!(node.get("mine").as_deref(), Some("v"));
+    let stats = round
+        .await
+        .expect("the round task ends")
+        .expect("the round completes once the peer goes on");
+    assert_eq!(stats.applied, 1_100);
+    assert_eq!(node.get("k1100").as_deref(), Some("v"));
+    assert_eq!(node.get("mine").as_deref(), Some("v"));
+    assert_eq!(node.replica.verify().expect("reads"), Ok(()));
+    drop(peer.await.expect("the peer task ends"));
 }
