@@ -448,3 +448,34 @@ async fn a_peer_that_stalls_mid_round_does_not_hold_up_local_writes() {
     assert_eq!(node.replica.verify().expect("reads"), Ok(()));
     drop(peer.await.expect("the peer task ends"));
 }
+
+#[tokio::test]
+async fn a_responder_that_refuses_the_hello_is_reported_as_aborting_with_its_reason() {
+    // A real responder refuses an initiator that claims the responder's id.
+    let server = Node::new("me");
+    let responder = server.serve().await;
+    let twin = Node::new("me");
+    let error = refused(&twin, responder.local_addr()).await;
+    match error {
+        Error::PeerAborted(reason) => assert!(reason.contains("own id"), "{reason}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    stop(responder).await;
+
+    // A scripted one that answers the hello with an abort.
+    let node = Node::new("me");
+    let (address, _peer) = fake_responder(|stream| async move {
+        let mut connection = Connection::new(stream);
+        let _hello = connection.recv().await;
+        let _ = connection
+            .send(&Message::Abort {
+                reason: String::from("not today"),
+            })
+            .await;
+    })
+    .await;
+    match refused(&node, address).await {
+        Error::PeerAborted(reason) => assert_eq!(reason, "not today"),
+        other => panic!("unexpected {other:?}"),
+    }
+}
