@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use flotilla_core_types::DeviceId;
 
-use crate::replica::Shared;
+use crate::replica::{Shared, check_limits};
 use crate::resolver::{Conflict, Resolution, Side};
 use crate::storage::{Head, Writer};
 use crate::{Error, GenVector, LogRecord, VersionId};
@@ -196,6 +196,9 @@ impl<'a> Round<'a> {
         writer: &mut Writer<'_>,
         record: LogRecord,
     ) -> Result<(), Error> {
+        // A record this replica could not have written locally could not be
+        // overwritten or deleted here either: it is bad input.
+        check_limits(&record.key, record.value.as_deref())?;
         if self.ours.covers(&record.device, record.generation) {
             self.stats.duplicates += 1;
             return Ok(());
@@ -371,6 +374,9 @@ impl<'a> Round<'a> {
                 },
             };
         }
+        // A merge travels like a write: it must fit the same limits, or
+        // every peer would refuse it.
+        check_limits(&key, kept.value.as_deref())?;
         let version = VersionId::of_merge(
             &frontier,
             kept.value.as_deref(),

@@ -339,10 +339,7 @@ impl Replica {
     /// As for [`put`](Self::put).
     pub async fn write_batch(&self, writes: Vec<Write>) -> Result<Vec<VersionId>, Error> {
         for (key, value) in &writes {
-            check_len("key", key.len(), MAX_KEY_LEN)?;
-            if let Some(value) = value {
-                check_len("value", value.len(), MAX_VALUE_LEN)?;
-            }
+            check_limits(key, value.as_deref())?;
         }
         let shared = Arc::clone(&self.shared);
         let (versions, changes) =
@@ -470,6 +467,17 @@ impl Shared {
         txn.commit(finished)?;
         Ok((versions, changes))
     }
+}
+
+/// Checks a key and value against [`MAX_KEY_LEN`] and [`MAX_VALUE_LEN`]:
+/// the same limits for a local write, a record a peer sends and a merge, so
+/// that whatever is stored can be rewritten and deleted here, and sent on.
+pub(crate) fn check_limits(key: &[u8], value: Option<&[u8]>) -> Result<(), Error> {
+    check_len("key", key.len(), MAX_KEY_LEN)?;
+    if let Some(value) = value {
+        check_len("value", value.len(), MAX_VALUE_LEN)?;
+    }
+    Ok(())
 }
 
 fn check_len(what: &'static str, len: usize, max: usize) -> Result<(), Error> {

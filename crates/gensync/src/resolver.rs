@@ -48,6 +48,10 @@ pub enum Resolution {
 /// Replicas converge only if every replica settles a conflict alike: a
 /// resolver must be deterministic and symmetric (swapping `ours` and
 /// `theirs` swaps `Ours` and `Theirs`, and keeps a `Merged` value).
+///
+/// A `Merged` value is held to [`MAX_VALUE_LEN`](crate::MAX_VALUE_LEN), as
+/// a local write is: a larger one fails the round with
+/// [`Error::TooLarge`](crate::Error::TooLarge).
 pub trait Resolver: Send + Sync + 'static {
     /// Settles `conflict`.
     fn resolve(&self, conflict: &Conflict) -> Resolution;

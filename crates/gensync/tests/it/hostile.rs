@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 
 use flotilla_gensync::wire::{Connection, Message, WireError};
 use flotilla_gensync::{
-    Error, GenVector, LogRecord, SyncConfig, VersionId, initiate_over, sync_with,
+    Conflict, Error, GenVector, LogRecord, MAX_KEY_LEN, MAX_VALUE_LEN, ReplicaConfig, Resolution,
+    Resolver, SyncConfig, VersionId, initiate_over, sync_with,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -478,4 +479,61 @@ async fn a_responder_that_refuses_the_hello_is_reported_as_aborting_with_its_rea
         Error::PeerAborted(reason) => assert_eq!(reason, "not today"),
         other => panic!("unexpected {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_record_over_the_local_limits_ends_the_round_and_stores_nothing() {
+    let mut long_key = record("x", 1, 1, "k", vec![]);
+    long_key.key = vec![b'k'; MAX_KEY_LEN + 1];
+    let mut long_value = record("x", 1, 1, "k", vec![]);
+    long_value.value = Some(vec![b'v'; MAX_VALUE_LEN + 1]);
+    let cases = [
+        ("key", MAX_KEY_LEN + 1, long_key),
+        ("value", MAX_VALUE_LEN + 1, long_value),
+    ];
+    for (what, len, oversized) in cases {
+        let node = Node::new("me");
+        let messages = vec![
+            Message::Record(oversized),
+            Message::Done {
+                vector: vector(&[("x", 1)]),
+            },
+        ];
+        let (address, _peer) = scripted("x", messages).await;
+        match refused(&node, address).await {
+            Error::TooLarge {
+                what: refused_what,
+                len: refused_len,
+                ..
+            } => assert_eq!((refused_what, refused_len), (what, len)),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(node.replica.log_len().expect("reads"), 0, "{what}");
+        assert_eq!(node.replica.heads().expect("reads"), [], "{what}");
+        assert_eq!(node.replica.verify().expect("reads"), Ok(()));
+    }
+}
+
+#[tokio::test]
+async fn a_merge_over_the_value_limit_fails_the_round_and_stores_nothing() {
+    struct Bloated;
+    impl Resolver for Bloated {
+        fn resolve(&self, _: &Conflict) -> Resolution {
+            Resolution::Merged(Some(vec![0; MAX_VALUE_LEN + 1]))
+        }
+    }
+    let mut config = ReplicaConfig::default();
+    config.resolver = std::sync::Arc::new(Bloated);
+    let (a, b) = (Node::new("a"), Node::with_config("b", config));
+    a.put("k", "a's").await;
+    b.put("k", "b's").await;
+    let serve_a = a.serve().await;
+    let error = refused(&b, serve_a.local_addr()).await;
+    assert!(
+        matches!(error, Error::TooLarge { what: "value", .. }),
+        "{error}"
+    );
+    assert_eq!(b.get("k").as_deref(), Some("b's"));
+    assert_eq!(b.replica.verify().expect("reads"), Ok(()));
+    stop(serve_a).await;
 }
