@@ -50,6 +50,10 @@ pub struct RoundStats {
 /// rare, few enough that a transaction's dirty pages stay small.
 const CHUNK_RECORDS: usize = 1024;
 
+/// How deep [`Round::merge_base`] recurses into criss-cross merges: far
+/// beyond any real history, and a bound on what a crafted DAG can cost.
+const MAX_MERGE_BASE_DEPTH: usize = 32;
+
 /// How many bytes of keys and values a round holds in memory before it
 /// writes them, whatever the count: a chunk of large values is written
 /// sooner, so a round's memory stays near this (plus the channel's).
@@ -347,32 +351,17 @@ impl<'a> Round<'a> {
         self.stats.conflicts += 1;
         frontier.sort();
         let mut kept = side(writer, frontier[0])?;
-        for &next in &frontier[1..] {
+        for (folded, &next) in frontier.iter().enumerate().skip(1) {
             let theirs = side(writer, next)?;
-            // The ancestor may have been collected; the resolver then goes
-            // without it.
-            let ancestor = match common_ancestor(writer, kept.version, theirs.version)? {
-                Some(version) if writer.dag_node(&version)?.is_some() => {
-                    Some(side(writer, version)?)
-                }
-                _ => None,
-            };
-            let conflict = Conflict {
+            // `kept` holds the members folded so far: its ancestors are
+            // theirs, whatever version the fold left in it.
+            let ancestor = self.merge_base(writer, &key, &frontier[..folded], next, 0)?;
+            kept = self.resolve(Conflict {
                 key: key.clone(),
                 ancestor,
                 ours: kept,
                 theirs,
-            };
-            kept = match self.shared.config.resolver.resolve(&conflict) {
-                Resolution::Ours => conflict.ours,
-                Resolution::Theirs => conflict.theirs,
-                Resolution::Merged(value) => Side {
-                    version: conflict.theirs.version,
-                    value,
-                    writer: conflict.ours.writer.max(conflict.theirs.writer),
-                    timestamp_ms: conflict.ours.timestamp_ms.max(conflict.theirs.timestamp_ms),
-                },
-            };
+            });
         }
         // A merge travels like a write: it must fit the same limits, or
         // every peer would refuse it.
@@ -400,6 +389,70 @@ impl<'a> Round<'a> {
             writer.fill_slot(generation, sequence);
         }
         self.set_head(writer, key, version)
+    }
+
+    /// The resolver's answer to `conflict`, as a side.
+    fn resolve(&self, conflict: Conflict) -> Side {
+        match self.shared.config.resolver.resolve(&conflict) {
+            Resolution::Ours => conflict.ours,
+            Resolution::Theirs => conflict.theirs,
+            Resolution::Merged(value) => Side {
+                version: conflict.theirs.version,
+                value,
+                writer: conflict.ours.writer.max(conflict.theirs.writer),
+                timestamp_ms: conflict.ours.timestamp_ms.max(conflict.theirs.timestamp_ms),
+            },
+        }
+    }
+
+    /// The ancestor the resolver is given for `ours` (the versions folded
+    /// so far) against `theirs`: the newest version both descend from,
+    /// whatever the ids. When several are equally new (criss-cross
+    /// merges), none alone holds what both sides share, so they are merged
+    /// with the resolver, each against its own merge base, as git's
+    /// recursive strategy does; that virtual ancestor's version is derived
+    /// as a merge's would be and is in no DAG. Collected ancestors are left
+    /// out; with none left, there is no ancestor.
+    fn merge_base(
+        &self,
+        writer: &Writer<'_>,
+        key: &[u8],
+        ours: &[VersionId],
+        theirs: VersionId,
+        depth: usize,
+    ) -> Result<Option<Side>, Error> {
+        let mut newest = Vec::new();
+        for version in lowest_common_ancestors(writer, ours, theirs)? {
+            if writer.dag_node(&version)?.is_some() {
+                newest.push(version);
+            }
+        }
+        let Some((&first, rest)) = newest.split_first() else {
+            return Ok(None);
+        };
+        let mut base = side(writer, first)?;
+        // A crafted DAG could nest criss-crosses without end; past this
+        // depth the first of the newest ancestors stands for them all.
+        if rest.is_empty() || depth >= MAX_MERGE_BASE_DEPTH {
+            return Ok(Some(base));
+        }
+        for (folded, &next) in newest.iter().enumerate().skip(1) {
+            let theirs = side(writer, next)?;
+            let ancestor = self.merge_base(writer, key, &newest[..folded], next, depth + 1)?;
+            base = self.resolve(Conflict {
+                key: key.to_vec(),
+                ancestor,
+                ours: base,
+                theirs,
+            });
+        }
+        base.version = VersionId::of_merge(
+            &newest,
+            base.value.as_deref(),
+            &base.writer,
+            base.timestamp_ms,
+        );
+        Ok(Some(base))
     }
 
     fn set_head(
@@ -431,18 +484,49 @@ fn descends(
     Ok(ancestors(writer, descendant, |version| version == ancestor)?.is_some())
 }
 
-/// The nearest version both `a` and `b` descend from, if any is left.
-fn common_ancestor(
+/// The versions that both `theirs` and one of `ours` are or descend from
+/// and that no other such version descends from: the newest common
+/// ancestors, in id order. (Walking back breadth first and stopping at the
+/// first shared version finds an older one, for some DAGs and ids.)
+fn lowest_common_ancestors(
     writer: &Writer<'_>,
-    a: VersionId,
-    b: VersionId,
-) -> Result<Option<VersionId>, Error> {
-    let mut of_a = HashSet::new();
-    ancestors(writer, a, |version| {
-        of_a.insert(version);
-        false
-    })?;
-    ancestors(writer, b, |version| of_a.contains(&version))
+    ours: &[VersionId],
+    theirs: VersionId,
+) -> Result<Vec<VersionId>, Error> {
+    let of_ours = ancestry(writer, ours)?;
+    let common: HashSet<VersionId> = ancestry(writer, &[theirs])?
+        .into_iter()
+        .filter(|version| of_ours.contains(version))
+        .collect();
+    // The common versions are closed under "parent of": a common version
+    // that is an ancestor of another is the parent of a common one.
+    let mut older = HashSet::new();
+    for version in &common {
+        if let Some(node) = writer.dag_node(version)? {
+            older.extend(node.parents);
+        }
+    }
+    let mut newest: Vec<VersionId> = common.difference(&older).copied().collect();
+    newest.sort();
+    Ok(newest)
+}
+
+/// `starts` and every version they descend from (collected ones included,
+/// though not what those descend from).
+fn ancestry(writer: &Writer<'_>, starts: &[VersionId]) -> Result<HashSet<VersionId>, Error> {
+    let mut seen: HashSet<VersionId> = starts.iter().copied().collect();
+    let mut queue: VecDeque<VersionId> = starts.iter().copied().collect();
+    while let Some(version) = queue.pop_front() {
+        let Some(node) = writer.dag_node(&version)? else {
+            continue;
+        };
+        for parent in node.parents {
+            if seen.insert(parent) {
+                queue.push_back(parent);
+            }
+        }
+    }
+    Ok(seen)
 }
 
 /// Walks the ancestors of `start` (itself excluded) breadth first until

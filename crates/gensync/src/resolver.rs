@@ -23,9 +23,16 @@ pub struct Side {
 pub struct Conflict {
     /// The key.
     pub key: Vec<u8>,
-    /// The newest version both descend from, if the DAG still has one.
+    /// The newest version both sides descend from (one that no other
+    /// shared version descends from), whatever the version ids: the base
+    /// of a three-way merge. When there are several such (after
+    /// criss-cross merges), their merge by this resolver, each against its
+    /// own base, whose `version` is in no DAG. `None` when no shared
+    /// version is left (never shared, or collected).
     pub ancestor: Option<Side>,
-    /// This replica's head.
+    /// This replica's head. When more than two versions conflict they are
+    /// folded in version id order, and `ours` is the fold so far (its
+    /// ancestors, for `ancestor`, are those of every version folded).
     pub ours: Side,
     /// The version that arrived.
     pub theirs: Side,

@@ -31,7 +31,7 @@ where
 
 /// A fake responder that greets as `device`, reads the request, and then
 /// sends `messages`.
-async fn scripted(
+pub(crate) async fn scripted(
     device_name: &'static str,
     messages: Vec<Message>,
 ) -> (SocketAddr, tokio::task::JoinHandle<()>) {
@@ -51,7 +51,7 @@ async fn scripted(
     .await
 }
 
-fn record(
+pub(crate) fn record(
     writer: &str,
     generation: u64,
     sequence: u64,
@@ -72,7 +72,7 @@ fn record(
     }
 }
 
-fn vector(entries: &[(&str, u64)]) -> GenVector {
+pub(crate) fn vector(entries: &[(&str, u64)]) -> GenVector {
     let mut vector = GenVector::new();
     for (name, generation) in entries {
         vector.raise(&device(name), *generation);
