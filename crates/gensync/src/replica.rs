@@ -88,6 +88,47 @@ pub enum Origin {
     Replicated,
 }
 
+/// One version of a key, as [`Replica::history`] reports it: enough to see
+/// why a conflict resolved as it did (which versions a merge joined, and
+/// the writer and timestamp last-writer-wins compared).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VersionInfo {
+    /// The version.
+    pub version: VersionId,
+    /// The versions it replaced: none for a key's first version, one for
+    /// an update, several for a merge. A parent garbage collection removed
+    /// has no entry of its own.
+    pub parents: Vec<VersionId>,
+    /// Its value (`None`: deleted).
+    pub value: Option<Vec<u8>>,
+    /// Who wrote the value (for a merge, the writer of the value it kept).
+    pub writer: DeviceId,
+    /// When, by the writer's clock, in milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// The device whose log holds the version: the writer for a write, the
+    /// replica that made it for a merge.
+    pub logged_by: DeviceId,
+    /// Whether it is the key's current version (its head).
+    pub is_head: bool,
+}
+
+/// What a replica knows of another device, as [`Replica::devices`] reports
+/// it: what garbage collection waits for, and what eviction looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeviceInfo {
+    /// The device.
+    pub device: DeviceId,
+    /// What it holds, as far as this replica knows: the vectors it reported
+    /// in rounds with this replica, merged; empty for a device heard of only
+    /// through others (whose records came by way of a third replica).
+    pub vector: GenVector,
+    /// When it was last heard of, by this replica's clock
+    /// ([`ReplicaConfig::clock`]), in milliseconds since the Unix epoch.
+    pub last_heard_ms: u64,
+}
+
 /// One write of a batch: a value, or `None` to delete.
 pub type Write = (Vec<u8>, Option<Vec<u8>>);
 
@@ -281,6 +322,51 @@ impl Replica {
     /// [`Error::Storage`] or [`Error::Corrupt`].
     pub fn vector(&self) -> Result<GenVector, Error> {
         self.shared.storage.read()?.vector()
+    }
+
+    /// The history of `key`: its current version and every version that
+    /// one descends from which garbage collection has left, oldest first
+    /// (parents before their children). Empty for a key never written. It
+    /// reads the whole history, so it is for people and status pages, not
+    /// for hot paths.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] or [`Error::Corrupt`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use flotilla_core_types::DeviceId;
+    /// use flotilla_gensync::{Replica, ReplicaConfig, Storage};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), flotilla_gensync::Error> {
+    /// let device = DeviceId::new("laptop").expect("valid id");
+    /// let replica = Replica::open(device, Storage::in_memory()?, ReplicaConfig::default())?;
+    /// let first = replica.put(b"k".to_vec(), b"1".to_vec()).await?;
+    /// let second = replica.put(b"k".to_vec(), b"2".to_vec()).await?;
+    /// let history = replica.history(b"k")?;
+    /// assert_eq!(history.len(), 2);
+    /// assert_eq!((history[0].version, history[0].is_head), (first, false));
+    /// assert_eq!(history[1].parents, [first]);
+    /// assert_eq!((history[1].version, history[1].is_head), (second, true));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn history(&self, key: &[u8]) -> Result<Vec<VersionInfo>, Error> {
+        self.shared.storage.read()?.history(key)
+    }
+
+    /// The device table: every other device this replica has heard of, in
+    /// id order, with what it is known to hold and when it was last heard
+    /// of. This replica's own holdings are [`vector`](Self::vector).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] or [`Error::Corrupt`].
+    pub fn devices(&self) -> Result<Vec<DeviceInfo>, Error> {
+        self.shared.storage.read()?.devices()
     }
 
     /// How many records the log holds.

@@ -6,6 +6,7 @@ mod crash;
 mod gc;
 mod harness;
 mod hostile;
+mod introspect;
 mod model;
 mod replica;
 mod sync;
