@@ -1,29 +1,31 @@
-//! Applying one sync round: the records a peer sent, in one write
-//! transaction, through the version DAG.
+//! Applying one sync round: the records a peer sent, in chunks of pending
+//! records, through the version DAG.
 //!
-//! For each record not already covered by our vector: its parents must be
-//! known (or arrive earlier in the round), and it joins the log and the DAG.
-//! Per key, the round keeps the *frontier*: the versions that nothing else
-//! known descends from, starting from the key's head. A version that
-//! descends from the head replaces it (a fast-forward); two or more versions
-//! left at the end are a conflict. It is settled once per key per round: the
-//! resolver folds the frontier (in version id order) into one value, and
-//! that becomes a merge version whose parents are the whole frontier and
-//! whose id is derived from them and its content. Every replica that knows
-//! the same versions has the same frontier and makes the same merge, so
-//! merges do not pile up on each other. The merge is a record of our own
-//! log and travels like any other write.
+//! For each record not already covered by our vector: it must fit the
+//! local key and value limits, its parents must be known (or arrive earlier
+//! in the round), and it joins the log and the DAG. Per key, the round
+//! keeps the *frontier*: the versions that nothing else known descends
+//! from, starting from the key's head. A version that descends from the
+//! head replaces it (a fast-forward); two or more versions left at the end
+//! are a conflict. It is settled once per key per round: the resolver folds
+//! the frontier (in version id order) into one value, each step given the
+//! newest common ancestor as its base, and that becomes a merge version
+//! whose parents are the whole frontier and whose id is derived from them
+//! and its content. Every replica that knows the same versions has the same
+//! frontier and makes the same merge, so merges do not pile up on each
+//! other. The merge is a record of our own log and travels like any other
+//! write.
 //!
 //! The records are written as they come, a chunk per transaction, each
 //! record marked pending, so that a round of any size needs only a chunk's
 //! memory. A chunk is gathered from the network first and written after,
 //! so a write transaction (redb has one at a time) is never held while the
 //! peer is waited for: a slow or stalling peer cannot hold up local writes
-//! for longer than one chunk's commit. Nothing a reader sees changes until the end: the heads and the
-//! vector move, and the pending marks go, in one last, durable transaction,
-//! after the peer's vector has been checked against what it sent. If the
-//! round fails before that (or the process dies), its pending records are
-//! removed and the store is as it was.
+//! for longer than one chunk's commit. Nothing a reader sees changes until
+//! the end: the heads and the vector move, and the pending marks go, in one
+//! last, durable transaction, after the peer's vector has been checked
+//! against what it sent. If the round fails before that (or the process
+//! dies), its pending records are removed and the store is as it was.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
