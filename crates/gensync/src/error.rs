@@ -12,7 +12,10 @@ use crate::wire::WireError;
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A key or value is larger than the replica accepts.
+    /// A key or value is larger than the replica accepts: in a local
+    /// write (nothing is written), in a record a peer sent, or in a merge
+    /// a [`Resolver`](crate::Resolver) made (the round ends, and nothing of
+    /// it is stored).
     #[error("{what} of {len} bytes is over the limit of {max}")]
     TooLarge {
         /// "key" or "value".

@@ -12,7 +12,9 @@
 //! all at once, in its last transaction, or not at all.
 //!
 //! - [`Replica`]: put, get, delete, scan, watch; durable on redb
-//!   ([`Storage`]), or in memory for tests.
+//!   ([`Storage`]), or in memory for tests. [`Replica::history`] and
+//!   [`Replica::devices`] show a key's versions and what is known of each
+//!   peer, to explain a resolution or fill a status page.
 //! - [`sync_with`]: one round as initiator; [`Responder`]: serves rounds
 //!   over TCP; [`Initiator`]: rounds with a set of peers on an interval.
 //! - [`wire`]: the frames and messages (see docs/gensync-wire.md).
@@ -61,7 +63,8 @@ pub use error::Error;
 pub use model::{GenVector, LogRecord, VersionId};
 pub use replay::RoundStats;
 pub use replica::{
-    Change, Entry, MAX_KEY_LEN, MAX_VALUE_LEN, Origin, Replica, ReplicaConfig, Write,
+    Change, DeviceInfo, Entry, MAX_KEY_LEN, MAX_VALUE_LEN, Origin, Replica, ReplicaConfig,
+    VersionInfo, Write,
 };
 pub use resolver::{Conflict, LastWriterWins, Resolution, Resolver, Side};
 pub use storage::{DEFAULT_CACHE_BYTES, GcStats, Storage};

@@ -1,32 +1,37 @@
-//! Applying one sync round: the records a peer sent, in one write
-//! transaction, through the version DAG.
+//! Applying one sync round: the records a peer sent, in chunks of pending
+//! records, through the version DAG.
 //!
-//! For each record not already covered by our vector: its parents must be
-//! known (or arrive earlier in the round), and it joins the log and the DAG.
-//! Per key, the round keeps the *frontier*: the versions that nothing else
-//! known descends from, starting from the key's head. A version that
-//! descends from the head replaces it (a fast-forward); two or more versions
-//! left at the end are a conflict. It is settled once per key per round: the
-//! resolver folds the frontier (in version id order) into one value, and
-//! that becomes a merge version whose parents are the whole frontier and
-//! whose id is derived from them and its content. Every replica that knows
-//! the same versions has the same frontier and makes the same merge, so
-//! merges do not pile up on each other. The merge is a record of our own
-//! log and travels like any other write.
+//! For each record not already covered by our vector: it must fit the
+//! local key and value limits, its parents must be known (or arrive earlier
+//! in the round), and it joins the log and the DAG. Per key, the round
+//! keeps the *frontier*: the versions that nothing else known descends
+//! from, starting from the key's head. A version that descends from the
+//! head replaces it (a fast-forward); two or more versions left at the end
+//! are a conflict. It is settled once per key per round: the resolver folds
+//! the frontier (in version id order) into one value, each step given the
+//! newest common ancestor as its base, and that becomes a merge version
+//! whose parents are the whole frontier and whose id is derived from them
+//! and its content. Every replica that knows the same versions has the same
+//! frontier and makes the same merge, so merges do not pile up on each
+//! other. The merge is a record of our own log and travels like any other
+//! write.
 //!
 //! The records are written as they come, a chunk per transaction, each
 //! record marked pending, so that a round of any size needs only a chunk's
-//! memory. Nothing a reader sees changes until the end: the heads and the
-//! vector move, and the pending marks go, in one last, durable transaction,
-//! after the peer's vector has been checked against what it sent. If the
-//! round fails before that (or the process dies), its pending records are
-//! removed and the store is as it was.
+//! memory. A chunk is gathered from the network first and written after,
+//! so a write transaction (redb has one at a time) is never held while the
+//! peer is waited for: a slow or stalling peer cannot hold up local writes
+//! for longer than one chunk's commit. Nothing a reader sees changes until
+//! the end: the heads and the vector move, and the pending marks go, in one
+//! last, durable transaction, after the peer's vector has been checked
+//! against what it sent. If the round fails before that (or the process
+//! dies), its pending records are removed and the store is as it was.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use flotilla_core_types::DeviceId;
 
-use crate::replica::Shared;
+use crate::replica::{Shared, check_limits};
 use crate::resolver::{Conflict, Resolution, Side};
 use crate::storage::{Head, Writer};
 use crate::{Error, GenVector, LogRecord, VersionId};
@@ -47,6 +52,15 @@ pub struct RoundStats {
 /// rare, few enough that a transaction's dirty pages stay small.
 const CHUNK_RECORDS: usize = 1024;
 
+/// How deep [`Round::merge_base`] recurses into criss-cross merges: far
+/// beyond any real history, and a bound on what a crafted DAG can cost.
+const MAX_MERGE_BASE_DEPTH: usize = 32;
+
+/// How many bytes of keys and values a round holds in memory before it
+/// writes them, whatever the count: a chunk of large values is written
+/// sooner, so a round's memory stays near this (plus the channel's).
+const CHUNK_BYTES: usize = 8 * 1024 * 1024;
+
 /// A key whose head a round moved.
 pub(crate) struct Moved {
     pub(crate) key: Vec<u8>,
@@ -62,9 +76,10 @@ pub(crate) enum Item {
     Done(GenVector),
 }
 
-/// Applies a round's items as they arrive on `queue`, in chunks of
+/// Applies a round's items as they arrive on `queue`, in chunks of up to
 /// [`CHUNK_RECORDS`] pending records, then finishes it in one durable
-/// transaction. If anything fails (or the queue closes before `Done`), the
+/// transaction. A chunk is gathered before its transaction opens, so no
+/// write transaction is held while the peer is waited for. If anything fails (or the queue closes before `Done`), the
 /// pending records are removed again and the store is as it was.
 pub(crate) fn apply_round(
     shared: &Shared,
@@ -84,24 +99,18 @@ fn run_round(
     queue: &mut tokio::sync::mpsc::Receiver<Item>,
 ) -> Result<(RoundStats, Vec<Moved>), Error> {
     let mut round = Round::begin(shared, peer)?;
+    let mut chunk = Vec::with_capacity(CHUNK_RECORDS);
     loop {
+        // No transaction is open while the peer is waited for: a local
+        // write waits at most for one chunk's commit, whatever the peer does.
+        let done = gather(queue, &mut chunk)?;
         let mut txn = shared.storage.write()?;
         txn.not_durable();
         let mut writer = txn.tables()?;
-        let mut written = 0;
-        let mut done = None;
-        while written < CHUNK_RECORDS {
-            match queue.blocking_recv() {
-                Some(Item::Collected(vector)) => round.accept_collected(vector),
-                Some(Item::Record(record)) => {
-                    round.apply(&mut writer, record)?;
-                    written += 1;
-                }
-                Some(Item::Done(vector)) => {
-                    done = Some(vector);
-                    break;
-                }
-                None => return Err(Error::Disconnected),
+        for item in chunk.drain(..) {
+            match item {
+                Gathered::Collected(vector) => round.accept_collected(vector),
+                Gathered::Record(record) => round.apply(&mut writer, record)?,
             }
         }
         let Some(theirs) = done else {
@@ -116,6 +125,36 @@ fn run_round(
         txn.commit(finished)?;
         return Ok(outcome);
     }
+}
+
+/// An item of a chunk, in the order it came.
+enum Gathered {
+    Collected(GenVector),
+    Record(LogRecord),
+}
+
+/// Takes items off `queue` into `chunk` until it holds [`CHUNK_RECORDS`]
+/// records or [`CHUNK_BYTES`] of payload, or `Done` comes (returned).
+/// Called with no transaction open: this is where the round waits for the
+/// peer.
+fn gather(
+    queue: &mut tokio::sync::mpsc::Receiver<Item>,
+    chunk: &mut Vec<Gathered>,
+) -> Result<Option<GenVector>, Error> {
+    let (mut records, mut bytes) = (0, 0);
+    while records < CHUNK_RECORDS && bytes < CHUNK_BYTES {
+        match queue.blocking_recv() {
+            Some(Item::Collected(vector)) => chunk.push(Gathered::Collected(vector)),
+            Some(Item::Record(record)) => {
+                records += 1;
+                bytes += record.payload_len();
+                chunk.push(Gathered::Record(record));
+            }
+            Some(Item::Done(vector)) => return Ok(Some(vector)),
+            None => return Err(Error::Disconnected),
+        }
+    }
+    Ok(None)
 }
 
 pub(crate) struct Round<'a> {
@@ -163,6 +202,9 @@ impl<'a> Round<'a> {
         writer: &mut Writer<'_>,
         record: LogRecord,
     ) -> Result<(), Error> {
+        // A record this replica could not have written locally could not be
+        // overwritten or deleted here either: it is bad input.
+        check_limits(&record.key, record.value.as_deref())?;
         if self.ours.covers(&record.device, record.generation) {
             self.stats.duplicates += 1;
             return Ok(());
@@ -311,33 +353,21 @@ impl<'a> Round<'a> {
         self.stats.conflicts += 1;
         frontier.sort();
         let mut kept = side(writer, frontier[0])?;
-        for &next in &frontier[1..] {
+        for (folded, &next) in frontier.iter().enumerate().skip(1) {
             let theirs = side(writer, next)?;
-            // The ancestor may have been collected; the resolver then goes
-            // without it.
-            let ancestor = match common_ancestor(writer, kept.version, theirs.version)? {
-                Some(version) if writer.dag_node(&version)?.is_some() => {
-                    Some(side(writer, version)?)
-                }
-                _ => None,
-            };
-            let conflict = Conflict {
+            // `kept` holds the members folded so far: its ancestors are
+            // theirs, whatever version the fold left in it.
+            let ancestor = self.merge_base(writer, &key, &frontier[..folded], next, 0)?;
+            kept = self.resolve(Conflict {
                 key: key.clone(),
                 ancestor,
                 ours: kept,
                 theirs,
-            };
-            kept = match self.shared.config.resolver.resolve(&conflict) {
-                Resolution::Ours => conflict.ours,
-                Resolution::Theirs => conflict.theirs,
-                Resolution::Merged(value) => Side {
-                    version: conflict.theirs.version,
-                    value,
-                    writer: conflict.ours.writer.max(conflict.theirs.writer),
-                    timestamp_ms: conflict.ours.timestamp_ms.max(conflict.theirs.timestamp_ms),
-                },
-            };
+            });
         }
+        // A merge travels like a write: it must fit the same limits, or
+        // every peer would refuse it.
+        check_limits(&key, kept.value.as_deref())?;
         let version = VersionId::of_merge(
             &frontier,
             kept.value.as_deref(),
@@ -361,6 +391,70 @@ impl<'a> Round<'a> {
             writer.fill_slot(generation, sequence);
         }
         self.set_head(writer, key, version)
+    }
+
+    /// The resolver's answer to `conflict`, as a side.
+    fn resolve(&self, conflict: Conflict) -> Side {
+        match self.shared.config.resolver.resolve(&conflict) {
+            Resolution::Ours => conflict.ours,
+            Resolution::Theirs => conflict.theirs,
+            Resolution::Merged(value) => Side {
+                version: conflict.theirs.version,
+                value,
+                writer: conflict.ours.writer.max(conflict.theirs.writer),
+                timestamp_ms: conflict.ours.timestamp_ms.max(conflict.theirs.timestamp_ms),
+            },
+        }
+    }
+
+    /// The ancestor the resolver is given for `ours` (the versions folded
+    /// so far) against `theirs`: the newest version both descend from,
+    /// whatever the ids. When several are equally new (criss-cross
+    /// merges), none alone holds what both sides share, so they are merged
+    /// with the resolver, each against its own merge base, as git's
+    /// recursive strategy does; that virtual ancestor's version is derived
+    /// as a merge's would be and is in no DAG. Collected ancestors are left
+    /// out; with none left, there is no ancestor.
+    fn merge_base(
+        &self,
+        writer: &Writer<'_>,
+        key: &[u8],
+        ours: &[VersionId],
+        theirs: VersionId,
+        depth: usize,
+    ) -> Result<Option<Side>, Error> {
+        let mut newest = Vec::new();
+        for version in lowest_common_ancestors(writer, ours, theirs)? {
+            if writer.dag_node(&version)?.is_some() {
+                newest.push(version);
+            }
+        }
+        let Some((&first, rest)) = newest.split_first() else {
+            return Ok(None);
+        };
+        let mut base = side(writer, first)?;
+        // A crafted DAG could nest criss-crosses without end; past this
+        // depth the first of the newest ancestors stands for them all.
+        if rest.is_empty() || depth >= MAX_MERGE_BASE_DEPTH {
+            return Ok(Some(base));
+        }
+        for (folded, &next) in newest.iter().enumerate().skip(1) {
+            let theirs = side(writer, next)?;
+            let ancestor = self.merge_base(writer, key, &newest[..folded], next, depth + 1)?;
+            base = self.resolve(Conflict {
+                key: key.to_vec(),
+                ancestor,
+                ours: base,
+                theirs,
+            });
+        }
+        base.version = VersionId::of_merge(
+            &newest,
+            base.value.as_deref(),
+            &base.writer,
+            base.timestamp_ms,
+        );
+        Ok(Some(base))
     }
 
     fn set_head(
@@ -392,18 +486,49 @@ fn descends(
     Ok(ancestors(writer, descendant, |version| version == ancestor)?.is_some())
 }
 
-/// The nearest version both `a` and `b` descend from, if any is left.
-fn common_ancestor(
+/// The versions that both `theirs` and one of `ours` are or descend from
+/// and that no other such version descends from: the newest common
+/// ancestors, in id order. (Walking back breadth first and stopping at the
+/// first shared version finds an older one, for some DAGs and ids.)
+fn lowest_common_ancestors(
     writer: &Writer<'_>,
-    a: VersionId,
-    b: VersionId,
-) -> Result<Option<VersionId>, Error> {
-    let mut of_a = HashSet::new();
-    ancestors(writer, a, |version| {
-        of_a.insert(version);
-        false
-    })?;
-    ancestors(writer, b, |version| of_a.contains(&version))
+    ours: &[VersionId],
+    theirs: VersionId,
+) -> Result<Vec<VersionId>, Error> {
+    let of_ours = ancestry(writer, ours)?;
+    let common: HashSet<VersionId> = ancestry(writer, &[theirs])?
+        .into_iter()
+        .filter(|version| of_ours.contains(version))
+        .collect();
+    // The common versions are closed under "parent of": a common version
+    // that is an ancestor of another is the parent of a common one.
+    let mut older = HashSet::new();
+    for version in &common {
+        if let Some(node) = writer.dag_node(version)? {
+            older.extend(node.parents);
+        }
+    }
+    let mut newest: Vec<VersionId> = common.difference(&older).copied().collect();
+    newest.sort();
+    Ok(newest)
+}
+
+/// `starts` and every version they descend from (collected ones included,
+/// though not what those descend from).
+fn ancestry(writer: &Writer<'_>, starts: &[VersionId]) -> Result<HashSet<VersionId>, Error> {
+    let mut seen: HashSet<VersionId> = starts.iter().copied().collect();
+    let mut queue: VecDeque<VersionId> = starts.iter().copied().collect();
+    while let Some(version) = queue.pop_front() {
+        let Some(node) = writer.dag_node(&version)? else {
+            continue;
+        };
+        for parent in node.parents {
+            if seen.insert(parent) {
+                queue.push_back(parent);
+            }
+        }
+    }
+    Ok(seen)
 }
 
 /// Walks the ancestors of `start` (itself excluded) breadth first until

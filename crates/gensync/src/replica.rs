@@ -88,6 +88,47 @@ pub enum Origin {
     Replicated,
 }
 
+/// One version of a key, as [`Replica::history`] reports it: enough to see
+/// why a conflict resolved as it did (which versions a merge joined, and
+/// the writer and timestamp last-writer-wins compared).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VersionInfo {
+    /// The version.
+    pub version: VersionId,
+    /// The versions it replaced: none for a key's first version, one for
+    /// an update, several for a merge. A parent garbage collection removed
+    /// has no entry of its own.
+    pub parents: Vec<VersionId>,
+    /// Its value (`None`: deleted).
+    pub value: Option<Vec<u8>>,
+    /// Who wrote the value (for a merge, the writer of the value it kept).
+    pub writer: DeviceId,
+    /// When, by the writer's clock, in milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// The device whose log holds the version: the writer for a write, the
+    /// replica that made it for a merge.
+    pub logged_by: DeviceId,
+    /// Whether it is the key's current version (its head).
+    pub is_head: bool,
+}
+
+/// What a replica knows of another device, as [`Replica::devices`] reports
+/// it: what garbage collection waits for, and what eviction looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeviceInfo {
+    /// The device.
+    pub device: DeviceId,
+    /// What it holds, as far as this replica knows: the vectors it reported
+    /// in rounds with this replica, merged; empty for a device heard of only
+    /// through others (whose records came by way of a third replica).
+    pub vector: GenVector,
+    /// When it was last heard of, by this replica's clock
+    /// ([`ReplicaConfig::clock`]), in milliseconds since the Unix epoch.
+    pub last_heard_ms: u64,
+}
+
 /// One write of a batch: a value, or `None` to delete.
 pub type Write = (Vec<u8>, Option<Vec<u8>>);
 
@@ -100,7 +141,9 @@ pub type Entry = (Vec<u8>, Vec<u8>);
 /// Reads see the last committed state and never wait for a write or a sync
 /// round (the store is multi-version). Writes are durable when they return:
 /// each [`put`](Replica::put) or [`write_batch`](Replica::write_batch) is
-/// one transaction, and so is each sync round applied.
+/// one transaction. A sync round becomes visible in one transaction too,
+/// and never holds up a write for longer than one chunk's commit, however
+/// slow its peer.
 ///
 /// # Example
 ///
@@ -281,6 +324,51 @@ impl Replica {
         self.shared.storage.read()?.vector()
     }
 
+    /// The history of `key`: its current version and every version that
+    /// one descends from which garbage collection has left, oldest first
+    /// (parents before their children). Empty for a key never written. It
+    /// reads the whole history, so it is for people and status pages, not
+    /// for hot paths.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] or [`Error::Corrupt`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use flotilla_core_types::DeviceId;
+    /// use flotilla_gensync::{Replica, ReplicaConfig, Storage};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), flotilla_gensync::Error> {
+    /// let device = DeviceId::new("laptop").expect("valid id");
+    /// let replica = Replica::open(device, Storage::in_memory()?, ReplicaConfig::default())?;
+    /// let first = replica.put(b"k".to_vec(), b"1".to_vec()).await?;
+    /// let second = replica.put(b"k".to_vec(), b"2".to_vec()).await?;
+    /// let history = replica.history(b"k")?;
+    /// assert_eq!(history.len(), 2);
+    /// assert_eq!((history[0].version, history[0].is_head), (first, false));
+    /// assert_eq!(history[1].parents, [first]);
+    /// assert_eq!((history[1].version, history[1].is_head), (second, true));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn history(&self, key: &[u8]) -> Result<Vec<VersionInfo>, Error> {
+        self.shared.storage.read()?.history(key)
+    }
+
+    /// The device table: every other device this replica has heard of, in
+    /// id order, with what it is known to hold and when it was last heard
+    /// of. This replica's own holdings are [`vector`](Self::vector).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`] or [`Error::Corrupt`].
+    pub fn devices(&self) -> Result<Vec<DeviceInfo>, Error> {
+        self.shared.storage.read()?.devices()
+    }
+
     /// How many records the log holds.
     ///
     /// # Errors
@@ -337,10 +425,7 @@ impl Replica {
     /// As for [`put`](Self::put).
     pub async fn write_batch(&self, writes: Vec<Write>) -> Result<Vec<VersionId>, Error> {
         for (key, value) in &writes {
-            check_len("key", key.len(), MAX_KEY_LEN)?;
-            if let Some(value) = value {
-                check_len("value", value.len(), MAX_VALUE_LEN)?;
-            }
+            check_limits(key, value.as_deref())?;
         }
         let shared = Arc::clone(&self.shared);
         let (versions, changes) =
@@ -468,6 +553,17 @@ impl Shared {
         txn.commit(finished)?;
         Ok((versions, changes))
     }
+}
+
+/// Checks a key and value against [`MAX_KEY_LEN`] and [`MAX_VALUE_LEN`]:
+/// the same limits for a local write, a record a peer sends and a merge, so
+/// that whatever is stored can be rewritten and deleted here, and sent on.
+pub(crate) fn check_limits(key: &[u8], value: Option<&[u8]>) -> Result<(), Error> {
+    check_len("key", key.len(), MAX_KEY_LEN)?;
+    if let Some(value) = value {
+        check_len("value", value.len(), MAX_VALUE_LEN)?;
+    }
+    Ok(())
 }
 
 fn check_len(what: &'static str, len: usize, max: usize) -> Result<(), Error> {

@@ -23,9 +23,16 @@ pub struct Side {
 pub struct Conflict {
     /// The key.
     pub key: Vec<u8>,
-    /// The newest version both descend from, if the DAG still has one.
+    /// The newest version both sides descend from (one that no other
+    /// shared version descends from), whatever the version ids: the base
+    /// of a three-way merge. When there are several such (after
+    /// criss-cross merges), their merge by this resolver, each against its
+    /// own base, whose `version` is in no DAG. `None` when no shared
+    /// version is left (never shared, or collected).
     pub ancestor: Option<Side>,
-    /// This replica's head.
+    /// This replica's head. When more than two versions conflict they are
+    /// folded in version id order, and `ours` is the fold so far (its
+    /// ancestors, for `ancestor`, are those of every version folded).
     pub ours: Side,
     /// The version that arrived.
     pub theirs: Side,
@@ -48,6 +55,10 @@ pub enum Resolution {
 /// Replicas converge only if every replica settles a conflict alike: a
 /// resolver must be deterministic and symmetric (swapping `ours` and
 /// `theirs` swaps `Ours` and `Theirs`, and keeps a `Merged` value).
+///
+/// A `Merged` value is held to [`MAX_VALUE_LEN`](crate::MAX_VALUE_LEN), as
+/// a local write is: a larger one fails the round with
+/// [`Error::TooLarge`](crate::Error::TooLarge).
 pub trait Resolver: Send + Sync + 'static {
     /// Settles `conflict`.
     fn resolve(&self, conflict: &Conflict) -> Resolution;

@@ -15,9 +15,10 @@
 //! | `pruned_vector` | device id | the generations collected: this log may lack records up to here |
 //! | `pending` | first log index | the log index after the last: records of a sync round not yet finished, one range per transaction |
 //!
-//! Every change a replica makes (a local write, a whole sync round) is one
-//! write transaction, so after a crash the store holds exactly what some
-//! commit left, with the vector never ahead of the log. The in-memory
+//! Every local write is one write transaction, and so is the end of a sync
+//! round (its records go before, in transactions of their own, marked
+//! `pending` until then), so after a crash the store holds exactly what
+//! some commit left, with the vector never ahead of the log. The in-memory
 //! variant is redb on its in-memory backend: the same code, no file.
 
 use std::path::Path;
@@ -29,6 +30,7 @@ use redb::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::replica::{DeviceInfo, VersionInfo};
 use crate::{Error, GenVector, LogRecord, VersionId};
 
 const META: TableDefinition<'static, &'static str, u64> = TableDefinition::new("meta");
@@ -344,6 +346,67 @@ impl Reader {
 
     pub(crate) fn log_len(&self) -> Result<u64, Error> {
         Ok(self.txn.open_table(LOG)?.len()?)
+    }
+
+    /// The versions of `key` its head descends from, and the head, oldest
+    /// first (log order, in which parents come before their children).
+    /// Collected versions have no entry, though they may be named as
+    /// parents.
+    pub(crate) fn history(&self, key: &[u8]) -> Result<Vec<VersionInfo>, Error> {
+        let Some(head) = self.head(key)? else {
+            return Ok(Vec::new());
+        };
+        let dag = self.txn.open_table(DAG)?;
+        let log = self.txn.open_table(LOG)?;
+        let mut found = Vec::new();
+        let mut seen = std::collections::HashSet::from([head.version]);
+        let mut queue = std::collections::VecDeque::from([head.version]);
+        while let Some(version) = queue.pop_front() {
+            let Some(node) = dag.get(version.0.as_slice())? else {
+                continue;
+            };
+            let node: DagNode = decode("dag node", node.value())?;
+            let record = log.get(node.log_index)?.ok_or(Error::Corrupt {
+                what: "log (a dag node without its record)",
+                source: postcard::Error::DeserializeUnexpectedEnd,
+            })?;
+            let record: LogRecord = decode("log record", record.value())?;
+            for parent in &node.parents {
+                if seen.insert(*parent) {
+                    queue.push_back(*parent);
+                }
+            }
+            found.push((
+                node.log_index,
+                VersionInfo {
+                    version,
+                    parents: node.parents,
+                    value: record.value,
+                    writer: record.writer,
+                    timestamp_ms: record.timestamp_ms,
+                    logged_by: record.device,
+                    is_head: version == head.version,
+                },
+            ));
+        }
+        found.sort_by_key(|(log_index, _)| *log_index);
+        Ok(found.into_iter().map(|(_, info)| info).collect())
+    }
+
+    /// Every device this replica has heard of, in id order.
+    pub(crate) fn devices(&self) -> Result<Vec<DeviceInfo>, Error> {
+        let mut devices = Vec::new();
+        for entry in self.txn.open_table(PEERS)?.iter()? {
+            let (device, record) = entry?;
+            let device = stored_device("peer entry", device.value())?;
+            let record: PeerRecord = decode("peer", record.value())?;
+            devices.push(DeviceInfo {
+                device,
+                vector: record.vector,
+                last_heard_ms: record.last_seen_ms,
+            });
+        }
+        Ok(devices)
     }
 }
 

@@ -210,12 +210,16 @@ async fn receive<T: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// The peer's hello. A peer may refuse the round instead (a responder
+/// does so when it will not serve us): that is [`Error::PeerAborted`] with
+/// its reason, not a protocol violation.
 async fn expect_hello<T>(connection: &mut Connection<T>) -> Result<DeviceId, Error>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     match connection.recv().await? {
         Some(Message::Hello { device }) => Ok(device),
+        Some(Message::Abort { reason }) => Err(Error::PeerAborted(reason)),
         Some(other) => Err(Error::Protocol {
             expected: "hello",
             got: format!("{other:?}"),
@@ -436,6 +440,7 @@ async fn respond<T: AsyncRead + AsyncWrite + Unpin>(
         .await?;
     let theirs = match connection.recv().await? {
         Some(Message::GetDeltas { vector }) => vector,
+        Some(Message::Abort { reason }) => return Err(Error::PeerAborted(reason)),
         Some(other) => {
             return Err(Error::Protocol {
                 expected: "get-deltas",

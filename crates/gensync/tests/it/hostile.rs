@@ -5,7 +5,10 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use flotilla_gensync::wire::{Connection, Message, WireError};
-use flotilla_gensync::{Error, GenVector, LogRecord, SyncConfig, VersionId, sync_with};
+use flotilla_gensync::{
+    Conflict, Error, GenVector, LogRecord, MAX_KEY_LEN, MAX_VALUE_LEN, ReplicaConfig, Resolution,
+    Resolver, SyncConfig, VersionId, initiate_over, sync_with,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
@@ -28,7 +31,7 @@ where
 
 /// A fake responder that greets as `device`, reads the request, and then
 /// sends `messages`.
-async fn scripted(
+pub(crate) async fn scripted(
     device_name: &'static str,
     messages: Vec<Message>,
 ) -> (SocketAddr, tokio::task::JoinHandle<()>) {
@@ -48,7 +51,7 @@ async fn scripted(
     .await
 }
 
-fn record(
+pub(crate) fn record(
     writer: &str,
     generation: u64,
     sequence: u64,
@@ -69,7 +72,7 @@ fn record(
     }
 }
 
-fn vector(entries: &[(&str, u64)]) -> GenVector {
+pub(crate) fn vector(entries: &[(&str, u64)]) -> GenVector {
     let mut vector = GenVector::new();
     for (name, generation) in entries {
         vector.raise(&device(name), *generation);
@@ -374,4 +377,163 @@ async fn a_round_failing_after_several_chunks_leaves_nothing_behind() {
     assert_eq!(before, after, "no record of the failed round is left");
     assert_eq!(node.replica.scan(b"").expect("scans").len(), 1);
     assert_eq!(node.replica.verify().expect("reads"), Ok(()));
+}
+
+/// Polls `condition` until it holds, for at most ten seconds.
+async fn eventually(mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the condition never held"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_peer_that_stalls_mid_round_does_not_hold_up_local_writes() {
+    let node = Node::new("me");
+    let (near, far) = tokio::io::duplex(1 << 20);
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    // More than one chunk of records, then a stall with the connection
+    // open, then `Done`.
+    let peer = tokio::spawn(async move {
+        let mut connection = Connection::new(far);
+        let _hello = connection.recv().await;
+        let _ = connection
+            .send(&Message::Hello {
+                device: device("x"),
+            })
+            .await;
+        let _request = connection.recv().await;
+        for s in 1..=1_100 {
+            let record = record("x", 1, s, &format!("k{s}"), vec![]);
+            let _ = connection.feed(&Message::Record(record)).await;
+        }
+        let _ = connection.flush().await;
+        let _ = released.await;
+        let _ = connection
+            .send(&Message::Done {
+                vector: vector(&[("x", 1)]),
+            })
+            .await;
+        connection
+    });
+    let round = tokio::spawn({
+        let replica = node.replica.clone();
+        async move { initiate_over(&replica, near).await }
+    });
+    // The first chunk is written (pending, invisible); the round now waits
+    // for the peer, which stalls.
+    eventually(|| node.replica.log_len().expect("reads") >= 1_024).await;
+    let write = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        node.replica.put(b"mine".to_vec(), b"v".to_vec()),
+    )
+    .await;
+    assert_eq!(node.get("k1"), None, "the round is not visible before Done");
+    // Unstall the peer before asserting, so that a failure does not hang.
+    let _ = release.send(());
+    write
+        .expect("a local write completes while the peer stalls")
+        .expect("writes");
+    assert_eq!(node.get("mine").as_deref(), Some("v"));
+    let stats = round
+        .await
+        .expect("the round task ends")
+        .expect("the round completes once the peer goes on");
+    assert_eq!(stats.applied, 1_100);
+    assert_eq!(node.get("k1100").as_deref(), Some("v"));
+    assert_eq!(node.get("mine").as_deref(), Some("v"));
+    assert_eq!(node.replica.verify().expect("reads"), Ok(()));
+    drop(peer.await.expect("the peer task ends"));
+}
+
+#[tokio::test]
+async fn a_responder_that_refuses_the_hello_is_reported_as_aborting_with_its_reason() {
+    // A real responder refuses an initiator that claims the responder's id.
+    let server = Node::new("me");
+    let responder = server.serve().await;
+    let twin = Node::new("me");
+    let error = refused(&twin, responder.local_addr()).await;
+    match error {
+        Error::PeerAborted(reason) => assert!(reason.contains("own id"), "{reason}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    stop(responder).await;
+
+    // A scripted one that answers the hello with an abort.
+    let node = Node::new("me");
+    let (address, _peer) = fake_responder(|stream| async move {
+        let mut connection = Connection::new(stream);
+        let _hello = connection.recv().await;
+        let _ = connection
+            .send(&Message::Abort {
+                reason: String::from("not today"),
+            })
+            .await;
+    })
+    .await;
+    match refused(&node, address).await {
+        Error::PeerAborted(reason) => assert_eq!(reason, "not today"),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_record_over_the_local_limits_ends_the_round_and_stores_nothing() {
+    let mut long_key = record("x", 1, 1, "k", vec![]);
+    long_key.key = vec![b'k'; MAX_KEY_LEN + 1];
+    let mut long_value = record("x", 1, 1, "k", vec![]);
+    long_value.value = Some(vec![b'v'; MAX_VALUE_LEN + 1]);
+    let cases = [
+        ("key", MAX_KEY_LEN + 1, long_key),
+        ("value", MAX_VALUE_LEN + 1, long_value),
+    ];
+    for (what, len, oversized) in cases {
+        let node = Node::new("me");
+        let messages = vec![
+            Message::Record(oversized),
+            Message::Done {
+                vector: vector(&[("x", 1)]),
+            },
+        ];
+        let (address, _peer) = scripted("x", messages).await;
+        match refused(&node, address).await {
+            Error::TooLarge {
+                what: refused_what,
+                len: refused_len,
+                ..
+            } => assert_eq!((refused_what, refused_len), (what, len)),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(node.replica.log_len().expect("reads"), 0, "{what}");
+        assert_eq!(node.replica.heads().expect("reads"), [], "{what}");
+        assert_eq!(node.replica.verify().expect("reads"), Ok(()));
+    }
+}
+
+#[tokio::test]
+async fn a_merge_over_the_value_limit_fails_the_round_and_stores_nothing() {
+    struct Bloated;
+    impl Resolver for Bloated {
+        fn resolve(&self, _: &Conflict) -> Resolution {
+            Resolution::Merged(Some(vec![0; MAX_VALUE_LEN + 1]))
+        }
+    }
+    let mut config = ReplicaConfig::default();
+    config.resolver = std::sync::Arc::new(Bloated);
+    let (a, b) = (Node::new("a"), Node::with_config("b", config));
+    a.put("k", "a's").await;
+    b.put("k", "b's").await;
+    let serve_a = a.serve().await;
+    let error = refused(&b, serve_a.local_addr()).await;
+    assert!(
+        matches!(error, Error::TooLarge { what: "value", .. }),
+        "{error}"
+    );
+    assert_eq!(b.get("k").as_deref(), Some("b's"));
+    assert_eq!(b.replica.verify().expect("reads"), Ok(()));
+    stop(serve_a).await;
 }

@@ -1,10 +1,12 @@
 //! Integration tests of flotilla-gensync: a replica on its own, replicas
 //! syncing over real loopback TCP, and peers that send bad input.
 
+mod ancestry;
 mod crash;
 mod gc;
 mod harness;
 mod hostile;
+mod introspect;
 mod model;
 mod replica;
 mod sync;

@@ -185,3 +185,183 @@ proptest! {
         check(&steps)?;
     }
 }
+
+/// The model again with a three-way-merge resolver, which needs the right
+/// ancestor: each key holds a set of elements, a write adds a fresh element
+/// or removes one the writer sees, and a conflict keeps what both sides
+/// hold plus what either added since their newest common ancestor. Given
+/// that ancestor, every replica ends with exactly the elements added and
+/// never removed; given an older one, a removal is undone.
+mod three_way {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::Arc;
+
+    use flotilla_gensync::{Conflict, ReplicaConfig, Resolution, Resolver};
+    use proptest::prelude::*;
+
+    use super::sync;
+    use crate::harness::{Node, assert_converged};
+
+    const REPLICAS: usize = 3;
+    const KEYS: [&str; 2] = ["a", "b"];
+
+    /// Merges sets of elements (big-endian u32s) against their ancestor.
+    struct ThreeWay;
+
+    impl Resolver for ThreeWay {
+        fn resolve(&self, conflict: &Conflict) -> Resolution {
+            let base = conflict
+                .ancestor
+                .as_ref()
+                .map(|side| decode(side.value.as_deref()))
+                .unwrap_or_default();
+            let ours = decode(conflict.ours.value.as_deref());
+            let theirs = decode(conflict.theirs.value.as_deref());
+            let merged: BTreeSet<u32> = ours
+                .iter()
+                .chain(&theirs)
+                .filter(|e| (ours.contains(e) && theirs.contains(e)) || !base.contains(e))
+                .copied()
+                .collect();
+            Resolution::Merged(Some(encode(&merged)))
+        }
+    }
+
+    fn decode(value: Option<&[u8]>) -> BTreeSet<u32> {
+        value
+            .unwrap_or_default()
+            .chunks_exact(4)
+            .map(|chunk| u32::from_be_bytes(chunk.try_into().expect("chunks of 4")))
+            .collect()
+    }
+
+    fn encode(set: &BTreeSet<u32>) -> Vec<u8> {
+        set.iter().flat_map(|e| e.to_be_bytes()).collect()
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Add { on: usize, key: usize },
+        Remove { on: usize, key: usize, pick: usize },
+        Sync { into: usize, from: usize },
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        let replica = 0..REPLICAS;
+        prop_oneof![
+            3 => (replica.clone(), 0..KEYS.len()).prop_map(|(on, key)| Step::Add { on, key }),
+            2 => (replica.clone(), 0..KEYS.len(), any::<usize>()).prop_map(|(on, key, pick)| Step::Remove { on, key, pick }),
+            4 => (replica.clone(), replica).prop_filter("two replicas", |(a, b)| a != b).prop_map(|(into, from)| Step::Sync { into, from }),
+        ]
+    }
+
+    fn check(steps: &[Step]) -> Result<(), TestCaseError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async {
+            let nodes: Vec<Node> = (0..REPLICAS)
+                .map(|i| {
+                    let mut config = ReplicaConfig::default();
+                    config.resolver = Arc::new(ThreeWay);
+                    Node::with_config(&format!("r{i}"), config)
+                })
+                .collect();
+            let mut next_element = 0;
+            let mut added: BTreeMap<&str, BTreeSet<u32>> = BTreeMap::new();
+            let mut removed: BTreeMap<&str, BTreeSet<u32>> = BTreeMap::new();
+            for step in steps {
+                match *step {
+                    Step::Add { on, key } => {
+                        let key = KEYS[key];
+                        let mut set = decode(
+                            nodes[on]
+                                .replica
+                                .get(key.as_bytes())
+                                .expect("reads")
+                                .as_deref(),
+                        );
+                        next_element += 1;
+                        set.insert(next_element);
+                        added.entry(key).or_default().insert(next_element);
+                        nodes[on]
+                            .replica
+                            .put(key.as_bytes().to_vec(), encode(&set))
+                            .await
+                            .expect("writes");
+                    }
+                    Step::Remove { on, key, pick } => {
+                        let key = KEYS[key];
+                        let mut set = decode(
+                            nodes[on]
+                                .replica
+                                .get(key.as_bytes())
+                                .expect("reads")
+                                .as_deref(),
+                        );
+                        let Some(&element) = set.iter().nth(pick % set.len().max(1)) else {
+                            continue;
+                        };
+                        set.remove(&element);
+                        removed.entry(key).or_default().insert(element);
+                        nodes[on]
+                            .replica
+                            .put(key.as_bytes().to_vec(), encode(&set))
+                            .await
+                            .expect("writes");
+                    }
+                    Step::Sync { into, from } => sync(&nodes[into], &nodes[from]).await,
+                }
+            }
+            for _ in 0..2 {
+                for into in 0..REPLICAS {
+                    for from in 0..REPLICAS {
+                        if into != from {
+                            sync(&nodes[into], &nodes[from]).await;
+                        }
+                    }
+                }
+            }
+            for pair in nodes.windows(2) {
+                assert_converged(&pair[0], &pair[1]);
+            }
+            for key in KEYS {
+                let expected: BTreeSet<u32> = added
+                    .get(key)
+                    .cloned()
+                    .unwrap_or_default()
+                    .difference(&removed.get(key).cloned().unwrap_or_default())
+                    .copied()
+                    .collect();
+                let held = decode(
+                    nodes[0]
+                        .replica
+                        .get(key.as_bytes())
+                        .expect("reads")
+                        .as_deref(),
+                );
+                prop_assert_eq!(held, expected, "key {}", key);
+            }
+            for node in &nodes {
+                prop_assert_eq!(node.replica.verify().expect("reads"), Ok(()));
+            }
+            Ok(())
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 64,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn a_three_way_merge_gets_the_newest_common_ancestor_and_loses_no_edit(
+            steps in proptest::collection::vec(step(), 1..40)
+        ) {
+            check(&steps)?;
+        }
+    }
+}
