@@ -75,6 +75,15 @@ pub(crate) fn alive_tasks() -> usize {
         .num_alive_tasks()
 }
 
+/// How one pair's operations fail while the rest of the backend works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PairFault {
+    /// As if that pair's requests never got an answer in time.
+    Unavailable,
+    /// Refused outright, never written (as etcd refuses a key it denies).
+    Rejected,
+}
+
 /// A [`MountTable`] with faults on demand.
 #[derive(Clone)]
 pub(crate) struct Flaky {
@@ -88,12 +97,16 @@ struct FlakyState {
     fail_unmounts: bool,
     hang: bool,
     delay: Duration,
+    /// Pairs whose every operation fails on its own, and how.
+    failing_pairs: HashMap<(Name, Endpoint), PairFault>,
     mounts: u64,
     unmounts: u64,
     /// Every successful mount: (when it was sent, name, server).
     mount_log: Vec<(Instant, Name, Endpoint)>,
-    /// Every attempt, failed or not.
+    /// Every mount attempt, failed or not.
     attempts: Vec<(Instant, Name, Endpoint)>,
+    /// Every unmount attempt (once any delay is over), failed or not.
+    unmount_attempts: Vec<(Instant, Name, Endpoint)>,
     /// The longest gap seen between two successful mounts of one pair.
     longest_gap: Duration,
     last_mount: HashMap<(Name, Endpoint), Instant>,
@@ -118,6 +131,29 @@ impl Flaky {
         let mut state = self.state();
         state.fail_mounts = down;
         state.fail_unmounts = down;
+    }
+
+    /// Every operation on (`name`, `server`) fails with `fault` (or, with
+    /// `None`, works again), whatever happens to the other pairs.
+    pub(crate) fn set_pair_fault(&self, name: &Name, server: &Endpoint, fault: Option<PairFault>) {
+        let pair = (name.clone(), server.clone());
+        let mut state = self.state();
+        match fault {
+            Some(fault) => state.failing_pairs.insert(pair, fault),
+            None => state.failing_pairs.remove(&pair),
+        };
+    }
+
+    fn pair_fault(&self, name: &Name, server: &Endpoint) -> Result<(), NamespaceError> {
+        let pair = (name.clone(), server.clone());
+        match self.state().failing_pairs.get(&pair) {
+            None => Ok(()),
+            Some(PairFault::Unavailable) => Err(unreachable_error()),
+            Some(PairFault::Rejected) => Err(NamespaceError::rejected(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "injected refusal",
+            ))),
+        }
     }
 
     pub(crate) fn set_fail_unmounts(&self, fail: bool) {
@@ -148,6 +184,10 @@ impl Flaky {
 
     pub(crate) fn attempts(&self) -> Vec<(Instant, Name, Endpoint)> {
         self.state().attempts.clone()
+    }
+
+    pub(crate) fn unmount_attempts(&self) -> Vec<(Instant, Name, Endpoint)> {
+        self.state().unmount_attempts.clone()
     }
 
     pub(crate) fn longest_gap(&self) -> Duration {
@@ -204,6 +244,7 @@ impl Namespace for Flaky {
         if self.state().fail_mounts {
             return Err(unreachable_error());
         }
+        self.pair_fault(name, server)?;
         let outcome = self.table.mount(name, server, ttl, flags).await?;
         let mut state = self.state();
         state.mounts += 1;
@@ -219,9 +260,13 @@ impl Namespace for Flaky {
 
     async fn unmount(&self, name: &Name, server: &Endpoint) -> Result<(), NamespaceError> {
         self.before_operation().await?;
+        self.state()
+            .unmount_attempts
+            .push((Instant::now(), name.clone(), server.clone()));
         if self.state().fail_unmounts {
             return Err(unreachable_error());
         }
+        self.pair_fault(name, server)?;
         self.table.unmount(name, server).await?;
         let mut state = self.state();
         state.unmounts += 1;
