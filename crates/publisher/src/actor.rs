@@ -38,8 +38,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
-    Error, MountOutcome, MountState, MountStatus, Namespace, NamespaceError, Phase, Published,
-    PublisherConfig, PublisherStatus, RefreshStyle,
+    Error, MountOutcome, MountReport, MountState, MountStatus, Namespace, NamespaceError, Phase,
+    Published, PublisherConfig, PublisherStatus, RefreshStyle,
 };
 
 /// A request from a [`Publisher`](crate::Publisher) handle.
@@ -79,6 +79,9 @@ struct Mount {
     last_unmounted_at: Option<Instant>,
     /// Boxed: errors are rare, and a mount record is kept per pair.
     last_error: Option<Box<NamespaceError>>,
+    /// The first unreadable entry under the name that the last successful
+    /// mount reported (someone else's, left alone).
+    unreadable: Option<Box<NamespaceError>>,
 }
 
 impl Mount {
@@ -95,6 +98,7 @@ impl Mount {
             last_mounted_at: None,
             last_unmounted_at: None,
             last_error: None,
+            unreadable: None,
         }
     }
 }
@@ -160,10 +164,14 @@ struct Done {
     operation: Operation,
     sent_at: Instant,
     loss_epoch: u64,
-    result: Result<Option<MountOutcome>, NamespaceError>,
+    result: Result<Option<MountReport>, NamespaceError>,
 }
 
 type OperationFuture = Pin<Box<dyn Future<Output = Done> + Send>>;
+
+/// The one call of [`Namespace::removed_mounts`] the actor keeps under way.
+type RemovalsFuture =
+    Pin<Box<dyn Future<Output = Result<Vec<(Name, Endpoint)>, NamespaceError>> + Send>>;
 
 pub(crate) struct Actor<N> {
     namespace: Arc<N>,
@@ -182,6 +190,8 @@ pub(crate) struct Actor<N> {
     loss_epoch: u64,
     /// Transport failures since the last success, if any.
     outage: Option<Outage>,
+    /// Failures of `removed_mounts` in a row, for its backoff.
+    removal_failures: u32,
     rng: fastrand::Rng,
     phase: watch::Sender<Phase>,
     status: Option<watch::Sender<PublisherStatus>>,
@@ -212,6 +222,7 @@ impl<N: Namespace> Actor<N> {
             session: Session::default(),
             loss_epoch: 0,
             outage: None,
+            removal_failures: 0,
             rng,
             phase,
             status: None,
@@ -226,6 +237,7 @@ impl<N: Namespace> Actor<N> {
     ) -> WorkerResult {
         let timer = tokio::time::sleep_until(Instant::now());
         tokio::pin!(timer);
+        let mut removals = self.watch_removals(Duration::ZERO);
         loop {
             self.dispatch_due();
             self.publish_status();
@@ -249,13 +261,74 @@ impl<N: Namespace> Actor<N> {
                         self.complete(done);
                     }
                 }
+                removed = &mut removals => {
+                    let delay = self.removed(removed);
+                    removals = self.watch_removals(delay);
+                }
                 () = &mut timer, if wake_at.is_some() => {}
             }
         }
+        // Dropped before unmounting: the release's own deletes are no news.
+        drop(removals);
         // Refuse whatever is queued: those callers get `Error::Stopped`.
         commands.close();
         while commands.try_recv().is_ok() {}
         self.shut_down().await
+    }
+
+    /// The next call of [`Namespace::removed_mounts`], after `delay`.
+    fn watch_removals(&self, delay: Duration) -> RemovalsFuture {
+        let namespace = Arc::clone(&self.namespace);
+        Box::pin(
+            async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                namespace.removed_mounts().await
+            }
+            .instrument(tracing::debug_span!("removed_mounts")),
+        )
+    }
+
+    /// Takes in what [`Namespace::removed_mounts`] returned: every pair
+    /// still wanted and confirmed mounted is mounted again now. Returns how
+    /// long to wait before asking again.
+    fn removed(&mut self, removed: Result<Vec<(Name, Endpoint)>, NamespaceError>) -> Duration {
+        let pairs = match removed {
+            Ok(pairs) => {
+                self.removal_failures = 0;
+                pairs
+            }
+            Err(error) => {
+                self.removal_failures = self.removal_failures.saturating_add(1);
+                let delay = self
+                    .config
+                    .retry_after(self.removal_failures, self.rng.f64());
+                tracing::warn!(%error, ?delay, "cannot follow removals of our mounts; trying again");
+                return delay;
+            }
+        };
+        let now = Instant::now();
+        for (name, server) in pairs {
+            let key = MountKey { name, server };
+            let Some(mount) = self.mounts.get_mut(&key) else {
+                continue;
+            };
+            if mount.in_flight
+                || mount.desired != MountState::Mounted
+                || mount.observed != MountState::Mounted
+            {
+                continue; // its own operation, under way or due, settles it
+            }
+            tracing::warn!(name = %key.name, server = %key.server,
+                "our mount was removed by someone else; mounting it again");
+            mount.observed = MountState::Mounting;
+            mount.expires_at = None;
+            self.status_changed = true;
+            let key = self.key_of(&key);
+            self.schedule(&key, now);
+        }
+        Duration::ZERO
     }
 
     // ---- commands ----
@@ -548,16 +621,18 @@ impl<N: Namespace> Actor<N> {
         was_written: bool,
         sent_at: Instant,
         loss_epoch: u64,
-        result: Result<Option<MountOutcome>, NamespaceError>,
+        result: Result<Option<MountReport>, NamespaceError>,
     ) {
         let now = Instant::now();
-        let outcome = match result {
-            Ok(outcome) => outcome,
+        let report = match result {
+            Ok(report) => report,
             Err(error) => {
                 self.mount_failed(key, error, was_written, now);
                 return;
             }
         };
+        let outcome = report.as_ref().map(|report| report.outcome);
+        let unreadable = report.and_then(|report| report.unreadable.into_iter().next());
         let found_gone = self.style == RefreshStyle::PerMount
             && was_mounted
             && outcome == Some(MountOutcome::Created);
@@ -590,7 +665,8 @@ impl<N: Namespace> Actor<N> {
         let Some(mount) = self.mounts.get_mut(key) else {
             return;
         };
-        self.status_changed |= !clean_refresh;
+        self.status_changed |= !clean_refresh || mount.unreadable.is_some() != unreadable.is_some();
+        mount.unreadable = unreadable.map(Box::new);
         mount.in_flight = false;
         mount.observed = MountState::Mounted;
         mount.consecutive_failures = 0;
@@ -870,6 +946,7 @@ impl<N: Namespace> Actor<N> {
                     last_mounted_at: mount.last_mounted_at,
                     last_unmounted_at: mount.last_unmounted_at,
                     last_error: mount.last_error.as_deref().cloned(),
+                    unreadable: mount.unreadable.as_deref().cloned(),
                     consecutive_failures: mount.consecutive_failures,
                     next_attempt_at: mount.next_attempt_at,
                     expires_at: mount.expires_at,

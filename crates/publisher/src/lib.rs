@@ -74,7 +74,10 @@ pub use error::{Error, NamespaceError};
 #[cfg(feature = "etcd")]
 #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
 pub use etcd::{EtcdNamespace, NameChange, NameWatch};
-pub use namespace::{MountFlags, MountOutcome, MountedServer, Namespace, RefreshStyle, Resolution};
+pub use namespace::{
+    ListedName, Listing, MountFlags, MountOutcome, MountReport, MountedServer, Namespace,
+    RefreshStyle, Resolution,
+};
 pub use publisher::Publisher;
 pub use status::{MountState, MountStatus, Phase, Published, PublisherStatus};
 pub use table::{MAX_TABLE_TTL, MountTable};

@@ -12,9 +12,11 @@ use std::time::Duration;
 
 use flotilla_core_types::{Endpoint, Name, Worker};
 use flotilla_publisher::{
-    MountFlags, MountOutcome, MountTable, MountedServer, Namespace, NamespaceError, Publisher,
-    PublisherConfig, PublisherStatus, RefreshStyle, Resolution,
+    ListedName, Listing, MountFlags, MountOutcome, MountReport, MountTable, MountedServer,
+    Namespace, NamespaceError, Publisher, PublisherConfig, PublisherStatus, RefreshStyle,
+    Resolution,
 };
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 pub(crate) fn name(text: &str) -> Name {
@@ -235,7 +237,7 @@ impl Namespace for Flaky {
         server: &Endpoint,
         ttl: Duration,
         flags: MountFlags,
-    ) -> Result<MountOutcome, NamespaceError> {
+    ) -> Result<MountReport, NamespaceError> {
         let sent_at = Instant::now();
         self.state()
             .attempts
@@ -277,6 +279,10 @@ impl Namespace for Flaky {
     async fn resolve(&self, name: &Name) -> Result<Resolution, NamespaceError> {
         self.table.resolve(name).await
     }
+
+    async fn list(&self, prefix: Option<&Name>) -> Result<Listing, NamespaceError> {
+        self.table.list(prefix).await
+    }
 }
 
 /// A session-style backend on the paused clock: mounts hang on one lease
@@ -284,6 +290,7 @@ impl Namespace for Flaky {
 #[derive(Clone, Default)]
 pub(crate) struct LeaseTable {
     state: Arc<Mutex<LeaseState>>,
+    removal: Arc<Notify>,
 }
 
 #[derive(Default)]
@@ -293,6 +300,10 @@ struct LeaseState {
     grants: u64,
     mounts: u64,
     keep_alives: u64,
+    /// Pairs removed behind the publisher's back, not yet reported.
+    removed: Vec<(Name, Endpoint)>,
+    /// Calls of `removed_mounts` so far.
+    removal_calls: u64,
 }
 
 struct LeaseRecord {
@@ -312,6 +323,25 @@ impl LeaseTable {
     /// Revokes the lease behind the publisher's back.
     pub(crate) fn revoke(&self) {
         self.state().lease = None;
+    }
+
+    /// Deletes one mount behind the publisher's back, as an operator
+    /// would, and reports it as etcd's watch does.
+    pub(crate) fn remove_behind_back(&self, name: &Name, server: &Endpoint) {
+        let mut state = self.state();
+        if let Some(lease) = LeaseTable::live_lease(&mut state)
+            && let Some(servers) = lease.entries.get_mut(name)
+        {
+            servers.remove(server);
+        }
+        state.removed.push((name.clone(), server.clone()));
+        drop(state);
+        self.removal.notify_one();
+    }
+
+    /// How many times the publisher has asked for removals.
+    pub(crate) fn removal_calls(&self) -> u64 {
+        self.state().removal_calls
     }
 
     /// (grants, mounts, keep-alives) so far.
@@ -366,7 +396,7 @@ impl Namespace for LeaseTable {
         server: &Endpoint,
         ttl: Duration,
         _flags: MountFlags,
-    ) -> Result<MountOutcome, NamespaceError> {
+    ) -> Result<MountReport, NamespaceError> {
         let mut state = self.state();
         state.mounts += 1;
         if LeaseTable::live_lease(&mut state).is_none() {
@@ -385,11 +415,12 @@ impl Namespace for LeaseTable {
             .entry(name.clone())
             .or_default()
             .insert(server.clone());
-        Ok(if created {
+        let outcome = if created {
             MountOutcome::Created
         } else {
             MountOutcome::Refreshed
-        })
+        };
+        Ok(outcome.into())
     }
 
     async fn unmount(&self, name: &Name, server: &Endpoint) -> Result<(), NamespaceError> {
@@ -444,5 +475,37 @@ impl Namespace for LeaseTable {
             suffix: String::new(),
             servers,
         })
+    }
+
+    async fn list(&self, prefix: Option<&Name>) -> Result<Listing, NamespaceError> {
+        let names = self
+            .alive()
+            .into_iter()
+            .filter(|(name, _)| prefix.is_none_or(|prefix| name == prefix))
+            .map(|(name, server)| ListedName {
+                name,
+                servers: vec![MountedServer {
+                    server,
+                    flags: MountFlags::NONE,
+                    ttl_left: None,
+                }],
+            })
+            .collect();
+        Ok(Listing {
+            names,
+            unreadable: Vec::new(),
+        })
+    }
+
+    async fn removed_mounts(&self) -> Result<Vec<(Name, Endpoint)>, NamespaceError> {
+        self.state().removal_calls += 1;
+        loop {
+            let notified = self.removal.notified();
+            let removed = std::mem::take(&mut self.state().removed);
+            if !removed.is_empty() {
+                return Ok(removed);
+            }
+            notified.await;
+        }
     }
 }

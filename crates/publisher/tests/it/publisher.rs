@@ -643,3 +643,30 @@ async fn a_pair_whose_mount_may_have_landed_is_still_unmounted_with_care() {
     assert_eq!(resolved(&flaky.table, &name("a")).await, []);
     assert!(stop_and_check(publisher).await.is_ok());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_mount_removed_behind_a_session_backends_back_is_mounted_again_at_once() {
+    let backend = LeaseTable::default();
+    let publisher = Publisher::start(backend.clone(), config()).expect("valid");
+    let ports: Vec<u16> = (1..=3).collect();
+    publish(&publisher, &["a"], &ports).await;
+    until(&publisher, |s| s.all_mounted()).await;
+    settle().await;
+    assert_eq!(backend.removal_calls(), 1, "one watch for all the mounts");
+
+    backend.remove_behind_back(&name("a"), &server(2));
+    let removed_at = Instant::now();
+    assert_eq!(backend.alive().len(), 2);
+    until(&publisher, |s| s.all_mounted()).await;
+    assert_eq!(backend.alive().len(), 3, "back at once");
+    assert_eq!(Instant::now(), removed_at, "no time passed");
+    let (grants, mounts, _) = backend.counts();
+    assert_eq!(
+        (grants, mounts),
+        (1, 4),
+        "only the removed pair was mounted again"
+    );
+    settle().await;
+    assert_eq!(backend.removal_calls(), 2, "asked again after each report");
+    assert!(stop_and_check(publisher).await.is_ok());
+}
