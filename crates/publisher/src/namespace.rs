@@ -98,6 +98,27 @@ pub trait Namespace: Send + Sync + 'static {
     ///
     /// An entry the backend cannot read does not spoil the listing: it is
     /// left out of the names and reported in [`Listing::unreadable`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use flotilla_core_types::Name;
+    /// use flotilla_publisher::{MountFlags, MountTable, Namespace};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> anyhow::Result<()> {
+    /// let table = MountTable::start();
+    /// let ttl = Duration::from_secs(30);
+    /// for name in ["api", "api/v2", "apis"] {
+    ///     table.mount(&Name::new(name)?, &"10.0.0.7:8080".parse()?, ttl, MountFlags::NONE).await?;
+    /// }
+    /// let listing = table.list(Some(&Name::new("api")?)).await?;
+    /// let names: Vec<&str> = listing.names.iter().map(|listed| listed.name.as_str()).collect();
+    /// assert_eq!(names, ["api", "api/v2"]);
+    /// # Ok(())
+    /// # }
+    /// ```
     fn list(
         &self,
         prefix: Option<&Name>,

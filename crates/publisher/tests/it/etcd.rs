@@ -716,3 +716,39 @@ async fn list_gives_the_names_beneath_a_prefix_and_reports_unreadable_entries() 
     ensure!(etcd.list(None).await?.names.is_empty());
     Ok(())
 }
+
+#[tokio::test]
+async fn removed_mounts_misses_nothing_deleted_before_its_watch_opened() -> Result<()> {
+    let cluster = EtcdCluster::single().await?;
+    let session = namespace(&cluster).await?.fresh_session();
+    let flags = flotilla_publisher::MountFlags::NONE;
+    for port in 1..=3 {
+        session.mount(&name("a"), &server(port), TTL, flags).await?;
+    }
+    let mut client = cluster.client().await?;
+    // Deleted before anyone watched: the opening read finds it missing.
+    client
+        .delete(session.key(&name("a"), &server(1)), None)
+        .await?;
+    // Deleted, then written again by us: not a removal.
+    client
+        .delete(session.key(&name("a"), &server(2)), None)
+        .await?;
+    session.mount(&name("a"), &server(2), TTL, flags).await?;
+    let first = tokio::time::timeout(PATIENCE, session.removed_mounts())
+        .await
+        .context("the opening read reports at once")??;
+    ensure!(first == [(name("a"), server(1))], "{first:?}");
+
+    // Unmounted by us: not a removal either; deleted by someone else: one.
+    session.unmount(&name("a"), &server(2)).await?;
+    client
+        .delete(session.key(&name("a"), &server(3)), None)
+        .await?;
+    let second = tokio::time::timeout(PATIENCE, session.removed_mounts())
+        .await
+        .context("the watch reports the delete")??;
+    ensure!(second == [(name("a"), server(3))], "{second:?}");
+    session.release().await?;
+    Ok(())
+}
