@@ -12,7 +12,7 @@ use etcd_client::{
     LeaseKeeper, PutOptions, Txn, TxnOp, WatchFilterType, WatchOptions, WatchStream,
 };
 use flotilla_core_types::{Endpoint, Name};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 use tonic::Code;
 
 use crate::namespace::{is_at_or_beneath, resolution_at, resolution_candidates};
@@ -138,6 +138,9 @@ pub struct EtcdNamespace {
     owned: SyncMutex<Owned>,
     /// The watch on the prefix's deletes, once opened.
     removals: Mutex<Option<WatchStream>>,
+    /// Woken when a removal is recorded other than from the watch (once a
+    /// write's revision shows that a delete seen during it came after it).
+    removal_recorded: Notify,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -180,16 +183,19 @@ impl Owned {
 
     /// Our write of `key` landed at `revision` (or, with `None`, failed in a
     /// way that leaves it unknown: then any later delete is reported).
-    fn end_write(&mut self, key: &str, revision: Option<i64>) {
+    /// Returns whether that recorded a removal.
+    fn end_write(&mut self, key: &str, revision: Option<i64>) -> bool {
         let Some(owned) = self.keys.get_mut(key) else {
-            return; // unmounted meanwhile
+            return false; // unmounted meanwhile
         };
         let revision = revision.unwrap_or(0);
         owned.written_at = Some(revision);
         if owned.deleted_at.take().is_some_and(|at| at > revision) {
             self.removed
                 .push((owned.name.clone(), owned.server.clone()));
+            return true;
         }
+        false
     }
 
     /// Someone deleted `key` at `revision`.
@@ -255,6 +261,7 @@ impl EtcdNamespace {
             keeper: Mutex::new(None),
             owned: SyncMutex::default(),
             removals: Mutex::new(None),
+            removal_recorded: Notify::new(),
         })
     }
 
@@ -273,6 +280,7 @@ impl EtcdNamespace {
             keeper: Mutex::new(None),
             owned: SyncMutex::default(),
             removals: Mutex::new(None),
+            removal_recorded: Notify::new(),
         })
     }
 
@@ -287,6 +295,7 @@ impl EtcdNamespace {
             keeper: Mutex::new(None),
             owned: SyncMutex::default(),
             removals: Mutex::new(None),
+            removal_recorded: Notify::new(),
         }
     }
 
@@ -598,7 +607,9 @@ impl Namespace for EtcdNamespace {
                         owned.keys.remove(other);
                     }
                 }
-                owned.end_write(&key, revision);
+                if owned.end_write(&key, revision) {
+                    self.removal_recorded.notify_one();
+                }
                 if existed {
                     MountOutcome::Refreshed
                 } else {
@@ -606,7 +617,9 @@ impl Namespace for EtcdNamespace {
                 }
             }
             Err(error) => {
-                self.owned().end_write(&key, None);
+                if self.owned().end_write(&key, None) {
+                    self.removal_recorded.notify_one();
+                }
                 if is_lease_not_found(&error) {
                     return Err(self.forget_lease(lease, "is gone").await);
                 }
@@ -774,13 +787,20 @@ impl Namespace for EtcdNamespace {
             if !removed.is_empty() {
                 return Ok(removed);
             }
-            let stream = match removals.as_mut() {
-                Some(stream) => stream,
-                None => removals.insert(self.open_removals().await?),
+            let Some(stream) = removals.as_mut() else {
+                // The opening read may have found removals already.
+                *removals = Some(self.open_removals().await?);
+                continue;
             };
             // Cancel safe: a message is taken off the stream and recorded
-            // in `owned` with no `.await` in between.
-            let message = match stream.message().await {
+            // in `owned` with no `.await` in between, and a removal recorded
+            // by a write stays in `owned` until returned.
+            let recorded = self.removal_recorded.notified();
+            let message = tokio::select! {
+                message = stream.message() => message,
+                () = recorded => continue,
+            };
+            let message = match message {
                 Ok(Some(message)) if !message.canceled() => message,
                 Ok(Some(message)) => {
                     *removals = None;
