@@ -9,10 +9,18 @@
 //! itself. So one slow backend call delays nothing but itself, and when many
 //! pairs are due together the one closest to expiry goes first.
 //!
-//! Losses: a refresh that finds its mount gone, a session that is gone, or
-//! the first success after a run of transport failures makes every pair due
-//! now. Operations that were under way when a loss was seen carry an older
-//! `loss_epoch`, and their success does not count as a mount.
+//! Losses: a refresh that finds its mount gone or a session that is gone
+//! makes every pair due now; mounts the backend reports removed by someone
+//! else are due now, each. Operations that were under way when a loss was
+//! seen carry an older `loss_epoch`, and their success does not count as a
+//! mount.
+//!
+//! Outages: only a backend-wide outage ends with everything due at once. A
+//! transport failure opens an [`Outage`]; it becomes widespread when a
+//! second, different operation fails before anything succeeds. The first
+//! success after a widespread outage makes due the pairs whose failures
+//! began within it; a pair that was failing before, alone, keeps its own
+//! backoff, however many other pairs succeed around it.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
@@ -30,8 +38,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
-    Error, MountOutcome, MountState, MountStatus, Namespace, NamespaceError, Phase, Published,
-    PublisherConfig, PublisherStatus, RefreshStyle,
+    Error, MountOutcome, MountReport, MountState, MountStatus, Namespace, NamespaceError, Phase,
+    Published, PublisherConfig, PublisherStatus, RefreshStyle,
 };
 
 /// A request from a [`Publisher`](crate::Publisher) handle.
@@ -63,12 +71,17 @@ struct Mount {
     /// confirmed unmount (a mount that timed out may still have landed).
     written: bool,
     consecutive_failures: u32,
+    /// When the current run of failures began (its first failure ended).
+    failing_since: Option<Instant>,
     next_attempt_at: Option<Instant>,
     expires_at: Option<Instant>,
     last_mounted_at: Option<Instant>,
     last_unmounted_at: Option<Instant>,
     /// Boxed: errors are rare, and a mount record is kept per pair.
     last_error: Option<Box<NamespaceError>>,
+    /// The first unreadable entry under the name that the last successful
+    /// mount reported (someone else's, left alone).
+    unreadable: Option<Box<NamespaceError>>,
 }
 
 impl Mount {
@@ -79,11 +92,13 @@ impl Mount {
             in_flight: false,
             written: false,
             consecutive_failures: 0,
+            failing_since: None,
             next_attempt_at: None,
             expires_at: None,
             last_mounted_at: None,
             last_unmounted_at: None,
             last_error: None,
+            unreadable: None,
         }
     }
 }
@@ -99,6 +114,19 @@ struct Session {
     keep_alive_at: Option<Instant>,
     expires_at: Option<Instant>,
     consecutive_failures: u32,
+    failing_since: Option<Instant>,
+}
+
+/// Transport failures seen since the last success of any operation.
+#[derive(Debug)]
+struct Outage {
+    /// When the first of them ended.
+    since: Instant,
+    /// Which operation that was: a pair, or `None` for the keep-alive.
+    first: Option<Arc<MountKey>>,
+    /// A different operation has failed since, with nothing succeeding in
+    /// between: the backend, not one pair, is failing.
+    widespread: bool,
 }
 
 /// A pair's place in the schedule.
@@ -121,6 +149,9 @@ enum Operation {
     Mount {
         key: Arc<MountKey>,
         was_mounted: bool,
+        /// Whether the pair may have been in the backend before this
+        /// attempt, to fall back on when the attempt is refused outright.
+        was_written: bool,
     },
     Unmount {
         key: Arc<MountKey>,
@@ -133,10 +164,14 @@ struct Done {
     operation: Operation,
     sent_at: Instant,
     loss_epoch: u64,
-    result: Result<Option<MountOutcome>, NamespaceError>,
+    result: Result<Option<MountReport>, NamespaceError>,
 }
 
 type OperationFuture = Pin<Box<dyn Future<Output = Done> + Send>>;
+
+/// The one call of [`Namespace::removed_mounts`] the actor keeps under way.
+type RemovalsFuture =
+    Pin<Box<dyn Future<Output = Result<Vec<(Name, Endpoint)>, NamespaceError>> + Send>>;
 
 pub(crate) struct Actor<N> {
     namespace: Arc<N>,
@@ -153,9 +188,10 @@ pub(crate) struct Actor<N> {
     session: Session,
     /// Bumped whenever the backend is found to have lost our mounts.
     loss_epoch: u64,
-    /// The last operation failed in a way that suggests the backend is
-    /// unreachable; the next success ends the outage.
-    outage: bool,
+    /// Transport failures since the last success, if any.
+    outage: Option<Outage>,
+    /// Failures of `removed_mounts` in a row, for its backoff.
+    removal_failures: u32,
     rng: fastrand::Rng,
     phase: watch::Sender<Phase>,
     status: Option<watch::Sender<PublisherStatus>>,
@@ -185,7 +221,8 @@ impl<N: Namespace> Actor<N> {
             in_flight: FuturesUnordered::new(),
             session: Session::default(),
             loss_epoch: 0,
-            outage: false,
+            outage: None,
+            removal_failures: 0,
             rng,
             phase,
             status: None,
@@ -200,6 +237,7 @@ impl<N: Namespace> Actor<N> {
     ) -> WorkerResult {
         let timer = tokio::time::sleep_until(Instant::now());
         tokio::pin!(timer);
+        let mut removals = self.watch_removals(Duration::ZERO);
         loop {
             self.dispatch_due();
             self.publish_status();
@@ -223,13 +261,74 @@ impl<N: Namespace> Actor<N> {
                         self.complete(done);
                     }
                 }
+                removed = &mut removals => {
+                    let delay = self.removed(removed);
+                    removals = self.watch_removals(delay);
+                }
                 () = &mut timer, if wake_at.is_some() => {}
             }
         }
+        // Dropped before unmounting: the release's own deletes are no news.
+        drop(removals);
         // Refuse whatever is queued: those callers get `Error::Stopped`.
         commands.close();
         while commands.try_recv().is_ok() {}
         self.shut_down().await
+    }
+
+    /// The next call of [`Namespace::removed_mounts`], after `delay`.
+    fn watch_removals(&self, delay: Duration) -> RemovalsFuture {
+        let namespace = Arc::clone(&self.namespace);
+        Box::pin(
+            async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                namespace.removed_mounts().await
+            }
+            .instrument(tracing::debug_span!("removed_mounts")),
+        )
+    }
+
+    /// Takes in what [`Namespace::removed_mounts`] returned: every pair
+    /// still wanted and confirmed mounted is mounted again now. Returns how
+    /// long to wait before asking again.
+    fn removed(&mut self, removed: Result<Vec<(Name, Endpoint)>, NamespaceError>) -> Duration {
+        let pairs = match removed {
+            Ok(pairs) => {
+                self.removal_failures = 0;
+                pairs
+            }
+            Err(error) => {
+                self.removal_failures = self.removal_failures.saturating_add(1);
+                let delay = self
+                    .config
+                    .retry_after(self.removal_failures, self.rng.f64());
+                tracing::warn!(%error, ?delay, "cannot follow removals of our mounts; trying again");
+                return delay;
+            }
+        };
+        let now = Instant::now();
+        for (name, server) in pairs {
+            let key = MountKey { name, server };
+            let Some(mount) = self.mounts.get_mut(&key) else {
+                continue;
+            };
+            if mount.in_flight
+                || mount.desired != MountState::Mounted
+                || mount.observed != MountState::Mounted
+            {
+                continue; // its own operation, under way or due, settles it
+            }
+            tracing::warn!(name = %key.name, server = %key.server,
+                "our mount was removed by someone else; mounting it again");
+            mount.observed = MountState::Mounting;
+            mount.expires_at = None;
+            self.status_changed = true;
+            let key = self.key_of(&key);
+            self.schedule(&key, now);
+        }
+        Duration::ZERO
     }
 
     // ---- commands ----
@@ -434,7 +533,7 @@ impl<N: Namespace> Actor<N> {
                 mount.observed = MountState::Mounting;
                 self.status_changed = true;
             }
-            mount.written = true;
+            let was_written = std::mem::replace(&mut mount.written, true);
             let (ttl, flags) = (self.ttl, self.config.flags);
             let span = tracing::debug_span!("mount", name = %key.name, server = %key.server, refresh = was_mounted);
             self.in_flight.push(Box::pin(
@@ -442,7 +541,11 @@ impl<N: Namespace> Actor<N> {
                     let result =
                         bounded(timeout, namespace.mount(&key.name, &key.server, ttl, flags)).await;
                     Done {
-                        operation: Operation::Mount { key, was_mounted },
+                        operation: Operation::Mount {
+                            key,
+                            was_mounted,
+                            was_written,
+                        },
                         sent_at: now,
                         loss_epoch,
                         result: result.map(Some),
@@ -500,8 +603,12 @@ impl<N: Namespace> Actor<N> {
         } = done;
         match operation {
             Operation::KeepAlive => self.keep_alive_done(sent_at, result.map(|_| ())),
-            Operation::Mount { key, was_mounted } => {
-                self.mount_done(&key, was_mounted, sent_at, loss_epoch, result);
+            Operation::Mount {
+                key,
+                was_mounted,
+                was_written,
+            } => {
+                self.mount_done(&key, was_mounted, was_written, sent_at, loss_epoch, result);
             }
             Operation::Unmount { key } => self.unmount_done(&key, result.map(|_| ())),
         }
@@ -511,18 +618,21 @@ impl<N: Namespace> Actor<N> {
         &mut self,
         key: &Arc<MountKey>,
         was_mounted: bool,
+        was_written: bool,
         sent_at: Instant,
         loss_epoch: u64,
-        result: Result<Option<MountOutcome>, NamespaceError>,
+        result: Result<Option<MountReport>, NamespaceError>,
     ) {
         let now = Instant::now();
-        let outcome = match result {
-            Ok(outcome) => outcome,
+        let report = match result {
+            Ok(report) => report,
             Err(error) => {
-                self.mount_failed(key, error, now);
+                self.mount_failed(key, error, was_written, now);
                 return;
             }
         };
+        let outcome = report.as_ref().map(|report| report.outcome);
+        let unreadable = report.and_then(|report| report.unreadable.into_iter().next());
         let found_gone = self.style == RefreshStyle::PerMount
             && was_mounted
             && outcome == Some(MountOutcome::Created);
@@ -539,7 +649,7 @@ impl<N: Namespace> Actor<N> {
             self.schedule(key, now);
             return;
         }
-        self.end_outage();
+        self.end_outage(now);
         if self.style == RefreshStyle::Session && !self.session.active {
             self.session.active = true;
             self.session.expires_at = Some(sent_at + self.ttl);
@@ -555,10 +665,12 @@ impl<N: Namespace> Actor<N> {
         let Some(mount) = self.mounts.get_mut(key) else {
             return;
         };
-        self.status_changed |= !clean_refresh;
+        self.status_changed |= !clean_refresh || mount.unreadable.is_some() != unreadable.is_some();
+        mount.unreadable = unreadable.map(Box::new);
         mount.in_flight = false;
         mount.observed = MountState::Mounted;
         mount.consecutive_failures = 0;
+        mount.failing_since = None;
         mount.last_error = None;
         mount.last_mounted_at = Some(now);
         mount.expires_at = match style {
@@ -573,21 +685,37 @@ impl<N: Namespace> Actor<N> {
         }
     }
 
-    fn mount_failed(&mut self, key: &Arc<MountKey>, error: NamespaceError, now: Instant) {
+    fn mount_failed(
+        &mut self,
+        key: &Arc<MountKey>,
+        error: NamespaceError,
+        was_written: bool,
+        now: Instant,
+    ) {
         self.status_changed = true;
         tracing::warn!(name = %key.name, server = %key.server, %error, "mount failed");
-        self.note_failure(&error);
+        self.note_failure(&error, Some(key), now);
         let unit = self.rng.f64();
         let Some(mount) = self.mounts.get_mut(key) else {
             return;
         };
         mount.in_flight = false;
-        mount.consecutive_failures = mount.consecutive_failures.saturating_add(1);
+        if !error.may_have_taken_effect() {
+            // Refused outright: this attempt wrote nothing, so the pair is
+            // in the backend only if it was before.
+            mount.written = was_written;
+        }
+        count_failure(mount, now);
         let retry_at = now + self.config.retry_after(mount.consecutive_failures, unit);
         let lost = error.is_entries_lost();
         mount.last_error = Some(Box::new(error));
         if mount.desired == MountState::Unmounted {
-            self.schedule(key, now);
+            if mount.written {
+                self.schedule(key, now);
+            } else {
+                tracing::debug!(name = %key.name, server = %key.server, "never written; forgotten");
+                self.mounts.remove(key);
+            }
         } else if lost {
             self.entries_lost("the backend's session is gone");
         } else {
@@ -601,7 +729,7 @@ impl<N: Namespace> Actor<N> {
         let unit = self.rng.f64();
         match result {
             Ok(()) => {
-                self.end_outage();
+                self.end_outage(now);
                 let Some(mount) = self.mounts.get_mut(key) else {
                     return;
                 };
@@ -611,6 +739,7 @@ impl<N: Namespace> Actor<N> {
                 mount.observed = MountState::Unmounted;
                 mount.expires_at = None;
                 mount.consecutive_failures = 0;
+                mount.failing_since = None;
                 mount.last_error = None;
                 mount.last_unmounted_at = Some(now);
                 if mount.desired == MountState::Mounted {
@@ -621,12 +750,12 @@ impl<N: Namespace> Actor<N> {
             }
             Err(error) => {
                 tracing::warn!(name = %key.name, server = %key.server, %error, "unmount failed");
-                self.note_failure(&error);
+                self.note_failure(&error, Some(key), now);
                 let Some(mount) = self.mounts.get_mut(key) else {
                     return;
                 };
                 mount.in_flight = false;
-                mount.consecutive_failures = mount.consecutive_failures.saturating_add(1);
+                count_failure(mount, now);
                 mount.last_error = Some(Box::new(error));
                 let at = if mount.desired == MountState::Mounted {
                     now
@@ -643,9 +772,10 @@ impl<N: Namespace> Actor<N> {
         let now = Instant::now();
         match result {
             Ok(()) => {
-                self.end_outage();
+                self.end_outage(now);
                 let clean = self.session.consecutive_failures == 0;
                 self.session.consecutive_failures = 0;
+                self.session.failing_since = None;
                 self.session.expires_at = Some(sent_at + self.ttl);
                 self.session.keep_alive_at = Some(sent_at + self.next_refresh(clean));
                 let expires_at = self.session.expires_at;
@@ -661,9 +791,10 @@ impl<N: Namespace> Actor<N> {
             }
             Err(error) => {
                 tracing::warn!(%error, "keep-alive failed");
-                self.note_failure(&error);
+                self.note_failure(&error, None, now);
                 self.session.consecutive_failures =
                     self.session.consecutive_failures.saturating_add(1);
+                self.session.failing_since.get_or_insert(now);
                 let delay = self
                     .config
                     .retry_after(self.session.consecutive_failures, self.rng.f64());
@@ -697,33 +828,63 @@ impl<N: Namespace> Actor<N> {
         }
     }
 
-    fn note_failure(&mut self, error: &NamespaceError) {
-        if matches!(
-            error,
-            NamespaceError::Unavailable { .. } | NamespaceError::Timeout { .. }
-        ) {
-            self.outage = true;
+    /// Records a failure of `operation` (a pair, or `None` for the
+    /// keep-alive) in the outage it may belong to.
+    fn note_failure(
+        &mut self,
+        error: &NamespaceError,
+        operation: Option<&Arc<MountKey>>,
+        now: Instant,
+    ) {
+        if !is_transport_failure(error) {
+            return;
+        }
+        match &mut self.outage {
+            None => {
+                self.outage = Some(Outage {
+                    since: now,
+                    first: operation.cloned(),
+                    widespread: false,
+                });
+            }
+            Some(outage) => {
+                if !outage.widespread && outage.first.as_ref() != operation {
+                    tracing::debug!("a second operation failed: the backend looks down");
+                    outage.widespread = true;
+                }
+            }
         }
     }
 
-    /// A success after transport failures: the backend is back, so every
-    /// pair waiting out a backoff is due now.
-    fn end_outage(&mut self) {
-        if !std::mem::take(&mut self.outage) {
+    /// A success. After a widespread outage the backend is back, so every
+    /// operation whose failures began within the outage is due now; pairs
+    /// that were failing before it, or failing alone, keep their backoff.
+    fn end_outage(&mut self, now: Instant) {
+        let Some(outage) = self.outage.take() else {
+            return;
+        };
+        if !outage.widespread {
             return;
         }
-        tracing::info!("the backend answers again; retrying everything now");
-        let now = Instant::now();
+        tracing::info!("the backend answers again; retrying what the outage failed now");
+        let began_in_outage = |since: Option<Instant>| since.is_some_and(|at| at >= outage.since);
         let due: Vec<Arc<MountKey>> = self
             .mounts
             .iter()
-            .filter(|(_, mount)| mount.consecutive_failures > 0 && !mount.in_flight)
+            .filter(|(_, mount)| {
+                !mount.in_flight
+                    && began_in_outage(mount.failing_since)
+                    && mount
+                        .last_error
+                        .as_deref()
+                        .is_some_and(is_transport_failure)
+            })
             .map(|(key, _)| Arc::clone(key))
             .collect();
         for key in due {
             self.schedule(&key, now);
         }
-        if self.session.consecutive_failures > 0 && !self.session.in_flight {
+        if !self.session.in_flight && began_in_outage(self.session.failing_since) {
             self.session.keep_alive_at = Some(now);
         }
     }
@@ -785,6 +946,7 @@ impl<N: Namespace> Actor<N> {
                     last_mounted_at: mount.last_mounted_at,
                     last_unmounted_at: mount.last_unmounted_at,
                     last_error: mount.last_error.as_deref().cloned(),
+                    unreadable: mount.unreadable.as_deref().cloned(),
                     consecutive_failures: mount.consecutive_failures,
                     next_attempt_at: mount.next_attempt_at,
                     expires_at: mount.expires_at,
@@ -938,6 +1100,21 @@ impl<N: Namespace> Actor<N> {
         }
         first_error.map(|first| (failed, first))
     }
+}
+
+/// Counts one more failure of `mount`, noting when the run began.
+fn count_failure(mount: &mut Mount, now: Instant) {
+    mount.consecutive_failures = mount.consecutive_failures.saturating_add(1);
+    mount.failing_since.get_or_insert(now);
+}
+
+/// Whether `error` says the backend could not be reached, rather than that
+/// it answered no.
+fn is_transport_failure(error: &NamespaceError) -> bool {
+    matches!(
+        error,
+        NamespaceError::Unavailable { .. } | NamespaceError::Timeout { .. }
+    )
 }
 
 /// Runs `operation` for at most `timeout`.

@@ -137,4 +137,15 @@ impl NamespaceError {
     pub fn is_entries_lost(&self) -> bool {
         matches!(self, NamespaceError::EntriesLost { .. })
     }
+
+    /// Whether an operation that failed with this error may still have
+    /// taken effect: after a timeout or a broken connection the request may
+    /// have landed, so a mount that failed so must still be unmounted. Every
+    /// other error is an answer from the backend that it did not do it.
+    pub fn may_have_taken_effect(&self) -> bool {
+        matches!(
+            self,
+            NamespaceError::Unavailable { .. } | NamespaceError::Timeout { .. }
+        )
+    }
 }

@@ -1,22 +1,24 @@
 //! [`EtcdNamespace`]: the naming backend on a real etcd cluster. Its doc
 //! comment gives the key layout and how the lease works.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::sync::{Mutex as SyncMutex, MutexGuard};
 use std::time::Duration;
 
 use etcd_client::{
     Client, ConnectOptions, DeleteOptions, EventType, GetOptions, LeaseKeepAliveStream,
-    LeaseKeeper, PutOptions, Txn, TxnOp, WatchOptions, WatchStream,
+    LeaseKeeper, PutOptions, Txn, TxnOp, WatchFilterType, WatchOptions, WatchStream,
 };
 use flotilla_core_types::{Endpoint, Name};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 use tonic::Code;
 
-use crate::namespace::{resolution_at, resolution_candidates};
+use crate::namespace::{is_at_or_beneath, resolution_at, resolution_candidates};
 use crate::{
-    Error, MountFlags, MountOutcome, MountedServer, Namespace, NamespaceError, RefreshStyle,
-    Resolution,
+    Error, ListedName, Listing, MountFlags, MountOutcome, MountReport, MountedServer, Namespace,
+    NamespaceError, RefreshStyle, Resolution,
 };
 
 /// The longest TTL etcd grants (its `MaxLeaseTTL`).
@@ -65,6 +67,46 @@ const HTTP2_KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(10), Duratio
 /// deletes every key on it at once. So give each publisher its own
 /// `EtcdNamespace` ([`EtcdNamespace::fresh_session`] shares the connection).
 ///
+/// # Keys removed by someone else
+///
+/// The keep-alive keeps the lease, not the keys: a key deleted by an
+/// operator, a script or another publisher would stay gone. So each
+/// session also follows its own keys' removals with one watch stream on
+/// the prefix (delete events only, so mounts elsewhere cost it nothing),
+/// and [`removed_mounts`](Namespace::removed_mounts) hands every key of
+/// ours deleted after our last write of it to the publisher, which mounts
+/// it again at once. **Time to restore**: one watch event plus one mount,
+/// milliseconds on a healthy cluster; at most
+/// [`operation_timeout`](crate::PublisherConfig::operation_timeout) after
+/// etcd reports the delete, and retried with backoff if that mount fails.
+/// When the watch breaks, the next call reads the prefix's keys once (keys
+/// only), reports ours that are missing and watches on from that revision,
+/// so nothing removed in between is missed.
+///
+/// # Two publishers of one pair
+///
+/// A pair is one key, so two publishers of the same (name, server) share
+/// it: it hangs on the lease of whichever wrote it last, and when that one
+/// stops (its revoke deletes the key) or dies (its lease expires), the
+/// other sees the delete and writes the key back on its own lease. The rule
+/// is: **a pair stays published as long as any of its publishers runs**,
+/// with a gap of the restore time above when the holder leaves. Removing a
+/// pair from one publisher deletes the key too, and the other restores it
+/// the same way. Resolvers and [`watch_name`](EtcdNamespace::watch_name)
+/// see one server, never a duplicate.
+///
+/// # Unreadable entries
+///
+/// An entry under the prefix that this crate cannot read (someone else
+/// wrote it) never stops a mount: it is left alone, never taken for a
+/// server, logged, and reported in [`MountReport::unreadable`] (the
+/// publisher shows it in [`MountStatus::unreadable`]). Listings and watches
+/// report such entries beside the readable ones; [`resolve`](Namespace::resolve)
+/// answers [`NamespaceError::Corrupt`], as it cannot say which servers are
+/// meant.
+///
+/// [`MountStatus::unreadable`]: crate::MountStatus::unreadable
+///
 /// # Example
 ///
 /// ```no_run
@@ -92,11 +134,85 @@ pub struct EtcdNamespace {
     root: String,
     lease: Mutex<Option<Lease>>,
     keeper: Mutex<Option<Keeper>>,
+    /// The keys this session wrote, for [`Namespace::removed_mounts`].
+    owned: SyncMutex<Owned>,
+    /// The watch on the prefix's deletes, once opened.
+    removals: Mutex<Option<WatchStream>>,
+    /// Woken when a removal is recorded other than from the watch (once a
+    /// write's revision shows that a delete seen during it came after it).
+    removal_recorded: Notify,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Lease {
     id: i64,
+}
+
+/// What this session has written and not removed itself, and the removals
+/// by others it has seen: a plain map behind a `std` mutex, never held
+/// across an `.await`.
+#[derive(Debug, Default)]
+struct Owned {
+    keys: HashMap<String, OwnedKey>,
+    /// Removals seen and not yet returned by `removed_mounts`.
+    removed: Vec<(Name, Endpoint)>,
+}
+
+#[derive(Debug)]
+struct OwnedKey {
+    name: Name,
+    server: Endpoint,
+    /// The revision of our last write, or `None` while a write is under
+    /// way (its revision is not known yet).
+    written_at: Option<i64>,
+    /// The latest delete seen while a write was under way, decided once
+    /// the write's revision is known.
+    deleted_at: Option<i64>,
+}
+
+impl Owned {
+    fn begin_write(&mut self, key: &str, name: &Name, server: &Endpoint) {
+        let owned = self.keys.entry(key.to_owned()).or_insert_with(|| OwnedKey {
+            name: name.clone(),
+            server: server.clone(),
+            written_at: None,
+            deleted_at: None,
+        });
+        owned.written_at = None;
+    }
+
+    /// Our write of `key` landed at `revision` (or, with `None`, failed in a
+    /// way that leaves it unknown: then any later delete is reported).
+    /// Returns whether that recorded a removal.
+    fn end_write(&mut self, key: &str, revision: Option<i64>) -> bool {
+        let Some(owned) = self.keys.get_mut(key) else {
+            return false; // unmounted meanwhile
+        };
+        let revision = revision.unwrap_or(0);
+        owned.written_at = Some(revision);
+        if owned.deleted_at.take().is_some_and(|at| at > revision) {
+            self.removed
+                .push((owned.name.clone(), owned.server.clone()));
+            return true;
+        }
+        false
+    }
+
+    /// Someone deleted `key` at `revision`.
+    fn deleted(&mut self, key: &str, revision: i64) {
+        let Some(owned) = self.keys.get_mut(key) else {
+            return; // not ours, or removed by us
+        };
+        match owned.written_at {
+            None => owned.deleted_at = owned.deleted_at.max(Some(revision)),
+            Some(written) if revision > written => {
+                tracing::warn!(key, revision, "a key of ours was removed by someone else");
+                self.removed
+                    .push((owned.name.clone(), owned.server.clone()));
+            }
+            Some(_) => {} // a delete from before our last write
+        }
+    }
 }
 
 /// The open keep-alive stream of a lease: each keep-alive is one request and
@@ -143,6 +259,9 @@ impl EtcdNamespace {
             prefix: prefix.to_owned(),
             lease: Mutex::new(None),
             keeper: Mutex::new(None),
+            owned: SyncMutex::default(),
+            removals: Mutex::new(None),
+            removal_recorded: Notify::new(),
         })
     }
 
@@ -159,6 +278,9 @@ impl EtcdNamespace {
             prefix: prefix.to_owned(),
             lease: Mutex::new(None),
             keeper: Mutex::new(None),
+            owned: SyncMutex::default(),
+            removals: Mutex::new(None),
+            removal_recorded: Notify::new(),
         })
     }
 
@@ -171,6 +293,9 @@ impl EtcdNamespace {
             root: self.root.clone(),
             lease: Mutex::new(None),
             keeper: Mutex::new(None),
+            owned: SyncMutex::default(),
+            removals: Mutex::new(None),
+            removal_recorded: Notify::new(),
         }
     }
 
@@ -193,12 +318,13 @@ impl EtcdNamespace {
 
     /// Follows the servers mounted under `name` (exactly that name): first
     /// every server mounted now, as [`NameChange::Mounted`], then each change
-    /// as etcd commits it, with nothing missed in between.
+    /// as etcd commits it, with nothing missed in between. An entry this
+    /// crate cannot read comes as [`NameChange::Unreadable`], in its place
+    /// among the others.
     ///
     /// # Errors
     ///
-    /// [`NamespaceError::Unavailable`] when etcd cannot be reached;
-    /// [`NamespaceError::Corrupt`] for an unreadable entry.
+    /// [`NamespaceError::Unavailable`] when etcd cannot be reached.
     pub async fn watch_name(&self, name: &Name) -> Result<NameWatch, NamespaceError> {
         let key_prefix = self.name_prefix(name.as_str());
         // Exactly this name's servers: `…/{name}/` alone would also cover
@@ -215,8 +341,10 @@ impl EtcdNamespace {
         let revision = current.header().map_or(0, |header| header.revision());
         let mut initial = Vec::new();
         for kv in current.kvs() {
-            let (server, flags) = parse_entry(&key_prefix, kv.key(), kv.value())?;
-            initial.push(NameChange::Mounted { server, flags });
+            initial.push(match parse_entry(&key_prefix, kv.key(), kv.value()) {
+                Ok((server, flags)) => NameChange::Mounted { server, flags },
+                Err(bad) => bad.into_change(),
+            });
         }
         let stream = client
             .watch(
@@ -264,6 +392,94 @@ impl EtcdNamespace {
         format!("{}/{name}/", self.prefix)
     }
 
+    fn owned(&self) -> MutexGuard<'_, Owned> {
+        // Every method leaves `Owned` consistent before it could panic, so
+        // a poisoned lock is safe to keep using.
+        self.owned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Opens the watch on the prefix's deletes: one read first (keys only,
+    /// or just the revision when we own nothing) to report our keys that
+    /// are gone already, then the watch from the revision after it.
+    async fn open_removals(&self) -> Result<WatchStream, NamespaceError> {
+        let all_keys = format!("{}/", self.prefix);
+        let owns_something = !self.owned().keys.is_empty();
+        let options = if owns_something {
+            GetOptions::new().with_prefix().with_keys_only()
+        } else {
+            GetOptions::new().with_prefix().with_count_only()
+        };
+        let current = self
+            .call(|mut client| {
+                let (all_keys, options) = (all_keys.clone(), options.clone());
+                async move { client.get(all_keys, Some(options)).await }
+            })
+            .await
+            .map_err(classify)?;
+        let revision = current.header().map_or(0, |header| header.revision());
+        if owns_something {
+            let present: std::collections::HashSet<&[u8]> =
+                current.kvs().iter().map(|kv| kv.key()).collect();
+            let mut owned = self.owned();
+            let missing: Vec<String> = owned
+                .keys
+                .keys()
+                .filter(|key| !present.contains(key.as_bytes()))
+                .cloned()
+                .collect();
+            for key in missing {
+                owned.deleted(&key, revision);
+            }
+        }
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1)
+            .with_filters([WatchFilterType::NoPut]);
+        let mut client = self.client.clone();
+        let stream = client
+            .watch(all_keys, Some(options))
+            .await
+            .map_err(classify)?;
+        tracing::debug!(revision, "watching for removals of our keys");
+        Ok(stream)
+    }
+
+    /// Every readable entry under `name`, and the unreadable ones apart.
+    async fn entries_under(
+        &self,
+        name: &str,
+    ) -> Result<(Vec<MountedServer>, Vec<BadEntry>), NamespaceError> {
+        let key_prefix = self.name_prefix(name);
+        let servers_prefix = format!("{key_prefix}#");
+        let response = self
+            .call(|mut client| {
+                let servers_prefix = servers_prefix.clone();
+                async move {
+                    client
+                        .get(servers_prefix, Some(GetOptions::new().with_prefix()))
+                        .await
+                }
+            })
+            .await
+            .map_err(classify)?;
+        let mut servers = Vec::with_capacity(response.kvs().len());
+        let mut unreadable = Vec::new();
+        for kv in response.kvs() {
+            match parse_entry(&key_prefix, kv.key(), kv.value()) {
+                Ok((server, flags)) => servers.push(MountedServer {
+                    server,
+                    flags,
+                    ttl_left: None,
+                }),
+                Err(bad) => unreadable.push(bad),
+            }
+        }
+        servers.sort_by(|a, b| a.server.cmp(&b.server));
+        Ok((servers, unreadable))
+    }
+
     async fn session_lease(&self, ttl: Duration) -> Result<Lease, NamespaceError> {
         let mut lease = self.lease.lock().await;
         if let Some(lease) = *lease {
@@ -290,31 +506,13 @@ impl EtcdNamespace {
         }
     }
 
+    /// The servers under `name`, or the first unreadable entry there.
     async fn servers_under(&self, name: &str) -> Result<Vec<MountedServer>, NamespaceError> {
-        let key_prefix = self.name_prefix(name);
-        let servers_prefix = format!("{key_prefix}#");
-        let response = self
-            .call(|mut client| {
-                let servers_prefix = servers_prefix.clone();
-                async move {
-                    client
-                        .get(servers_prefix, Some(GetOptions::new().with_prefix()))
-                        .await
-                }
-            })
-            .await
-            .map_err(classify)?;
-        let mut servers = Vec::with_capacity(response.kvs().len());
-        for kv in response.kvs() {
-            let (server, flags) = parse_entry(&key_prefix, kv.key(), kv.value())?;
-            servers.push(MountedServer {
-                server,
-                flags,
-                ttl_left: None,
-            });
+        let (servers, unreadable) = self.entries_under(name).await?;
+        match unreadable.into_iter().next() {
+            Some(bad) => Err(bad.into()),
+            None => Ok(servers),
         }
-        servers.sort_by(|a, b| a.server.cmp(&b.server));
-        Ok(servers)
     }
 }
 
@@ -343,59 +541,101 @@ impl Namespace for EtcdNamespace {
         server: &Endpoint,
         ttl: Duration,
         flags: MountFlags,
-    ) -> Result<MountOutcome, NamespaceError> {
+    ) -> Result<MountReport, NamespaceError> {
         self.validate_ttl(ttl)?;
         let lease = self.session_lease(ttl).await?;
         let key = self.key(name, server);
-        let others = self.servers_under(name.as_str()).await?;
+        let (others, unreadable) = self.entries_under(name.as_str()).await?;
+        for bad in &unreadable {
+            tracing::warn!(key = %bad.key, reason = %bad.reason, %name,
+                "unreadable entry under the name; left alone");
+        }
+        let unreadable: Vec<NamespaceError> =
+            unreadable.into_iter().map(NamespaceError::from).collect();
         let value = encode_flags(flags);
         let put = PutOptions::new().with_lease(lease.id).with_prev_key();
-        let result = if flags.replace {
-            let mut operations: Vec<TxnOp> = others
+        let replaced: Vec<String> = others
+            .iter()
+            .filter(|other| &other.server != server)
+            .map(|other| self.key(name, &other.server))
+            .collect();
+        if !flags.replace
+            && let Some(conflict) = others
                 .iter()
-                .filter(|other| &other.server != server)
-                .map(|other| TxnOp::delete(self.key(name, &other.server), None))
+                .find(|other| &other.server != server && !other.flags.same_kind(flags))
+        {
+            return Err(NamespaceError::FlagsConflict {
+                name: name.clone(),
+                server: server.clone(),
+                existing: conflict.flags,
+                requested: flags,
+            });
+        }
+        self.owned().begin_write(&key, name, server);
+        let result = if flags.replace {
+            let mut operations: Vec<TxnOp> = replaced
+                .iter()
+                .map(|other| TxnOp::delete(other.as_str(), None))
                 .collect();
             let existed = others.iter().any(|other| &other.server == server);
-            operations.push(TxnOp::put(key, value, Some(put)));
+            operations.push(TxnOp::put(key.as_str(), value, Some(put)));
             let txn = Txn::new().and_then(operations);
             self.call(|mut client| {
                 let txn = txn.clone();
                 async move { client.txn(txn).await }
             })
             .await
-            .map(|_| existed)
+            .map(|response| (existed, response.header().map(|h| h.revision())))
         } else {
-            if let Some(conflict) = others
-                .iter()
-                .find(|other| &other.server != server && !other.flags.same_kind(flags))
-            {
-                return Err(NamespaceError::FlagsConflict {
-                    name: name.clone(),
-                    server: server.clone(),
-                    existing: conflict.flags,
-                    requested: flags,
-                });
-            }
             self.call(|mut client| {
                 let (key, value, put) = (key.clone(), value.clone(), put.clone());
                 async move { client.put(key, value, Some(put)).await }
             })
             .await
-            .map(|response| response.prev_key().is_some())
+            .map(|response| {
+                let existed = response.prev_key().is_some();
+                (existed, response.header().map(|h| h.revision()))
+            })
         };
-        match result {
-            Ok(true) => Ok(MountOutcome::Refreshed),
-            Ok(false) => Ok(MountOutcome::Created),
-            Err(error) if is_lease_not_found(&error) => {
-                Err(self.forget_lease(lease, "is gone").await)
+        let outcome = match result {
+            Ok((existed, revision)) => {
+                let mut owned = self.owned();
+                if flags.replace {
+                    // Our own other keys that we just deleted are not
+                    // removals by someone else.
+                    for other in &replaced {
+                        owned.keys.remove(other);
+                    }
+                }
+                if owned.end_write(&key, revision) {
+                    self.removal_recorded.notify_one();
+                }
+                if existed {
+                    MountOutcome::Refreshed
+                } else {
+                    MountOutcome::Created
+                }
             }
-            Err(error) => Err(classify(error)),
-        }
+            Err(error) => {
+                if self.owned().end_write(&key, None) {
+                    self.removal_recorded.notify_one();
+                }
+                if is_lease_not_found(&error) {
+                    return Err(self.forget_lease(lease, "is gone").await);
+                }
+                return Err(classify(error));
+            }
+        };
+        Ok(MountReport {
+            outcome,
+            unreadable,
+        })
     }
 
     async fn unmount(&self, name: &Name, server: &Endpoint) -> Result<(), NamespaceError> {
         let key = self.key(name, server);
+        // Ours no more: its delete is not a removal by someone else.
+        self.owned().keys.remove(&key);
         self.call(|mut client| {
             let key = key.clone();
             async move { client.delete(key, None::<DeleteOptions>).await }
@@ -450,7 +690,7 @@ impl Namespace for EtcdNamespace {
             }
             Ok(None) => {
                 *keeper = None;
-                Err(NamespaceError::unavailable(StreamEnded))
+                Err(NamespaceError::unavailable(StreamEnded("lease keep-alive")))
             }
             Err(error) => {
                 *keeper = None;
@@ -461,6 +701,8 @@ impl Namespace for EtcdNamespace {
 
     async fn release(&self) -> Result<(), NamespaceError> {
         *self.keeper.lock().await = None;
+        // The revoke deletes our keys; those deletes are ours.
+        *self.owned() = Owned::default();
         let Some(lease) = self.lease.lock().await.take() else {
             return Ok(());
         };
@@ -482,6 +724,113 @@ impl Namespace for EtcdNamespace {
             }
         }
         Err(NamespaceError::NotFound { name: name.clone() })
+    }
+
+    async fn list(&self, prefix: Option<&Name>) -> Result<Listing, NamespaceError> {
+        // `{prefix}/{name}/` covers the name's own keys (`…/#server`) and
+        // every name beneath it, and nothing else.
+        let range = match prefix {
+            Some(name) => self.name_prefix(name.as_str()),
+            None => format!("{}/", self.prefix),
+        };
+        let response = self
+            .call(|mut client| {
+                let range = range.clone();
+                async move {
+                    client
+                        .get(range, Some(GetOptions::new().with_prefix()))
+                        .await
+                }
+            })
+            .await
+            .map_err(classify)?;
+        let mut names: Vec<ListedName> = Vec::new();
+        let mut unreadable = Vec::new();
+        let root = format!("{}/", self.prefix);
+        for kv in response.kvs() {
+            match parse_listed(&root, kv.key(), kv.value()) {
+                Ok((name, mounted)) if is_at_or_beneath(name.as_str(), prefix) => {
+                    match names.last_mut() {
+                        Some(listed) if listed.name == name => listed.servers.push(mounted),
+                        _ => names.push(ListedName {
+                            name,
+                            servers: vec![mounted],
+                        }),
+                    }
+                }
+                Ok(_) => {}
+                Err(bad) => unreadable.push(NamespaceError::from(bad)),
+            }
+        }
+        // etcd returns keys in byte order, which keeps a name's keys
+        // together only if no character of a longer name sorts below `#`:
+        // sort and merge rather than rely on it.
+        names.sort_by(|a, b| a.name.cmp(&b.name));
+        names.dedup_by(|later, earlier| {
+            if later.name == earlier.name {
+                earlier.servers.append(&mut later.servers);
+                true
+            } else {
+                false
+            }
+        });
+        for listed in &mut names {
+            listed.servers.sort_by(|a, b| a.server.cmp(&b.server));
+        }
+        Ok(Listing { names, unreadable })
+    }
+
+    async fn removed_mounts(&self) -> Result<Vec<(Name, Endpoint)>, NamespaceError> {
+        let mut removals = self.removals.lock().await;
+        loop {
+            let removed = std::mem::take(&mut self.owned().removed);
+            if !removed.is_empty() {
+                return Ok(removed);
+            }
+            let Some(stream) = removals.as_mut() else {
+                // The opening read may have found removals already.
+                *removals = Some(self.open_removals().await?);
+                continue;
+            };
+            // Cancel safe: a message is taken off the stream and recorded
+            // in `owned` with no `.await` in between, and a removal recorded
+            // by a write stays in `owned` until returned.
+            let recorded = self.removal_recorded.notified();
+            let message = tokio::select! {
+                message = stream.message() => message,
+                () = recorded => continue,
+            };
+            let message = match message {
+                Ok(Some(message)) if !message.canceled() => message,
+                Ok(Some(message)) => {
+                    *removals = None;
+                    return Err(NamespaceError::Rejected {
+                        source: std::sync::Arc::new(WatchCanceled(
+                            message.cancel_reason().to_owned(),
+                        )),
+                    });
+                }
+                Ok(None) => {
+                    *removals = None;
+                    return Err(NamespaceError::unavailable(StreamEnded("watch")));
+                }
+                Err(error) => {
+                    *removals = None;
+                    return Err(classify(error));
+                }
+            };
+            let mut owned = self.owned();
+            for event in message.events() {
+                if event.event_type() != EventType::Delete {
+                    continue;
+                }
+                if let Some(kv) = event.kv()
+                    && let Ok(key) = std::str::from_utf8(kv.key())
+                {
+                    owned.deleted(key, kv.mod_revision());
+                }
+            }
+        }
     }
 }
 
@@ -510,6 +859,15 @@ pub enum NameChange {
         /// The server.
         server: Endpoint,
     },
+    /// An entry under the name that this crate cannot read was written or
+    /// deleted (someone else wrote it). Reported apart, so that the valid
+    /// changes around it are delivered all the same.
+    Unreadable {
+        /// Its key.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// The stream of [`NameChange`]s from [`EtcdNamespace::watch_name`].
@@ -521,13 +879,15 @@ pub struct NameWatch {
 }
 
 impl NameWatch {
-    /// The next change, or `None` when etcd ended the watch.
+    /// The next change, or `None` when etcd ended the watch. Unreadable
+    /// entries come as [`NameChange::Unreadable`], never as an error, so
+    /// nothing after them is lost.
     ///
     /// # Errors
     ///
     /// [`NamespaceError::Unavailable`] when the connection fails,
     /// [`NamespaceError::Rejected`] when etcd cancels the watch (its history
-    /// was compacted), [`NamespaceError::Corrupt`] for an unreadable entry.
+    /// was compacted).
     ///
     /// # Cancel safety
     ///
@@ -548,15 +908,16 @@ impl NameWatch {
             let mut changes = Vec::with_capacity(response.events().len());
             for event in response.events() {
                 let Some(kv) = event.kv() else { continue };
-                let change = match event.event_type() {
-                    EventType::Put => {
-                        let (server, flags) = parse_entry(&self.key_prefix, kv.key(), kv.value())?;
-                        NameChange::Mounted { server, flags }
-                    }
-                    EventType::Delete => NameChange::Unmounted {
-                        server: parse_server(&self.key_prefix, kv.key())?,
-                    },
+                let parsed = match event.event_type() {
+                    EventType::Put => parse_entry(&self.key_prefix, kv.key(), kv.value())
+                        .map(|(server, flags)| NameChange::Mounted { server, flags }),
+                    EventType::Delete => parse_server(&self.key_prefix, kv.key())
+                        .map(|server| NameChange::Unmounted { server }),
                 };
+                let change = parsed.unwrap_or_else(|bad| {
+                    tracing::warn!(key = %bad.key, reason = %bad.reason, "unreadable entry in a watched name");
+                    bad.into_change()
+                });
                 changes.push(change);
             }
             changes.reverse();
@@ -579,8 +940,34 @@ impl fmt::Debug for NameWatch {
 struct WatchCanceled(String);
 
 #[derive(Debug, thiserror::Error)]
-#[error("etcd ended the lease keep-alive stream")]
-struct StreamEnded;
+#[error("etcd ended the {0} stream")]
+struct StreamEnded(&'static str);
+
+/// An entry this crate cannot read: what [`NamespaceError::Corrupt`] and
+/// [`NameChange::Unreadable`] say.
+#[derive(Debug)]
+struct BadEntry {
+    key: String,
+    reason: String,
+}
+
+impl BadEntry {
+    fn into_change(self) -> NameChange {
+        NameChange::Unreadable {
+            key: self.key,
+            reason: self.reason,
+        }
+    }
+}
+
+impl From<BadEntry> for NamespaceError {
+    fn from(bad: BadEntry) -> NamespaceError {
+        NamespaceError::Corrupt {
+            key: bad.key,
+            reason: bad.reason,
+        }
+    }
+}
 
 fn validate_prefix(prefix: &str) -> Result<(), Error> {
     let fail = |reason: &str| {
@@ -616,25 +1003,51 @@ fn parse_entry(
     key_prefix: &str,
     key: &[u8],
     value: &[u8],
-) -> Result<(Endpoint, MountFlags), NamespaceError> {
+) -> Result<(Endpoint, MountFlags), BadEntry> {
     let server = parse_server(key_prefix, key)?;
-    let flags: MountFlags =
-        serde_json::from_slice(value).map_err(|error| corrupt(key, error.to_string()))?;
+    let flags = parse_flags(key, value)?;
     Ok((server, flags))
 }
 
+fn parse_flags(key: &[u8], value: &[u8]) -> Result<MountFlags, BadEntry> {
+    serde_json::from_slice(value).map_err(|error| bad_entry(key, error.to_string()))
+}
+
 /// The server whose entry under `key_prefix` is `key`.
-fn parse_server(key_prefix: &str, key: &[u8]) -> Result<Endpoint, NamespaceError> {
-    let text = std::str::from_utf8(key).map_err(|error| corrupt(key, error.to_string()))?;
+fn parse_server(key_prefix: &str, key: &[u8]) -> Result<Endpoint, BadEntry> {
+    let text = std::str::from_utf8(key).map_err(|error| bad_entry(key, error.to_string()))?;
     let server_text = text
         .strip_prefix(key_prefix)
         .and_then(|rest| rest.strip_prefix('#'))
-        .ok_or_else(|| corrupt(key, format!("not under {key_prefix:?}#")))?;
-    Endpoint::parse(server_text).map_err(|error| corrupt(key, error.to_string()))
+        .ok_or_else(|| bad_entry(key, format!("not under {key_prefix:?}#")))?;
+    Endpoint::parse(server_text).map_err(|error| bad_entry(key, error.to_string()))
 }
 
-fn corrupt(key: &[u8], reason: String) -> NamespaceError {
-    NamespaceError::Corrupt {
+/// The name and mount of the entry `key` → `value` anywhere under `root`
+/// (`{prefix}/`): the name is what comes before the first `/#`, as `#`
+/// cannot occur in a name.
+fn parse_listed(root: &str, key: &[u8], value: &[u8]) -> Result<(Name, MountedServer), BadEntry> {
+    let text = std::str::from_utf8(key).map_err(|error| bad_entry(key, error.to_string()))?;
+    let name_text = text
+        .strip_prefix(root)
+        .and_then(|rest| rest.split_once("/#"))
+        .map(|(name, _)| name)
+        .ok_or_else(|| bad_entry(key, format!("not of the form {root:?}{{name}}/#{{server}}")))?;
+    let name = Name::new(name_text).map_err(|error| bad_entry(key, error.to_string()))?;
+    let server = parse_server(&format!("{root}{name_text}/"), key)?;
+    let flags = parse_flags(key, value)?;
+    Ok((
+        name,
+        MountedServer {
+            server,
+            flags,
+            ttl_left: None,
+        },
+    ))
+}
+
+fn bad_entry(key: &[u8], reason: String) -> BadEntry {
+    BadEntry {
         key: String::from_utf8_lossy(key).into_owned(),
         reason,
     }

@@ -16,7 +16,12 @@
 //! - when many operations are due, the mount closest to expiry goes first;
 //! - when the backend comes back from an outage, or turns out to have lost
 //!   the mounts (a restarted table, an expired or revoked etcd lease),
-//!   everything is mounted again at once, not a period later;
+//!   everything is mounted again at once, not a period later; a mount
+//!   someone else deleted from etcd comes back at once too, while a pair
+//!   failing on its own keeps its own backoff;
+//! - an entry someone else wrote that cannot be read never stops a mount:
+//!   it is left alone and reported;
+//! - [`Namespace::list`] shows what a backend holds under a prefix;
 //! - [`Publisher::status`] and [`Publisher::watch`] say, per pair, what is
 //!   wanted, what is confirmed, and what went wrong;
 //! - every mount and unmount has a tracing span and event.
@@ -29,7 +34,7 @@
 //! - `EtcdNamespace` (feature `etcd`): mounts live under a key prefix on a
 //!   real etcd cluster, all of one publisher's mounts on one lease, so the
 //!   steady state costs one keep-alive per period however many mounts there
-//!   are.
+//!   are, plus one watch stream that brings back keys others delete.
 //!
 //! # Example
 //!
@@ -74,7 +79,10 @@ pub use error::{Error, NamespaceError};
 #[cfg(feature = "etcd")]
 #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
 pub use etcd::{EtcdNamespace, NameChange, NameWatch};
-pub use namespace::{MountFlags, MountOutcome, MountedServer, Namespace, RefreshStyle, Resolution};
+pub use namespace::{
+    ListedName, Listing, MountFlags, MountOutcome, MountReport, MountedServer, Namespace,
+    RefreshStyle, Resolution,
+};
 pub use publisher::Publisher;
 pub use status::{MountState, MountStatus, Phase, Published, PublisherStatus};
 pub use table::{MAX_TABLE_TTL, MountTable};

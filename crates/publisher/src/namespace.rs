@@ -44,13 +44,17 @@ pub trait Namespace: Send + Sync + 'static {
     /// Mounts `server` under `name` for `ttl`, or refreshes that mount.
     /// Says whether the mount was there already, so that a refresh that
     /// finds its mount gone reveals a backend that lost its entries.
+    ///
+    /// An entry under `name` that the backend cannot read (someone else
+    /// wrote it) does not stop the mount: it is left alone, never taken for
+    /// a server, and reported in [`MountReport::unreadable`].
     fn mount(
         &self,
         name: &Name,
         server: &Endpoint,
         ttl: Duration,
         flags: MountFlags,
-    ) -> impl Future<Output = Result<MountOutcome, NamespaceError>> + Send;
+    ) -> impl Future<Output = Result<MountReport, NamespaceError>> + Send;
 
     /// Removes the mount of `server` under `name`. Removing a mount that is
     /// not there succeeds.
@@ -85,6 +89,67 @@ pub trait Namespace: Send + Sync + 'static {
         &self,
         name: &Name,
     ) -> impl Future<Output = Result<Resolution, NamespaceError>> + Send;
+
+    /// Every name at or beneath `prefix` (component by component: `api`
+    /// covers `api` and `api/v2`, not `apis`), or every name when `prefix`
+    /// is `None`, with its live servers; Vanadium's mount table had glob
+    /// for this. What one publisher wrote and what others wrote alike:
+    /// this is the backend's view, for status pages and operators.
+    ///
+    /// An entry the backend cannot read does not spoil the listing: it is
+    /// left out of the names and reported in [`Listing::unreadable`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use flotilla_core_types::Name;
+    /// use flotilla_publisher::{MountFlags, MountTable, Namespace};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> anyhow::Result<()> {
+    /// let table = MountTable::start();
+    /// let ttl = Duration::from_secs(30);
+    /// for name in ["api", "api/v2", "apis"] {
+    ///     table.mount(&Name::new(name)?, &"10.0.0.7:8080".parse()?, ttl, MountFlags::NONE).await?;
+    /// }
+    /// let listing = table.list(Some(&Name::new("api")?)).await?;
+    /// let names: Vec<&str> = listing.names.iter().map(|listed| listed.name.as_str()).collect();
+    /// assert_eq!(names, ["api", "api/v2"]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    fn list(
+        &self,
+        prefix: Option<&Name>,
+    ) -> impl Future<Output = Result<Listing, NamespaceError>> + Send;
+
+    /// Waits until the backend sees mounts of this publisher removed by
+    /// someone else (an operator, a script, another publisher whose session
+    /// ended), and returns those pairs, so that the publisher can mount them
+    /// again at once.
+    ///
+    /// Only [`RefreshStyle::Session`] backends need this: a per-mount
+    /// backend's refresh finds a missing mount by itself. The default never
+    /// returns. The publisher keeps one call of this under way at all times
+    /// (so a backend can serve it from one stream), calls it again after it
+    /// returns, and after an error waits out a backoff first.
+    ///
+    /// # Errors
+    ///
+    /// Whatever stopped the backend from watching, such as
+    /// [`NamespaceError::Unavailable`]; the next call starts again and
+    /// misses nothing removed in between.
+    ///
+    /// # Cancel safety
+    ///
+    /// Must be cancel safe: a removal seen but not yet returned is kept for
+    /// the next call.
+    fn removed_mounts(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(Name, Endpoint)>, NamespaceError>> + Send {
+        std::future::pending()
+    }
 }
 
 /// How a backend keeps mounts alive; see [`Namespace::refresh_style`].
@@ -137,6 +202,60 @@ pub enum MountOutcome {
     Created,
     /// The mount was there; its TTL starts again.
     Refreshed,
+}
+
+/// The answer to [`Namespace::mount`]: what it did, and what it saw.
+///
+/// A backend that has nothing to report builds one from its outcome:
+/// `MountReport::from(MountOutcome::Created)`.
+#[derive(Debug, Clone)]
+pub struct MountReport {
+    /// Whether the mount was there already.
+    pub outcome: MountOutcome,
+    /// Entries under the name that the backend could not read, each a
+    /// [`NamespaceError::Corrupt`]: left as they were, not counted as
+    /// servers (so their flags cannot conflict with the mount).
+    pub unreadable: Vec<NamespaceError>,
+}
+
+impl From<MountOutcome> for MountReport {
+    fn from(outcome: MountOutcome) -> MountReport {
+        MountReport {
+            outcome,
+            unreadable: Vec::new(),
+        }
+    }
+}
+
+/// The answer to [`Namespace::list`].
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    /// Every name with live servers, in order.
+    pub names: Vec<ListedName>,
+    /// Entries the backend could not read, each a
+    /// [`NamespaceError::Corrupt`], left out of `names`.
+    pub unreadable: Vec<NamespaceError>,
+}
+
+/// One name in a [`Listing`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedName {
+    /// The name.
+    pub name: Name,
+    /// Its live mounts, ordered by server.
+    pub servers: Vec<MountedServer>,
+}
+
+/// Whether `name` is `prefix` or beneath it, component by component (see
+/// [`Namespace::list`]).
+pub(crate) fn is_at_or_beneath(name: &str, prefix: Option<&Name>) -> bool {
+    let Some(prefix) = prefix else {
+        return true;
+    };
+    match name.strip_prefix(prefix.as_str()) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
 }
 
 /// The answer to [`Namespace::resolve`].
@@ -245,6 +364,23 @@ mod tests {
         assert_eq!(candidates, ["a/b/c", "a/b", "a"]);
         let single = Name::new("a").expect("valid");
         assert_eq!(resolution_candidates(&single).collect::<Vec<_>>(), ["a"]);
+    }
+
+    #[test]
+    fn listing_prefixes_match_whole_components() {
+        let api = Name::new("api").expect("valid");
+        let cases = [
+            ("api", true),
+            ("api/v2", true),
+            ("api/v2/x", true),
+            ("apis", false),
+            ("ap", false),
+            ("other/api", false),
+        ];
+        for (name, expected) in cases {
+            assert_eq!(is_at_or_beneath(name, Some(&api)), expected, "{name}");
+            assert!(is_at_or_beneath(name, None), "{name}");
+        }
     }
 
     #[test]

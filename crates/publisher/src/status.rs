@@ -59,6 +59,12 @@ pub struct MountStatus {
     pub next_attempt_at: Option<Instant>,
     /// When the mount lapses unless refreshed, if it is mounted.
     pub expires_at: Option<Instant>,
+    /// An entry under this pair's name that the backend could not read
+    /// (someone else wrote it), as the last successful mount reported it: a
+    /// [`NamespaceError::Corrupt`]. It did not stop the mount and was left
+    /// alone; it is here for an operator to clean up. Cleared by a mount
+    /// that finds none.
+    pub unreadable: Option<NamespaceError>,
 }
 
 impl MountStatus {

@@ -17,9 +17,10 @@ use flotilla_core_types::{Endpoint, Name, TaskWorker, WaitFuture, Worker};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::namespace::{resolution_at, resolution_candidates};
+use crate::namespace::{is_at_or_beneath, resolution_at, resolution_candidates};
 use crate::{
-    MountFlags, MountOutcome, MountedServer, Namespace, NamespaceError, RefreshStyle, Resolution,
+    ListedName, Listing, MountFlags, MountOutcome, MountReport, MountedServer, Namespace,
+    NamespaceError, RefreshStyle, Resolution,
 };
 
 /// The longest TTL the table accepts: long enough for any refresh period,
@@ -190,6 +191,34 @@ impl MountTable {
         }
         Err(NamespaceError::NotFound { name: name.clone() })
     }
+
+    fn list_now(&self, prefix: Option<&Name>) -> Result<Listing, NamespaceError> {
+        let now = Instant::now();
+        let state = self.lock();
+        if state.closed {
+            return Err(NamespaceError::Closed);
+        }
+        let mut names: Vec<ListedName> = state
+            .names
+            .keys()
+            .filter(|name| is_at_or_beneath(name.as_str(), prefix))
+            .filter_map(|name| {
+                let servers = state.live_servers(name.as_str(), now)?;
+                Some(ListedName {
+                    name: name.clone(),
+                    servers,
+                })
+            })
+            .collect();
+        drop(state);
+        names.sort_by(|a, b| a.name.cmp(&b.name));
+        // Everything in the table was written through `mount`, so nothing
+        // in it is unreadable.
+        Ok(Listing {
+            names,
+            unreadable: Vec::new(),
+        })
+    }
 }
 
 impl Namespace for MountTable {
@@ -217,8 +246,9 @@ impl Namespace for MountTable {
         server: &Endpoint,
         ttl: Duration,
         flags: MountFlags,
-    ) -> Result<MountOutcome, NamespaceError> {
+    ) -> Result<MountReport, NamespaceError> {
         self.mount_now(name, server, ttl, flags)
+            .map(MountReport::from)
     }
 
     async fn unmount(&self, name: &Name, server: &Endpoint) -> Result<(), NamespaceError> {
@@ -227,6 +257,10 @@ impl Namespace for MountTable {
 
     async fn resolve(&self, name: &Name) -> Result<Resolution, NamespaceError> {
         self.resolve_now(name)
+    }
+
+    async fn list(&self, prefix: Option<&Name>) -> Result<Listing, NamespaceError> {
+        self.list_now(prefix)
     }
 }
 

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use flotilla_core_types::{Endpoint, Name};
 use flotilla_publisher::{
-    MountFlags, MountOutcome, Namespace, NamespaceError, Publisher, RefreshStyle, Resolution,
+    Listing, MountFlags, MountOutcome, MountReport, Namespace, NamespaceError, Publisher,
+    RefreshStyle, Resolution,
 };
 
 /// 100 names × 100 servers.
@@ -98,7 +99,7 @@ impl<N: Namespace> Namespace for Counting<N> {
         server: &Endpoint,
         ttl: Duration,
         flags: MountFlags,
-    ) -> Result<MountOutcome, NamespaceError> {
+    ) -> Result<MountReport, NamespaceError> {
         self.count();
         self.inner.mount(name, server, ttl, flags).await
     }
@@ -120,6 +121,14 @@ impl<N: Namespace> Namespace for Counting<N> {
 
     async fn resolve(&self, name: &Name) -> Result<Resolution, NamespaceError> {
         self.inner.resolve(name).await
+    }
+
+    async fn list(&self, prefix: Option<&Name>) -> Result<Listing, NamespaceError> {
+        self.inner.list(prefix).await
+    }
+
+    async fn removed_mounts(&self) -> Result<Vec<(Name, Endpoint)>, NamespaceError> {
+        self.inner.removed_mounts().await
     }
 }
 
@@ -147,8 +156,8 @@ impl Namespace for NullNamespace {
         _server: &Endpoint,
         _ttl: Duration,
         _flags: MountFlags,
-    ) -> Result<MountOutcome, NamespaceError> {
-        Ok(MountOutcome::Refreshed)
+    ) -> Result<MountReport, NamespaceError> {
+        Ok(MountOutcome::Refreshed.into())
     }
 
     async fn unmount(&self, _name: &Name, _server: &Endpoint) -> Result<(), NamespaceError> {
@@ -157,5 +166,9 @@ impl Namespace for NullNamespace {
 
     async fn resolve(&self, name: &Name) -> Result<Resolution, NamespaceError> {
         Err(NamespaceError::NotFound { name: name.clone() })
+    }
+
+    async fn list(&self, _prefix: Option<&Name>) -> Result<Listing, NamespaceError> {
+        Ok(Listing::default())
     }
 }

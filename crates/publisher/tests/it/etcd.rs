@@ -438,3 +438,317 @@ async fn flags_conflict_and_replace_as_on_the_embedded_table() -> Result<()> {
     assert_eq!(servers(&etcd, &name("a")).await?, []);
     Ok(())
 }
+
+/// The lease of `key` now, or `None` when it is gone.
+async fn lease_of(cluster: &EtcdCluster, key: &str) -> Result<Option<i64>> {
+    let mut client = cluster.client().await?;
+    let found = client.get(key, None).await?;
+    Ok(found.kvs().first().map(|kv| kv.lease()))
+}
+
+/// How many watchers etcd serves now, from its own metrics.
+async fn watchers(cluster: &EtcdCluster) -> Result<u64> {
+    let endpoint = cluster.endpoint(0);
+    let address = endpoint
+        .strip_prefix("http://")
+        .context("a plain http endpoint")?
+        .to_owned();
+    let body = tokio::task::spawn_blocking(move || -> Result<String> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&address)?;
+        stream.set_read_timeout(Some(PATIENCE))?;
+        write!(
+            stream,
+            "GET /metrics HTTP/1.0\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body)?;
+        Ok(body)
+    })
+    .await??;
+    let line = body
+        .lines()
+        .find(|line| line.starts_with("etcd_debugging_mvcc_watcher_total "))
+        .context("etcd reports its watchers")?;
+    let value = line
+        .rsplit(' ')
+        .next()
+        .context("a metric value")?
+        .parse::<f64>()?;
+    Ok(value as u64)
+}
+
+#[tokio::test]
+async fn a_key_deleted_by_someone_else_is_mounted_again_at_once_by_one_watch() -> Result<()> {
+    let cluster = EtcdCluster::single().await?;
+    let etcd = namespace(&cluster).await?;
+    let ports: Vec<u16> = (1..=10).collect();
+    let publisher = publishing(&etcd, &["a", "b"], &ports).await?;
+    eventually("the publisher watches", PATIENCE, || async {
+        Ok(watchers(&cluster).await? == 1)
+    })
+    .await?;
+
+    let key = etcd.key(&name("a"), &server(3));
+    let lease = lease_of(&cluster, &key).await?.context("mounted")?;
+    let mut client = cluster.client().await?;
+    client.delete(key.as_str(), None).await?;
+    // The documented bound: one watch event and one mount, well inside an
+    // operation timeout.
+    let restored_after = eventually("the key is back", PATIENCE, || async {
+        Ok(lease_of(&cluster, &key).await?.is_some())
+    })
+    .await?;
+    ensure!(
+        restored_after < config().operation_timeout,
+        "restored after {restored_after:?}"
+    );
+    ensure!(
+        lease_of(&cluster, &key).await? == Some(lease),
+        "on our lease"
+    );
+    all_mounted(&publisher).await?;
+    ensure!(
+        watchers(&cluster).await? == 1,
+        "still one watch stream, whatever was deleted"
+    );
+
+    // Several at once, in one transaction, come back too.
+    let keys: Vec<String> = (1..=10)
+        .map(|port| etcd.key(&name("b"), &server(port)))
+        .collect();
+    let deletes: Vec<etcd_client::TxnOp> = keys
+        .iter()
+        .map(|key| etcd_client::TxnOp::delete(key.as_str(), None))
+        .collect();
+    client
+        .txn(etcd_client::Txn::new().and_then(deletes))
+        .await?;
+    eventually("all ten back", PATIENCE, || async {
+        Ok(servers(&etcd, &name("b")).await?.len() == 10)
+    })
+    .await?;
+    all_mounted(&publisher).await?;
+    publisher.stop().await;
+    publisher.wait().await?;
+    ensure!(
+        servers(&etcd, &name("a")).await?.is_empty(),
+        "stop removed all"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pair_two_publishers_share_stays_published_while_either_runs() -> Result<()> {
+    let cluster = EtcdCluster::single().await?;
+    let etcd = namespace(&cluster).await?;
+    let key = etcd.key(&name("a"), &server(1));
+    let first = publishing(&etcd, &["a"], &[1]).await?;
+    let first_lease = lease_of(&cluster, &key).await?.context("mounted")?;
+    let second = publishing(&etcd, &["a"], &[1, 2]).await?;
+    let second_lease = lease_of(&cluster, &key).await?.context("mounted")?;
+    ensure!(
+        second_lease != first_lease,
+        "the second write moved the key onto the second lease"
+    );
+
+    // The holder stops: its revoke deletes the key, and the first puts it
+    // back on its own lease.
+    second.stop().await;
+    second.wait().await?;
+    eventually("back on the first publisher's lease", PATIENCE, || async {
+        Ok(lease_of(&cluster, &key).await? == Some(first_lease))
+    })
+    .await?;
+    assert_eq!(servers(&etcd, &name("a")).await?, [server(1)]);
+    all_mounted(&first).await?;
+
+    // The same when the holder only stops publishing the pair.
+    let third = publishing(&etcd, &["a"], &[1]).await?;
+    ensure!(lease_of(&cluster, &key).await? != Some(first_lease));
+    third.remove_server(server(1)).await?;
+    eventually("back after the third unmounted it", PATIENCE, || async {
+        Ok(lease_of(&cluster, &key).await? == Some(first_lease))
+    })
+    .await?;
+    third.stop().await;
+    third.wait().await?;
+    first.stop().await;
+    first.wait().await?;
+    assert_eq!(servers(&etcd, &name("a")).await?, []);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unreadable_foreign_entry_does_not_stop_our_mounts_and_is_reported() -> Result<()> {
+    let cluster = EtcdCluster::single().await?;
+    let etcd = namespace(&cluster).await?;
+    let mut client = cluster.client().await?;
+    let foreign = "flotilla/names/x/#not-an-endpoint";
+    client.put(foreign, "{}", None).await?;
+    client
+        .put("flotilla/names/x/#10.0.0.9:9", "not json", None)
+        .await?;
+    let leaf = flotilla_publisher::MountFlags {
+        leaf: true,
+        ..Default::default()
+    };
+    let publisher = Publisher::start(etcd.fresh_session(), config().with_flags(leaf))?;
+    publisher.add_name(name("x")).await?;
+    publisher.add_server(server(1)).await?;
+    all_mounted(&publisher).await?;
+    let status = publisher.status().await?;
+    let mount = status.mount(&name("x"), &server(1)).context("wanted")?;
+    match &mount.unreadable {
+        Some(NamespaceError::Corrupt { key, .. }) => ensure!(
+            [foreign, "flotilla/names/x/#10.0.0.9:9"].contains(&key.as_str()),
+            "{key}"
+        ),
+        other => bail!("expected the foreign entry reported, got {other:?}"),
+    }
+    ensure!(mount.last_error.is_none());
+    // Left alone, not adopted: both foreign entries are as they were.
+    let kept = client
+        .get(
+            "flotilla/names/x/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await?;
+    ensure!(kept.kvs().len() == 3, "ours and the two foreign entries");
+    ensure!(
+        kept.kvs()
+            .iter()
+            .filter(|kv| kv
+                .key_str()
+                .is_ok_and(|k| k != etcd.key(&name("x"), &server(1))))
+            .all(|kv| kv.lease() == 0)
+    );
+    publisher.stop().await;
+    publisher.wait().await?;
+    ensure!(lease_of(&cluster, foreign).await?.is_some(), "still there");
+    Ok(())
+}
+
+#[tokio::test]
+async fn watch_name_delivers_the_valid_changes_beside_an_unreadable_one() -> Result<()> {
+    let cluster = EtcdCluster::single().await?;
+    let etcd = namespace(&cluster).await?;
+    let mut client = cluster.client().await?;
+    client.put("flotilla/names/w/#bad", "{}", None).await?;
+    let mut changes = etcd.watch_name(&name("w")).await?;
+    ensure!(
+        matches!(next(&mut changes).await?, Some(NameChange::Unreadable { key, .. }) if key == "flotilla/names/w/#bad"),
+        "the initial state reports it too"
+    );
+    // One revision: an unreadable put first, then a valid one.
+    let good = etcd.key(&name("w"), &server(1));
+    client
+        .txn(etcd_client::Txn::new().and_then([
+            etcd_client::TxnOp::put("flotilla/names/w/#10.0.0.1:2", "not json", None),
+            etcd_client::TxnOp::put(good.as_str(), "{}", None),
+        ]))
+        .await?;
+    match next(&mut changes).await? {
+        Some(NameChange::Unreadable { key, reason }) => {
+            ensure!(key == "flotilla/names/w/#10.0.0.1:2" && !reason.is_empty());
+        }
+        other => bail!("expected the unreadable change, got {other:?}"),
+    }
+    assert_eq!(
+        next(&mut changes).await?,
+        Some(NameChange::Mounted {
+            server: server(1),
+            flags: Default::default()
+        }),
+        "the valid change of the same revision is delivered"
+    );
+    client.delete(good.as_str(), None).await?;
+    assert_eq!(
+        next(&mut changes).await?,
+        Some(NameChange::Unmounted { server: server(1) })
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn list_gives_the_names_beneath_a_prefix_and_reports_unreadable_entries() -> Result<()> {
+    let cluster = EtcdCluster::single().await?;
+    let etcd = namespace(&cluster).await?;
+    let publisher = publishing(&etcd, &["a", "a/b", "ab", "c/d"], &[2, 1]).await?;
+    let mut client = cluster.client().await?;
+    client.put("flotilla/names/a/b/#junk", "{}", None).await?;
+    client.put("flotilla/names/stray-key", "{}", None).await?;
+    let summary = |listing: &flotilla_publisher::Listing| -> Vec<(String, Vec<u16>)> {
+        listing
+            .names
+            .iter()
+            .map(|l| {
+                let ports = l.servers.iter().map(|m| m.server.port()).collect();
+                (l.name.to_string(), ports)
+            })
+            .collect()
+    };
+    let under_a = etcd.list(Some(&name("a"))).await?;
+    assert_eq!(
+        summary(&under_a),
+        [
+            (String::from("a"), vec![1, 2]),
+            (String::from("a/b"), vec![1, 2]),
+        ],
+        "`ab` is not beneath `a`"
+    );
+    ensure!(
+        matches!(&under_a.unreadable[..], [NamespaceError::Corrupt { key, .. }] if key == "flotilla/names/a/b/#junk"),
+        "{:?}",
+        under_a.unreadable
+    );
+    let everything = etcd.list(None).await?;
+    let names: Vec<String> = summary(&everything).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["a", "a/b", "ab", "c/d"]);
+    ensure!(
+        everything.unreadable.len() == 2,
+        "{:?}",
+        everything.unreadable
+    );
+    ensure!(etcd.list(Some(&name("zzz"))).await?.names.is_empty());
+    publisher.stop().await;
+    publisher.wait().await?;
+    ensure!(etcd.list(None).await?.names.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn removed_mounts_misses_nothing_deleted_before_its_watch_opened() -> Result<()> {
+    let cluster = EtcdCluster::single().await?;
+    let session = namespace(&cluster).await?.fresh_session();
+    let flags = flotilla_publisher::MountFlags::NONE;
+    for port in 1..=3 {
+        session.mount(&name("a"), &server(port), TTL, flags).await?;
+    }
+    let mut client = cluster.client().await?;
+    // Deleted before anyone watched: the opening read finds it missing.
+    client
+        .delete(session.key(&name("a"), &server(1)), None)
+        .await?;
+    // Deleted, then written again by us: not a removal.
+    client
+        .delete(session.key(&name("a"), &server(2)), None)
+        .await?;
+    session.mount(&name("a"), &server(2), TTL, flags).await?;
+    let first = tokio::time::timeout(PATIENCE, session.removed_mounts())
+        .await
+        .context("the opening read reports at once")??;
+    ensure!(first == [(name("a"), server(1))], "{first:?}");
+
+    // Unmounted by us: not a removal either; deleted by someone else: one.
+    session.unmount(&name("a"), &server(2)).await?;
+    client
+        .delete(session.key(&name("a"), &server(3)), None)
+        .await?;
+    let second = tokio::time::timeout(PATIENCE, session.removed_mounts())
+        .await
+        .context("the watch reports the delete")??;
+    ensure!(second == [(name("a"), server(3))], "{second:?}");
+    session.release().await?;
+    Ok(())
+}

@@ -12,9 +12,11 @@ use std::time::Duration;
 
 use flotilla_core_types::{Endpoint, Name, Worker};
 use flotilla_publisher::{
-    MountFlags, MountOutcome, MountTable, MountedServer, Namespace, NamespaceError, Publisher,
-    PublisherConfig, PublisherStatus, RefreshStyle, Resolution,
+    ListedName, Listing, MountFlags, MountOutcome, MountReport, MountTable, MountedServer,
+    Namespace, NamespaceError, Publisher, PublisherConfig, PublisherStatus, RefreshStyle,
+    Resolution,
 };
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 pub(crate) fn name(text: &str) -> Name {
@@ -75,6 +77,15 @@ pub(crate) fn alive_tasks() -> usize {
         .num_alive_tasks()
 }
 
+/// How one pair's operations fail while the rest of the backend works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PairFault {
+    /// As if that pair's requests never got an answer in time.
+    Unavailable,
+    /// Refused outright, never written (as etcd refuses a key it denies).
+    Rejected,
+}
+
 /// A [`MountTable`] with faults on demand.
 #[derive(Clone)]
 pub(crate) struct Flaky {
@@ -88,12 +99,16 @@ struct FlakyState {
     fail_unmounts: bool,
     hang: bool,
     delay: Duration,
+    /// Pairs whose every operation fails on its own, and how.
+    failing_pairs: HashMap<(Name, Endpoint), PairFault>,
     mounts: u64,
     unmounts: u64,
     /// Every successful mount: (when it was sent, name, server).
     mount_log: Vec<(Instant, Name, Endpoint)>,
-    /// Every attempt, failed or not.
+    /// Every mount attempt, failed or not.
     attempts: Vec<(Instant, Name, Endpoint)>,
+    /// Every unmount attempt (once any delay is over), failed or not.
+    unmount_attempts: Vec<(Instant, Name, Endpoint)>,
     /// The longest gap seen between two successful mounts of one pair.
     longest_gap: Duration,
     last_mount: HashMap<(Name, Endpoint), Instant>,
@@ -118,6 +133,29 @@ impl Flaky {
         let mut state = self.state();
         state.fail_mounts = down;
         state.fail_unmounts = down;
+    }
+
+    /// Every operation on (`name`, `server`) fails with `fault` (or, with
+    /// `None`, works again), whatever happens to the other pairs.
+    pub(crate) fn set_pair_fault(&self, name: &Name, server: &Endpoint, fault: Option<PairFault>) {
+        let pair = (name.clone(), server.clone());
+        let mut state = self.state();
+        match fault {
+            Some(fault) => state.failing_pairs.insert(pair, fault),
+            None => state.failing_pairs.remove(&pair),
+        };
+    }
+
+    fn pair_fault(&self, name: &Name, server: &Endpoint) -> Result<(), NamespaceError> {
+        let pair = (name.clone(), server.clone());
+        match self.state().failing_pairs.get(&pair) {
+            None => Ok(()),
+            Some(PairFault::Unavailable) => Err(unreachable_error()),
+            Some(PairFault::Rejected) => Err(NamespaceError::rejected(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "injected refusal",
+            ))),
+        }
     }
 
     pub(crate) fn set_fail_unmounts(&self, fail: bool) {
@@ -148,6 +186,10 @@ impl Flaky {
 
     pub(crate) fn attempts(&self) -> Vec<(Instant, Name, Endpoint)> {
         self.state().attempts.clone()
+    }
+
+    pub(crate) fn unmount_attempts(&self) -> Vec<(Instant, Name, Endpoint)> {
+        self.state().unmount_attempts.clone()
     }
 
     pub(crate) fn longest_gap(&self) -> Duration {
@@ -195,7 +237,7 @@ impl Namespace for Flaky {
         server: &Endpoint,
         ttl: Duration,
         flags: MountFlags,
-    ) -> Result<MountOutcome, NamespaceError> {
+    ) -> Result<MountReport, NamespaceError> {
         let sent_at = Instant::now();
         self.state()
             .attempts
@@ -204,6 +246,7 @@ impl Namespace for Flaky {
         if self.state().fail_mounts {
             return Err(unreachable_error());
         }
+        self.pair_fault(name, server)?;
         let outcome = self.table.mount(name, server, ttl, flags).await?;
         let mut state = self.state();
         state.mounts += 1;
@@ -219,9 +262,13 @@ impl Namespace for Flaky {
 
     async fn unmount(&self, name: &Name, server: &Endpoint) -> Result<(), NamespaceError> {
         self.before_operation().await?;
+        self.state()
+            .unmount_attempts
+            .push((Instant::now(), name.clone(), server.clone()));
         if self.state().fail_unmounts {
             return Err(unreachable_error());
         }
+        self.pair_fault(name, server)?;
         self.table.unmount(name, server).await?;
         let mut state = self.state();
         state.unmounts += 1;
@@ -232,6 +279,10 @@ impl Namespace for Flaky {
     async fn resolve(&self, name: &Name) -> Result<Resolution, NamespaceError> {
         self.table.resolve(name).await
     }
+
+    async fn list(&self, prefix: Option<&Name>) -> Result<Listing, NamespaceError> {
+        self.table.list(prefix).await
+    }
 }
 
 /// A session-style backend on the paused clock: mounts hang on one lease
@@ -239,6 +290,7 @@ impl Namespace for Flaky {
 #[derive(Clone, Default)]
 pub(crate) struct LeaseTable {
     state: Arc<Mutex<LeaseState>>,
+    removal: Arc<Notify>,
 }
 
 #[derive(Default)]
@@ -248,6 +300,10 @@ struct LeaseState {
     grants: u64,
     mounts: u64,
     keep_alives: u64,
+    /// Pairs removed behind the publisher's back, not yet reported.
+    removed: Vec<(Name, Endpoint)>,
+    /// Calls of `removed_mounts` so far.
+    removal_calls: u64,
 }
 
 struct LeaseRecord {
@@ -267,6 +323,25 @@ impl LeaseTable {
     /// Revokes the lease behind the publisher's back.
     pub(crate) fn revoke(&self) {
         self.state().lease = None;
+    }
+
+    /// Deletes one mount behind the publisher's back, as an operator
+    /// would, and reports it as etcd's watch does.
+    pub(crate) fn remove_behind_back(&self, name: &Name, server: &Endpoint) {
+        let mut state = self.state();
+        if let Some(lease) = LeaseTable::live_lease(&mut state)
+            && let Some(servers) = lease.entries.get_mut(name)
+        {
+            servers.remove(server);
+        }
+        state.removed.push((name.clone(), server.clone()));
+        drop(state);
+        self.removal.notify_one();
+    }
+
+    /// How many times the publisher has asked for removals.
+    pub(crate) fn removal_calls(&self) -> u64 {
+        self.state().removal_calls
     }
 
     /// (grants, mounts, keep-alives) so far.
@@ -321,7 +396,7 @@ impl Namespace for LeaseTable {
         server: &Endpoint,
         ttl: Duration,
         _flags: MountFlags,
-    ) -> Result<MountOutcome, NamespaceError> {
+    ) -> Result<MountReport, NamespaceError> {
         let mut state = self.state();
         state.mounts += 1;
         if LeaseTable::live_lease(&mut state).is_none() {
@@ -340,11 +415,12 @@ impl Namespace for LeaseTable {
             .entry(name.clone())
             .or_default()
             .insert(server.clone());
-        Ok(if created {
+        let outcome = if created {
             MountOutcome::Created
         } else {
             MountOutcome::Refreshed
-        })
+        };
+        Ok(outcome.into())
     }
 
     async fn unmount(&self, name: &Name, server: &Endpoint) -> Result<(), NamespaceError> {
@@ -399,5 +475,37 @@ impl Namespace for LeaseTable {
             suffix: String::new(),
             servers,
         })
+    }
+
+    async fn list(&self, prefix: Option<&Name>) -> Result<Listing, NamespaceError> {
+        let names = self
+            .alive()
+            .into_iter()
+            .filter(|(name, _)| prefix.is_none_or(|prefix| name == prefix))
+            .map(|(name, server)| ListedName {
+                name,
+                servers: vec![MountedServer {
+                    server,
+                    flags: MountFlags::NONE,
+                    ttl_left: None,
+                }],
+            })
+            .collect();
+        Ok(Listing {
+            names,
+            unreadable: Vec::new(),
+        })
+    }
+
+    async fn removed_mounts(&self) -> Result<Vec<(Name, Endpoint)>, NamespaceError> {
+        self.state().removal_calls += 1;
+        loop {
+            let notified = self.removal.notified();
+            let removed = std::mem::take(&mut self.state().removed);
+            if !removed.is_empty() {
+                return Ok(removed);
+            }
+            notified.await;
+        }
     }
 }

@@ -10,7 +10,8 @@ use flotilla_publisher::{
 use tokio::time::{Instant, sleep};
 
 use crate::harness::{
-    Flaky, LeaseTable, alive_tasks, config, name, resolved, server, settle, stop_and_check, until,
+    Flaky, LeaseTable, PairFault, alive_tasks, config, name, resolved, server, settle,
+    stop_and_check, until,
 };
 
 const PERIOD: Duration = Duration::from_secs(60);
@@ -529,4 +530,143 @@ async fn the_publisher_is_a_worker_that_kill_stops() {
     assert!(worker.wait().await.is_ok());
     assert_eq!(flaky.table.entry_count(), 0);
     assert!(matches!(publisher.published().await, Err(Error::Stopped)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pair_failing_alone_keeps_its_own_backoff_while_the_others_succeed() {
+    // With a hundred healthy pairs succeeding all through the period, the
+    // one broken pair must still be retried on its own backoff: 1 s, 2 s,
+    // 4 s, ... up to 30 s, each shortened by at most half.
+    let flaky = Flaky::new();
+    flaky.set_pair_fault(&name("a"), &server(1), Some(PairFault::Unavailable));
+    let publisher = started(&flaky, config()).await;
+    let ports: Vec<u16> = (1..=100).collect();
+    publish(&publisher, &["a"], &ports).await;
+    sleep(PERIOD * 5).await;
+    let attempts: Vec<Instant> = flaky
+        .attempts()
+        .into_iter()
+        .filter(|(_, _, s)| *s == server(1))
+        .map(|(at, ..)| at)
+        .collect();
+    let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
+    for (index, gap) in gaps.iter().enumerate() {
+        let full = Duration::from_secs(1 << index.min(5)).min(Duration::from_secs(30));
+        assert!(
+            *gap >= full / 2 && *gap <= full,
+            "retry {index} after {gap:?}, expected between {:?} and {full:?} (all gaps: {gaps:?})",
+            full / 2
+        );
+    }
+    assert!(gaps.len() >= 10, "kept retrying: {} retries", gaps.len());
+    let status = publisher.status().await.expect("running");
+    let healthy = status.mounts.iter().filter(|m| m.server != server(1));
+    assert!(healthy.clone().all(|m| m.observed == MountState::Mounted));
+    assert_eq!(healthy.count(), 99);
+    flaky.set_pair_fault(&name("a"), &server(1), None);
+    assert!(stop_and_check(publisher).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pair_whose_mounts_were_all_refused_is_forgotten_when_removed() {
+    let flaky = Flaky::new();
+    flaky.set_pair_fault(&name("a"), &server(1), Some(PairFault::Rejected));
+    let publisher = started(&flaky, config()).await;
+    publish(&publisher, &["a"], &[1]).await;
+    until(&publisher, |s| {
+        s.mounts
+            .first()
+            .is_some_and(|m| m.consecutive_failures >= 2)
+    })
+    .await;
+    publisher.remove_server(server(1)).await.expect("running");
+    until(&publisher, |s| s.mounts.is_empty()).await;
+    sleep(PERIOD).await;
+    assert_eq!(
+        flaky.unmount_attempts(),
+        [],
+        "nothing was written, so nothing is unmounted"
+    );
+
+    // Stopping with such a pair still wanted is a complete unmount too.
+    let tried = flaky.attempts().len();
+    publisher.add_server(server(1)).await.expect("running");
+    until(&publisher, |s| {
+        s.mounts
+            .first()
+            .is_some_and(|m| m.consecutive_failures >= 1)
+    })
+    .await;
+    assert!(flaky.attempts().len() > tried);
+    assert!(stop_and_check(publisher).await.is_ok());
+    assert_eq!(flaky.unmount_attempts(), []);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pair_whose_mount_may_have_landed_is_still_unmounted_with_care() {
+    // A timeout, or a refusal after an earlier mount succeeded, leaves a
+    // mount that may be in the backend: removing the pair unmounts it.
+    let flaky = Flaky::new();
+    let publisher = mounted(&flaky, &["a"], &[2]).await;
+    flaky.set_pair_fault(&name("a"), &server(1), Some(PairFault::Unavailable));
+    publisher.add_server(server(1)).await.expect("running");
+    until(&publisher, |s| {
+        s.mount(&name("a"), &server(1))
+            .is_some_and(|m| m.consecutive_failures >= 1)
+    })
+    .await;
+    flaky.set_pair_fault(&name("a"), &server(2), Some(PairFault::Rejected));
+    sleep(PERIOD * 2).await; // a refresh of (a, 2) is refused
+    let status = publisher.status().await.expect("running");
+    let refused = status.mount(&name("a"), &server(2)).expect("wanted");
+    assert!(refused.consecutive_failures >= 1);
+
+    publisher.remove_name(name("a")).await.expect("running");
+    sleep(Duration::from_secs(10)).await;
+    let status = publisher.status().await.expect("running");
+    assert_eq!(status.mounts.len(), 2, "both kept until unmounted");
+    assert!(
+        status
+            .mounts
+            .iter()
+            .all(|m| m.observed == MountState::Unmounting)
+    );
+    let unmounted: Vec<u16> = flaky
+        .unmount_attempts()
+        .iter()
+        .map(|(_, _, s)| s.port())
+        .collect();
+    assert!(unmounted.contains(&1) && unmounted.contains(&2));
+    flaky.set_pair_fault(&name("a"), &server(1), None);
+    flaky.set_pair_fault(&name("a"), &server(2), None);
+    until(&publisher, |s| s.mounts.is_empty()).await;
+    assert_eq!(resolved(&flaky.table, &name("a")).await, []);
+    assert!(stop_and_check(publisher).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_mount_removed_behind_a_session_backends_back_is_mounted_again_at_once() {
+    let backend = LeaseTable::default();
+    let publisher = Publisher::start(backend.clone(), config()).expect("valid");
+    let ports: Vec<u16> = (1..=3).collect();
+    publish(&publisher, &["a"], &ports).await;
+    until(&publisher, |s| s.all_mounted()).await;
+    settle().await;
+    assert_eq!(backend.removal_calls(), 1, "one watch for all the mounts");
+
+    backend.remove_behind_back(&name("a"), &server(2));
+    let removed_at = Instant::now();
+    assert_eq!(backend.alive().len(), 2);
+    until(&publisher, |s| s.all_mounted()).await;
+    assert_eq!(backend.alive().len(), 3, "back at once");
+    assert_eq!(Instant::now(), removed_at, "no time passed");
+    let (grants, mounts, _) = backend.counts();
+    assert_eq!(
+        (grants, mounts),
+        (1, 4),
+        "only the removed pair was mounted again"
+    );
+    settle().await;
+    assert_eq!(backend.removal_calls(), 2, "asked again after each report");
+    assert!(stop_and_check(publisher).await.is_ok());
 }

@@ -87,9 +87,15 @@ async fn a_mount_says_whether_it_refreshed_or_created() {
     let table = MountTable::start();
     let (a, one) = (name("a"), server(1));
     let mount = || table.mount(&a, &one, TTL, MountFlags::NONE);
-    assert_eq!(mount().await.expect("mounts"), MountOutcome::Created);
+    assert_eq!(
+        mount().await.expect("mounts").outcome,
+        MountOutcome::Created
+    );
     sleep(TTL / 2).await;
-    assert_eq!(mount().await.expect("mounts"), MountOutcome::Refreshed);
+    assert_eq!(
+        mount().await.expect("mounts").outcome,
+        MountOutcome::Refreshed
+    );
     sleep(TTL - Duration::from_secs(1)).await;
     assert_eq!(
         resolved(&table, &name("a")).await,
@@ -98,13 +104,13 @@ async fn a_mount_says_whether_it_refreshed_or_created() {
     );
     sleep(TTL).await;
     assert_eq!(
-        mount().await.expect("mounts"),
+        mount().await.expect("mounts").outcome,
         MountOutcome::Created,
         "an expired entry is gone"
     );
     table.reset();
     assert_eq!(
-        mount().await.expect("mounts"),
+        mount().await.expect("mounts").outcome,
         MountOutcome::Created,
         "a reset table forgot it"
     );
@@ -289,4 +295,66 @@ async fn dropping_every_handle_ends_the_reaper() {
     drop(clone);
     tokio::time::sleep(Duration::from_millis(1)).await;
     assert_eq!(crate::harness::alive_tasks(), baseline);
+}
+
+#[tokio::test(start_paused = true)]
+async fn list_gives_the_live_names_at_or_beneath_a_prefix_with_their_servers() {
+    let table = MountTable::start();
+    let entries = [("a", 2), ("a", 1), ("a/b", 1), ("ab", 1), ("c/d", 3)];
+    for (text, port) in entries {
+        table
+            .mount(&name(text), &server(port), TTL, MountFlags::NONE)
+            .await
+            .expect("mounts");
+    }
+    table
+        .mount(&name("a/short"), &server(1), TTL / 2, LEAF)
+        .await
+        .expect("mounts");
+    let listed = |listing: flotilla_publisher::Listing| -> Vec<(String, Vec<u16>)> {
+        assert!(listing.unreadable.is_empty());
+        listing
+            .names
+            .iter()
+            .map(|l| {
+                let ports = l.servers.iter().map(|m| m.server.port()).collect();
+                (l.name.to_string(), ports)
+            })
+            .collect()
+    };
+    let under_a = table.list(Some(&name("a"))).await.expect("lists");
+    assert_eq!(under_a.names[2].servers[0].flags, LEAF);
+    assert_eq!(under_a.names[0].servers[0].ttl_left, Some(TTL));
+    assert_eq!(
+        listed(under_a),
+        [
+            (String::from("a"), vec![1, 2]),
+            (String::from("a/b"), vec![1]),
+            (String::from("a/short"), vec![1]),
+        ],
+        "`ab` is not beneath `a`"
+    );
+    assert_eq!(
+        listed(table.list(Some(&name("c"))).await.expect("lists")),
+        [(String::from("c/d"), vec![3])]
+    );
+    assert_eq!(
+        listed(table.list(Some(&name("x"))).await.expect("lists")),
+        []
+    );
+
+    sleep(TTL / 2).await;
+    let everything = listed(table.list(None).await.expect("lists"));
+    let names: Vec<&str> = everything.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["a", "a/b", "ab", "c/d"],
+        "the expired mount is left out"
+    );
+
+    table.kill();
+    assert!(matches!(
+        table.list(None).await,
+        Err(NamespaceError::Closed)
+    ));
 }
