@@ -15,7 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use flotilla_core_types::{DeviceId, TaskWorker, WaitFuture, Worker};
+use flotilla_core_types::{DeviceId, TaskWorker, delegate_worker};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -287,15 +287,7 @@ impl Responder {
     }
 }
 
-impl Worker for Responder {
-    fn kill(&self) {
-        self.worker.kill();
-    }
-
-    fn wait(&self) -> WaitFuture<'_> {
-        self.worker.wait()
-    }
-}
+delegate_worker!(Responder, worker);
 
 impl fmt::Debug for Responder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -631,15 +623,7 @@ impl Initiator {
     }
 }
 
-impl Worker for Initiator {
-    fn kill(&self) {
-        self.worker.kill();
-    }
-
-    fn wait(&self) -> WaitFuture<'_> {
-        self.worker.wait()
-    }
-}
+delegate_worker!(Initiator, worker);
 
 impl fmt::Debug for Initiator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -689,15 +673,7 @@ impl Collector {
     }
 }
 
-impl Worker for Collector {
-    fn kill(&self) {
-        self.worker.kill();
-    }
-
-    fn wait(&self) -> WaitFuture<'_> {
-        self.worker.wait()
-    }
-}
+delegate_worker!(Collector, worker);
 
 impl fmt::Debug for Collector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use flotilla_core_types::{Endpoint, Name, TaskWorker, WaitFuture, Worker};
+use flotilla_core_types::{Endpoint, Name, TaskWorker, Worker, delegate_worker};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
@@ -245,15 +245,7 @@ impl Publisher {
     }
 }
 
-impl Worker for Publisher {
-    fn kill(&self) {
-        self.worker.kill();
-    }
-
-    fn wait(&self) -> WaitFuture<'_> {
-        self.worker.wait()
-    }
-}
+delegate_worker!(Publisher, worker);
 
 impl fmt::Debug for Publisher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
