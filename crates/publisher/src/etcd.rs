@@ -1097,3 +1097,55 @@ fn classify(error: etcd_client::Error) -> NamespaceError {
         NamespaceError::rejected(error)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Keys and values under the prefix are written by anyone with
+        /// access to etcd: whatever the bytes, reading them gives an entry
+        /// or a `BadEntry` naming the key, never a panic.
+        #[test]
+        fn any_bytes_read_as_an_entry_or_a_bad_entry(
+            key in prop::collection::vec(any::<u8>(), 0..64),
+            value in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let root = "/flotilla/";
+            let mut full_key = root.as_bytes().to_vec();
+            full_key.extend_from_slice(&key);
+            let _ = parse_entry("/flotilla/api", &full_key, &value);
+            if let Err(bad) = parse_listed(root, &full_key, &value) {
+                prop_assert_eq!(bad.key, String::from_utf8_lossy(&full_key).into_owned());
+            }
+        }
+
+        /// Keys of the right shape with arbitrary text in them.
+        #[test]
+        fn shaped_keys_with_any_text_never_panic(
+            name in "\\PC{0,12}",
+            server in "\\PC{0,24}",
+            value in "\\PC{0,32}",
+        ) {
+            let key = format!("/flotilla/{name}/#{server}");
+            let _ = parse_listed("/flotilla/", key.as_bytes(), value.as_bytes());
+            let _ = parse_entry(&format!("/flotilla/{name}"), key.as_bytes(), value.as_bytes());
+        }
+    }
+
+    #[test]
+    fn a_well_formed_entry_reads_back() {
+        let flags = encode_flags(MountFlags::default());
+        let (name, mounted) = parse_listed(
+            "/flotilla/",
+            b"/flotilla/api/v2/#127.0.0.1:80",
+            flags.as_bytes(),
+        )
+        .expect("reads");
+        assert_eq!(name.as_str(), "api/v2");
+        assert_eq!(mounted.server.to_string(), "127.0.0.1:80");
+        let bad = parse_listed("/flotilla/", b"/flotilla/api/#", b"{}").expect_err("no server");
+        assert!(bad.key.ends_with("api/#"), "{bad:?}");
+    }
+}
