@@ -19,6 +19,9 @@
 /// function `fn(&$type) -> Option<ReportFuture<'_>>`, while kill and wait
 /// still go to the field.
 ///
+/// `$type` is a type without generic parameters; a generic type writes its
+/// impl by hand.
+///
 /// # Example
 ///
 /// ```

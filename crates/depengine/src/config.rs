@@ -64,8 +64,9 @@ pub struct EngineConfig {
     /// The seed for backoff jitter; `None` seeds from the OS. Fix it in tests.
     pub jitter_seed: Option<u64>,
     /// Which errors stop the whole engine. Default: none. If it panics, the
-    /// error is not fatal, and the panic becomes the failure of the manifold
-    /// whose error it was judging.
+    /// error is not fatal, and the panic ([`Error::CallbackPanicked`]) becomes
+    /// the failure of the manifold whose error it was judging. It is never
+    /// asked about a callback's panic.
     pub is_fatal: Arc<FatalFn>,
     /// Ranks two errors: `Greater` when the first is worse. The engine's
     /// `wait` returns the worst error it saw while stopping; among equals, the

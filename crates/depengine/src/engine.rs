@@ -7,7 +7,7 @@ use flotilla_core_types::{
     ReportFuture, TaskWorker, Worker, WorkerResult, catch_panic, delegate_worker,
 };
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -45,8 +45,6 @@ pub struct Engine {
     commands: mpsc::Sender<Command>,
     worker: TaskWorker,
     config: Arc<EngineConfig>,
-    /// Bumped by the actor when a worker starts or the engine stops.
-    changes: watch::Receiver<u64>,
 }
 
 impl Engine {
@@ -62,17 +60,14 @@ impl Engine {
     pub fn start(config: EngineConfig) -> Result<Engine, Error> {
         config.validate()?;
         let (commands, queue) = mpsc::channel(COMMAND_QUEUE);
-        let (notify, changes) = watch::channel(0);
         let runner_config = config.clone();
         let worker = TaskWorker::spawn(move |kill| {
-            Runner::run(runner_config, kill, queue, notify)
-                .instrument(tracing::info_span!("engine"))
+            Runner::run(runner_config, kill, queue).instrument(tracing::info_span!("engine"))
         });
         Ok(Engine {
             commands,
             worker,
             config: Arc::new(config),
-            changes,
         })
     }
 
@@ -123,8 +118,9 @@ impl Engine {
     ///
     /// # Errors
     ///
-    /// [`Error::NotInstalled`], or [`Error::Stopped`] (also when the engine
-    /// stops before the worker has ended).
+    /// [`Error::NotInstalled`], or [`Error::Stopped`] when the engine had
+    /// stopped before the request arrived. An uninstall already under way
+    /// when the engine begins to stop still completes and answers.
     ///
     /// # Cancel safety
     ///
@@ -184,10 +180,35 @@ impl Engine {
     ///
     /// Cancel safe: it changes nothing.
     pub async fn resource<T: Clone + 'static>(&self, input: impl InputKey<T>) -> Result<T, Error> {
-        let name = input.key_name().to_owned();
+        self.read_resource(input.key_name(), false).await
+    }
+
+    /// Like [`resource`](Self::resource), but while the manifold is
+    /// installed and not running, waits until a worker of it has started.
+    /// Bound it with `tokio::time::timeout` to give up.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotInstalled`] (also when it is uninstalled while this
+    /// waits), [`Error::ResourceType`], or [`Error::Stopped`] (also when the
+    /// engine begins to stop while this waits).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it changes nothing.
+    pub async fn wait_for_resource<T: Clone + 'static>(
+        &self,
+        input: impl InputKey<T>,
+    ) -> Result<T, Error> {
+        self.read_resource(input.key_name(), true).await
+    }
+
+    async fn read_resource<T: Clone + 'static>(&self, name: &str, wait: bool) -> Result<T, Error> {
+        let name = name.to_owned();
         let resource = self
             .request(|reply| Command::Resource {
                 name: name.clone(),
+                wait,
                 reply,
             })
             .await??;
@@ -199,35 +220,6 @@ impl Engine {
         match resource {
             Some(resource) => resource.downcast().map_err(mismatch),
             None => Err(mismatch("no resource")),
-        }
-    }
-
-    /// Like [`resource`](Self::resource), but while the manifold is
-    /// installed and not running, waits until a worker of it has started.
-    /// Bound it with `tokio::time::timeout` to give up.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::NotInstalled`], [`Error::ResourceType`], or
-    /// [`Error::Stopped`] (also when the engine stops while it waits).
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe: it changes nothing.
-    pub async fn wait_for_resource<T: Clone + 'static>(
-        &self,
-        input: impl InputKey<T>,
-    ) -> Result<T, Error> {
-        let name = input.key_name();
-        let mut changes = self.changes.clone();
-        loop {
-            changes.borrow_and_update();
-            match self.resource::<T>(name).await {
-                Err(Error::NotRunning { .. }) => {
-                    changes.changed().await.map_err(|_| Error::Stopped)?;
-                }
-                answer => return answer,
-            }
         }
     }
 

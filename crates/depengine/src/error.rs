@@ -68,6 +68,19 @@ pub enum Error {
         /// What the start returned, or "no resource".
         returned: &'static str,
     },
+    /// One of the callbacks the engine runs for the user (a manifold's
+    /// [`filter`](crate::Manifold::filter),
+    /// [`EngineConfig::is_fatal`](crate::EngineConfig::is_fatal),
+    /// [`EngineConfig::worst_error`](crate::EngineConfig::worst_error))
+    /// panicked. Read as a failure of the manifold whose error it was
+    /// judging, and never fatal.
+    #[error("{callback} panicked: {message}")]
+    CallbackPanicked {
+        /// Which callback.
+        callback: &'static str,
+        /// The panic's message.
+        message: String,
+    },
     /// No manifold of that name is installed.
     #[error("manifold {name} is not installed")]
     NotInstalled {

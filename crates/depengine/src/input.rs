@@ -104,6 +104,20 @@ impl<T> Clone for Input<T> {
     }
 }
 
+impl<T> PartialEq for Input<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl<T> Eq for Input<T> {}
+
+impl<T> std::hash::Hash for Input<T> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+    }
+}
+
 impl<T> fmt::Debug for Input<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Input")
@@ -202,6 +216,12 @@ impl<T> InputKey<T> for &String {
 }
 
 impl<T> InputKey<T> for &Input<T> {
+    fn key_name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl<T> InputKey<T> for Input<T> {
     fn key_name(&self) -> &str {
         &self.name
     }

@@ -33,8 +33,8 @@
 //! A worker that panics has failed with [`WorkerError::Panicked`]; the engine
 //! carries on. So does a panic in one of the engine's callbacks: a panicking
 //! [`Manifold::filter`] or [`EngineConfig::is_fatal`] is read as a failure of
-//! the manifold whose error it was judging (a [`WorkerError::Panicked`]
-//! naming the callback, never fatal), and when
+//! the manifold whose error it was judging (an [`Error::CallbackPanicked`]
+//! naming the callback, never fatal and never shown to `is_fatal`), and when
 //! [`EngineConfig::worst_error`] panics the engine keeps the error it had.
 //! Should the engine's own code ever panic, it still kills every worker it
 //! started and waits for them: [`Engine`]'s `wait` never returns while one
@@ -50,7 +50,9 @@
 //! information (the failure may have been the input's): the wait is cut to
 //! the bounce delay, or, when a required input has gone, to "start as soon as
 //! the inputs run". The failure count and the restart-limit budget are not
-//! reset by it, so a crash loop is still caught.
+//! reset by it, so a crash loop is still caught. The other side of that: a
+//! failing manifold whose inputs flap restarts as often as they do, and so
+//! reaches its [`RestartLimit`] sooner than its backoff alone would let it.
 //!
 //! # Example
 //!

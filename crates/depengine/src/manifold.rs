@@ -59,8 +59,8 @@ pub struct Manifold {
 /// supervisors decide per child.
 ///
 /// Whatever the policy, an error that [`EngineConfig::is_fatal`] accepts
-/// stops the engine, and a failure counts against the
-/// [`RestartLimit`](crate::RestartLimit).
+/// stops the engine, and every restart counts against the
+/// [`RestartLimit`](crate::RestartLimit) (a temporary manifold has none).
 ///
 /// [`EngineConfig::is_fatal`]: crate::EngineConfig::is_fatal
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -169,8 +169,8 @@ impl Manifold {
     /// (for example, to mark a known error as [`Signal::Bounce`]).
     ///
     /// A filter that panics does not take the engine down: the engine reads
-    /// the error as [`WorkerError::Panicked`], naming the filter, a failure
-    /// of this manifold like any other.
+    /// the error as [`Error::CallbackPanicked`](crate::Error::CallbackPanicked),
+    /// a failure of this manifold like any other, and never fatal.
     pub fn filter<F>(mut self, filter: F) -> Self
     where
         F: Fn(WorkerError) -> WorkerError + Send + Sync + 'static,

@@ -39,7 +39,7 @@ use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::future::Future;
 use std::pin::Pin;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, error, info, info_span, warn};
@@ -73,12 +73,18 @@ pub(crate) enum Command {
     Report {
         reply: oneshot::Sender<ReportDraft>,
     },
-    /// The resource of a manifold's running worker.
+    /// The resource of a manifold's running worker; with `wait`, answered
+    /// when a worker of it starts if none runs now.
     Resource {
         name: String,
-        reply: oneshot::Sender<Result<Option<Resource>, Error>>,
+        wait: bool,
+        reply: ResourceReply,
     },
 }
+
+/// The answer to [`Command::Resource`]: the resource (`None`: the worker
+/// offers none), or why there is none.
+pub(crate) type ResourceReply = oneshot::Sender<Result<Option<Resource>, Error>>;
 
 /// The engine's part of a report, and the running workers whose own reports
 /// the caller gathers (outside the actor, so a slow one cannot stall it).
@@ -143,6 +149,8 @@ struct Installed {
     /// When it restarted, within the restart-limit window.
     restarts: VecDeque<Instant>,
     uninstall_waiters: Vec<oneshot::Sender<Result<Option<WorkerResult>, Error>>>,
+    /// Callers of `Engine::wait_for_resource`, answered when a worker starts.
+    resource_waiters: Vec<ResourceReply>,
     /// While the engine stops: whether this manifold's worker still counts
     /// in its inputs' `pending_dependents`.
     holds_inputs: bool,
@@ -239,9 +247,6 @@ pub(crate) struct Runner {
     stopping: bool,
     worst: Option<WorkerError>,
     rng: fastrand::Rng,
-    /// Bumped whenever a worker starts and when the engine begins to stop,
-    /// so that handles waiting for a resource look again.
-    changes: watch::Sender<u64>,
 }
 
 impl Runner {
@@ -252,7 +257,6 @@ impl Runner {
         config: EngineConfig,
         kill: CancellationToken,
         mut commands: mpsc::Receiver<Command>,
-        changes: watch::Sender<u64>,
     ) -> WorkerResult {
         let rng = match config.jitter_seed {
             Some(seed) => fastrand::Rng::with_seed(seed),
@@ -270,7 +274,6 @@ impl Runner {
             stopping: false,
             worst: None,
             rng,
-            changes,
         };
         info!("engine started");
         if let Err(panic) = catch_panic(runner.supervise(&kill, &mut commands)).await {
@@ -394,9 +397,7 @@ impl Runner {
             Command::Report { reply } => {
                 let _ = reply.send(self.draft_report());
             }
-            Command::Resource { name, reply } => {
-                let _ = reply.send(self.resource(&name));
-            }
+            Command::Resource { name, wait, reply } => self.resource(&name, wait, reply),
         }
     }
 
@@ -515,6 +516,7 @@ impl Runner {
             consecutive_failures: 0,
             restarts: VecDeque::new(),
             uninstall_waiters: Vec::new(),
+            resource_waiters: Vec::new(),
             holds_inputs: false,
         });
         Ok(id)
@@ -573,25 +575,39 @@ impl Runner {
         Ok(())
     }
 
-    /// The resource offered by `name`'s running worker (`None`: it offers
-    /// none).
-    fn resource(&self, name: &str) -> Result<Option<Resource>, Error> {
-        let node = Name::new(name.to_owned())
+    /// Answers with the resource offered by `name`'s running worker; with
+    /// `wait`, keeps the reply until a worker of it starts (or it is
+    /// uninstalled, or the engine stops) if none runs now.
+    fn resource(&mut self, name: &str, wait: bool, reply: ResourceReply) {
+        let id = Name::new(name.to_owned())
             .ok()
             .and_then(|name| self.ids.get(&name).copied())
-            .map(|id| self.node(id))
-            .filter(|node| node.manifold.is_some());
-        let Some(node) = node else {
-            return Err(Error::NotInstalled {
+            .filter(|&id| self.node(id).manifold.is_some());
+        let Some(id) = id else {
+            let _ = reply.send(Err(Error::NotInstalled {
                 name: name.to_owned(),
-            });
+            }));
+            return;
         };
-        match &node.published {
-            Some(published) => Ok(published.resource.clone()),
-            None => Err(Error::NotRunning {
-                name: name.to_owned(),
-            }),
+        if let Some(published) = &self.node(id).published {
+            let _ = reply.send(Ok(published.resource.clone()));
+            return;
         }
+        if self.stopping {
+            let _ = reply.send(Err(Error::Stopped));
+            return;
+        }
+        if !wait {
+            let _ = reply.send(Err(Error::NotRunning {
+                name: name.to_owned(),
+            }));
+            return;
+        }
+        let waiters = &mut self.installed_mut(id).resource_waiters;
+        // Waiters that gave up (a timeout dropped their future) go now, so
+        // a caller retrying in a loop cannot pile them up.
+        waiters.retain(|waiter| !waiter.is_closed());
+        waiters.push(reply);
     }
 
     fn uninstall(
@@ -636,6 +652,10 @@ impl Runner {
         };
         for waiter in installed.uninstall_waiters {
             let _ = waiter.send(Ok(ended.clone()));
+        }
+        let name = self.node(id).name.to_string();
+        for waiter in installed.resource_waiters {
+            let _ = waiter.send(Err(Error::NotInstalled { name: name.clone() }));
         }
         for input in &installed.inputs {
             let dependents = &mut self.node_mut(input.node).dependents;
@@ -717,7 +737,13 @@ impl Runner {
             self.delay(id, self.config.bounce_delay, seen)
         };
         debug!(manifold = %self.node(id).name, "an input changed: backoff cut short");
+        let ready = matches!(slot, Slot::Idle(Idle::Ready));
         self.installed_mut(id).slot = slot;
+        if ready {
+            // No timer will wake it (a zero bounce delay, or waiting for
+            // inputs): look at it again now.
+            self.mark_dirty(id);
+        }
     }
 
     /// The generations of the manifold's inputs now, as a start would see them.
@@ -838,14 +864,26 @@ impl Runner {
         else {
             return;
         };
-        let Slot::Starting {
-            attempt: current, ..
-        } = &installed.slot
-        else {
-            // Stopping already: the worker's phase sees the token and kills it.
-            return;
+        let current = match &mut installed.slot {
+            Slot::Starting { attempt, .. } => *attempt,
+            Slot::Stopping {
+                attempt: stopping,
+                retiring,
+                ..
+            } => {
+                // Abandoned while its start was finishing: the worker's
+                // phase kills it; the report shows it until it has ended.
+                if *stopping == attempt && retiring.is_none() {
+                    *retiring = Some(Retiring {
+                        worker,
+                        since: Instant::now(),
+                    });
+                }
+                return;
+            }
+            _ => return,
         };
-        if *current != attempt {
+        if current != attempt {
             return;
         }
         let Slot::Starting { stop, seen, .. } =
@@ -868,7 +906,14 @@ impl Runner {
         });
         info!(manifold = %node.name, generation, "started");
         self.mark_dependents_dirty(id);
-        self.changes.send_modify(|count| *count += 1);
+        let resource = self
+            .node(id)
+            .published
+            .as_ref()
+            .and_then(|published| published.resource.clone());
+        for waiter in mem::take(&mut self.installed_mut(id).resource_waiters) {
+            let _ = waiter.send(Ok(resource.clone()));
+        }
     }
 
     fn on_ended(&mut self, id: NodeId, attempt: u64, result: WorkerResult) {
@@ -898,7 +943,9 @@ impl Runner {
         };
         let result = match (&installed.manifold.filter, result) {
             (Some(filter), Err(error)) => Err(catch_unwind(AssertUnwindSafe(|| filter(error)))
-                .unwrap_or_else(|payload| callback_panicked("its error filter", payload))),
+                .unwrap_or_else(|payload| {
+                    callback_panicked("the manifold's error filter", payload)
+                })),
             (_, result) => result,
         };
         let slot = mem::replace(&mut installed.slot, Slot::Idle(Idle::Ready));
@@ -925,20 +972,32 @@ impl Runner {
             && classify(error) == ErrorClass::Failure
         {
             warn!(manifold = %self.node(id).name, error = %error, "worker failed while stopping");
-            let (fatal, error) = self.fatality(error.clone());
-            self.installed_mut(id).last_error = Some(error.to_string());
-            if !self.stopping && fatal {
-                self.fail(error);
-            } else if self.stopping {
-                self.note_error(error);
+            if self.stopping {
+                // Fatal or not no longer matters: it is one of the errors
+                // `wait` chooses the worst of.
+                self.installed_mut(id).last_error = Some(error.to_string());
+                self.note_error(error.clone());
+            } else {
+                let (fatal, error) = self.fatality(error.clone());
+                self.installed_mut(id).last_error = Some(error.to_string());
+                if fatal {
+                    self.fail(error);
+                }
             }
         }
         info!(manifold = %self.node(id).name, "stopped");
         let temporary = self.installed(id).manifold.restart == RestartPolicy::Temporary;
+        let asked_to_go = result
+            .as_ref()
+            .is_err_and(|error| classify(error) == ErrorClass::Uninstall);
         let slot = match then {
             AfterStop::Uninstall => return self.remove(id, Some(result)),
             AfterStop::Restart if temporary && !self.stopping => {
                 info!(manifold = %self.node(id).name, "temporary worker stopped; uninstalling");
+                return self.remove(id, Some(result));
+            }
+            AfterStop::Restart if asked_to_go && !self.stopping => {
+                info!(manifold = %self.node(id).name, "worker asked to be uninstalled as it stopped");
                 return self.remove(id, Some(result));
             }
             _ if self.stopping => Slot::Idle(Idle::Shutdown),
@@ -1067,6 +1126,11 @@ impl Runner {
     /// panicking [`EngineConfig::is_fatal`] is not fatal, and its panic
     /// becomes the manifold's failure.
     fn fatality(&self, error: WorkerError) -> (bool, WorkerError) {
+        // A callback's panic is a bug in the callback, never fatal, and is
+        // not shown to `is_fatal` (which might well treat panics as fatal).
+        if matches!(error.find::<Error>(), Some(Error::CallbackPanicked { .. })) {
+            return (false, error);
+        }
         match catch_unwind(AssertUnwindSafe(|| (self.config.is_fatal)(&error))) {
             Ok(fatal) => (fatal, error),
             Err(payload) => (false, callback_panicked("EngineConfig::is_fatal", payload)),
@@ -1204,12 +1268,14 @@ impl Runner {
         info!("engine stopping");
         self.stopping = true;
         self.timers.clear();
-        self.changes.send_modify(|count| *count += 1);
         let mut active = Vec::new();
         for (id, node) in self.nodes.iter_mut().enumerate() {
             let Some(installed) = node.as_mut().and_then(|node| node.manifold.as_mut()) else {
                 continue;
             };
+            for waiter in mem::take(&mut installed.resource_waiters) {
+                let _ = waiter.send(Err(Error::Stopped));
+            }
             let slot = mem::replace(&mut installed.slot, Slot::Idle(Idle::Shutdown));
             installed.slot = match slot {
                 // Nothing runs yet: abandon it now.
@@ -1258,7 +1324,13 @@ impl Runner {
 
     /// Stops a running worker whose dependents have all ended.
     fn stop_for_shutdown(&mut self, id: NodeId, now: Instant) {
-        let Slot::Running { attempt, .. } = self.installed(id).slot else {
+        // A placeholder (an input never installed, or uninstalled) has no
+        // worker to stop.
+        let Some(Installed {
+            slot: Slot::Running { attempt, .. },
+            ..
+        }) = self.node(id).manifold
+        else {
             return;
         };
         debug!(manifold = %self.node(id).name, "stopping: its dependents have ended");
@@ -1473,14 +1545,12 @@ impl From<Published> for Retiring {
 }
 
 /// The error to read when one of the user's callbacks panicked.
-fn callback_panicked(callback: &str, payload: Box<dyn Any + Send>) -> WorkerError {
+fn callback_panicked(callback: &'static str, payload: Box<dyn Any + Send>) -> WorkerError {
     let message = match WorkerError::from_panic(&*payload) {
         WorkerError::Panicked { message } => message,
         other => other.to_string(),
     };
-    WorkerError::Panicked {
-        message: format!("{callback} panicked: {message}"),
-    }
+    WorkerError::new(Error::CallbackPanicked { callback, message })
 }
 
 fn nonzero(generation: u64) -> Option<u64> {

@@ -142,6 +142,7 @@ impl Lab {
         );
         let stop_delay = self.lock().stop_delay.get(name).copied();
         let fail_on_stop = self.lock().fail_on_stop.contains(name);
+        let manifold = name.to_owned();
         let guard = AliveGuard {
             lab: self.clone(),
             token,
@@ -155,7 +156,7 @@ impl Lab {
                         tokio::time::sleep(delay).await;
                     }
                     if fail_on_stop {
-                        return Err(WorkerError::msg("failed while stopping"));
+                        return Err(WorkerError::msg(format!("{manifold} failed while stopping")));
                     }
                     return Ok(());
                 }

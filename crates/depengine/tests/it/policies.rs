@@ -134,7 +134,7 @@ async fn uninstall_returns_how_the_worker_ended() {
     let failing = engine.uninstall("failing").await.expect("uninstalls");
     assert_eq!(
         failing.and_then(Result::err).map(|error| error.to_string()),
-        Some("failed while stopping".to_owned())
+        Some("failing failed while stopping".to_owned())
     );
     let waiting = engine.uninstall("waiting").await.expect("uninstalls");
     assert!(waiting.is_none(), "no worker was running: {waiting:?}");

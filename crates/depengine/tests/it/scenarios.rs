@@ -991,7 +991,11 @@ impl Worker for Reporting {
 
 #[tokio::test(start_paused = true)]
 async fn a_panicking_filter_fails_its_manifold_not_the_engine() {
-    let (lab, engine) = lab_engine();
+    let lab = Lab::default();
+    // Even an is_fatal that takes every panic for fatal does not stop the
+    // engine over a callback's bug: it is not asked.
+    let config = test_config().with_is_fatal(|error| error.to_string().contains("panicked"));
+    let engine = Engine::start(config).expect("valid config");
     engine
         .install(lab.manifold("a", &[]).filter(|error| {
             assert!(!error.to_string().contains("trap"), "the filter fell in");
@@ -1007,7 +1011,7 @@ async fn a_panicking_filter_fails_its_manifold_not_the_engine() {
     assert_eq!(a.consecutive_failures, 1);
     let last_error = a.last_error.clone().unwrap_or_default();
     assert!(
-        last_error.contains("its error filter panicked: the filter fell in"),
+        last_error.contains("the manifold's error filter panicked: the filter fell in"),
         "{last_error}"
     );
     assert!(matches!(
@@ -1051,11 +1055,11 @@ async fn a_panicking_is_fatal_fails_the_manifold_and_is_not_fatal() {
     let outcome = engine.uninstall("b").await.expect("uninstalls");
     assert_eq!(
         outcome.and_then(Result::err).map(|e| e.to_string()),
-        Some("failed while stopping".to_owned())
+        Some("b failed while stopping".to_owned())
     );
     settle().await;
     let error = shut_down(engine).await.expect_err("fatal");
-    assert_eq!(error.to_string(), "failed while stopping");
+    assert_eq!(error.to_string(), "b failed while stopping");
     assert_eq!(lab.alive_count(), 0);
 }
 
@@ -1074,7 +1078,7 @@ async fn a_panicking_worst_error_keeps_the_error_seen_first() {
     advance(Duration::from_millis(20)).await;
     engine.kill();
     let error = engine.wait().await.expect_err("both failed while stopping");
-    assert_eq!(error.to_string(), "failed while stopping");
+    assert_eq!(error.to_string(), "fast failed while stopping");
     assert_eq!(lab.alive_count(), 0, "wait returned with a worker alive");
     assert_eq!(
         tokio::runtime::Handle::current()
@@ -1339,4 +1343,99 @@ impl Drop for NoteOnDrop {
             *noted = Some(killed);
         }
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_engine_with_an_input_never_installed_stops_cleanly() {
+    let (lab, engine) = lab_engine();
+    engine
+        .install(lab.manifold("a", &[]).optional_input("metrics"))
+        .await
+        .expect("installs");
+    lab.install(&engine, &[("b", &["a"])]).await;
+    assert_eq!(state(&engine, "b").await, ManifoldState::Started);
+    shut_down(engine).await.expect("clean stop");
+    assert_eq!(lab.alive_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_engine_killed_while_a_dependent_of_an_uninstalled_input_stops_ends_cleanly() {
+    let (lab, engine) = lab_engine();
+    lab.install(&engine, &[("a", &[]), ("b", &["a"])]).await;
+    lab.set_stop_delay("b", Duration::from_millis(100));
+    lab.end("b", Ending::Bounce);
+    advance(Duration::from_millis(20)).await;
+    // a goes; b, losing its input, takes 100 ms to stop; the engine is
+    // killed meanwhile, with a now a placeholder.
+    engine.uninstall("a").await.expect("uninstalls");
+    assert!(lab.is_alive("b"));
+    engine.kill();
+    engine.wait().await.expect("clean stop, no panic");
+    assert_eq!(lab.alive_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_no_bounce_delay_a_cut_backoff_starts_at_once() {
+    let lab = Lab::default();
+    let mut config = test_config();
+    config.error_delay = Duration::from_secs(30);
+    config.bounce_delay = Duration::ZERO;
+    let engine = Engine::start(config).expect("valid config");
+    lab.install(&engine, &[("a", &[]), ("b", &["a"])]).await;
+    assert!(lab.end("b", Ending::Fail("needs a fresh a".into())));
+    settle().await;
+    assert!(lab.end("a", Ending::Bounce));
+    settle().await;
+    settle().await;
+    assert_eq!(state(&engine, "a").await, ManifoldState::Started);
+    assert_eq!(state(&engine, "b").await, ManifoldState::Started);
+    shut_down(engine).await.expect("clean stop");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cut_backoff_still_counts_against_the_restart_limit() {
+    let lab = Lab::default();
+    let mut config = test_config();
+    config.error_delay = Duration::from_secs(30);
+    config.restart_limit.max_restarts = 3;
+    config.restart_limit.on_exceeded = CrashLoopPolicy::Park;
+    let engine = Engine::start(config).expect("valid config");
+    lab.install(&engine, &[("a", &[]), ("b", &["a"])]).await;
+    // b fails at every start, and a bounces after each failure, cutting the
+    // backoff each time: the fourth failure within the window parks b.
+    for round in 0..4 {
+        assert!(
+            lab.end("b", Ending::Fail(format!("failure {round}"))),
+            "round {round}"
+        );
+        settle().await;
+        assert!(lab.end("a", Ending::Bounce));
+        advance(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state(&engine, "b").await, stopped(StoppedReason::Parked));
+    shut_down(engine).await.expect("clean stop");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_asking_to_be_uninstalled_as_it_is_bounced_is_uninstalled() {
+    let engine = Engine::start(test_config()).expect("valid config");
+    let lab = Lab::default();
+    lab.install(&engine, &[("a", &[])]).await;
+    engine
+        .install(
+            Manifold::new("b", |_ctx| async {
+                Ok(Started::new(TaskWorker::spawn(|stop| async move {
+                    stop.cancelled().await;
+                    Err(Signal::Uninstall.into())
+                })))
+            })
+            .input("a"),
+        )
+        .await
+        .expect("installs");
+    settle().await;
+    assert!(lab.end("a", Ending::Bounce));
+    advance(Duration::from_millis(50)).await;
+    assert!(report(&engine).await.manifold("b").is_none());
+    shut_down(engine).await.expect("clean stop");
 }

@@ -199,9 +199,32 @@ async fn resources_are_read_from_outside_the_engine() {
         })
     ));
 
-    // A waiter learns that the engine stopped.
+    // A waiter learns that the manifold it waits for was uninstalled.
     engine.uninstall("greeting").await.expect("uninstalls");
     settle().await;
+    let waiting = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.wait_for_resource::<Token>("waits").await }
+    });
+    settle().await;
+    engine.uninstall("waits").await.expect("uninstalls");
+    let answer = waiting.await.expect("joins");
+    assert!(
+        matches!(answer, Err(Error::NotInstalled { .. })),
+        "{answer:?}"
+    );
+    engine
+        .install(
+            Manifold::new("waits", |ctx| async move {
+                ctx.require("greeting")?;
+                Ok(Started::new(idle()))
+            })
+            .input("greeting"),
+        )
+        .await
+        .expect("installs");
+
+    // A waiter learns that the engine is stopping.
     let waiting = tokio::spawn({
         let engine = engine.clone();
         async move { engine.wait_for_resource::<Token>("waits").await }
