@@ -69,26 +69,7 @@ async fn main() -> Result<()> {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     say("the engine's report");
     let report = engine.report().await?;
-    println!();
-    println!(
-        "{:<10} {:<28} {:>6} {:<34} worker",
-        "manifold", "state", "starts", "last error"
-    );
-    for manifold in &report.manifolds {
-        let worker = manifold
-            .worker
-            .as_ref()
-            .map(|value| value.to_string())
-            .unwrap_or_default();
-        println!(
-            "{:<10} {:<28} {:>6} {:<34} {}",
-            manifold.name,
-            format!("{:?}", manifold.state),
-            manifold.start_count,
-            manifold.last_error.as_deref().unwrap_or("-"),
-            worker
-        );
-    }
+    println!("\n{report}");
     println!(
         "\nThe same graph in Graphviz DOT (pipe it to `dot -Tsvg`):\n{}",
         report.to_dot()

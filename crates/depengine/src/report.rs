@@ -1,8 +1,13 @@
 //! [`EngineReport`]: a snapshot of an engine and every manifold in it, as
-//! data (serde) and as a Graphviz graph ([`EngineReport::to_dot`]).
+//! data (serde), as a table for people (`Display`) and as a Graphviz graph
+//! ([`EngineReport::to_dot`]).
+//!
+//! The JSON is meant for tools as much as for Rust: states are plain
+//! strings (`"started"`, `"backing_off"`, …, see [`ManifoldState::as_str`])
+//! and durations whole milliseconds in fields whose names end in `_ms`.
 
 use std::collections::BTreeSet;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -28,7 +33,12 @@ pub enum EngineState {
 }
 
 /// One manifold in an [`EngineReport`].
+///
+/// In JSON: `{"name", "state", "restarts_in_ms" (while backing off),
+/// "inputs", "start_count", "generation", "last_error",
+/// "consecutive_failures", "running_for_ms", "worker"}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(into = "ManifoldJson", try_from = "ManifoldJson")]
 pub struct ManifoldReport {
     /// The manifold's name.
     pub name: String,
@@ -78,6 +88,45 @@ impl ManifoldState {
         matches!(self, ManifoldState::Started)
     }
 
+    /// The state as one word, as the JSON report writes it: `starting`,
+    /// `started`, `stopping`, `waiting_for_inputs`, `exited`,
+    /// `backing_off`, `parked`, `completed` or `shut_down`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ManifoldState::Starting => "starting",
+            ManifoldState::Started => "started",
+            ManifoldState::Stopping => "stopping",
+            ManifoldState::Stopped { reason } => match reason {
+                StoppedReason::WaitingForInputs => "waiting_for_inputs",
+                StoppedReason::Exited => "exited",
+                StoppedReason::BackingOff { .. } => "backing_off",
+                StoppedReason::Parked => "parked",
+                StoppedReason::Completed => "completed",
+                StoppedReason::Shutdown => "shut_down",
+            },
+        }
+    }
+
+    /// The state named by [`as_str`](Self::as_str), with `restarts_in` for
+    /// `backing_off`.
+    fn from_str(state: &str, restarts_in: Duration) -> Option<Self> {
+        let stopped = |reason| Some(ManifoldState::Stopped { reason });
+        match state {
+            "starting" => Some(ManifoldState::Starting),
+            "started" => Some(ManifoldState::Started),
+            "stopping" => Some(ManifoldState::Stopping),
+            "waiting_for_inputs" => stopped(StoppedReason::WaitingForInputs),
+            "exited" => stopped(StoppedReason::Exited),
+            "backing_off" => stopped(StoppedReason::BackingOff {
+                remaining: restarts_in,
+            }),
+            "parked" => stopped(StoppedReason::Parked),
+            "completed" => stopped(StoppedReason::Completed),
+            "shut_down" => stopped(StoppedReason::Shutdown),
+            _ => None,
+        }
+    }
+
     fn label(&self) -> String {
         match self {
             ManifoldState::Starting => "starting".to_owned(),
@@ -87,7 +136,7 @@ impl ManifoldState {
                 StoppedReason::WaitingForInputs => "stopped: waiting for inputs".to_owned(),
                 StoppedReason::Exited => "stopped: exited".to_owned(),
                 StoppedReason::BackingOff { remaining } => {
-                    format!("stopped: restarts in {remaining:?}")
+                    format!("stopped: restarts in {}", Millis(*remaining))
                 }
                 StoppedReason::Parked => "stopped: parked".to_owned(),
                 StoppedReason::Completed => "stopped: completed".to_owned(),
@@ -198,6 +247,140 @@ impl EngineReport {
     }
 }
 
+/// A table, one manifold a line: name, state, starts, how long it has run,
+/// the last error.
+///
+/// ```text
+/// engine running, 2 manifolds
+/// manifold  state                        starts  running for  last error
+/// api       stopped: restarts in 2.9 s   3       -            connection refused
+/// config    started                      1       12.0 s       -
+/// ```
+impl fmt::Display for EngineReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            EngineState::Running => "running",
+            EngineState::Stopping => "stopping",
+        };
+        writeln!(f, "engine {state}, {} manifolds", self.manifolds.len())?;
+        let rows: Vec<[String; 5]> = self
+            .manifolds
+            .iter()
+            .map(|manifold| {
+                [
+                    manifold.name.clone(),
+                    manifold.state.label(),
+                    manifold.start_count.to_string(),
+                    manifold
+                        .running_for
+                        .map_or_else(|| "-".to_owned(), |ran| Millis(ran).to_string()),
+                    manifold
+                        .last_error
+                        .clone()
+                        .unwrap_or_else(|| "-".to_owned()),
+                ]
+            })
+            .collect();
+        let header = ["manifold", "state", "starts", "running for", "last error"].map(String::from);
+        let mut widths = header.clone().map(|title| title.chars().count());
+        for row in &rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        for row in std::iter::once(&header).chain(&rows) {
+            let mut line = String::new();
+            for (index, (cell, width)) in row.iter().zip(widths).enumerate() {
+                if index + 1 == row.len() {
+                    line.push_str(cell);
+                } else {
+                    let _ = write!(line, "{cell:<width$}  ");
+                }
+            }
+            writeln!(f, "{}", line.trim_end())?;
+        }
+        Ok(())
+    }
+}
+
+/// A duration as people read it: milliseconds under a second, else seconds
+/// with one decimal.
+struct Millis(Duration);
+
+impl fmt::Display for Millis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 < Duration::from_secs(1) {
+            write!(f, "{} ms", self.0.as_millis())
+        } else {
+            write!(f, "{:.1} s", self.0.as_secs_f64())
+        }
+    }
+}
+
+/// A [`ManifoldReport`] as JSON writes it.
+#[derive(Serialize, Deserialize)]
+struct ManifoldJson {
+    name: String,
+    state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    restarts_in_ms: Option<u64>,
+    inputs: Vec<InputReport>,
+    start_count: u64,
+    generation: Option<u64>,
+    last_error: Option<String>,
+    consecutive_failures: u32,
+    running_for_ms: Option<u64>,
+    worker: Option<serde_json::Value>,
+}
+
+fn whole_millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl From<ManifoldReport> for ManifoldJson {
+    fn from(report: ManifoldReport) -> Self {
+        let restarts_in_ms = match report.state {
+            ManifoldState::Stopped {
+                reason: StoppedReason::BackingOff { remaining },
+            } => Some(whole_millis(remaining)),
+            _ => None,
+        };
+        ManifoldJson {
+            name: report.name,
+            state: report.state.as_str().to_owned(),
+            restarts_in_ms,
+            inputs: report.inputs,
+            start_count: report.start_count,
+            generation: report.generation,
+            last_error: report.last_error,
+            consecutive_failures: report.consecutive_failures,
+            running_for_ms: report.running_for.map(whole_millis),
+            worker: report.worker,
+        }
+    }
+}
+
+impl TryFrom<ManifoldJson> for ManifoldReport {
+    type Error = String;
+
+    fn try_from(json: ManifoldJson) -> Result<Self, String> {
+        let restarts_in = Duration::from_millis(json.restarts_in_ms.unwrap_or(0));
+        let state = ManifoldState::from_str(&json.state, restarts_in)
+            .ok_or_else(|| format!("unknown manifold state {:?}", json.state))?;
+        Ok(ManifoldReport {
+            name: json.name,
+            state,
+            inputs: json.inputs,
+            start_count: json.start_count,
+            generation: json.generation,
+            last_error: json.last_error,
+            consecutive_failures: json.consecutive_failures,
+            running_for: json.running_for_ms.map(Duration::from_millis),
+            worker: json.worker,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,25 +447,100 @@ mod tests {
 
     #[test]
     fn reports_round_trip_through_json() {
+        let mut db = manifold(
+            "db",
+            ManifoldState::Stopped {
+                reason: StoppedReason::BackingOff {
+                    remaining: Duration::from_millis(1500),
+                },
+            },
+            &[("x", true)],
+        );
+        db.running_for = Some(Duration::from_millis(250));
         let report = EngineReport {
             state: EngineState::Stopping,
-            manifolds: vec![manifold(
-                "db",
-                ManifoldState::Stopped {
-                    reason: StoppedReason::BackingOff {
-                        remaining: Duration::from_millis(1500),
-                    },
-                },
-                &[("x", true)],
-            )],
+            manifolds: vec![db],
         };
         let json = serde_json::to_value(&report).expect("serialises");
-        assert_eq!(json["manifolds"][0]["state"]["state"], "stopped");
-        assert_eq!(
-            json["manifolds"][0]["state"]["reason"]["kind"],
-            "backing_off"
-        );
+        assert_eq!(json["state"], "stopping");
+        assert_eq!(json["manifolds"][0]["state"], "backing_off");
+        assert_eq!(json["manifolds"][0]["restarts_in_ms"], 1500);
+        assert_eq!(json["manifolds"][0]["running_for_ms"], 250);
         let back: EngineReport = serde_json::from_value(json).expect("deserialises");
         assert_eq!(back, report);
+    }
+
+    #[test]
+    fn every_state_round_trips_as_a_plain_string() {
+        let states = [
+            ManifoldState::Starting,
+            ManifoldState::Started,
+            ManifoldState::Stopping,
+            ManifoldState::Stopped {
+                reason: StoppedReason::WaitingForInputs,
+            },
+            ManifoldState::Stopped {
+                reason: StoppedReason::Exited,
+            },
+            ManifoldState::Stopped {
+                reason: StoppedReason::BackingOff {
+                    remaining: Duration::from_millis(7),
+                },
+            },
+            ManifoldState::Stopped {
+                reason: StoppedReason::Parked,
+            },
+            ManifoldState::Stopped {
+                reason: StoppedReason::Completed,
+            },
+            ManifoldState::Stopped {
+                reason: StoppedReason::Shutdown,
+            },
+        ];
+        for state in states {
+            let report = manifold("m", state, &[]);
+            let json = serde_json::to_value(&report).expect("serialises");
+            assert_eq!(json["state"], state.as_str());
+            let back: ManifoldReport = serde_json::from_value(json).expect("deserialises");
+            assert_eq!(back.state, state);
+        }
+        let mut bad =
+            serde_json::to_value(manifold("m", ManifoldState::Started, &[])).expect("json");
+        bad["state"] = serde_json::json!("dancing");
+        let error = serde_json::from_value::<ManifoldReport>(bad).expect_err("unknown state");
+        assert!(
+            error
+                .to_string()
+                .contains("unknown manifold state \"dancing\""),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn display_is_a_table_for_people() {
+        let mut api = manifold(
+            "api",
+            ManifoldState::Stopped {
+                reason: StoppedReason::BackingOff {
+                    remaining: Duration::from_millis(2_900),
+                },
+            },
+            &[("config", true)],
+        );
+        api.start_count = 3;
+        api.last_error = Some("connection refused".to_owned());
+        let mut config = manifold("config", ManifoldState::Started, &[]);
+        config.running_for = Some(Duration::from_secs(12));
+        let report = EngineReport {
+            state: EngineState::Running,
+            manifolds: vec![api, config],
+        };
+        let expected = "\
+engine running, 2 manifolds
+manifold  state                       starts  running for  last error
+api       stopped: restarts in 2.9 s  3       -            connection refused
+config    started                     1       12.0 s       -
+";
+        assert_eq!(report.to_string(), expected);
     }
 }
