@@ -60,6 +60,9 @@ mod sync;
 pub mod wire;
 
 pub use error::Error;
+/// The shared vocabulary this crate's API speaks in, re-exported so that
+/// users need not name `flotilla-core-types` themselves.
+pub use flotilla_core_types::{DeviceId, InvalidId, Worker, WorkerError, WorkerResult};
 pub use model::{GenVector, LogRecord, VersionId};
 pub use replay::RoundStats;
 pub use replica::{

@@ -228,9 +228,9 @@ where
     }
 }
 
-/// Serves sync rounds to peers on a TCP listener: a [`Worker`] whose task
+/// Serves sync rounds to peers on a TCP listener: a [`Worker`](crate::Worker) whose task
 /// accepts connections and serves each on a task of its own, all stopped
-/// and awaited by [`kill`](Worker::kill) and [`wait`](Worker::wait).
+/// and awaited by [`kill`](crate::Worker::kill) and [`wait`](crate::Worker::wait).
 ///
 /// A peer may not claim this replica's device id, nor one that is connected
 /// already from another IP address: it is refused with a
@@ -571,7 +571,7 @@ impl fmt::Debug for Peers {
 }
 
 /// Runs a sync round with every peer, then again after a jittered
-/// interval, until killed: a [`Worker`]. A failed round is logged and
+/// interval, until killed: a [`Worker`](crate::Worker). A failed round is logged and
 /// retried at the next interval; it never stops the initiator.
 pub struct Initiator {
     worker: TaskWorker,
@@ -634,7 +634,7 @@ impl fmt::Debug for Initiator {
 }
 
 /// Collects garbage on an interval ([`Replica::collect_garbage`]), until
-/// killed: a [`Worker`]. A failed collection is logged and tried again at
+/// killed: a [`Worker`](crate::Worker). A failed collection is logged and tried again at
 /// the next interval.
 pub struct Collector {
     worker: TaskWorker,
