@@ -17,6 +17,11 @@
 //! holds nothing that only one crate needs.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+/// The README's examples, compiled and run as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 mod delegate;
 mod ids;
 mod panic;
