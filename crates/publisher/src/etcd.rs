@@ -1115,9 +1115,12 @@ mod tests {
             let root = "/flotilla/";
             let mut full_key = root.as_bytes().to_vec();
             full_key.extend_from_slice(&key);
-            let _ = parse_entry("/flotilla/api", &full_key, &value);
+            let named = String::from_utf8_lossy(&full_key).into_owned();
+            if let Err(bad) = parse_entry("/flotilla/api", &full_key, &value) {
+                prop_assert_eq!(&bad.key, &named);
+            }
             if let Err(bad) = parse_listed(root, &full_key, &value) {
-                prop_assert_eq!(bad.key, String::from_utf8_lossy(&full_key).into_owned());
+                prop_assert_eq!(&bad.key, &named);
             }
         }
 
