@@ -39,7 +39,7 @@ use tracing::Instrument;
 
 use crate::{
     Error, MountOutcome, MountReport, MountState, MountStatus, Namespace, NamespaceError, Phase,
-    Published, PublisherConfig, PublisherStatus, RefreshStyle,
+    Published, PublisherConfig, PublisherStatus, RefreshStyle, RemovedMount,
 };
 
 /// A request from a [`Publisher`](crate::Publisher) handle.
@@ -82,6 +82,10 @@ struct Mount {
     /// The first unreadable entry under the name that the last successful
     /// mount reported (someone else's, left alone).
     unreadable: Option<Box<NamespaceError>>,
+    /// Removals by someone else in a row, each within a refresh period of
+    /// the one before: the backoff of restoring this pair.
+    removals_in_a_row: u32,
+    last_removed_at: Option<Instant>,
 }
 
 impl Mount {
@@ -99,6 +103,31 @@ impl Mount {
             last_unmounted_at: None,
             last_error: None,
             unreadable: None,
+            removals_in_a_row: 0,
+            last_removed_at: None,
+        }
+    }
+
+    /// Counts a removal by someone else at `now`, and says how long to wait
+    /// before mounting the pair again: not at all the first time, then the
+    /// pair's retry backoff while removals keep coming within a refresh
+    /// period of each other. So no pattern of removals (two publishers
+    /// undoing each other, a script deleting in a loop) makes a pair
+    /// re-mount at network speed.
+    fn restore_delay(&mut self, config: &PublisherConfig, now: Instant, unit: f64) -> Duration {
+        let recently = self
+            .last_removed_at
+            .is_some_and(|at| now.saturating_duration_since(at) < config.refresh_period);
+        self.removals_in_a_row = if recently {
+            self.removals_in_a_row.saturating_add(1)
+        } else {
+            1
+        };
+        self.last_removed_at = Some(now);
+        if self.removals_in_a_row <= 1 {
+            Duration::ZERO
+        } else {
+            config.retry_after(self.removals_in_a_row - 1, unit)
         }
     }
 }
@@ -171,7 +200,7 @@ type OperationFuture = Pin<Box<dyn Future<Output = Done> + Send>>;
 
 /// The one call of [`Namespace::removed_mounts`] the actor keeps under way.
 type RemovalsFuture =
-    Pin<Box<dyn Future<Output = Result<Vec<(Name, Endpoint)>, NamespaceError>> + Send>>;
+    Pin<Box<dyn Future<Output = Result<Vec<RemovedMount>, NamespaceError>> + Send>>;
 
 pub(crate) struct Actor<N> {
     namespace: Arc<N>,
@@ -291,9 +320,11 @@ impl<N: Namespace> Actor<N> {
     }
 
     /// Takes in what [`Namespace::removed_mounts`] returned: every pair
-    /// still wanted and confirmed mounted is mounted again now. Returns how
-    /// long to wait before asking again.
-    fn removed(&mut self, removed: Result<Vec<(Name, Endpoint)>, NamespaceError>) -> Duration {
+    /// still wanted and confirmed mounted is mounted again, at once the
+    /// first time and after the pair's own backoff when removals repeat; a
+    /// pair another server's `replace` mount took the place of is left
+    /// replaced. Returns how long to wait before asking again.
+    fn removed(&mut self, removed: Result<Vec<RemovedMount>, NamespaceError>) -> Duration {
         let pairs = match removed {
             Ok(pairs) => {
                 self.removal_failures = 0;
@@ -309,24 +340,40 @@ impl<N: Namespace> Actor<N> {
             }
         };
         let now = Instant::now();
-        for (name, server) in pairs {
-            let key = MountKey { name, server };
+        for removed in pairs {
+            let key = MountKey {
+                name: removed.name,
+                server: removed.server,
+            };
+            let unit = self.rng.f64();
             let Some(mount) = self.mounts.get_mut(&key) else {
                 continue;
             };
-            if mount.in_flight
-                || mount.desired != MountState::Mounted
-                || mount.observed != MountState::Mounted
-            {
+            if mount.in_flight || mount.desired != MountState::Mounted {
                 continue; // its own operation, under way or due, settles it
             }
-            tracing::warn!(name = %key.name, server = %key.server,
+            if removed.replaced {
+                tracing::info!(name = %key.name, server = %key.server,
+                    "another server's replace mount took our mount's place; left replaced");
+                mount.observed = MountState::Replaced;
+                mount.expires_at = None;
+                mount.next_attempt_at = None;
+                // Its key went in the replacing transaction.
+                mount.written = false;
+                self.status_changed = true;
+                continue;
+            }
+            if mount.observed != MountState::Mounted {
+                continue; // a mount is due already
+            }
+            let delay = mount.restore_delay(&self.config, now, unit);
+            tracing::warn!(name = %key.name, server = %key.server, ?delay,
                 "our mount was removed by someone else; mounting it again");
             mount.observed = MountState::Mounting;
             mount.expires_at = None;
             self.status_changed = true;
             let key = self.key_of(&key);
-            self.schedule(&key, now);
+            self.schedule(&key, now + delay);
         }
         Duration::ZERO
     }
@@ -816,7 +863,11 @@ impl<N: Namespace> Actor<N> {
         let due: Vec<Arc<MountKey>> = self
             .mounts
             .iter_mut()
-            .filter(|(_, mount)| mount.desired == MountState::Mounted && !mount.in_flight)
+            .filter(|(_, mount)| {
+                mount.desired == MountState::Mounted
+                    && !mount.in_flight
+                    && mount.observed != MountState::Replaced
+            })
             .map(|(key, mount)| {
                 mount.observed = MountState::Mounting;
                 mount.expires_at = None;

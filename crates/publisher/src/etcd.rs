@@ -18,7 +18,7 @@ use tonic::Code;
 use crate::namespace::{is_at_or_beneath, resolution_at, resolution_candidates};
 use crate::{
     Error, ListedName, Listing, MountFlags, MountOutcome, MountReport, MountedServer, Namespace,
-    NamespaceError, RefreshStyle, Resolution,
+    NamespaceError, RefreshStyle, RemovedMount, Resolution,
 };
 
 /// The longest TTL etcd grants (its `MaxLeaseTTL`).
@@ -79,9 +79,20 @@ const HTTP2_KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(10), Duratio
 /// milliseconds on a healthy cluster; at most
 /// [`operation_timeout`](crate::PublisherConfig::operation_timeout) after
 /// etcd reports the delete, and retried with backoff if that mount fails.
+/// A pair removed again within a refresh period of its last removal is
+/// restored after the pair's retry backoff instead, so that no pattern of
+/// deletes makes it re-mount at network speed.
 /// When the watch breaks, the next call reads the prefix's keys once (keys
 /// only), reports ours that are missing and watches on from that revision,
 /// so nothing removed in between is missed.
+///
+/// A delete that came in the same revision as a put of another server
+/// under the name is a **replacement**, not a removal: that is what a mount
+/// with [`MountFlags::replace`] does, in one transaction. It is reported
+/// with [`RemovedMount::replaced`], and the publisher leaves the pair
+/// replaced ([`MountState::Replaced`](crate::MountState::Replaced)) instead
+/// of undoing the replacement. A replacement made while the watch was down
+/// is seen only as a removal, and so undone once.
 ///
 /// # Two publishers of one pair
 ///
@@ -94,6 +105,14 @@ const HTTP2_KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(10), Duratio
 /// pair from one publisher deletes the key too, and the other restores it
 /// the same way. Resolvers and [`watch_name`](EtcdNamespace::watch_name)
 /// see one server, never a duplicate.
+///
+/// Publishers of one name with different servers, mounting with
+/// [`MountFlags::replace`], follow the rule of replacement instead: **the
+/// last replacer wins**. Its transaction deletes the others' keys, and they
+/// leave their pairs replaced rather than restore them (which would replace
+/// the replacer in turn, forever: the rolling deploy where old and new
+/// versions replace each other). The same holds when only the last one
+/// replaces: the others do not silently undo it.
 ///
 /// # Unreadable entries
 ///
@@ -155,7 +174,7 @@ struct Lease {
 struct Owned {
     keys: HashMap<String, OwnedKey>,
     /// Removals seen and not yet returned by `removed_mounts`.
-    removed: Vec<(Name, Endpoint)>,
+    removed: Vec<Removal>,
 }
 
 #[derive(Debug)]
@@ -167,7 +186,26 @@ struct OwnedKey {
     written_at: Option<i64>,
     /// The latest delete seen while a write was under way, decided once
     /// the write's revision is known.
-    deleted_at: Option<i64>,
+    deleted_at: Option<Deletion>,
+}
+
+/// When a key of ours was deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Deletion {
+    revision: i64,
+    /// Whether `revision` is the delete's own (a watch event), so that what
+    /// else happened in it can be read; otherwise it is only a revision by
+    /// which the key was gone (a read found it missing).
+    exact: bool,
+}
+
+/// A removal of one of our keys by someone else, not yet returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Removal {
+    key: String,
+    name: Name,
+    server: Endpoint,
+    deletion: Deletion,
 }
 
 impl Owned {
@@ -190,27 +228,66 @@ impl Owned {
         };
         let revision = revision.unwrap_or(0);
         owned.written_at = Some(revision);
-        if owned.deleted_at.take().is_some_and(|at| at > revision) {
-            self.removed
-                .push((owned.name.clone(), owned.server.clone()));
-            return true;
+        match owned.deleted_at.take() {
+            Some(deletion) if deletion.revision > revision => {
+                self.removed.push(Removal {
+                    key: key.to_owned(),
+                    name: owned.name.clone(),
+                    server: owned.server.clone(),
+                    deletion,
+                });
+                true
+            }
+            _ => false,
         }
-        false
     }
 
-    /// Someone deleted `key` at `revision`.
-    fn deleted(&mut self, key: &str, revision: i64) {
+    /// Someone deleted `key` at (or, unless `deletion.exact`, by)
+    /// `deletion.revision`.
+    fn deleted(&mut self, key: &str, deletion: Deletion) {
         let Some(owned) = self.keys.get_mut(key) else {
             return; // not ours, or removed by us
         };
         match owned.written_at {
-            None => owned.deleted_at = owned.deleted_at.max(Some(revision)),
-            Some(written) if revision > written => {
-                tracing::warn!(key, revision, "a key of ours was removed by someone else");
-                self.removed
-                    .push((owned.name.clone(), owned.server.clone()));
+            None => {
+                if owned
+                    .deleted_at
+                    .is_none_or(|seen| seen.revision < deletion.revision)
+                {
+                    owned.deleted_at = Some(deletion);
+                }
+            }
+            Some(written) if deletion.revision > written => {
+                tracing::warn!(
+                    key,
+                    revision = deletion.revision,
+                    "a key of ours was removed by someone else"
+                );
+                self.removed.push(Removal {
+                    key: key.to_owned(),
+                    name: owned.name.clone(),
+                    server: owned.server.clone(),
+                    deletion,
+                });
             }
             Some(_) => {} // a delete from before our last write
+        }
+    }
+
+    /// `removals`, found so, are returned: out of the pending ones, and a
+    /// replaced key is ours no more (unless we wrote it again since).
+    fn returned(&mut self, removals: &[(Removal, bool)]) {
+        self.removed
+            .retain(|pending| !removals.iter().any(|(removal, _)| removal == pending));
+        for (removal, replaced) in removals {
+            let rewritten = self.keys.get(&removal.key).is_none_or(|owned| {
+                owned
+                    .written_at
+                    .is_none_or(|written| written > removal.deletion.revision)
+            });
+            if *replaced && !rewritten {
+                self.keys.remove(&removal.key);
+            }
         }
     }
 }
@@ -430,7 +507,13 @@ impl EtcdNamespace {
                 .cloned()
                 .collect();
             for key in missing {
-                owned.deleted(&key, revision);
+                owned.deleted(
+                    &key,
+                    Deletion {
+                        revision,
+                        exact: false,
+                    },
+                );
             }
         }
         let options = WatchOptions::new()
@@ -504,6 +587,42 @@ impl EtcdNamespace {
         NamespaceError::EntriesLost {
             reason: format!("etcd lease {:x} {how}", lost.id),
         }
+    }
+
+    /// Whether `removal` was a replacement: its delete came in the same
+    /// revision as a put of another server under the name, which is what a
+    /// `replace` mount's transaction does (etcd gives every operation of a
+    /// transaction one revision). Read from etcd's history at that
+    /// revision; a removal known only from a read (the watch was down) or
+    /// whose revision was compacted away counts as a plain removal.
+    async fn was_replaced(&self, removal: &Removal) -> Result<bool, NamespaceError> {
+        if !removal.deletion.exact {
+            return Ok(false);
+        }
+        let servers_prefix = format!("{}#", self.name_prefix(removal.name.as_str()));
+        let revision = removal.deletion.revision;
+        let options = GetOptions::new()
+            .with_prefix()
+            .with_keys_only()
+            .with_revision(revision);
+        let response = self
+            .call(|mut client| {
+                let (servers_prefix, options) = (servers_prefix.clone(), options.clone());
+                async move { client.get(servers_prefix, Some(options)).await }
+            })
+            .await;
+        let response = match response.map_err(classify) {
+            Ok(response) => response,
+            Err(error @ NamespaceError::Rejected { .. }) => {
+                tracing::debug!(%error, revision, "cannot read the removal's revision; a plain removal");
+                return Ok(false);
+            }
+            Err(error) => return Err(error),
+        };
+        Ok(response
+            .kvs()
+            .iter()
+            .any(|kv| kv.mod_revision() == revision && kv.key() != removal.key.as_bytes()))
     }
 
     /// The servers under `name`, or the first unreadable entry there.
@@ -780,12 +899,26 @@ impl Namespace for EtcdNamespace {
         Ok(Listing { names, unreadable })
     }
 
-    async fn removed_mounts(&self) -> Result<Vec<(Name, Endpoint)>, NamespaceError> {
+    async fn removed_mounts(&self) -> Result<Vec<RemovedMount>, NamespaceError> {
         let mut removals = self.removals.lock().await;
         loop {
-            let removed = std::mem::take(&mut self.owned().removed);
-            if !removed.is_empty() {
-                return Ok(removed);
+            // Cancel safe: removals stay pending until they are returned.
+            let pending = self.owned().removed.clone();
+            if !pending.is_empty() {
+                let mut found = Vec::with_capacity(pending.len());
+                for removal in pending {
+                    let replaced = self.was_replaced(&removal).await?;
+                    found.push((removal, replaced));
+                }
+                self.owned().returned(&found);
+                return Ok(found
+                    .into_iter()
+                    .map(|(removal, replaced)| RemovedMount {
+                        name: removal.name,
+                        server: removal.server,
+                        replaced,
+                    })
+                    .collect());
             }
             let Some(stream) = removals.as_mut() else {
                 // The opening read may have found removals already.
@@ -827,7 +960,13 @@ impl Namespace for EtcdNamespace {
                 if let Some(kv) = event.kv()
                     && let Ok(key) = std::str::from_utf8(kv.key())
                 {
-                    owned.deleted(key, kv.mod_revision());
+                    owned.deleted(
+                        key,
+                        Deletion {
+                            revision: kv.mod_revision(),
+                            exact: true,
+                        },
+                    );
                 }
             }
         }

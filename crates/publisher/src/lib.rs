@@ -81,7 +81,7 @@ pub use error::{Error, NamespaceError};
 pub use etcd::{EtcdNamespace, NameChange, NameWatch};
 pub use namespace::{
     ListedName, Listing, MountFlags, MountOutcome, MountReport, MountedServer, Namespace,
-    RefreshStyle, Resolution,
+    RefreshStyle, RemovedMount, Resolution,
 };
 pub use publisher::Publisher;
 pub use status::{MountState, MountStatus, Phase, Published, PublisherStatus};

@@ -127,7 +127,11 @@ pub trait Namespace: Send + Sync + 'static {
     /// Waits until the backend sees mounts of this publisher removed by
     /// someone else (an operator, a script, another publisher whose session
     /// ended), and returns those pairs, so that the publisher can mount them
-    /// again at once.
+    /// again at once. A mount that another server's `replace` mount under
+    /// the same name took away comes with [`RemovedMount::replaced`] set:
+    /// the publisher leaves that one as it is (mounting it again would undo
+    /// the replacement, and two replacing publishers would undo each other
+    /// forever).
     ///
     /// Only [`RefreshStyle::Session`] backends need this: a per-mount
     /// backend's refresh finds a missing mount by itself. The default never
@@ -147,9 +151,24 @@ pub trait Namespace: Send + Sync + 'static {
     /// the next call.
     fn removed_mounts(
         &self,
-    ) -> impl Future<Output = Result<Vec<(Name, Endpoint)>, NamespaceError>> + Send {
+    ) -> impl Future<Output = Result<Vec<RemovedMount>, NamespaceError>> + Send {
         std::future::pending()
     }
+}
+
+/// A mount of this publisher's that someone else took away, as
+/// [`Namespace::removed_mounts`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RemovedMount {
+    /// The name.
+    pub name: Name,
+    /// The server.
+    pub server: Endpoint,
+    /// Whether a `replace` mount of another server under the name took its
+    /// place (in etcd: the delete came in the same revision as a put of
+    /// another server under the name, which is what a replacing mount's
+    /// transaction does). Otherwise it was simply removed.
+    pub replaced: bool,
 }
 
 /// How a backend keeps mounts alive; see [`Namespace::refresh_style`].

@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use flotilla_core_types::{Endpoint, Name, Worker};
 use flotilla_publisher::{
-    Error, EtcdNamespace, NameChange, Namespace, NamespaceError, Publisher, PublisherConfig,
+    Error, EtcdNamespace, MountFlags, MountState, NameChange, Namespace, NamespaceError, Publisher,
+    PublisherConfig, RemovedMount,
 };
 use flotilla_testkit::EtcdCluster;
 use tokio::time::Instant;
@@ -717,6 +718,14 @@ async fn list_gives_the_names_beneath_a_prefix_and_reports_unreadable_entries() 
     Ok(())
 }
 
+fn removal(text: &str, port: u16) -> RemovedMount {
+    RemovedMount {
+        name: name(text),
+        server: server(port),
+        replaced: false,
+    }
+}
+
 #[tokio::test]
 async fn removed_mounts_misses_nothing_deleted_before_its_watch_opened() -> Result<()> {
     let cluster = EtcdCluster::single().await?;
@@ -738,7 +747,7 @@ async fn removed_mounts_misses_nothing_deleted_before_its_watch_opened() -> Resu
     let first = tokio::time::timeout(PATIENCE, session.removed_mounts())
         .await
         .context("the opening read reports at once")??;
-    ensure!(first == [(name("a"), server(1))], "{first:?}");
+    ensure!(first == [removal("a", 1)], "{first:?}");
 
     // Unmounted by us: not a removal either; deleted by someone else: one.
     session.unmount(&name("a"), &server(2)).await?;
@@ -748,7 +757,87 @@ async fn removed_mounts_misses_nothing_deleted_before_its_watch_opened() -> Resu
     let second = tokio::time::timeout(PATIENCE, session.removed_mounts())
         .await
         .context("the watch reports the delete")??;
-    ensure!(second == [(name("a"), server(3))], "{second:?}");
+    ensure!(second == [removal("a", 3)], "{second:?}");
     session.release().await?;
+    Ok(())
+}
+
+/// etcd's current revision: every write bumps it, keep-alives do not.
+async fn revision(cluster: &EtcdCluster) -> Result<i64> {
+    let mut client = cluster.client().await?;
+    let response = client
+        .get(
+            PREFIX,
+            Some(etcd_client::GetOptions::new().with_count_only()),
+        )
+        .await?;
+    response
+        .header()
+        .map(|header| header.revision())
+        .context("a response header")
+}
+
+#[tokio::test]
+async fn two_publishers_replacing_one_name_settle_on_the_last_replacer() -> Result<()> {
+    let cluster = EtcdCluster::single().await?;
+    let etcd = namespace(&cluster).await?;
+    let replace = MountFlags {
+        replace: true,
+        ..MountFlags::NONE
+    };
+    let start = |port: u16| {
+        let publisher = Publisher::start(etcd.fresh_session(), config().with_flags(replace));
+        async move {
+            let publisher = publisher?;
+            publisher.add_name(name("a")).await?;
+            publisher.add_server(server(port)).await?;
+            anyhow::Ok(publisher)
+        }
+    };
+    let old = start(1).await?;
+    all_mounted(&old).await?;
+    eventually("the old publisher watches", PATIENCE, || async {
+        Ok(watchers(&cluster).await? == 1)
+    })
+    .await?;
+    // The new version comes up beside it, as in a rolling deploy.
+    let new = start(2).await?;
+    all_mounted(&new).await?;
+    let mut watch = old.watch().await?;
+    tokio::time::timeout(
+        PATIENCE,
+        watch.wait_for(|s| {
+            s.mount(&name("a"), &server(1))
+                .is_some_and(|m| m.observed == MountState::Replaced)
+        }),
+    )
+    .await
+    .context("the old publisher never saw the replacement")??;
+
+    // Settled: over several refresh periods nobody writes, where
+    // publishers undoing each other would write thousands of times.
+    let before = revision(&cluster).await?;
+    let window_end = Instant::now() + PERIOD * 4;
+    while Instant::now() < window_end {
+        ensure!(
+            servers(&etcd, &name("a")).await? == [server(2)],
+            "the last replacer holds the name"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let writes = revision(&cluster).await? - before;
+    ensure!(writes == 0, "{writes} writes after the replacement");
+    let status = old.status().await?;
+    let replaced = status.mount(&name("a"), &server(1)).context("wanted")?;
+    ensure!(replaced.observed == MountState::Replaced, "{replaced:?}");
+    all_mounted(&new).await?;
+
+    // The old one stops: nothing of the new one's goes with it.
+    old.stop().await;
+    old.wait().await?;
+    ensure!(servers(&etcd, &name("a")).await? == [server(2)]);
+    new.stop().await;
+    new.wait().await?;
+    ensure!(servers(&etcd, &name("a")).await?.is_empty());
     Ok(())
 }

@@ -670,3 +670,92 @@ async fn a_mount_removed_behind_a_session_backends_back_is_mounted_again_at_once
     assert_eq!(backend.removal_calls(), 2, "asked again after each report");
     assert!(stop_and_check(publisher).await.is_ok());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_pair_removed_again_and_again_is_restored_on_its_own_backoff() {
+    // The first removal is undone at once; removals that keep coming within
+    // a period of each other wait out the pair's retry backoff (1 s, 2 s,
+    // 4 s, ... each shortened by at most half), so nothing can make a pair
+    // re-mount at network speed.
+    let backend = LeaseTable::default();
+    let publisher = Publisher::start(backend.clone(), config()).expect("valid");
+    publish(&publisher, &["a"], &[1, 2]).await;
+    until(&publisher, |s| s.all_mounted()).await;
+    // How long after a removal now the pair is mounted again.
+    let restore = || async {
+        let mounted_at = |s: &flotilla_publisher::PublisherStatus| {
+            s.mount(&name("a"), &server(2))
+                .and_then(|m| m.last_mounted_at)
+        };
+        // A moment on, so that a restore at once has a later time.
+        settle().await;
+        let before = mounted_at(&publisher.status().await.expect("running"));
+        backend.remove_behind_back(&name("a"), &server(2));
+        let removed_at = Instant::now();
+        let status = until(&publisher, |s| mounted_at(s) > before).await;
+        mounted_at(&status).expect("mounted") - removed_at
+    };
+    let mut delays = Vec::new();
+    for _ in 0..6 {
+        delays.push(restore().await);
+    }
+    assert_eq!(delays[0], Duration::ZERO, "the first restore is at once");
+    for (index, delay) in delays.iter().enumerate().skip(1) {
+        let full = Duration::from_secs(1 << (index - 1));
+        assert!(
+            *delay >= full / 2 && *delay <= full,
+            "restore {index} after {delay:?}, expected between {:?} and {full:?} (all: {delays:?})",
+            full / 2
+        );
+    }
+    // Quiet for a period: the next removal is undone at once again.
+    sleep(PERIOD).await;
+    assert_eq!(restore().await, Duration::ZERO);
+    assert_eq!(backend.alive().len(), 2);
+    assert!(stop_and_check(publisher).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_mount_another_server_replaced_is_left_replaced() {
+    let backend = LeaseTable::default();
+    let publisher = Publisher::start(backend.clone(), config()).expect("valid");
+    publish(&publisher, &["a"], &[1, 2]).await;
+    until(&publisher, |s| s.all_mounted()).await;
+    let (_, mounts_before, _) = backend.counts();
+
+    backend.replace_behind_back(&name("a"), &server(2));
+    let status = until(&publisher, |s| {
+        s.mount(&name("a"), &server(2))
+            .is_some_and(|m| m.observed == MountState::Replaced)
+    })
+    .await;
+    assert!(!status.all_mounted());
+    sleep(PERIOD * 3).await;
+    let status = publisher.status().await.expect("running");
+    let replaced = status.mount(&name("a"), &server(2)).expect("wanted");
+    assert_eq!(replaced.observed, MountState::Replaced, "not undone");
+    assert_eq!(replaced.next_attempt_at, None);
+    assert_eq!(backend.counts().1, mounts_before, "nothing mounted again");
+    let published = publisher.published().await.expect("running");
+    assert_eq!(published[0].servers, [server(1)]);
+
+    // The session is lost: the other pair comes back, the replaced one not.
+    backend.revoke();
+    until(&publisher, |s| {
+        s.mount(&name("a"), &server(1)).is_some_and(|m| {
+            m.observed == MountState::Mounted
+                && m.last_mounted_at > status.mounts[0].last_mounted_at
+        })
+    })
+    .await;
+    assert_eq!(backend.alive(), [(name("a"), server(1))]);
+
+    // Removed and added back, it is mounted again (its key was gone with
+    // the replacement, so removing it unmounts nothing).
+    publisher.remove_server(server(2)).await.expect("running");
+    until(&publisher, |s| s.mounts.len() == 1).await;
+    publisher.add_server(server(2)).await.expect("running");
+    until(&publisher, |s| s.all_mounted()).await;
+    assert_eq!(backend.alive().len(), 2);
+    assert!(stop_and_check(publisher).await.is_ok());
+}
