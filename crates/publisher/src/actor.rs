@@ -18,9 +18,14 @@
 //! Outages: only a backend-wide outage ends with everything due at once. A
 //! transport failure opens an [`Outage`]; it becomes widespread when a
 //! second, different operation fails before anything succeeds. The first
-//! success after a widespread outage makes due the pairs whose failures
-//! began within it; a pair that was failing before, alone, keeps its own
-//! backoff, however many other pairs succeed around it.
+//! success after a widespread outage, of an operation sent after the
+//! outage began, makes due the pairs whose failures began within it; a
+//! pair that was failing before, alone, keeps its own backoff, however many
+//! other pairs succeed around it. A success of an operation sent before the
+//! outage began shows the backend was answering all along, and wakes
+//! nothing. A pair woken so whose retry fails again is failing on its own:
+//! until it succeeds, its failures count toward no outage and no recovery
+//! wakes it, so two pairs failing alone cannot keep each other in step.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
@@ -73,6 +78,10 @@ struct Mount {
     consecutive_failures: u32,
     /// When the current run of failures began (its first failure ended).
     failing_since: Option<Instant>,
+    /// The end of an outage made this pair due, and it has not succeeded
+    /// since: its failures are its own, so they neither make an outage
+    /// widespread nor get it woken by the next recovery.
+    woken_by_recovery: bool,
     next_attempt_at: Option<Instant>,
     expires_at: Option<Instant>,
     last_mounted_at: Option<Instant>,
@@ -97,6 +106,7 @@ impl Mount {
             written: false,
             consecutive_failures: 0,
             failing_since: None,
+            woken_by_recovery: false,
             next_attempt_at: None,
             expires_at: None,
             last_mounted_at: None,
@@ -657,7 +667,7 @@ impl<N: Namespace> Actor<N> {
             } => {
                 self.mount_done(&key, was_mounted, was_written, sent_at, loss_epoch, result);
             }
-            Operation::Unmount { key } => self.unmount_done(&key, result.map(|_| ())),
+            Operation::Unmount { key } => self.unmount_done(&key, sent_at, result.map(|_| ())),
         }
     }
 
@@ -696,7 +706,7 @@ impl<N: Namespace> Actor<N> {
             self.schedule(key, now);
             return;
         }
-        self.end_outage(now);
+        self.end_outage(sent_at, now);
         if self.style == RefreshStyle::Session && !self.session.active {
             self.session.active = true;
             self.session.expires_at = Some(sent_at + self.ttl);
@@ -718,6 +728,7 @@ impl<N: Namespace> Actor<N> {
         mount.observed = MountState::Mounted;
         mount.consecutive_failures = 0;
         mount.failing_since = None;
+        mount.woken_by_recovery = false;
         mount.last_error = None;
         mount.last_mounted_at = Some(now);
         mount.expires_at = match style {
@@ -770,13 +781,18 @@ impl<N: Namespace> Actor<N> {
         }
     }
 
-    fn unmount_done(&mut self, key: &Arc<MountKey>, result: Result<(), NamespaceError>) {
+    fn unmount_done(
+        &mut self,
+        key: &Arc<MountKey>,
+        sent_at: Instant,
+        result: Result<(), NamespaceError>,
+    ) {
         self.status_changed = true;
         let now = Instant::now();
         let unit = self.rng.f64();
         match result {
             Ok(()) => {
-                self.end_outage(now);
+                self.end_outage(sent_at, now);
                 let Some(mount) = self.mounts.get_mut(key) else {
                     return;
                 };
@@ -787,6 +803,7 @@ impl<N: Namespace> Actor<N> {
                 mount.expires_at = None;
                 mount.consecutive_failures = 0;
                 mount.failing_since = None;
+                mount.woken_by_recovery = false;
                 mount.last_error = None;
                 mount.last_unmounted_at = Some(now);
                 if mount.desired == MountState::Mounted {
@@ -819,7 +836,7 @@ impl<N: Namespace> Actor<N> {
         let now = Instant::now();
         match result {
             Ok(()) => {
-                self.end_outage(now);
+                self.end_outage(sent_at, now);
                 let clean = self.session.consecutive_failures == 0;
                 self.session.consecutive_failures = 0;
                 self.session.failing_since = None;
@@ -890,6 +907,12 @@ impl<N: Namespace> Actor<N> {
         if !is_transport_failure(error) {
             return;
         }
+        let woken = operation
+            .and_then(|key| self.mounts.get(key))
+            .is_some_and(|mount| mount.woken_by_recovery);
+        if woken {
+            return; // failing on its own: see `Mount::woken_by_recovery`
+        }
         match &mut self.outage {
             None => {
                 self.outage = Some(Outage {
@@ -907,14 +930,25 @@ impl<N: Namespace> Actor<N> {
         }
     }
 
-    /// A success. After a widespread outage the backend is back, so every
-    /// operation whose failures began within the outage is due now; pairs
-    /// that were failing before it, or failing alone, keep their backoff.
-    fn end_outage(&mut self, now: Instant) {
+    /// A success of an operation sent at `sent_at`. After a widespread
+    /// outage the backend is back, so every operation whose failures began
+    /// within the outage is due now; pairs that were failing before it, or
+    /// failing alone, keep their backoff.
+    ///
+    /// An operation sent no later than the outage's first failure ended,
+    /// and answered, shows that the backend was answering all along: the
+    /// failures were each their own (pairs failing alone, back to back),
+    /// and nothing is woken. Nor is a pair woken twice without a success in
+    /// between.
+    fn end_outage(&mut self, sent_at: Instant, now: Instant) {
         let Some(outage) = self.outage.take() else {
             return;
         };
         if !outage.widespread {
+            return;
+        }
+        if sent_at <= outage.since {
+            tracing::debug!("an operation sent before the failures succeeded: no outage");
             return;
         }
         tracing::info!("the backend answers again; retrying what the outage failed now");
@@ -924,6 +958,7 @@ impl<N: Namespace> Actor<N> {
             .iter()
             .filter(|(_, mount)| {
                 !mount.in_flight
+                    && !mount.woken_by_recovery
                     && began_in_outage(mount.failing_since)
                     && mount
                         .last_error
@@ -933,6 +968,9 @@ impl<N: Namespace> Actor<N> {
             .map(|(key, _)| Arc::clone(key))
             .collect();
         for key in due {
+            if let Some(mount) = self.mounts.get_mut(&key) {
+                mount.woken_by_recovery = true;
+            }
             self.schedule(&key, now);
         }
         if !self.session.in_flight && began_in_outage(self.session.failing_since) {

@@ -537,33 +537,58 @@ async fn a_pair_failing_alone_keeps_its_own_backoff_while_the_others_succeed() {
     // With a hundred healthy pairs succeeding all through the period, the
     // one broken pair must still be retried on its own backoff: 1 s, 2 s,
     // 4 s, ... up to 30 s, each shortened by at most half.
+    pairs_failing_alone_keep_their_own_backoff(&[1]).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_pairs_failing_alone_do_not_defeat_each_other_s_backoff() {
+    // Two broken pairs failing back to back look like an outage; the
+    // healthy pairs' successes must not wake them early, together, again
+    // and again.
+    pairs_failing_alone_keep_their_own_backoff(&[1, 2]).await;
+}
+
+/// Publishes name `a` on a hundred servers, of which those on `broken`
+/// ports fail with `Unavailable` on their own, and checks that each broken
+/// pair is retried exactly on its own exponential backoff.
+async fn pairs_failing_alone_keep_their_own_backoff(broken: &[u16]) {
     let flaky = Flaky::new();
-    flaky.set_pair_fault(&name("a"), &server(1), Some(PairFault::Unavailable));
+    for port in broken {
+        flaky.set_pair_fault(&name("a"), &server(*port), Some(PairFault::Unavailable));
+    }
     let publisher = started(&flaky, config()).await;
     let ports: Vec<u16> = (1..=100).collect();
     publish(&publisher, &["a"], &ports).await;
     sleep(PERIOD * 5).await;
-    let attempts: Vec<Instant> = flaky
-        .attempts()
-        .into_iter()
-        .filter(|(_, _, s)| *s == server(1))
-        .map(|(at, ..)| at)
-        .collect();
-    let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
-    for (index, gap) in gaps.iter().enumerate() {
-        let full = Duration::from_secs(1 << index.min(5)).min(Duration::from_secs(30));
-        assert!(
-            *gap >= full / 2 && *gap <= full,
-            "retry {index} after {gap:?}, expected between {:?} and {full:?} (all gaps: {gaps:?})",
-            full / 2
-        );
+    for port in broken {
+        let attempts: Vec<Instant> = flaky
+            .attempts()
+            .into_iter()
+            .filter(|(_, _, s)| *s == server(*port))
+            .map(|(at, ..)| at)
+            .collect();
+        let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
+        for (index, gap) in gaps.iter().enumerate() {
+            let full = Duration::from_secs(1 << index.min(5)).min(Duration::from_secs(30));
+            assert!(
+                *gap >= full / 2 && *gap <= full,
+                "port {port}: retry {index} after {gap:?}, expected between {:?} and {full:?} \
+                 (all gaps: {gaps:?})",
+                full / 2
+            );
+        }
+        assert!(gaps.len() >= 10, "kept retrying: {} retries", gaps.len());
     }
-    assert!(gaps.len() >= 10, "kept retrying: {} retries", gaps.len());
     let status = publisher.status().await.expect("running");
-    let healthy = status.mounts.iter().filter(|m| m.server != server(1));
+    let healthy = status
+        .mounts
+        .iter()
+        .filter(|m| !broken.contains(&m.server.port()));
     assert!(healthy.clone().all(|m| m.observed == MountState::Mounted));
-    assert_eq!(healthy.count(), 99);
-    flaky.set_pair_fault(&name("a"), &server(1), None);
+    assert_eq!(healthy.count(), 100 - broken.len());
+    for port in broken {
+        flaky.set_pair_fault(&name("a"), &server(*port), None);
+    }
     assert!(stop_and_check(publisher).await.is_ok());
 }
 
