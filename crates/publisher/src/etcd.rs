@@ -120,9 +120,9 @@ const HTTP2_KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(10), Duratio
 /// wrote it) never stops a mount: it is left alone, never taken for a
 /// server, logged, and reported in [`MountReport::unreadable`] (the
 /// publisher shows it in [`MountStatus::unreadable`]). Listings and watches
-/// report such entries beside the readable ones; [`resolve`](Namespace::resolve)
-/// answers [`NamespaceError::Corrupt`], as it cannot say which servers are
-/// meant.
+/// report such entries beside the readable ones, and so does
+/// [`resolve`](Namespace::resolve), in [`Resolution::unreadable`], with the
+/// readable servers: one foreign key never makes a name unresolvable.
 ///
 /// [`MountStatus::unreadable`]: crate::MountStatus::unreadable
 ///
@@ -624,15 +624,6 @@ impl EtcdNamespace {
             .iter()
             .any(|kv| kv.mod_revision() == revision && kv.key() != removal.key.as_bytes()))
     }
-
-    /// The servers under `name`, or the first unreadable entry there.
-    async fn servers_under(&self, name: &str) -> Result<Vec<MountedServer>, NamespaceError> {
-        let (servers, unreadable) = self.entries_under(name).await?;
-        match unreadable.into_iter().next() {
-            Some(bad) => Err(bad.into()),
-            None => Ok(servers),
-        }
-    }
 }
 
 impl Namespace for EtcdNamespace {
@@ -836,10 +827,18 @@ impl Namespace for EtcdNamespace {
     }
 
     async fn resolve(&self, name: &Name) -> Result<Resolution, NamespaceError> {
+        let mut unreadable = Vec::new();
         for candidate in resolution_candidates(name) {
-            let servers = self.servers_under(candidate).await?;
+            let (servers, bad) = self.entries_under(candidate).await?;
+            for bad in &bad {
+                tracing::warn!(key = %bad.key, reason = %bad.reason, %name,
+                    "unreadable entry skipped in a resolve");
+            }
+            unreadable.extend(bad.into_iter().map(NamespaceError::from));
             if !servers.is_empty() {
-                return resolution_at(name, candidate, servers);
+                let mut resolution = resolution_at(name, candidate, servers)?;
+                resolution.unreadable = unreadable;
+                return Ok(resolution);
             }
         }
         Err(NamespaceError::NotFound { name: name.clone() })

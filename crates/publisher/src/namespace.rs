@@ -84,7 +84,8 @@ pub trait Namespace: Send + Sync + 'static {
 
     /// The servers mounted under `name` now (expired mounts excluded), or
     /// under the nearest mounted ancestor of `name` that lets resolution
-    /// continue beneath it.
+    /// continue beneath it. Entries the backend cannot read are skipped and
+    /// reported in [`Resolution::unreadable`].
     fn resolve(
         &self,
         name: &Name,
@@ -278,7 +279,10 @@ pub(crate) fn is_at_or_beneath(name: &str, prefix: Option<&Name>) -> bool {
 }
 
 /// The answer to [`Namespace::resolve`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Not `PartialEq`: it carries [`NamespaceError`]s, which are not; compare
+/// its fields.
+#[derive(Debug, Clone)]
 pub struct Resolution {
     /// The name that was found mounted: the name asked for, or an ancestor.
     pub mounted_name: Name,
@@ -287,6 +291,11 @@ pub struct Resolution {
     pub suffix: String,
     /// The live mounts under `mounted_name`, ordered by server.
     pub servers: Vec<MountedServer>,
+    /// Entries under the names looked at that the backend could not read
+    /// (someone else wrote them), each a [`NamespaceError::Corrupt`]: left
+    /// out of `servers`, so that one foreign key cannot make a name
+    /// unresolvable for everyone. Empty on the embedded table.
+    pub unreadable: Vec<NamespaceError>,
 }
 
 impl Resolution {
@@ -326,6 +335,7 @@ pub(crate) fn resolution_at(
             mounted_name: name.clone(),
             suffix: String::new(),
             servers,
+            unreadable: Vec::new(),
         });
     }
     if servers.iter().any(|mounted| mounted.flags.leaf) {
@@ -337,6 +347,7 @@ pub(crate) fn resolution_at(
         mounted_name,
         suffix: name.as_str()[candidate.len() + 1..].to_owned(),
         servers,
+        unreadable: Vec::new(),
     })
 }
 

@@ -385,23 +385,42 @@ async fn bad_prefixes_ttls_and_foreign_entries_get_typed_errors() -> Result<()> 
         Err(Error::InvalidConfig { field: "ttl", .. })
     ));
 
+    // A foreign entry beside a real server: the server resolves, and the
+    // entry is reported, not fatal for every client.
     let mut client = cluster.client().await?;
     client
         .put("flotilla/names/x/#not-an-endpoint", "{}", None)
         .await?;
-    match etcd.resolve(&name("x")).await {
-        Err(NamespaceError::Corrupt { key, .. }) => {
+    client
+        .put(etcd.key(&name("x"), &server(1)), "{}", None)
+        .await?;
+    let resolution = etcd.resolve(&name("x")).await?;
+    ensure!(resolution.endpoints() == [server(1)], "{resolution:?}");
+    match &resolution.unreadable[..] {
+        [NamespaceError::Corrupt { key, .. }] => {
             ensure!(key == "flotilla/names/x/#not-an-endpoint");
         }
-        other => bail!("expected a corrupt entry, got {other:?}"),
+        other => bail!("expected the corrupt entry reported, got {other:?}"),
     }
+    // Only an unreadable entry under a name: nothing to resolve to, and
+    // the name's ancestor answers if it can (here it cannot).
     client
         .put("flotilla/names/y/#10.0.0.1:1", "not json", None)
         .await?;
     ensure!(matches!(
         etcd.resolve(&name("y")).await,
-        Err(NamespaceError::Corrupt { .. })
+        Err(NamespaceError::NotFound { .. })
     ));
+    client
+        .put(etcd.key(&name("y"), &server(2)), "{}", None)
+        .await?;
+    let resolution = etcd.resolve(&name("y/z")).await?;
+    ensure!(
+        resolution.mounted_name == name("y")
+            && resolution.endpoints() == [server(2)]
+            && resolution.unreadable.len() == 1,
+        "{resolution:?}"
+    );
     Ok(())
 }
 

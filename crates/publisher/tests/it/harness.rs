@@ -488,6 +488,7 @@ impl Namespace for LeaseTable {
             mounted_name: name.clone(),
             suffix: String::new(),
             servers,
+            unreadable: Vec::new(),
         })
     }
 
