@@ -494,6 +494,7 @@ impl<N: Namespace> Actor<N> {
         if !mount.written {
             // Nothing can be in the backend: forget the pair.
             self.mounts.remove(&key);
+            self.namespace.forgotten(&key.name, &key.server);
             return;
         }
         let key = self.key_of(&key);
@@ -773,6 +774,7 @@ impl<N: Namespace> Actor<N> {
             } else {
                 tracing::debug!(name = %key.name, server = %key.server, "never written; forgotten");
                 self.mounts.remove(key);
+                self.namespace.forgotten(&key.name, &key.server);
             }
         } else if lost {
             self.entries_lost("the backend's session is gone");

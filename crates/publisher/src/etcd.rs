@@ -209,14 +209,30 @@ struct Removal {
 }
 
 impl Owned {
-    fn begin_write(&mut self, key: &str, name: &Name, server: &Endpoint) {
+    /// A write of `key` starts. Returns what was known of our last write
+    /// before it (`None`: never written), for [`Owned::refused`].
+    fn begin_write(&mut self, key: &str, name: &Name, server: &Endpoint) -> Option<i64> {
         let owned = self.keys.entry(key.to_owned()).or_insert_with(|| OwnedKey {
             name: name.clone(),
             server: server.clone(),
             written_at: None,
             deleted_at: None,
         });
-        owned.written_at = None;
+        owned.written_at.take()
+    }
+
+    /// Our write of `key` was refused outright: it did not take effect, so
+    /// the key is ours only if an earlier write (at `before`, from
+    /// [`Owned::begin_write`]) made it so. Returns whether that recorded a
+    /// removal.
+    fn refused(&mut self, key: &str, before: Option<i64>) -> bool {
+        match before {
+            Some(revision) => self.end_write(key, Some(revision)),
+            None => {
+                self.keys.remove(key);
+                false
+            }
+        }
     }
 
     /// Our write of `key` landed at `revision` (or, with `None`, failed in a
@@ -681,7 +697,7 @@ impl Namespace for EtcdNamespace {
                 requested: flags,
             });
         }
-        self.owned().begin_write(&key, name, server);
+        let written_before = self.owned().begin_write(&key, name, server);
         let result = if flags.replace {
             let mut operations: Vec<TxnOp> = replaced
                 .iter()
@@ -727,19 +743,35 @@ impl Namespace for EtcdNamespace {
                 }
             }
             Err(error) => {
-                if self.owned().end_write(&key, None) {
+                let lease_gone = is_lease_not_found(&error);
+                let error = if lease_gone {
+                    self.forget_lease(lease, "is gone").await
+                } else {
+                    classify(error)
+                };
+                let mut owned = self.owned();
+                let removal = if error.may_have_taken_effect() {
+                    owned.end_write(&key, None)
+                } else {
+                    owned.refused(&key, written_before)
+                };
+                drop(owned);
+                if removal {
                     self.removal_recorded.notify_one();
                 }
-                if is_lease_not_found(&error) {
-                    return Err(self.forget_lease(lease, "is gone").await);
-                }
-                return Err(classify(error));
+                return Err(error);
             }
         };
         Ok(MountReport {
             outcome,
             unreadable,
         })
+    }
+
+    fn forgotten(&self, name: &Name, server: &Endpoint) {
+        // Never written, as far as the publisher knows: its deletes are no
+        // news, now or at any reopening of the watch.
+        self.owned().keys.remove(&self.key(name, server));
     }
 
     async fn unmount(&self, name: &Name, server: &Endpoint) -> Result<(), NamespaceError> {

@@ -56,6 +56,15 @@ pub trait Namespace: Send + Sync + 'static {
         flags: MountFlags,
     ) -> impl Future<Output = Result<MountReport, NamespaceError>> + Send;
 
+    /// The publisher has forgotten the pair without unmounting it, because
+    /// it holds that nothing of it is in the backend (every mount of it was
+    /// refused outright, or another server's `replace` mount took its
+    /// place). A backend that keeps track of its own writes drops what it
+    /// holds for the pair. The default does nothing.
+    fn forgotten(&self, name: &Name, server: &Endpoint) {
+        let _ = (name, server);
+    }
+
     /// Removes the mount of `server` under `name`. Removing a mount that is
     /// not there succeeds.
     fn unmount(

@@ -104,6 +104,10 @@ impl<N: Namespace> Namespace for Counting<N> {
         self.inner.mount(name, server, ttl, flags).await
     }
 
+    fn forgotten(&self, name: &Name, server: &Endpoint) {
+        self.inner.forgotten(name, server);
+    }
+
     async fn unmount(&self, name: &Name, server: &Endpoint) -> Result<(), NamespaceError> {
         self.count();
         self.inner.unmount(name, server).await

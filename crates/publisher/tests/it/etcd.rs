@@ -857,3 +857,56 @@ async fn two_publishers_replacing_one_name_settle_on_the_last_replacer() -> Resu
     ensure!(servers(&etcd, &name("a")).await?.is_empty());
     Ok(())
 }
+
+#[tokio::test]
+async fn a_refused_or_forgotten_mount_is_never_reported_removed() -> Result<()> {
+    let cluster = EtcdCluster::single().await?;
+    let etcd = namespace(&cluster).await?;
+    let flags = MountFlags::NONE;
+    let mut client = cluster.client().await?;
+    let sorted = |mut removed: Vec<RemovedMount>| {
+        removed.sort_by(|a, b| (&a.name, &a.server).cmp(&(&b.name, &b.server)));
+        removed
+    };
+
+    // The lease goes behind our back; a mount of a new pair is then refused
+    // outright (etcd: lease not found), so it wrote nothing. The watch's
+    // opening read reports the pairs the lease took with it, not that one.
+    let session = etcd.fresh_session();
+    for port in 1..=2 {
+        session.mount(&name("a"), &server(port), TTL, flags).await?;
+    }
+    let lease = session.lease_id().await.context("a lease")?;
+    client.lease_revoke(lease).await?;
+    let refused = session.mount(&name("b"), &server(3), TTL, flags).await;
+    ensure!(
+        matches!(refused, Err(NamespaceError::EntriesLost { .. })),
+        "{refused:?}"
+    );
+    let removed = tokio::time::timeout(PATIENCE, session.removed_mounts())
+        .await
+        .context("the opening read reports at once")??;
+    ensure!(
+        sorted(removed.clone()) == [removal("a", 1), removal("a", 2)],
+        "{removed:?}"
+    );
+    session.release().await?;
+
+    // A pair the publisher forgot is no news either when its key goes.
+    let session = etcd.fresh_session();
+    for port in 1..=2 {
+        session.mount(&name("c"), &server(port), TTL, flags).await?;
+    }
+    session.forgotten(&name("c"), &server(1));
+    for port in 1..=2 {
+        client
+            .delete(session.key(&name("c"), &server(port)), None)
+            .await?;
+    }
+    let removed = tokio::time::timeout(PATIENCE, session.removed_mounts())
+        .await
+        .context("the opening read reports at once")??;
+    ensure!(removed == [removal("c", 2)], "{removed:?}");
+    session.release().await?;
+    Ok(())
+}
