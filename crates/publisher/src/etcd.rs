@@ -8,8 +8,8 @@ use std::sync::{Mutex as SyncMutex, MutexGuard};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, ConnectOptions, DeleteOptions, EventType, GetOptions, LeaseKeepAliveStream,
-    LeaseKeeper, PutOptions, Txn, TxnOp, WatchFilterType, WatchOptions, WatchStream,
+    Client, ConnectOptions, DeleteOptions, EventType, GetOptions, KeyValue, LeaseKeepAliveStream,
+    LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions, WatchStream,
 };
 use flotilla_core_types::{Endpoint, Name};
 use tokio::sync::{Mutex, Notify};
@@ -20,6 +20,16 @@ use crate::{
     Error, ListedName, Listing, MountFlags, MountOutcome, MountReport, MountedServer, Namespace,
     NamespaceError, RefreshStyle, RemovedMount, Resolution,
 };
+
+/// How many keys one read of a prefix asks for at most, by default: far
+/// below what would bring a response near the client's 4 MiB decode limit
+/// (our entries are a few hundred bytes), few enough round trips for any
+/// listing.
+const DEFAULT_PAGE_SIZE: usize = 1000;
+
+/// The most operations etcd accepts in one transaction (its
+/// `--max-txn-ops` default).
+const MAX_TXN_OPS: usize = 128;
 
 /// The longest TTL etcd grants (its `MaxLeaseTTL`).
 const MAX_ETCD_TTL: Duration = Duration::from_secs(9_000_000_000);
@@ -82,9 +92,12 @@ const HTTP2_KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(10), Duratio
 /// A pair removed again within a refresh period of its last removal is
 /// restored after the pair's retry backoff instead, so that no pattern of
 /// deletes makes it re-mount at network speed.
-/// When the watch breaks, the next call reads the prefix's keys once (keys
-/// only), reports ours that are missing and watches on from that revision,
-/// so nothing removed in between is missed.
+/// When the watch breaks, the next call checks our own keys once (in
+/// transactions of at most 128 reads, all at one revision; never the whole
+/// prefix, which may hold more than one response can carry), reports ours
+/// that are missing and watches on from that revision, so nothing removed
+/// in between is missed. [`list`](Namespace::list) reads in pages
+/// ([`EtcdNamespace::with_page_size`]).
 ///
 /// A delete that came in the same revision as a put of another server
 /// under the name is a **replacement**, not a removal: that is what a mount
@@ -160,6 +173,8 @@ pub struct EtcdNamespace {
     /// Woken when a removal is recorded other than from the watch (once a
     /// write's revision shows that a delete seen during it came after it).
     removal_recorded: Notify,
+    /// How many keys one read or transaction covers at most.
+    page_size: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -355,6 +370,7 @@ impl EtcdNamespace {
             owned: SyncMutex::default(),
             removals: Mutex::new(None),
             removal_recorded: Notify::new(),
+            page_size: DEFAULT_PAGE_SIZE,
         })
     }
 
@@ -374,6 +390,7 @@ impl EtcdNamespace {
             owned: SyncMutex::default(),
             removals: Mutex::new(None),
             removal_recorded: Notify::new(),
+            page_size: DEFAULT_PAGE_SIZE,
         })
     }
 
@@ -389,7 +406,18 @@ impl EtcdNamespace {
             owned: SyncMutex::default(),
             removals: Mutex::new(None),
             removal_recorded: Notify::new(),
+            page_size: self.page_size,
         }
+    }
+
+    /// Reads prefixes in pages of at most `entries` keys (default 1,000;
+    /// at least 1), and checks this session's own keys in transactions of
+    /// at most that many reads (and never more than etcd's 128). Every
+    /// response stays under the client's 4 MiB decode limit, however many
+    /// entries the prefix holds.
+    pub fn with_page_size(mut self, entries: usize) -> EtcdNamespace {
+        self.page_size = entries.max(1);
+        self
     }
 
     /// The client, for whatever else the caller wants of etcd.
@@ -493,35 +521,65 @@ impl EtcdNamespace {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Opens the watch on the prefix's deletes: one read first (keys only,
-    /// or just the revision when we own nothing) to report our keys that
-    /// are gone already, then the watch from the revision after it.
+    /// Opens the watch on the prefix's deletes: first a check of our own
+    /// keys (only those: the prefix may hold far more than one response
+    /// can carry), in transactions of reads at one revision, to report
+    /// ours that are gone already; then the watch from the revision after.
     async fn open_removals(&self) -> Result<WatchStream, NamespaceError> {
         let all_keys = format!("{}/", self.prefix);
-        let owns_something = !self.owned().keys.is_empty();
-        let options = if owns_something {
-            GetOptions::new().with_prefix().with_keys_only()
-        } else {
-            GetOptions::new().with_prefix().with_count_only()
-        };
-        let current = self
-            .call(|mut client| {
-                let (all_keys, options) = (all_keys.clone(), options.clone());
-                async move { client.get(all_keys, Some(options)).await }
-            })
-            .await
-            .map_err(classify)?;
-        let revision = current.header().map_or(0, |header| header.revision());
-        if owns_something {
-            let present: std::collections::HashSet<&[u8]> =
-                current.kvs().iter().map(|kv| kv.key()).collect();
-            let mut owned = self.owned();
-            let missing: Vec<String> = owned
-                .keys
-                .keys()
-                .filter(|key| !present.contains(key.as_bytes()))
-                .cloned()
+        let ours: Vec<String> = self.owned().keys.keys().cloned().collect();
+        let batch = self.page_size.min(MAX_TXN_OPS);
+        let mut revision = None;
+        let mut missing = Vec::new();
+        for keys in ours.chunks(batch) {
+            let mut options = GetOptions::new().with_count_only();
+            if let Some(revision) = revision {
+                options = options.with_revision(revision);
+            }
+            let reads: Vec<TxnOp> = keys
+                .iter()
+                .map(|key| TxnOp::get(key.as_str(), Some(options.clone())))
                 .collect();
+            let txn = Txn::new().and_then(reads);
+            let response = self
+                .call(|mut client| {
+                    let txn = txn.clone();
+                    async move { client.txn(txn).await }
+                })
+                .await
+                .map_err(classify)?;
+            // A transaction of reads leaves the revision as it is: the
+            // first one's is the one every later batch reads at.
+            let read_at = *revision.get_or_insert(header_revision(response.header()));
+            for (key, answer) in keys.iter().zip(response.op_responses()) {
+                if let TxnOpResponse::Get(answer) = answer
+                    && answer.count() == 0
+                {
+                    missing.push(key.clone());
+                }
+            }
+            tracing::trace!(read_at, keys = keys.len(), "our keys checked");
+        }
+        let revision = match revision {
+            Some(revision) => revision,
+            None => {
+                // We own nothing: only the revision to watch from.
+                let response = self
+                    .call(|mut client| {
+                        let all_keys = all_keys.clone();
+                        async move {
+                            client
+                                .get(all_keys, Some(GetOptions::new().with_count_only()))
+                                .await
+                        }
+                    })
+                    .await
+                    .map_err(classify)?;
+                header_revision(response.header())
+            }
+        };
+        {
+            let mut owned = self.owned();
             for key in missing {
                 owned.deleted(
                     &key,
@@ -543,6 +601,44 @@ impl EtcdNamespace {
             .map_err(classify)?;
         tracing::debug!(revision, "watching for removals of our keys");
         Ok(stream)
+    }
+
+    /// Every entry under `range_prefix`, read in pages of at most
+    /// `page_size` keys, all at the revision of the first.
+    async fn read_prefix(&self, range_prefix: &str) -> Result<Vec<KeyValue>, NamespaceError> {
+        let range_end = prefix_end(range_prefix.as_bytes());
+        let limit = i64::try_from(self.page_size).unwrap_or(i64::MAX);
+        let mut start = range_prefix.as_bytes().to_vec();
+        let mut revision = 0; // the newest, for the first page
+        let mut entries = Vec::new();
+        loop {
+            let options = GetOptions::new()
+                .with_range(range_end.clone())
+                .with_limit(limit)
+                .with_revision(revision);
+            let mut response = self
+                .call(|mut client| {
+                    let (start, options) = (start.clone(), options.clone());
+                    async move { client.get(start, Some(options)).await }
+                })
+                .await
+                .map_err(classify)?;
+            if revision == 0 {
+                revision = header_revision(response.header());
+            }
+            let more = response.more();
+            let page = response.take_kvs();
+            let Some(last) = page.last() else {
+                return Ok(entries);
+            };
+            // The next page starts just after the last key of this one.
+            start = last.key().to_vec();
+            start.push(0);
+            entries.extend(page);
+            if !more {
+                return Ok(entries);
+            }
+        }
     }
 
     /// Every readable entry under `name`, and the unreadable ones apart.
@@ -883,21 +979,11 @@ impl Namespace for EtcdNamespace {
             Some(name) => self.name_prefix(name.as_str()),
             None => format!("{}/", self.prefix),
         };
-        let response = self
-            .call(|mut client| {
-                let range = range.clone();
-                async move {
-                    client
-                        .get(range, Some(GetOptions::new().with_prefix()))
-                        .await
-                }
-            })
-            .await
-            .map_err(classify)?;
+        let entries = self.read_prefix(&range).await?;
         let mut names: Vec<ListedName> = Vec::new();
         let mut unreadable = Vec::new();
         let root = format!("{}/", self.prefix);
-        for kv in response.kvs() {
+        for kv in &entries {
             match parse_listed(&root, kv.key(), kv.value()) {
                 Ok((name, mounted)) if is_at_or_beneath(name.as_str(), prefix) => {
                     match names.last_mut() {
@@ -1137,6 +1223,24 @@ impl From<BadEntry> for NamespaceError {
             reason: bad.reason,
         }
     }
+}
+
+/// The revision a response was served at.
+fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> i64 {
+    header.map_or(0, |header| header.revision())
+}
+
+/// The end of the key range of every key beginning with `prefix`: the
+/// prefix with its last byte below 0xff incremented (etcd's own rule).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0] // every key from `prefix` on
 }
 
 fn validate_prefix(prefix: &str) -> Result<(), Error> {

@@ -910,3 +910,120 @@ async fn a_refused_or_forgotten_mount_is_never_reported_removed() -> Result<()> 
     session.release().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn listings_and_the_removal_check_read_in_pages() -> Result<()> {
+    // Pages of two keys: every read below takes several.
+    let cluster = EtcdCluster::single().await?;
+    let etcd = namespace(&cluster).await?.with_page_size(2);
+    let session = etcd.fresh_session();
+    let flags = MountFlags::NONE;
+    for text in ["a", "a/b", "c"] {
+        for port in 1..=3 {
+            session
+                .mount(&name(text), &server(port), TTL, flags)
+                .await?;
+        }
+    }
+    let mut client = cluster.client().await?;
+    // Others' keys the removal check must not read, and a junk one.
+    for port in 10..=14 {
+        client
+            .put(etcd.key(&name("z"), &server(port)), "{}", None)
+            .await?;
+    }
+    client.put("flotilla/names/a/#junk", "{}", None).await?;
+
+    let everything = etcd.list(None).await?;
+    let listed: Vec<(String, usize)> = everything
+        .names
+        .iter()
+        .map(|l| (l.name.to_string(), l.servers.len()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (String::from("a"), 3),
+            (String::from("a/b"), 3),
+            (String::from("c"), 3),
+            (String::from("z"), 5),
+        ]
+    );
+    ensure!(
+        everything.unreadable.len() == 1,
+        "{:?}",
+        everything.unreadable
+    );
+    let under_a = etcd.list(Some(&name("a"))).await?;
+    ensure!(under_a.names.len() == 2 && under_a.unreadable.len() == 1);
+
+    // Nine keys of ours, checked in transactions of two reads: the ones
+    // deleted before the watch opened are found, and only those.
+    for (text, port) in [("a", 2), ("c", 3)] {
+        client
+            .delete(session.key(&name(text), &server(port)), None)
+            .await?;
+    }
+    let removed = tokio::time::timeout(PATIENCE, session.removed_mounts())
+        .await
+        .context("the opening check reports at once")??;
+    let mut removed: Vec<(String, u16)> = removed
+        .iter()
+        .map(|r| (r.name.to_string(), r.server.port()))
+        .collect();
+    removed.sort();
+    assert_eq!(removed, [(String::from("a"), 2), (String::from("c"), 3)]);
+    session.release().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_prefix_larger_than_one_response_can_carry_still_lists_and_is_watched() -> Result<()> {
+    let cluster = EtcdCluster::single().await?;
+    let etcd = namespace(&cluster).await?;
+    let session = etcd.fresh_session();
+    session
+        .mount(&name("ours"), &server(1), TTL, MountFlags::NONE)
+        .await?;
+    // About 5 MiB of others' entries: more than the client decodes in one
+    // message (4 MiB).
+    let mut client = cluster.client().await?;
+    let filler = format!("{{\"note\":\"{}\"}}", "x".repeat(1024));
+    for batch in 0..40 {
+        let puts: Vec<etcd_client::TxnOp> = (0..128)
+            .map(|index| {
+                let key = etcd.key(&name("big"), &server(batch * 128 + index + 1));
+                etcd_client::TxnOp::put(key, filler.as_str(), None)
+            })
+            .collect();
+        client.txn(etcd_client::Txn::new().and_then(puts)).await?;
+    }
+    ensure!(
+        client
+            .get(PREFIX, Some(etcd_client::GetOptions::new().with_prefix()))
+            .await
+            .is_err(),
+        "one read of the whole prefix is too large for the client"
+    );
+
+    let everything = etcd.list(None).await?;
+    let counts: Vec<(String, usize)> = everything
+        .names
+        .iter()
+        .map(|l| (l.name.to_string(), l.servers.len()))
+        .collect();
+    assert_eq!(
+        counts,
+        [(String::from("big"), 40 * 128), (String::from("ours"), 1)]
+    );
+    // The removal watch opens (it reads only our own keys) and reports.
+    client
+        .delete(session.key(&name("ours"), &server(1)), None)
+        .await?;
+    let removed = tokio::time::timeout(PATIENCE, session.removed_mounts())
+        .await
+        .context("the watch opens and reports")??;
+    ensure!(removed == [removal("ours", 1)], "{removed:?}");
+    session.release().await?;
+    Ok(())
+}
