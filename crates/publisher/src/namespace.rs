@@ -48,6 +48,12 @@ pub trait Namespace: Send + Sync + 'static {
     /// An entry under `name` that the backend cannot read (someone else
     /// wrote it) does not stop the mount: it is left alone, never taken for
     /// a server, and reported in [`MountReport::unreadable`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Must be cancel safe in this sense: if the future is dropped, the
+    /// mount may or may not have been written (the publisher then treats
+    /// it as possibly written, as after a timeout), and nothing else is.
     fn mount(
         &self,
         name: &Name,
@@ -67,6 +73,11 @@ pub trait Namespace: Send + Sync + 'static {
 
     /// Removes the mount of `server` under `name`. Removing a mount that is
     /// not there succeeds.
+    ///
+    /// # Cancel safety
+    ///
+    /// Must be cancel safe: if the future is dropped, the mount is either
+    /// still there or gone, and the publisher unmounts it again.
     fn unmount(
         &self,
         name: &Name,
@@ -81,12 +92,22 @@ pub trait Namespace: Send + Sync + 'static {
     ///
     /// [`NamespaceError::EntriesLost`] when the session is gone (and with it
     /// every mount on it); the next [`mount`](Self::mount) opens a new one.
+    ///
+    /// # Cancel safety
+    ///
+    /// Must be cancel safe: if the future is dropped, the session was
+    /// extended or not, and the next call works as usual.
     fn keep_alive(&self) -> impl Future<Output = Result<(), NamespaceError>> + Send {
         async { Ok(()) }
     }
 
     /// Ends this publisher's session, removing every mount on it at once.
     /// Does nothing on [`RefreshStyle::PerMount`] backends.
+    ///
+    /// # Cancel safety
+    ///
+    /// Must be cancel safe: if the future is dropped, the session is ended
+    /// or not; one that is not expires by its TTL.
     fn release(&self) -> impl Future<Output = Result<(), NamespaceError>> + Send {
         async { Ok(()) }
     }
@@ -95,6 +116,10 @@ pub trait Namespace: Send + Sync + 'static {
     /// under the nearest mounted ancestor of `name` that lets resolution
     /// continue beneath it. Entries the backend cannot read are skipped and
     /// reported in [`Resolution::unreadable`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads, so dropping the future changes nothing.
     fn resolve(
         &self,
         name: &Name,
@@ -129,6 +154,15 @@ pub trait Namespace: Send + Sync + 'static {
     /// # Ok(())
     /// # }
     /// ```
+    ///
+    /// Required, with no default: only the backend knows what it holds,
+    /// and an empty listing by default would say, wrongly, that it holds
+    /// nothing.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads, so dropping the future changes nothing
+    /// (a listing read in pages is simply not finished).
     fn list(
         &self,
         prefix: Option<&Name>,
