@@ -18,9 +18,14 @@
 //! Outages: only a backend-wide outage ends with everything due at once. A
 //! transport failure opens an [`Outage`]; it becomes widespread when a
 //! second, different operation fails before anything succeeds. The first
-//! success after a widespread outage makes due the pairs whose failures
-//! began within it; a pair that was failing before, alone, keeps its own
-//! backoff, however many other pairs succeed around it.
+//! success after a widespread outage, of an operation sent after the
+//! outage began, makes due the pairs whose failures began within it; a
+//! pair that was failing before, alone, keeps its own backoff, however many
+//! other pairs succeed around it. A success of an operation sent before the
+//! outage began shows the backend was answering all along, and wakes
+//! nothing. A pair woken so whose retry fails again is failing on its own:
+//! until it succeeds, its failures count toward no outage and no recovery
+//! wakes it, so two pairs failing alone cannot keep each other in step.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
@@ -39,7 +44,7 @@ use tracing::Instrument;
 
 use crate::{
     Error, MountOutcome, MountReport, MountState, MountStatus, Namespace, NamespaceError, Phase,
-    Published, PublisherConfig, PublisherStatus, RefreshStyle,
+    Published, PublisherConfig, PublisherStatus, RefreshStyle, RemovedMount,
 };
 
 /// A request from a [`Publisher`](crate::Publisher) handle.
@@ -73,6 +78,10 @@ struct Mount {
     consecutive_failures: u32,
     /// When the current run of failures began (its first failure ended).
     failing_since: Option<Instant>,
+    /// The end of an outage made this pair due, and it has not succeeded
+    /// since: its failures are its own, so they neither make an outage
+    /// widespread nor get it woken by the next recovery.
+    woken_by_recovery: bool,
     next_attempt_at: Option<Instant>,
     expires_at: Option<Instant>,
     last_mounted_at: Option<Instant>,
@@ -82,6 +91,10 @@ struct Mount {
     /// The first unreadable entry under the name that the last successful
     /// mount reported (someone else's, left alone).
     unreadable: Option<Box<NamespaceError>>,
+    /// Removals by someone else in a row, each within a refresh period of
+    /// the one before: the backoff of restoring this pair.
+    removals_in_a_row: u32,
+    last_removed_at: Option<Instant>,
 }
 
 impl Mount {
@@ -93,12 +106,38 @@ impl Mount {
             written: false,
             consecutive_failures: 0,
             failing_since: None,
+            woken_by_recovery: false,
             next_attempt_at: None,
             expires_at: None,
             last_mounted_at: None,
             last_unmounted_at: None,
             last_error: None,
             unreadable: None,
+            removals_in_a_row: 0,
+            last_removed_at: None,
+        }
+    }
+
+    /// Counts a removal by someone else at `now`, and says how long to wait
+    /// before mounting the pair again: not at all the first time, then the
+    /// pair's retry backoff while removals keep coming within a refresh
+    /// period of each other. So no pattern of removals (two publishers
+    /// undoing each other, a script deleting in a loop) makes a pair
+    /// re-mount at network speed.
+    fn restore_delay(&mut self, config: &PublisherConfig, now: Instant, unit: f64) -> Duration {
+        let recently = self
+            .last_removed_at
+            .is_some_and(|at| now.saturating_duration_since(at) < config.refresh_period);
+        self.removals_in_a_row = if recently {
+            self.removals_in_a_row.saturating_add(1)
+        } else {
+            1
+        };
+        self.last_removed_at = Some(now);
+        if self.removals_in_a_row <= 1 {
+            Duration::ZERO
+        } else {
+            config.retry_after(self.removals_in_a_row - 1, unit)
         }
     }
 }
@@ -171,7 +210,7 @@ type OperationFuture = Pin<Box<dyn Future<Output = Done> + Send>>;
 
 /// The one call of [`Namespace::removed_mounts`] the actor keeps under way.
 type RemovalsFuture =
-    Pin<Box<dyn Future<Output = Result<Vec<(Name, Endpoint)>, NamespaceError>> + Send>>;
+    Pin<Box<dyn Future<Output = Result<Vec<RemovedMount>, NamespaceError>> + Send>>;
 
 pub(crate) struct Actor<N> {
     namespace: Arc<N>,
@@ -291,9 +330,11 @@ impl<N: Namespace> Actor<N> {
     }
 
     /// Takes in what [`Namespace::removed_mounts`] returned: every pair
-    /// still wanted and confirmed mounted is mounted again now. Returns how
-    /// long to wait before asking again.
-    fn removed(&mut self, removed: Result<Vec<(Name, Endpoint)>, NamespaceError>) -> Duration {
+    /// still wanted and confirmed mounted is mounted again, at once the
+    /// first time and after the pair's own backoff when removals repeat; a
+    /// pair another server's `replace` mount took the place of is left
+    /// replaced. Returns how long to wait before asking again.
+    fn removed(&mut self, removed: Result<Vec<RemovedMount>, NamespaceError>) -> Duration {
         let pairs = match removed {
             Ok(pairs) => {
                 self.removal_failures = 0;
@@ -309,24 +350,40 @@ impl<N: Namespace> Actor<N> {
             }
         };
         let now = Instant::now();
-        for (name, server) in pairs {
-            let key = MountKey { name, server };
+        for removed in pairs {
+            let key = MountKey {
+                name: removed.name,
+                server: removed.server,
+            };
+            let unit = self.rng.f64();
             let Some(mount) = self.mounts.get_mut(&key) else {
                 continue;
             };
-            if mount.in_flight
-                || mount.desired != MountState::Mounted
-                || mount.observed != MountState::Mounted
-            {
+            if mount.in_flight || mount.desired != MountState::Mounted {
                 continue; // its own operation, under way or due, settles it
             }
-            tracing::warn!(name = %key.name, server = %key.server,
+            if removed.replaced {
+                tracing::info!(name = %key.name, server = %key.server,
+                    "another server's replace mount took our mount's place; left replaced");
+                mount.observed = MountState::Replaced;
+                mount.expires_at = None;
+                mount.next_attempt_at = None;
+                // Its key went in the replacing transaction.
+                mount.written = false;
+                self.status_changed = true;
+                continue;
+            }
+            if mount.observed != MountState::Mounted {
+                continue; // a mount is due already
+            }
+            let delay = mount.restore_delay(&self.config, now, unit);
+            tracing::warn!(name = %key.name, server = %key.server, ?delay,
                 "our mount was removed by someone else; mounting it again");
             mount.observed = MountState::Mounting;
             mount.expires_at = None;
             self.status_changed = true;
             let key = self.key_of(&key);
-            self.schedule(&key, now);
+            self.schedule(&key, now + delay);
         }
         Duration::ZERO
     }
@@ -437,6 +494,7 @@ impl<N: Namespace> Actor<N> {
         if !mount.written {
             // Nothing can be in the backend: forget the pair.
             self.mounts.remove(&key);
+            self.namespace.forgotten(&key.name, &key.server);
             return;
         }
         let key = self.key_of(&key);
@@ -610,7 +668,7 @@ impl<N: Namespace> Actor<N> {
             } => {
                 self.mount_done(&key, was_mounted, was_written, sent_at, loss_epoch, result);
             }
-            Operation::Unmount { key } => self.unmount_done(&key, result.map(|_| ())),
+            Operation::Unmount { key } => self.unmount_done(&key, sent_at, result.map(|_| ())),
         }
     }
 
@@ -649,7 +707,7 @@ impl<N: Namespace> Actor<N> {
             self.schedule(key, now);
             return;
         }
-        self.end_outage(now);
+        self.end_outage(sent_at, now);
         if self.style == RefreshStyle::Session && !self.session.active {
             self.session.active = true;
             self.session.expires_at = Some(sent_at + self.ttl);
@@ -671,6 +729,7 @@ impl<N: Namespace> Actor<N> {
         mount.observed = MountState::Mounted;
         mount.consecutive_failures = 0;
         mount.failing_since = None;
+        mount.woken_by_recovery = false;
         mount.last_error = None;
         mount.last_mounted_at = Some(now);
         mount.expires_at = match style {
@@ -715,6 +774,7 @@ impl<N: Namespace> Actor<N> {
             } else {
                 tracing::debug!(name = %key.name, server = %key.server, "never written; forgotten");
                 self.mounts.remove(key);
+                self.namespace.forgotten(&key.name, &key.server);
             }
         } else if lost {
             self.entries_lost("the backend's session is gone");
@@ -723,13 +783,18 @@ impl<N: Namespace> Actor<N> {
         }
     }
 
-    fn unmount_done(&mut self, key: &Arc<MountKey>, result: Result<(), NamespaceError>) {
+    fn unmount_done(
+        &mut self,
+        key: &Arc<MountKey>,
+        sent_at: Instant,
+        result: Result<(), NamespaceError>,
+    ) {
         self.status_changed = true;
         let now = Instant::now();
         let unit = self.rng.f64();
         match result {
             Ok(()) => {
-                self.end_outage(now);
+                self.end_outage(sent_at, now);
                 let Some(mount) = self.mounts.get_mut(key) else {
                     return;
                 };
@@ -740,6 +805,7 @@ impl<N: Namespace> Actor<N> {
                 mount.expires_at = None;
                 mount.consecutive_failures = 0;
                 mount.failing_since = None;
+                mount.woken_by_recovery = false;
                 mount.last_error = None;
                 mount.last_unmounted_at = Some(now);
                 if mount.desired == MountState::Mounted {
@@ -772,7 +838,7 @@ impl<N: Namespace> Actor<N> {
         let now = Instant::now();
         match result {
             Ok(()) => {
-                self.end_outage(now);
+                self.end_outage(sent_at, now);
                 let clean = self.session.consecutive_failures == 0;
                 self.session.consecutive_failures = 0;
                 self.session.failing_since = None;
@@ -816,7 +882,11 @@ impl<N: Namespace> Actor<N> {
         let due: Vec<Arc<MountKey>> = self
             .mounts
             .iter_mut()
-            .filter(|(_, mount)| mount.desired == MountState::Mounted && !mount.in_flight)
+            .filter(|(_, mount)| {
+                mount.desired == MountState::Mounted
+                    && !mount.in_flight
+                    && mount.observed != MountState::Replaced
+            })
             .map(|(key, mount)| {
                 mount.observed = MountState::Mounting;
                 mount.expires_at = None;
@@ -839,6 +909,12 @@ impl<N: Namespace> Actor<N> {
         if !is_transport_failure(error) {
             return;
         }
+        let woken = operation
+            .and_then(|key| self.mounts.get(key))
+            .is_some_and(|mount| mount.woken_by_recovery);
+        if woken {
+            return; // failing on its own: see `Mount::woken_by_recovery`
+        }
         match &mut self.outage {
             None => {
                 self.outage = Some(Outage {
@@ -856,14 +932,25 @@ impl<N: Namespace> Actor<N> {
         }
     }
 
-    /// A success. After a widespread outage the backend is back, so every
-    /// operation whose failures began within the outage is due now; pairs
-    /// that were failing before it, or failing alone, keep their backoff.
-    fn end_outage(&mut self, now: Instant) {
+    /// A success of an operation sent at `sent_at`. After a widespread
+    /// outage the backend is back, so every operation whose failures began
+    /// within the outage is due now; pairs that were failing before it, or
+    /// failing alone, keep their backoff.
+    ///
+    /// An operation sent no later than the outage's first failure ended,
+    /// and answered, shows that the backend was answering all along: the
+    /// failures were each their own (pairs failing alone, back to back),
+    /// and nothing is woken. Nor is a pair woken twice without a success in
+    /// between.
+    fn end_outage(&mut self, sent_at: Instant, now: Instant) {
         let Some(outage) = self.outage.take() else {
             return;
         };
         if !outage.widespread {
+            return;
+        }
+        if sent_at <= outage.since {
+            tracing::debug!("an operation sent before the failures succeeded: no outage");
             return;
         }
         tracing::info!("the backend answers again; retrying what the outage failed now");
@@ -873,6 +960,7 @@ impl<N: Namespace> Actor<N> {
             .iter()
             .filter(|(_, mount)| {
                 !mount.in_flight
+                    && !mount.woken_by_recovery
                     && began_in_outage(mount.failing_since)
                     && mount
                         .last_error
@@ -882,6 +970,9 @@ impl<N: Namespace> Actor<N> {
             .map(|(key, _)| Arc::clone(key))
             .collect();
         for key in due {
+            if let Some(mount) = self.mounts.get_mut(&key) {
+                mount.woken_by_recovery = true;
+            }
             self.schedule(&key, now);
         }
         if !self.session.in_flight && began_in_outage(self.session.failing_since) {

@@ -8,8 +8,8 @@ use std::sync::{Mutex as SyncMutex, MutexGuard};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, ConnectOptions, DeleteOptions, EventType, GetOptions, LeaseKeepAliveStream,
-    LeaseKeeper, PutOptions, Txn, TxnOp, WatchFilterType, WatchOptions, WatchStream,
+    Client, ConnectOptions, DeleteOptions, EventType, GetOptions, KeyValue, LeaseKeepAliveStream,
+    LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions, WatchStream,
 };
 use flotilla_core_types::{Endpoint, Name};
 use tokio::sync::{Mutex, Notify};
@@ -18,8 +18,18 @@ use tonic::Code;
 use crate::namespace::{is_at_or_beneath, resolution_at, resolution_candidates};
 use crate::{
     Error, ListedName, Listing, MountFlags, MountOutcome, MountReport, MountedServer, Namespace,
-    NamespaceError, RefreshStyle, Resolution,
+    NamespaceError, RefreshStyle, RemovedMount, Resolution,
 };
+
+/// How many keys one read of a prefix asks for at most, by default: far
+/// below what would bring a response near the client's 4 MiB decode limit
+/// (our entries are a few hundred bytes), few enough round trips for any
+/// listing.
+const DEFAULT_PAGE_SIZE: usize = 1000;
+
+/// The most operations etcd accepts in one transaction (its
+/// `--max-txn-ops` default).
+const MAX_TXN_OPS: usize = 128;
 
 /// The longest TTL etcd grants (its `MaxLeaseTTL`).
 const MAX_ETCD_TTL: Duration = Duration::from_secs(9_000_000_000);
@@ -79,9 +89,23 @@ const HTTP2_KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(10), Duratio
 /// milliseconds on a healthy cluster; at most
 /// [`operation_timeout`](crate::PublisherConfig::operation_timeout) after
 /// etcd reports the delete, and retried with backoff if that mount fails.
-/// When the watch breaks, the next call reads the prefix's keys once (keys
-/// only), reports ours that are missing and watches on from that revision,
-/// so nothing removed in between is missed.
+/// A pair removed again within a refresh period of its last removal is
+/// restored after the pair's retry backoff instead, so that no pattern of
+/// deletes makes it re-mount at network speed.
+/// When the watch breaks, the next call checks our own keys once (in
+/// transactions of at most 128 reads, all at one revision; never the whole
+/// prefix, which may hold more than one response can carry), reports ours
+/// that are missing and watches on from that revision, so nothing removed
+/// in between is missed. [`list`](Namespace::list) reads in pages
+/// ([`EtcdNamespace::with_page_size`]).
+///
+/// A delete that came in the same revision as a put of another server
+/// under the name is a **replacement**, not a removal: that is what a mount
+/// with [`MountFlags::replace`] does, in one transaction. It is reported
+/// with [`RemovedMount::replaced`], and the publisher leaves the pair
+/// replaced ([`MountState::Replaced`](crate::MountState::Replaced)) instead
+/// of undoing the replacement. A replacement made while the watch was down
+/// is seen only as a removal, and so undone once.
 ///
 /// # Two publishers of one pair
 ///
@@ -95,15 +119,23 @@ const HTTP2_KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(10), Duratio
 /// the same way. Resolvers and [`watch_name`](EtcdNamespace::watch_name)
 /// see one server, never a duplicate.
 ///
+/// Publishers of one name with different servers, mounting with
+/// [`MountFlags::replace`], follow the rule of replacement instead: **the
+/// last replacer wins**. Its transaction deletes the others' keys, and they
+/// leave their pairs replaced rather than restore them (which would replace
+/// the replacer in turn, forever: the rolling deploy where old and new
+/// versions replace each other). The same holds when only the last one
+/// replaces: the others do not silently undo it.
+///
 /// # Unreadable entries
 ///
 /// An entry under the prefix that this crate cannot read (someone else
 /// wrote it) never stops a mount: it is left alone, never taken for a
 /// server, logged, and reported in [`MountReport::unreadable`] (the
 /// publisher shows it in [`MountStatus::unreadable`]). Listings and watches
-/// report such entries beside the readable ones; [`resolve`](Namespace::resolve)
-/// answers [`NamespaceError::Corrupt`], as it cannot say which servers are
-/// meant.
+/// report such entries beside the readable ones, and so does
+/// [`resolve`](Namespace::resolve), in [`Resolution::unreadable`], with the
+/// readable servers: one foreign key never makes a name unresolvable.
 ///
 /// [`MountStatus::unreadable`]: crate::MountStatus::unreadable
 ///
@@ -141,6 +173,8 @@ pub struct EtcdNamespace {
     /// Woken when a removal is recorded other than from the watch (once a
     /// write's revision shows that a delete seen during it came after it).
     removal_recorded: Notify,
+    /// How many keys one read or transaction covers at most.
+    page_size: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -155,7 +189,7 @@ struct Lease {
 struct Owned {
     keys: HashMap<String, OwnedKey>,
     /// Removals seen and not yet returned by `removed_mounts`.
-    removed: Vec<(Name, Endpoint)>,
+    removed: Vec<Removal>,
 }
 
 #[derive(Debug)]
@@ -167,18 +201,53 @@ struct OwnedKey {
     written_at: Option<i64>,
     /// The latest delete seen while a write was under way, decided once
     /// the write's revision is known.
-    deleted_at: Option<i64>,
+    deleted_at: Option<Deletion>,
+}
+
+/// When a key of ours was deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Deletion {
+    revision: i64,
+    /// Whether `revision` is the delete's own (a watch event), so that what
+    /// else happened in it can be read; otherwise it is only a revision by
+    /// which the key was gone (a read found it missing).
+    exact: bool,
+}
+
+/// A removal of one of our keys by someone else, not yet returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Removal {
+    key: String,
+    name: Name,
+    server: Endpoint,
+    deletion: Deletion,
 }
 
 impl Owned {
-    fn begin_write(&mut self, key: &str, name: &Name, server: &Endpoint) {
+    /// A write of `key` starts. Returns what was known of our last write
+    /// before it (`None`: never written), for [`Owned::refused`].
+    fn begin_write(&mut self, key: &str, name: &Name, server: &Endpoint) -> Option<i64> {
         let owned = self.keys.entry(key.to_owned()).or_insert_with(|| OwnedKey {
             name: name.clone(),
             server: server.clone(),
             written_at: None,
             deleted_at: None,
         });
-        owned.written_at = None;
+        owned.written_at.take()
+    }
+
+    /// Our write of `key` was refused outright: it did not take effect, so
+    /// the key is ours only if an earlier write (at `before`, from
+    /// [`Owned::begin_write`]) made it so. Returns whether that recorded a
+    /// removal.
+    fn refused(&mut self, key: &str, before: Option<i64>) -> bool {
+        match before {
+            Some(revision) => self.end_write(key, Some(revision)),
+            None => {
+                self.keys.remove(key);
+                false
+            }
+        }
     }
 
     /// Our write of `key` landed at `revision` (or, with `None`, failed in a
@@ -190,27 +259,66 @@ impl Owned {
         };
         let revision = revision.unwrap_or(0);
         owned.written_at = Some(revision);
-        if owned.deleted_at.take().is_some_and(|at| at > revision) {
-            self.removed
-                .push((owned.name.clone(), owned.server.clone()));
-            return true;
+        match owned.deleted_at.take() {
+            Some(deletion) if deletion.revision > revision => {
+                self.removed.push(Removal {
+                    key: key.to_owned(),
+                    name: owned.name.clone(),
+                    server: owned.server.clone(),
+                    deletion,
+                });
+                true
+            }
+            _ => false,
         }
-        false
     }
 
-    /// Someone deleted `key` at `revision`.
-    fn deleted(&mut self, key: &str, revision: i64) {
+    /// Someone deleted `key` at (or, unless `deletion.exact`, by)
+    /// `deletion.revision`.
+    fn deleted(&mut self, key: &str, deletion: Deletion) {
         let Some(owned) = self.keys.get_mut(key) else {
             return; // not ours, or removed by us
         };
         match owned.written_at {
-            None => owned.deleted_at = owned.deleted_at.max(Some(revision)),
-            Some(written) if revision > written => {
-                tracing::warn!(key, revision, "a key of ours was removed by someone else");
-                self.removed
-                    .push((owned.name.clone(), owned.server.clone()));
+            None => {
+                if owned
+                    .deleted_at
+                    .is_none_or(|seen| seen.revision < deletion.revision)
+                {
+                    owned.deleted_at = Some(deletion);
+                }
+            }
+            Some(written) if deletion.revision > written => {
+                tracing::warn!(
+                    key,
+                    revision = deletion.revision,
+                    "a key of ours was removed by someone else"
+                );
+                self.removed.push(Removal {
+                    key: key.to_owned(),
+                    name: owned.name.clone(),
+                    server: owned.server.clone(),
+                    deletion,
+                });
             }
             Some(_) => {} // a delete from before our last write
+        }
+    }
+
+    /// `removals`, found so, are returned: out of the pending ones, and a
+    /// replaced key is ours no more (unless we wrote it again since).
+    fn returned(&mut self, removals: &[(Removal, bool)]) {
+        self.removed
+            .retain(|pending| !removals.iter().any(|(removal, _)| removal == pending));
+        for (removal, replaced) in removals {
+            let rewritten = self.keys.get(&removal.key).is_none_or(|owned| {
+                owned
+                    .written_at
+                    .is_none_or(|written| written > removal.deletion.revision)
+            });
+            if *replaced && !rewritten {
+                self.keys.remove(&removal.key);
+            }
         }
     }
 }
@@ -262,6 +370,7 @@ impl EtcdNamespace {
             owned: SyncMutex::default(),
             removals: Mutex::new(None),
             removal_recorded: Notify::new(),
+            page_size: DEFAULT_PAGE_SIZE,
         })
     }
 
@@ -281,6 +390,7 @@ impl EtcdNamespace {
             owned: SyncMutex::default(),
             removals: Mutex::new(None),
             removal_recorded: Notify::new(),
+            page_size: DEFAULT_PAGE_SIZE,
         })
     }
 
@@ -296,7 +406,18 @@ impl EtcdNamespace {
             owned: SyncMutex::default(),
             removals: Mutex::new(None),
             removal_recorded: Notify::new(),
+            page_size: self.page_size,
         }
+    }
+
+    /// Reads prefixes in pages of at most `entries` keys (default 1,000;
+    /// at least 1), and checks this session's own keys in transactions of
+    /// at most that many reads (and never more than etcd's 128). Every
+    /// response stays under the client's 4 MiB decode limit, however many
+    /// entries the prefix holds.
+    pub fn with_page_size(mut self, entries: usize) -> EtcdNamespace {
+        self.page_size = entries.max(1);
+        self
     }
 
     /// The client, for whatever else the caller wants of etcd.
@@ -400,37 +521,73 @@ impl EtcdNamespace {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Opens the watch on the prefix's deletes: one read first (keys only,
-    /// or just the revision when we own nothing) to report our keys that
-    /// are gone already, then the watch from the revision after it.
+    /// Opens the watch on the prefix's deletes: first a check of our own
+    /// keys (only those: the prefix may hold far more than one response
+    /// can carry), in transactions of reads at one revision, to report
+    /// ours that are gone already; then the watch from the revision after.
     async fn open_removals(&self) -> Result<WatchStream, NamespaceError> {
         let all_keys = format!("{}/", self.prefix);
-        let owns_something = !self.owned().keys.is_empty();
-        let options = if owns_something {
-            GetOptions::new().with_prefix().with_keys_only()
-        } else {
-            GetOptions::new().with_prefix().with_count_only()
-        };
-        let current = self
-            .call(|mut client| {
-                let (all_keys, options) = (all_keys.clone(), options.clone());
-                async move { client.get(all_keys, Some(options)).await }
-            })
-            .await
-            .map_err(classify)?;
-        let revision = current.header().map_or(0, |header| header.revision());
-        if owns_something {
-            let present: std::collections::HashSet<&[u8]> =
-                current.kvs().iter().map(|kv| kv.key()).collect();
-            let mut owned = self.owned();
-            let missing: Vec<String> = owned
-                .keys
-                .keys()
-                .filter(|key| !present.contains(key.as_bytes()))
-                .cloned()
+        let ours: Vec<String> = self.owned().keys.keys().cloned().collect();
+        let batch = self.page_size.min(MAX_TXN_OPS);
+        let mut revision = None;
+        let mut missing = Vec::new();
+        for keys in ours.chunks(batch) {
+            let mut options = GetOptions::new().with_count_only();
+            if let Some(revision) = revision {
+                options = options.with_revision(revision);
+            }
+            let reads: Vec<TxnOp> = keys
+                .iter()
+                .map(|key| TxnOp::get(key.as_str(), Some(options.clone())))
                 .collect();
+            let txn = Txn::new().and_then(reads);
+            let response = self
+                .call(|mut client| {
+                    let txn = txn.clone();
+                    async move { client.txn(txn).await }
+                })
+                .await
+                .map_err(classify)?;
+            // A transaction of reads leaves the revision as it is: the
+            // first one's is the one every later batch reads at.
+            let read_at = *revision.get_or_insert(header_revision(response.header()));
+            for (key, answer) in keys.iter().zip(response.op_responses()) {
+                if let TxnOpResponse::Get(answer) = answer
+                    && answer.count() == 0
+                {
+                    missing.push(key.clone());
+                }
+            }
+            tracing::trace!(read_at, keys = keys.len(), "our keys checked");
+        }
+        let revision = match revision {
+            Some(revision) => revision,
+            None => {
+                // We own nothing: only the revision to watch from.
+                let response = self
+                    .call(|mut client| {
+                        let all_keys = all_keys.clone();
+                        async move {
+                            client
+                                .get(all_keys, Some(GetOptions::new().with_count_only()))
+                                .await
+                        }
+                    })
+                    .await
+                    .map_err(classify)?;
+                header_revision(response.header())
+            }
+        };
+        {
+            let mut owned = self.owned();
             for key in missing {
-                owned.deleted(&key, revision);
+                owned.deleted(
+                    &key,
+                    Deletion {
+                        revision,
+                        exact: false,
+                    },
+                );
             }
         }
         let options = WatchOptions::new()
@@ -444,6 +601,44 @@ impl EtcdNamespace {
             .map_err(classify)?;
         tracing::debug!(revision, "watching for removals of our keys");
         Ok(stream)
+    }
+
+    /// Every entry under `range_prefix`, read in pages of at most
+    /// `page_size` keys, all at the revision of the first.
+    async fn read_prefix(&self, range_prefix: &str) -> Result<Vec<KeyValue>, NamespaceError> {
+        let range_end = prefix_end(range_prefix.as_bytes());
+        let limit = i64::try_from(self.page_size).unwrap_or(i64::MAX);
+        let mut start = range_prefix.as_bytes().to_vec();
+        let mut revision = 0; // the newest, for the first page
+        let mut entries = Vec::new();
+        loop {
+            let options = GetOptions::new()
+                .with_range(range_end.clone())
+                .with_limit(limit)
+                .with_revision(revision);
+            let mut response = self
+                .call(|mut client| {
+                    let (start, options) = (start.clone(), options.clone());
+                    async move { client.get(start, Some(options)).await }
+                })
+                .await
+                .map_err(classify)?;
+            if revision == 0 {
+                revision = header_revision(response.header());
+            }
+            let more = response.more();
+            let page = response.take_kvs();
+            let Some(last) = page.last() else {
+                return Ok(entries);
+            };
+            // The next page starts just after the last key of this one.
+            start = last.key().to_vec();
+            start.push(0);
+            entries.extend(page);
+            if !more {
+                return Ok(entries);
+            }
+        }
     }
 
     /// Every readable entry under `name`, and the unreadable ones apart.
@@ -506,13 +701,40 @@ impl EtcdNamespace {
         }
     }
 
-    /// The servers under `name`, or the first unreadable entry there.
-    async fn servers_under(&self, name: &str) -> Result<Vec<MountedServer>, NamespaceError> {
-        let (servers, unreadable) = self.entries_under(name).await?;
-        match unreadable.into_iter().next() {
-            Some(bad) => Err(bad.into()),
-            None => Ok(servers),
+    /// Whether `removal` was a replacement: its delete came in the same
+    /// revision as a put of another server under the name, which is what a
+    /// `replace` mount's transaction does (etcd gives every operation of a
+    /// transaction one revision). Read from etcd's history at that
+    /// revision; a removal known only from a read (the watch was down) or
+    /// whose revision was compacted away counts as a plain removal.
+    async fn was_replaced(&self, removal: &Removal) -> Result<bool, NamespaceError> {
+        if !removal.deletion.exact {
+            return Ok(false);
         }
+        let servers_prefix = format!("{}#", self.name_prefix(removal.name.as_str()));
+        let revision = removal.deletion.revision;
+        let options = GetOptions::new()
+            .with_prefix()
+            .with_keys_only()
+            .with_revision(revision);
+        let response = self
+            .call(|mut client| {
+                let (servers_prefix, options) = (servers_prefix.clone(), options.clone());
+                async move { client.get(servers_prefix, Some(options)).await }
+            })
+            .await;
+        let response = match response.map_err(classify) {
+            Ok(response) => response,
+            Err(error @ NamespaceError::Rejected { .. }) => {
+                tracing::debug!(%error, revision, "cannot read the removal's revision; a plain removal");
+                return Ok(false);
+            }
+            Err(error) => return Err(error),
+        };
+        Ok(response
+            .kvs()
+            .iter()
+            .any(|kv| kv.mod_revision() == revision && kv.key() != removal.key.as_bytes()))
     }
 }
 
@@ -571,7 +793,7 @@ impl Namespace for EtcdNamespace {
                 requested: flags,
             });
         }
-        self.owned().begin_write(&key, name, server);
+        let written_before = self.owned().begin_write(&key, name, server);
         let result = if flags.replace {
             let mut operations: Vec<TxnOp> = replaced
                 .iter()
@@ -617,19 +839,35 @@ impl Namespace for EtcdNamespace {
                 }
             }
             Err(error) => {
-                if self.owned().end_write(&key, None) {
+                let lease_gone = is_lease_not_found(&error);
+                let error = if lease_gone {
+                    self.forget_lease(lease, "is gone").await
+                } else {
+                    classify(error)
+                };
+                let mut owned = self.owned();
+                let removal = if error.may_have_taken_effect() {
+                    owned.end_write(&key, None)
+                } else {
+                    owned.refused(&key, written_before)
+                };
+                drop(owned);
+                if removal {
                     self.removal_recorded.notify_one();
                 }
-                if is_lease_not_found(&error) {
-                    return Err(self.forget_lease(lease, "is gone").await);
-                }
-                return Err(classify(error));
+                return Err(error);
             }
         };
         Ok(MountReport {
             outcome,
             unreadable,
         })
+    }
+
+    fn forgotten(&self, name: &Name, server: &Endpoint) {
+        // Never written, as far as the publisher knows: its deletes are no
+        // news, now or at any reopening of the watch.
+        self.owned().keys.remove(&self.key(name, server));
     }
 
     async fn unmount(&self, name: &Name, server: &Endpoint) -> Result<(), NamespaceError> {
@@ -717,10 +955,18 @@ impl Namespace for EtcdNamespace {
     }
 
     async fn resolve(&self, name: &Name) -> Result<Resolution, NamespaceError> {
+        let mut unreadable = Vec::new();
         for candidate in resolution_candidates(name) {
-            let servers = self.servers_under(candidate).await?;
+            let (servers, bad) = self.entries_under(candidate).await?;
+            for bad in &bad {
+                tracing::warn!(key = %bad.key, reason = %bad.reason, %name,
+                    "unreadable entry skipped in a resolve");
+            }
+            unreadable.extend(bad.into_iter().map(NamespaceError::from));
             if !servers.is_empty() {
-                return resolution_at(name, candidate, servers);
+                let mut resolution = resolution_at(name, candidate, servers)?;
+                resolution.unreadable = unreadable;
+                return Ok(resolution);
             }
         }
         Err(NamespaceError::NotFound { name: name.clone() })
@@ -733,21 +979,11 @@ impl Namespace for EtcdNamespace {
             Some(name) => self.name_prefix(name.as_str()),
             None => format!("{}/", self.prefix),
         };
-        let response = self
-            .call(|mut client| {
-                let range = range.clone();
-                async move {
-                    client
-                        .get(range, Some(GetOptions::new().with_prefix()))
-                        .await
-                }
-            })
-            .await
-            .map_err(classify)?;
+        let entries = self.read_prefix(&range).await?;
         let mut names: Vec<ListedName> = Vec::new();
         let mut unreadable = Vec::new();
         let root = format!("{}/", self.prefix);
-        for kv in response.kvs() {
+        for kv in &entries {
             match parse_listed(&root, kv.key(), kv.value()) {
                 Ok((name, mounted)) if is_at_or_beneath(name.as_str(), prefix) => {
                     match names.last_mut() {
@@ -780,12 +1016,26 @@ impl Namespace for EtcdNamespace {
         Ok(Listing { names, unreadable })
     }
 
-    async fn removed_mounts(&self) -> Result<Vec<(Name, Endpoint)>, NamespaceError> {
+    async fn removed_mounts(&self) -> Result<Vec<RemovedMount>, NamespaceError> {
         let mut removals = self.removals.lock().await;
         loop {
-            let removed = std::mem::take(&mut self.owned().removed);
-            if !removed.is_empty() {
-                return Ok(removed);
+            // Cancel safe: removals stay pending until they are returned.
+            let pending = self.owned().removed.clone();
+            if !pending.is_empty() {
+                let mut found = Vec::with_capacity(pending.len());
+                for removal in pending {
+                    let replaced = self.was_replaced(&removal).await?;
+                    found.push((removal, replaced));
+                }
+                self.owned().returned(&found);
+                return Ok(found
+                    .into_iter()
+                    .map(|(removal, replaced)| RemovedMount {
+                        name: removal.name,
+                        server: removal.server,
+                        replaced,
+                    })
+                    .collect());
             }
             let Some(stream) = removals.as_mut() else {
                 // The opening read may have found removals already.
@@ -827,7 +1077,13 @@ impl Namespace for EtcdNamespace {
                 if let Some(kv) = event.kv()
                     && let Ok(key) = std::str::from_utf8(kv.key())
                 {
-                    owned.deleted(key, kv.mod_revision());
+                    owned.deleted(
+                        key,
+                        Deletion {
+                            revision: kv.mod_revision(),
+                            exact: true,
+                        },
+                    );
                 }
             }
         }
@@ -967,6 +1223,24 @@ impl From<BadEntry> for NamespaceError {
             reason: bad.reason,
         }
     }
+}
+
+/// The revision a response was served at.
+fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> i64 {
+    header.map_or(0, |header| header.revision())
+}
+
+/// The end of the key range of every key beginning with `prefix`: the
+/// prefix with its last byte below 0xff incremented (etcd's own rule).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0] // every key from `prefix` on
 }
 
 fn validate_prefix(prefix: &str) -> Result<(), Error> {
@@ -1115,9 +1389,12 @@ mod tests {
             let root = "/flotilla/";
             let mut full_key = root.as_bytes().to_vec();
             full_key.extend_from_slice(&key);
-            let _ = parse_entry("/flotilla/api", &full_key, &value);
+            let named = String::from_utf8_lossy(&full_key).into_owned();
+            if let Err(bad) = parse_entry("/flotilla/api", &full_key, &value) {
+                prop_assert_eq!(&bad.key, &named);
+            }
             if let Err(bad) = parse_listed(root, &full_key, &value) {
-                prop_assert_eq!(bad.key, String::from_utf8_lossy(&full_key).into_owned());
+                prop_assert_eq!(&bad.key, &named);
             }
         }
 

@@ -84,7 +84,7 @@ pub use flotilla_core_types::{Endpoint, InvalidId, Name, Worker, WorkerError, Wo
 pub use etcd::{EtcdNamespace, NameChange, NameWatch};
 pub use namespace::{
     ListedName, Listing, MountFlags, MountOutcome, MountReport, MountedServer, Namespace,
-    RefreshStyle, Resolution,
+    RefreshStyle, RemovedMount, Resolution,
 };
 pub use publisher::Publisher;
 pub use status::{MountState, MountStatus, Phase, Published, PublisherStatus};

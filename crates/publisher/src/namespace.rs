@@ -48,6 +48,12 @@ pub trait Namespace: Send + Sync + 'static {
     /// An entry under `name` that the backend cannot read (someone else
     /// wrote it) does not stop the mount: it is left alone, never taken for
     /// a server, and reported in [`MountReport::unreadable`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Must be cancel safe in this sense: if the future is dropped, the
+    /// mount may or may not have been written (the publisher then treats
+    /// it as possibly written, as after a timeout), and nothing else is.
     fn mount(
         &self,
         name: &Name,
@@ -56,8 +62,22 @@ pub trait Namespace: Send + Sync + 'static {
         flags: MountFlags,
     ) -> impl Future<Output = Result<MountReport, NamespaceError>> + Send;
 
+    /// The publisher has forgotten the pair without unmounting it, because
+    /// it holds that nothing of it is in the backend (every mount of it was
+    /// refused outright, or another server's `replace` mount took its
+    /// place). A backend that keeps track of its own writes drops what it
+    /// holds for the pair. The default does nothing.
+    fn forgotten(&self, name: &Name, server: &Endpoint) {
+        let _ = (name, server);
+    }
+
     /// Removes the mount of `server` under `name`. Removing a mount that is
     /// not there succeeds.
+    ///
+    /// # Cancel safety
+    ///
+    /// Must be cancel safe: if the future is dropped, the mount is either
+    /// still there or gone, and the publisher unmounts it again.
     fn unmount(
         &self,
         name: &Name,
@@ -72,19 +92,34 @@ pub trait Namespace: Send + Sync + 'static {
     ///
     /// [`NamespaceError::EntriesLost`] when the session is gone (and with it
     /// every mount on it); the next [`mount`](Self::mount) opens a new one.
+    ///
+    /// # Cancel safety
+    ///
+    /// Must be cancel safe: if the future is dropped, the session was
+    /// extended or not, and the next call works as usual.
     fn keep_alive(&self) -> impl Future<Output = Result<(), NamespaceError>> + Send {
         async { Ok(()) }
     }
 
     /// Ends this publisher's session, removing every mount on it at once.
     /// Does nothing on [`RefreshStyle::PerMount`] backends.
+    ///
+    /// # Cancel safety
+    ///
+    /// Must be cancel safe: if the future is dropped, the session is ended
+    /// or not; one that is not expires by its TTL.
     fn release(&self) -> impl Future<Output = Result<(), NamespaceError>> + Send {
         async { Ok(()) }
     }
 
     /// The servers mounted under `name` now (expired mounts excluded), or
     /// under the nearest mounted ancestor of `name` that lets resolution
-    /// continue beneath it.
+    /// continue beneath it. Entries the backend cannot read are skipped and
+    /// reported in [`Resolution::unreadable`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads, so dropping the future changes nothing.
     fn resolve(
         &self,
         name: &Name,
@@ -119,6 +154,15 @@ pub trait Namespace: Send + Sync + 'static {
     /// # Ok(())
     /// # }
     /// ```
+    ///
+    /// Required, with no default: only the backend knows what it holds,
+    /// and an empty listing by default would say, wrongly, that it holds
+    /// nothing.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads, so dropping the future changes nothing
+    /// (a listing read in pages is simply not finished).
     fn list(
         &self,
         prefix: Option<&Name>,
@@ -127,7 +171,11 @@ pub trait Namespace: Send + Sync + 'static {
     /// Waits until the backend sees mounts of this publisher removed by
     /// someone else (an operator, a script, another publisher whose session
     /// ended), and returns those pairs, so that the publisher can mount them
-    /// again at once.
+    /// again at once. A mount that another server's `replace` mount under
+    /// the same name took away comes with [`RemovedMount::replaced`] set:
+    /// the publisher leaves that one as it is (mounting it again would undo
+    /// the replacement, and two replacing publishers would undo each other
+    /// forever).
     ///
     /// Only [`RefreshStyle::Session`] backends need this: a per-mount
     /// backend's refresh finds a missing mount by itself. The default never
@@ -147,9 +195,24 @@ pub trait Namespace: Send + Sync + 'static {
     /// the next call.
     fn removed_mounts(
         &self,
-    ) -> impl Future<Output = Result<Vec<(Name, Endpoint)>, NamespaceError>> + Send {
+    ) -> impl Future<Output = Result<Vec<RemovedMount>, NamespaceError>> + Send {
         std::future::pending()
     }
+}
+
+/// A mount of this publisher's that someone else took away, as
+/// [`Namespace::removed_mounts`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RemovedMount {
+    /// The name.
+    pub name: Name,
+    /// The server.
+    pub server: Endpoint,
+    /// Whether a `replace` mount of another server under the name took its
+    /// place (in etcd: the delete came in the same revision as a put of
+    /// another server under the name, which is what a replacing mount's
+    /// transaction does). Otherwise it was simply removed.
+    pub replaced: bool,
 }
 
 /// How a backend keeps mounts alive; see [`Namespace::refresh_style`].
@@ -259,7 +322,10 @@ pub(crate) fn is_at_or_beneath(name: &str, prefix: Option<&Name>) -> bool {
 }
 
 /// The answer to [`Namespace::resolve`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Not `PartialEq`: it carries [`NamespaceError`]s, which are not; compare
+/// its fields.
+#[derive(Debug, Clone)]
 pub struct Resolution {
     /// The name that was found mounted: the name asked for, or an ancestor.
     pub mounted_name: Name,
@@ -268,6 +334,11 @@ pub struct Resolution {
     pub suffix: String,
     /// The live mounts under `mounted_name`, ordered by server.
     pub servers: Vec<MountedServer>,
+    /// Entries under the names looked at that the backend could not read
+    /// (someone else wrote them), each a [`NamespaceError::Corrupt`]: left
+    /// out of `servers`, so that one foreign key cannot make a name
+    /// unresolvable for everyone. Empty on the embedded table.
+    pub unreadable: Vec<NamespaceError>,
 }
 
 impl Resolution {
@@ -307,6 +378,7 @@ pub(crate) fn resolution_at(
             mounted_name: name.clone(),
             suffix: String::new(),
             servers,
+            unreadable: Vec::new(),
         });
     }
     if servers.iter().any(|mounted| mounted.flags.leaf) {
@@ -318,6 +390,7 @@ pub(crate) fn resolution_at(
         mounted_name,
         suffix: name.as_str()[candidate.len() + 1..].to_owned(),
         servers,
+        unreadable: Vec::new(),
     })
 }
 

@@ -21,6 +21,12 @@ pub enum MountState {
     Unmounting,
     /// Confirmed removed, or never written.
     Unmounted,
+    /// Wanted, but another server's `replace` mount under the name took its
+    /// place (see [`RemovedMount::replaced`](crate::RemovedMount::replaced)).
+    /// Left so: mounting it again would undo that replacement. It is mounted
+    /// again only when it is removed from the publisher and added back, or
+    /// the publisher is started again.
+    Replaced,
 }
 
 /// Whether a publisher is still publishing.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use flotilla_core_types::{Endpoint, Name};
 use flotilla_publisher::{
     Listing, MountFlags, MountOutcome, MountReport, Namespace, NamespaceError, Publisher,
-    RefreshStyle, Resolution,
+    RefreshStyle, RemovedMount, Resolution,
 };
 
 /// 100 names × 100 servers.
@@ -104,6 +104,10 @@ impl<N: Namespace> Namespace for Counting<N> {
         self.inner.mount(name, server, ttl, flags).await
     }
 
+    fn forgotten(&self, name: &Name, server: &Endpoint) {
+        self.inner.forgotten(name, server);
+    }
+
     async fn unmount(&self, name: &Name, server: &Endpoint) -> Result<(), NamespaceError> {
         self.count();
         self.inner.unmount(name, server).await
@@ -127,7 +131,7 @@ impl<N: Namespace> Namespace for Counting<N> {
         self.inner.list(prefix).await
     }
 
-    async fn removed_mounts(&self) -> Result<Vec<(Name, Endpoint)>, NamespaceError> {
+    async fn removed_mounts(&self) -> Result<Vec<RemovedMount>, NamespaceError> {
         self.inner.removed_mounts().await
     }
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use flotilla_core_types::{Endpoint, Name, Worker};
 use flotilla_publisher::{
-    Error, EtcdNamespace, NameChange, Namespace, NamespaceError, Publisher, PublisherConfig,
+    Error, EtcdNamespace, MountFlags, MountState, NameChange, Namespace, NamespaceError, Publisher,
+    PublisherConfig, RemovedMount,
 };
 use flotilla_testkit::EtcdCluster;
 use tokio::time::Instant;
@@ -69,7 +70,8 @@ async fn servers(etcd: &EtcdNamespace, name: &Name) -> Result<Vec<Endpoint>> {
 }
 
 /// Polls `probe` every 50 ms until it answers `true`, for at most `limit`.
-async fn eventually<F, Fut>(what: &str, limit: Duration, mut probe: F) -> Result<Duration>
+/// It says only whether, never how fast: speed is for the benchmarks.
+async fn eventually<F, Fut>(what: &str, limit: Duration, mut probe: F) -> Result<()>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<bool>>,
@@ -77,7 +79,7 @@ where
     let started = Instant::now();
     loop {
         if probe().await? {
-            return Ok(started.elapsed());
+            return Ok(());
         }
         if started.elapsed() > limit {
             bail!("{what}: not true after {limit:?}");
@@ -383,23 +385,42 @@ async fn bad_prefixes_ttls_and_foreign_entries_get_typed_errors() -> Result<()> 
         Err(Error::InvalidConfig { field: "ttl", .. })
     ));
 
+    // A foreign entry beside a real server: the server resolves, and the
+    // entry is reported, not fatal for every client.
     let mut client = cluster.client().await?;
     client
         .put("flotilla/names/x/#not-an-endpoint", "{}", None)
         .await?;
-    match etcd.resolve(&name("x")).await {
-        Err(NamespaceError::Corrupt { key, .. }) => {
+    client
+        .put(etcd.key(&name("x"), &server(1)), "{}", None)
+        .await?;
+    let resolution = etcd.resolve(&name("x")).await?;
+    ensure!(resolution.endpoints() == [server(1)], "{resolution:?}");
+    match &resolution.unreadable[..] {
+        [NamespaceError::Corrupt { key, .. }] => {
             ensure!(key == "flotilla/names/x/#not-an-endpoint");
         }
-        other => bail!("expected a corrupt entry, got {other:?}"),
+        other => bail!("expected the corrupt entry reported, got {other:?}"),
     }
+    // Only an unreadable entry under a name: nothing to resolve to, and
+    // the name's ancestor answers if it can (here it cannot).
     client
         .put("flotilla/names/y/#10.0.0.1:1", "not json", None)
         .await?;
     ensure!(matches!(
         etcd.resolve(&name("y")).await,
-        Err(NamespaceError::Corrupt { .. })
+        Err(NamespaceError::NotFound { .. })
     ));
+    client
+        .put(etcd.key(&name("y"), &server(2)), "{}", None)
+        .await?;
+    let resolution = etcd.resolve(&name("y/z")).await?;
+    ensure!(
+        resolution.mounted_name == name("y")
+            && resolution.endpoints() == [server(2)]
+            && resolution.unreadable.len() == 1,
+        "{resolution:?}"
+    );
     Ok(())
 }
 
@@ -493,16 +514,12 @@ async fn a_key_deleted_by_someone_else_is_mounted_again_at_once_by_one_watch() -
     let lease = lease_of(&cluster, &key).await?.context("mounted")?;
     let mut client = cluster.client().await?;
     client.delete(key.as_str(), None).await?;
-    // The documented bound: one watch event and one mount, well inside an
-    // operation timeout.
-    let restored_after = eventually("the key is back", PATIENCE, || async {
+    // The watch brings it back (the restore time is documented on
+    // `EtcdNamespace`; how fast is for the benchmarks, not this test).
+    eventually("the key is back", PATIENCE, || async {
         Ok(lease_of(&cluster, &key).await?.is_some())
     })
     .await?;
-    ensure!(
-        restored_after < config().operation_timeout,
-        "restored after {restored_after:?}"
-    );
     ensure!(
         lease_of(&cluster, &key).await? == Some(lease),
         "on our lease"
@@ -717,6 +734,14 @@ async fn list_gives_the_names_beneath_a_prefix_and_reports_unreadable_entries() 
     Ok(())
 }
 
+fn removal(text: &str, port: u16) -> RemovedMount {
+    RemovedMount {
+        name: name(text),
+        server: server(port),
+        replaced: false,
+    }
+}
+
 #[tokio::test]
 async fn removed_mounts_misses_nothing_deleted_before_its_watch_opened() -> Result<()> {
     let cluster = EtcdCluster::single().await?;
@@ -738,7 +763,7 @@ async fn removed_mounts_misses_nothing_deleted_before_its_watch_opened() -> Resu
     let first = tokio::time::timeout(PATIENCE, session.removed_mounts())
         .await
         .context("the opening read reports at once")??;
-    ensure!(first == [(name("a"), server(1))], "{first:?}");
+    ensure!(first == [removal("a", 1)], "{first:?}");
 
     // Unmounted by us: not a removal either; deleted by someone else: one.
     session.unmount(&name("a"), &server(2)).await?;
@@ -748,7 +773,257 @@ async fn removed_mounts_misses_nothing_deleted_before_its_watch_opened() -> Resu
     let second = tokio::time::timeout(PATIENCE, session.removed_mounts())
         .await
         .context("the watch reports the delete")??;
-    ensure!(second == [(name("a"), server(3))], "{second:?}");
+    ensure!(second == [removal("a", 3)], "{second:?}");
+    session.release().await?;
+    Ok(())
+}
+
+/// etcd's current revision: every write bumps it, keep-alives do not.
+async fn revision(cluster: &EtcdCluster) -> Result<i64> {
+    let mut client = cluster.client().await?;
+    let response = client
+        .get(
+            PREFIX,
+            Some(etcd_client::GetOptions::new().with_count_only()),
+        )
+        .await?;
+    response
+        .header()
+        .map(|header| header.revision())
+        .context("a response header")
+}
+
+#[tokio::test]
+async fn two_publishers_replacing_one_name_settle_on_the_last_replacer() -> Result<()> {
+    let cluster = EtcdCluster::single().await?;
+    let etcd = namespace(&cluster).await?;
+    let replace = MountFlags {
+        replace: true,
+        ..MountFlags::NONE
+    };
+    let start = |port: u16| {
+        let publisher = Publisher::start(etcd.fresh_session(), config().with_flags(replace));
+        async move {
+            let publisher = publisher?;
+            publisher.add_name(name("a")).await?;
+            publisher.add_server(server(port)).await?;
+            anyhow::Ok(publisher)
+        }
+    };
+    let old = start(1).await?;
+    all_mounted(&old).await?;
+    eventually("the old publisher watches", PATIENCE, || async {
+        Ok(watchers(&cluster).await? == 1)
+    })
+    .await?;
+    // The new version comes up beside it, as in a rolling deploy.
+    let new = start(2).await?;
+    all_mounted(&new).await?;
+    let mut watch = old.watch().await?;
+    tokio::time::timeout(
+        PATIENCE,
+        watch.wait_for(|s| {
+            s.mount(&name("a"), &server(1))
+                .is_some_and(|m| m.observed == MountState::Replaced)
+        }),
+    )
+    .await
+    .context("the old publisher never saw the replacement")??;
+
+    // Settled: over several refresh periods nobody writes, where
+    // publishers undoing each other would write thousands of times.
+    let before = revision(&cluster).await?;
+    let window_end = Instant::now() + PERIOD * 4;
+    while Instant::now() < window_end {
+        ensure!(
+            servers(&etcd, &name("a")).await? == [server(2)],
+            "the last replacer holds the name"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let writes = revision(&cluster).await? - before;
+    ensure!(writes == 0, "{writes} writes after the replacement");
+    let status = old.status().await?;
+    let replaced = status.mount(&name("a"), &server(1)).context("wanted")?;
+    ensure!(replaced.observed == MountState::Replaced, "{replaced:?}");
+    all_mounted(&new).await?;
+
+    // The old one stops: nothing of the new one's goes with it.
+    old.stop().await;
+    old.wait().await?;
+    ensure!(servers(&etcd, &name("a")).await? == [server(2)]);
+    new.stop().await;
+    new.wait().await?;
+    ensure!(servers(&etcd, &name("a")).await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_refused_or_forgotten_mount_is_never_reported_removed() -> Result<()> {
+    let cluster = EtcdCluster::single().await?;
+    let etcd = namespace(&cluster).await?;
+    let flags = MountFlags::NONE;
+    let mut client = cluster.client().await?;
+    let sorted = |mut removed: Vec<RemovedMount>| {
+        removed.sort_by(|a, b| (&a.name, &a.server).cmp(&(&b.name, &b.server)));
+        removed
+    };
+
+    // The lease goes behind our back; a mount of a new pair is then refused
+    // outright (etcd: lease not found), so it wrote nothing. The watch's
+    // opening read reports the pairs the lease took with it, not that one.
+    let session = etcd.fresh_session();
+    for port in 1..=2 {
+        session.mount(&name("a"), &server(port), TTL, flags).await?;
+    }
+    let lease = session.lease_id().await.context("a lease")?;
+    client.lease_revoke(lease).await?;
+    let refused = session.mount(&name("b"), &server(3), TTL, flags).await;
+    ensure!(
+        matches!(refused, Err(NamespaceError::EntriesLost { .. })),
+        "{refused:?}"
+    );
+    let removed = tokio::time::timeout(PATIENCE, session.removed_mounts())
+        .await
+        .context("the opening read reports at once")??;
+    ensure!(
+        sorted(removed.clone()) == [removal("a", 1), removal("a", 2)],
+        "{removed:?}"
+    );
+    session.release().await?;
+
+    // A pair the publisher forgot is no news either when its key goes.
+    let session = etcd.fresh_session();
+    for port in 1..=2 {
+        session.mount(&name("c"), &server(port), TTL, flags).await?;
+    }
+    session.forgotten(&name("c"), &server(1));
+    for port in 1..=2 {
+        client
+            .delete(session.key(&name("c"), &server(port)), None)
+            .await?;
+    }
+    let removed = tokio::time::timeout(PATIENCE, session.removed_mounts())
+        .await
+        .context("the opening read reports at once")??;
+    ensure!(removed == [removal("c", 2)], "{removed:?}");
+    session.release().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn listings_and_the_removal_check_read_in_pages() -> Result<()> {
+    // Pages of two keys: every read below takes several.
+    let cluster = EtcdCluster::single().await?;
+    let etcd = namespace(&cluster).await?.with_page_size(2);
+    let session = etcd.fresh_session();
+    let flags = MountFlags::NONE;
+    for text in ["a", "a/b", "c"] {
+        for port in 1..=3 {
+            session
+                .mount(&name(text), &server(port), TTL, flags)
+                .await?;
+        }
+    }
+    let mut client = cluster.client().await?;
+    // Others' keys the removal check must not read, and a junk one.
+    for port in 10..=14 {
+        client
+            .put(etcd.key(&name("z"), &server(port)), "{}", None)
+            .await?;
+    }
+    client.put("flotilla/names/a/#junk", "{}", None).await?;
+
+    let everything = etcd.list(None).await?;
+    let listed: Vec<(String, usize)> = everything
+        .names
+        .iter()
+        .map(|l| (l.name.to_string(), l.servers.len()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (String::from("a"), 3),
+            (String::from("a/b"), 3),
+            (String::from("c"), 3),
+            (String::from("z"), 5),
+        ]
+    );
+    ensure!(
+        everything.unreadable.len() == 1,
+        "{:?}",
+        everything.unreadable
+    );
+    let under_a = etcd.list(Some(&name("a"))).await?;
+    ensure!(under_a.names.len() == 2 && under_a.unreadable.len() == 1);
+
+    // Nine keys of ours, checked in transactions of two reads: the ones
+    // deleted before the watch opened are found, and only those.
+    for (text, port) in [("a", 2), ("c", 3)] {
+        client
+            .delete(session.key(&name(text), &server(port)), None)
+            .await?;
+    }
+    let removed = tokio::time::timeout(PATIENCE, session.removed_mounts())
+        .await
+        .context("the opening check reports at once")??;
+    let mut removed: Vec<(String, u16)> = removed
+        .iter()
+        .map(|r| (r.name.to_string(), r.server.port()))
+        .collect();
+    removed.sort();
+    assert_eq!(removed, [(String::from("a"), 2), (String::from("c"), 3)]);
+    session.release().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_prefix_larger_than_one_response_can_carry_still_lists_and_is_watched() -> Result<()> {
+    let cluster = EtcdCluster::single().await?;
+    let etcd = namespace(&cluster).await?;
+    let session = etcd.fresh_session();
+    session
+        .mount(&name("ours"), &server(1), TTL, MountFlags::NONE)
+        .await?;
+    // About 5 MiB of others' entries: more than the client decodes in one
+    // message (4 MiB).
+    let mut client = cluster.client().await?;
+    let filler = format!("{{\"note\":\"{}\"}}", "x".repeat(1024));
+    for batch in 0..40 {
+        let puts: Vec<etcd_client::TxnOp> = (0..128)
+            .map(|index| {
+                let key = etcd.key(&name("big"), &server(batch * 128 + index + 1));
+                etcd_client::TxnOp::put(key, filler.as_str(), None)
+            })
+            .collect();
+        client.txn(etcd_client::Txn::new().and_then(puts)).await?;
+    }
+    ensure!(
+        client
+            .get(PREFIX, Some(etcd_client::GetOptions::new().with_prefix()))
+            .await
+            .is_err(),
+        "one read of the whole prefix is too large for the client"
+    );
+
+    let everything = etcd.list(None).await?;
+    let counts: Vec<(String, usize)> = everything
+        .names
+        .iter()
+        .map(|l| (l.name.to_string(), l.servers.len()))
+        .collect();
+    assert_eq!(
+        counts,
+        [(String::from("big"), 40 * 128), (String::from("ours"), 1)]
+    );
+    // The removal watch opens (it reads only our own keys) and reports.
+    client
+        .delete(session.key(&name("ours"), &server(1)), None)
+        .await?;
+    let removed = tokio::time::timeout(PATIENCE, session.removed_mounts())
+        .await
+        .context("the watch opens and reports")??;
+    ensure!(removed == [removal("ours", 1)], "{removed:?}");
     session.release().await?;
     Ok(())
 }

@@ -14,7 +14,7 @@ use flotilla_core_types::{Endpoint, Name, Worker};
 use flotilla_publisher::{
     ListedName, Listing, MountFlags, MountOutcome, MountReport, MountTable, MountedServer,
     Namespace, NamespaceError, Publisher, PublisherConfig, PublisherStatus, RefreshStyle,
-    Resolution,
+    RemovedMount, Resolution,
 };
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -301,7 +301,7 @@ struct LeaseState {
     mounts: u64,
     keep_alives: u64,
     /// Pairs removed behind the publisher's back, not yet reported.
-    removed: Vec<(Name, Endpoint)>,
+    removed: Vec<RemovedMount>,
     /// Calls of `removed_mounts` so far.
     removal_calls: u64,
 }
@@ -328,13 +328,27 @@ impl LeaseTable {
     /// Deletes one mount behind the publisher's back, as an operator
     /// would, and reports it as etcd's watch does.
     pub(crate) fn remove_behind_back(&self, name: &Name, server: &Endpoint) {
+        self.take_away(name, server, false);
+    }
+
+    /// Deletes one mount as another server's `replace` mount would, and
+    /// reports it so.
+    pub(crate) fn replace_behind_back(&self, name: &Name, server: &Endpoint) {
+        self.take_away(name, server, true);
+    }
+
+    fn take_away(&self, name: &Name, server: &Endpoint, replaced: bool) {
         let mut state = self.state();
         if let Some(lease) = LeaseTable::live_lease(&mut state)
             && let Some(servers) = lease.entries.get_mut(name)
         {
             servers.remove(server);
         }
-        state.removed.push((name.clone(), server.clone()));
+        state.removed.push(RemovedMount {
+            name: name.clone(),
+            server: server.clone(),
+            replaced,
+        });
         drop(state);
         self.removal.notify_one();
     }
@@ -474,6 +488,7 @@ impl Namespace for LeaseTable {
             mounted_name: name.clone(),
             suffix: String::new(),
             servers,
+            unreadable: Vec::new(),
         })
     }
 
@@ -497,7 +512,7 @@ impl Namespace for LeaseTable {
         })
     }
 
-    async fn removed_mounts(&self) -> Result<Vec<(Name, Endpoint)>, NamespaceError> {
+    async fn removed_mounts(&self) -> Result<Vec<RemovedMount>, NamespaceError> {
         self.state().removal_calls += 1;
         loop {
             let notified = self.removal.notified();

@@ -537,33 +537,58 @@ async fn a_pair_failing_alone_keeps_its_own_backoff_while_the_others_succeed() {
     // With a hundred healthy pairs succeeding all through the period, the
     // one broken pair must still be retried on its own backoff: 1 s, 2 s,
     // 4 s, ... up to 30 s, each shortened by at most half.
+    pairs_failing_alone_keep_their_own_backoff(&[1]).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_pairs_failing_alone_do_not_defeat_each_other_s_backoff() {
+    // Two broken pairs failing back to back look like an outage; the
+    // healthy pairs' successes must not wake them early, together, again
+    // and again.
+    pairs_failing_alone_keep_their_own_backoff(&[1, 2]).await;
+}
+
+/// Publishes name `a` on a hundred servers, of which those on `broken`
+/// ports fail with `Unavailable` on their own, and checks that each broken
+/// pair is retried exactly on its own exponential backoff.
+async fn pairs_failing_alone_keep_their_own_backoff(broken: &[u16]) {
     let flaky = Flaky::new();
-    flaky.set_pair_fault(&name("a"), &server(1), Some(PairFault::Unavailable));
+    for port in broken {
+        flaky.set_pair_fault(&name("a"), &server(*port), Some(PairFault::Unavailable));
+    }
     let publisher = started(&flaky, config()).await;
     let ports: Vec<u16> = (1..=100).collect();
     publish(&publisher, &["a"], &ports).await;
     sleep(PERIOD * 5).await;
-    let attempts: Vec<Instant> = flaky
-        .attempts()
-        .into_iter()
-        .filter(|(_, _, s)| *s == server(1))
-        .map(|(at, ..)| at)
-        .collect();
-    let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
-    for (index, gap) in gaps.iter().enumerate() {
-        let full = Duration::from_secs(1 << index.min(5)).min(Duration::from_secs(30));
-        assert!(
-            *gap >= full / 2 && *gap <= full,
-            "retry {index} after {gap:?}, expected between {:?} and {full:?} (all gaps: {gaps:?})",
-            full / 2
-        );
+    for port in broken {
+        let attempts: Vec<Instant> = flaky
+            .attempts()
+            .into_iter()
+            .filter(|(_, _, s)| *s == server(*port))
+            .map(|(at, ..)| at)
+            .collect();
+        let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
+        for (index, gap) in gaps.iter().enumerate() {
+            let full = Duration::from_secs(1 << index.min(5)).min(Duration::from_secs(30));
+            assert!(
+                *gap >= full / 2 && *gap <= full,
+                "port {port}: retry {index} after {gap:?}, expected between {:?} and {full:?} \
+                 (all gaps: {gaps:?})",
+                full / 2
+            );
+        }
+        assert!(gaps.len() >= 10, "kept retrying: {} retries", gaps.len());
     }
-    assert!(gaps.len() >= 10, "kept retrying: {} retries", gaps.len());
     let status = publisher.status().await.expect("running");
-    let healthy = status.mounts.iter().filter(|m| m.server != server(1));
+    let healthy = status
+        .mounts
+        .iter()
+        .filter(|m| !broken.contains(&m.server.port()));
     assert!(healthy.clone().all(|m| m.observed == MountState::Mounted));
-    assert_eq!(healthy.count(), 99);
-    flaky.set_pair_fault(&name("a"), &server(1), None);
+    assert_eq!(healthy.count(), 100 - broken.len());
+    for port in broken {
+        flaky.set_pair_fault(&name("a"), &server(*port), None);
+    }
     assert!(stop_and_check(publisher).await.is_ok());
 }
 
@@ -668,5 +693,94 @@ async fn a_mount_removed_behind_a_session_backends_back_is_mounted_again_at_once
     );
     settle().await;
     assert_eq!(backend.removal_calls(), 2, "asked again after each report");
+    assert!(stop_and_check(publisher).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pair_removed_again_and_again_is_restored_on_its_own_backoff() {
+    // The first removal is undone at once; removals that keep coming within
+    // a period of each other wait out the pair's retry backoff (1 s, 2 s,
+    // 4 s, ... each shortened by at most half), so nothing can make a pair
+    // re-mount at network speed.
+    let backend = LeaseTable::default();
+    let publisher = Publisher::start(backend.clone(), config()).expect("valid");
+    publish(&publisher, &["a"], &[1, 2]).await;
+    until(&publisher, |s| s.all_mounted()).await;
+    // How long after a removal now the pair is mounted again.
+    let restore = || async {
+        let mounted_at = |s: &flotilla_publisher::PublisherStatus| {
+            s.mount(&name("a"), &server(2))
+                .and_then(|m| m.last_mounted_at)
+        };
+        // A moment on, so that a restore at once has a later time.
+        settle().await;
+        let before = mounted_at(&publisher.status().await.expect("running"));
+        backend.remove_behind_back(&name("a"), &server(2));
+        let removed_at = Instant::now();
+        let status = until(&publisher, |s| mounted_at(s) > before).await;
+        mounted_at(&status).expect("mounted") - removed_at
+    };
+    let mut delays = Vec::new();
+    for _ in 0..6 {
+        delays.push(restore().await);
+    }
+    assert_eq!(delays[0], Duration::ZERO, "the first restore is at once");
+    for (index, delay) in delays.iter().enumerate().skip(1) {
+        let full = Duration::from_secs(1 << (index - 1));
+        assert!(
+            *delay >= full / 2 && *delay <= full,
+            "restore {index} after {delay:?}, expected between {:?} and {full:?} (all: {delays:?})",
+            full / 2
+        );
+    }
+    // Quiet for a period: the next removal is undone at once again.
+    sleep(PERIOD).await;
+    assert_eq!(restore().await, Duration::ZERO);
+    assert_eq!(backend.alive().len(), 2);
+    assert!(stop_and_check(publisher).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_mount_another_server_replaced_is_left_replaced() {
+    let backend = LeaseTable::default();
+    let publisher = Publisher::start(backend.clone(), config()).expect("valid");
+    publish(&publisher, &["a"], &[1, 2]).await;
+    until(&publisher, |s| s.all_mounted()).await;
+    let (_, mounts_before, _) = backend.counts();
+
+    backend.replace_behind_back(&name("a"), &server(2));
+    let status = until(&publisher, |s| {
+        s.mount(&name("a"), &server(2))
+            .is_some_and(|m| m.observed == MountState::Replaced)
+    })
+    .await;
+    assert!(!status.all_mounted());
+    sleep(PERIOD * 3).await;
+    let status = publisher.status().await.expect("running");
+    let replaced = status.mount(&name("a"), &server(2)).expect("wanted");
+    assert_eq!(replaced.observed, MountState::Replaced, "not undone");
+    assert_eq!(replaced.next_attempt_at, None);
+    assert_eq!(backend.counts().1, mounts_before, "nothing mounted again");
+    let published = publisher.published().await.expect("running");
+    assert_eq!(published[0].servers, [server(1)]);
+
+    // The session is lost: the other pair comes back, the replaced one not.
+    backend.revoke();
+    until(&publisher, |s| {
+        s.mount(&name("a"), &server(1)).is_some_and(|m| {
+            m.observed == MountState::Mounted
+                && m.last_mounted_at > status.mounts[0].last_mounted_at
+        })
+    })
+    .await;
+    assert_eq!(backend.alive(), [(name("a"), server(1))]);
+
+    // Removed and added back, it is mounted again (its key was gone with
+    // the replacement, so removing it unmounts nothing).
+    publisher.remove_server(server(2)).await.expect("running");
+    until(&publisher, |s| s.mounts.len() == 1).await;
+    publisher.add_server(server(2)).await.expect("running");
+    until(&publisher, |s| s.all_mounted()).await;
+    assert_eq!(backend.alive().len(), 2);
     assert!(stop_and_check(publisher).await.is_ok());
 }
