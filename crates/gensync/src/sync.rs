@@ -197,7 +197,7 @@ async fn receive<T: AsyncRead + AsyncWrite + Unpin>(
             Some(other) => {
                 return Err(Error::Protocol {
                     expected: "a record or done",
-                    got: format!("{other:?}"),
+                    got: other.kind().to_owned(),
                 });
             }
             None => return Err(Error::Disconnected),
@@ -222,7 +222,7 @@ where
         Some(Message::Abort { reason }) => Err(Error::PeerAborted(reason)),
         Some(other) => Err(Error::Protocol {
             expected: "hello",
-            got: format!("{other:?}"),
+            got: other.kind().to_owned(),
         }),
         None => Err(Error::Disconnected),
     }
@@ -436,7 +436,7 @@ async fn respond<T: AsyncRead + AsyncWrite + Unpin>(
         Some(other) => {
             return Err(Error::Protocol {
                 expected: "get-deltas",
-                got: format!("{other:?}"),
+                got: other.kind().to_owned(),
             });
         }
         None => return Err(Error::Disconnected),

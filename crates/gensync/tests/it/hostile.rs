@@ -537,3 +537,70 @@ async fn a_merge_over_the_value_limit_fails_the_round_and_stores_nothing() {
     assert_eq!(b.replica.verify().expect("reads"), Ok(()));
     stop(serve_a).await;
 }
+
+#[tokio::test]
+async fn a_message_out_of_turn_is_named_by_its_kind_not_printed_whole() {
+    let mut big = record("x", 1, 1, "k", vec![]);
+    big.value = Some(vec![b'v'; MAX_VALUE_LEN]);
+    let mut big_vector = GenVector::new();
+    for i in 0..10_000 {
+        big_vector.raise(&device(&format!("d{i}")), 1);
+    }
+    let check = |error: Error, expected: &str, got: &str| {
+        let text = error.to_string();
+        match &error {
+            Error::Protocol {
+                expected: said_expected,
+                got: said_got,
+            } => assert_eq!((*said_expected, said_got.as_str()), (expected, got)),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(text.len() < 200, "a short message: {} bytes", text.len());
+    };
+
+    // A record where the responder's hello belongs.
+    let node = Node::new("me");
+    let (address, _peer) = fake_responder({
+        let big = big.clone();
+        move |stream| async move {
+            let mut connection = Connection::new(stream);
+            let _hello = connection.recv().await;
+            let _ = connection.send(&Message::Record(big)).await;
+        }
+    })
+    .await;
+    check(refused(&node, address).await, "hello", "record");
+
+    // A request where a record or done belongs.
+    let (address, _peer) = scripted(
+        "x",
+        vec![Message::GetDeltas {
+            vector: big_vector.clone(),
+        }],
+    )
+    .await;
+    check(
+        refused(&node, address).await,
+        "a record or done",
+        "get-deltas",
+    );
+
+    // A record where the initiator's request belongs.
+    let (near, far) = tokio::io::duplex(1 << 16);
+    let initiator = tokio::spawn(async move {
+        let mut connection = Connection::new(far);
+        let _ = connection
+            .send(&Message::Hello {
+                device: device("x"),
+            })
+            .await;
+        let _hello = connection.recv().await;
+        let _ = connection.send(&Message::Record(big)).await;
+        connection
+    });
+    let error = flotilla_gensync::respond_over(&node.replica, near, &SyncConfig::default())
+        .await
+        .expect_err("the round fails");
+    check(error, "get-deltas", "record");
+    drop(initiator.await.expect("the initiator task ends"));
+}
