@@ -48,16 +48,19 @@ pub struct RoundStats {
     pub conflicts: u64,
 }
 
-/// How many records a round writes per transaction: enough to make commits
-/// rare, few enough that a transaction's dirty pages stay small.
+/// How many items (records, and the one `Collected`) a round writes per
+/// transaction: enough to make commits rare, few enough that a
+/// transaction's dirty pages stay small.
 const CHUNK_RECORDS: usize = 1024;
 
 /// How deep [`Round::merge_base`] recurses into criss-cross merges: far
 /// beyond any real history, and a bound on what a crafted DAG can cost.
 const MAX_MERGE_BASE_DEPTH: usize = 32;
 
-/// How many bytes of keys and values a round holds in memory before it
-/// writes them, whatever the count: a chunk of large values is written
+/// How many bytes of items a round holds in memory before it writes them,
+/// whatever the count, as [`held_len`] measures them: keys, values, parent
+/// ids and device ids, not the payload alone (a record of a few bytes may
+/// carry two mebibytes of parents). A chunk of large records is written
 /// sooner, so a round's memory stays near this (plus the channel's).
 const CHUNK_BYTES: usize = 8 * 1024 * 1024;
 
@@ -134,27 +137,44 @@ enum Gathered {
 }
 
 /// Takes items off `queue` into `chunk` until it holds [`CHUNK_RECORDS`]
-/// records or [`CHUNK_BYTES`] of payload, or `Done` comes (returned).
-/// Called with no transaction open: this is where the round waits for the
-/// peer.
+/// items or [`CHUNK_BYTES`] of them (every item counts, each by
+/// [`held_len`]), or `Done` comes (returned). Called with no transaction
+/// open: this is where the round waits for the peer.
 fn gather(
     queue: &mut tokio::sync::mpsc::Receiver<Item>,
     chunk: &mut Vec<Gathered>,
 ) -> Result<Option<GenVector>, Error> {
-    let (mut records, mut bytes) = (0, 0);
-    while records < CHUNK_RECORDS && bytes < CHUNK_BYTES {
-        match queue.blocking_recv() {
-            Some(Item::Collected(vector)) => chunk.push(Gathered::Collected(vector)),
-            Some(Item::Record(record)) => {
-                records += 1;
-                bytes += record.payload_len();
-                chunk.push(Gathered::Record(record));
-            }
+    let mut bytes = 0;
+    while chunk.len() < CHUNK_RECORDS && bytes < CHUNK_BYTES {
+        let gathered = match queue.blocking_recv() {
+            Some(Item::Collected(vector)) => Gathered::Collected(vector),
+            Some(Item::Record(record)) => Gathered::Record(record),
             Some(Item::Done(vector)) => return Ok(Some(vector)),
             None => return Err(Error::Disconnected),
-        }
+        };
+        bytes += held_len(&gathered);
+        chunk.push(gathered);
     }
     Ok(None)
+}
+
+/// About how many bytes of memory `item` holds: its variable parts, whose
+/// sum the peer controls, and its fixed size.
+fn held_len(item: &Gathered) -> usize {
+    let device_len = |device: &DeviceId| device.as_str().len();
+    match item {
+        Gathered::Collected(vector) => vector
+            .iter()
+            .map(|(device, _)| device_len(device) + size_of::<(DeviceId, u64)>())
+            .sum(),
+        Gathered::Record(record) => {
+            size_of::<LogRecord>()
+                + record.payload_len()
+                + record.parents.len() * size_of::<VersionId>()
+                + device_len(&record.device)
+                + device_len(&record.writer)
+        }
+    }
 }
 
 pub(crate) struct Round<'a> {
@@ -215,8 +235,10 @@ impl<'a> Round<'a> {
                 got: format!("generation {} of this replica's own log", record.generation),
             });
         }
+        // Each parent once: a peer may repeat one id thousands of times.
+        let mut checked = HashSet::with_capacity(record.parents.len().min(64));
         for parent in &record.parents {
-            if writer.knows(parent)? {
+            if !checked.insert(parent) || writer.knows(parent)? {
                 continue;
             }
             if self.collected.is_none() {

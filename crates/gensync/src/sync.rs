@@ -183,15 +183,25 @@ async fn announce(replica: &Replica, moved: Vec<Moved>) -> Result<(), Error> {
     Ok(())
 }
 
-/// Forwards the responder's records to the applier until `Done`.
+/// Forwards the responder's records to the applier until `Done`. A
+/// `Collected` may come once, before any record: a second one, or one
+/// after a record, is a protocol violation (it could only make the round
+/// hold more, or change the rules for records already checked).
 async fn receive<T: AsyncRead + AsyncWrite + Unpin>(
     connection: &mut Connection<T>,
     items: &mpsc::Sender<Item>,
 ) -> Result<(), Error> {
+    let mut first = true;
     loop {
         let item = match connection.recv().await? {
             Some(Message::Record(record)) => Item::Record(record),
-            Some(Message::Collected { vector }) => Item::Collected(vector),
+            Some(Message::Collected { vector }) if first => Item::Collected(vector),
+            Some(Message::Collected { .. }) => {
+                return Err(Error::Protocol {
+                    expected: "a record or done (collected comes once, before the records)",
+                    got: String::from("collected"),
+                });
+            }
             Some(Message::Done { vector }) => Item::Done(vector),
             Some(Message::Abort { reason }) => return Err(Error::PeerAborted(reason)),
             Some(other) => {
@@ -202,6 +212,7 @@ async fn receive<T: AsyncRead + AsyncWrite + Unpin>(
             }
             None => return Err(Error::Disconnected),
         };
+        first = false;
         let done = matches!(item, Item::Done(_));
         // A closed channel means the applier failed; its error is reported.
         if items.send(item).await.is_err() || done {
