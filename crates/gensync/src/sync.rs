@@ -646,9 +646,11 @@ impl fmt::Debug for Initiator {
 
 /// Collects garbage on an interval ([`Replica::collect_garbage`]), until
 /// killed: a [`Worker`]. A failed collection is logged and tried again at
-/// the next interval.
+/// the next interval; so is one skipped because a sync round was under way
+/// ([`Error::RoundUnderway`]), which the collector never waits behind.
 pub struct Collector {
     worker: TaskWorker,
+    passes: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Collector {
@@ -659,6 +661,7 @@ impl Collector {
     ///
     /// Panics when called outside a tokio runtime with a timer.
     pub fn start(replica: Replica, every: Duration, evict_after: Duration) -> Collector {
+        let (passes_tx, passes) = tokio::sync::watch::channel(0);
         let span = tracing::info_span!("collector", device = %replica.device());
         let worker = TaskWorker::spawn(move |stop| {
             async move {
@@ -674,13 +677,24 @@ impl Collector {
                             evicted = stats.evicted.len(),
                             "garbage collected"
                         ),
+                        Err(Error::RoundUnderway) => tracing::debug!(
+                            "a sync round is under way; collecting at the next interval"
+                        ),
                         Err(error) => tracing::warn!(%error, "garbage collection failed"),
                     }
+                    passes_tx.send_modify(|passes| *passes += 1);
                 }
             }
             .instrument(span)
         });
-        Collector { worker }
+        Collector { worker, passes }
+    }
+
+    /// A receiver of how many collections have been tried (whether they
+    /// collected, failed or were skipped), so a caller can wait for the
+    /// next one.
+    pub fn passes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.passes.clone()
     }
 }
 
@@ -688,6 +702,8 @@ delegate_worker!(Collector, worker);
 
 impl fmt::Debug for Collector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Collector").finish_non_exhaustive()
+        f.debug_struct("Collector")
+            .field("passes", &*self.passes.borrow())
+            .finish_non_exhaustive()
     }
 }
