@@ -97,6 +97,12 @@ pub enum Error {
         #[source]
         source: Arc<std::io::Error>,
     },
+    /// A sync round is under way on this replica, so garbage collection
+    /// did not start (it would wait behind the round, which may be waiting
+    /// for a slow peer): try again later. The [`Collector`](crate::Collector)
+    /// does so at its next interval.
+    #[error("a sync round is under way; garbage collection did not start")]
+    RoundUnderway,
     /// The replica is closed.
     #[error("the replica is closed")]
     Closed,

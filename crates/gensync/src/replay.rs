@@ -9,7 +9,10 @@
 //! head replaces it (a fast-forward); two or more versions left at the end
 //! are a conflict. It is settled once per key per round: the resolver folds
 //! the frontier (in version id order) into one value, each step given the
-//! newest common ancestor as its base, and that becomes a merge version
+//! newest common ancestor as its base (several are merged into a virtual
+//! one, within a budget of resolver calls and walked versions per key, so
+//! that a crafted history cannot keep the round's last transaction open
+//! for ever), and that becomes a merge version
 //! whose parents are the whole frontier and whose id is derived from them
 //! and its content. Every replica that knows the same versions has the same
 //! frontier and makes the same merge, so merges do not pile up on each
@@ -27,7 +30,7 @@
 //! against what it sent. If the round fails before that (or the process
 //! dies), its pending records are removed and the store is as it was.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use flotilla_core_types::DeviceId;
 
@@ -48,16 +51,30 @@ pub struct RoundStats {
     pub conflicts: u64,
 }
 
-/// How many records a round writes per transaction: enough to make commits
-/// rare, few enough that a transaction's dirty pages stay small.
+/// How many items (records, and the one `Collected`) a round writes per
+/// transaction: enough to make commits rare, few enough that a
+/// transaction's dirty pages stay small.
 const CHUNK_RECORDS: usize = 1024;
 
-/// How deep [`Round::merge_base`] recurses into criss-cross merges: far
-/// beyond any real history, and a bound on what a crafted DAG can cost.
+/// How deep [`Round::virtual_base`] recurses into criss-cross merges: far
+/// beyond any real history, and a bound on the stack a crafted DAG can
+/// take. (Depth alone does not bound the cost: each level may fan out.)
 const MAX_MERGE_BASE_DEPTH: usize = 32;
 
-/// How many bytes of keys and values a round holds in memory before it
-/// writes them, whatever the count: a chunk of large values is written
+/// How many times settling one key may call the resolver to make virtual
+/// ancestors (merges of several newest common ancestors): criss-cross
+/// merges in real histories need a handful; a crafted lattice would need
+/// more than could ever finish.
+const MAX_BASE_RESOLUTIONS: usize = 64;
+
+/// How many DAG nodes settling one key may visit walking ancestries before
+/// it stops making virtual ancestors: a few walks of a long history.
+const MAX_BASE_VISITS: usize = 1 << 20;
+
+/// How many bytes of items a round holds in memory before it writes them,
+/// whatever the count, as [`held_len`] measures them: keys, values, parent
+/// ids and device ids, not the payload alone (a record of a few bytes may
+/// carry two mebibytes of parents). A chunk of large records is written
 /// sooner, so a round's memory stays near this (plus the channel's).
 const CHUNK_BYTES: usize = 8 * 1024 * 1024;
 
@@ -134,27 +151,44 @@ enum Gathered {
 }
 
 /// Takes items off `queue` into `chunk` until it holds [`CHUNK_RECORDS`]
-/// records or [`CHUNK_BYTES`] of payload, or `Done` comes (returned).
-/// Called with no transaction open: this is where the round waits for the
-/// peer.
+/// items or [`CHUNK_BYTES`] of them (every item counts, each by
+/// [`held_len`]), or `Done` comes (returned). Called with no transaction
+/// open: this is where the round waits for the peer.
 fn gather(
     queue: &mut tokio::sync::mpsc::Receiver<Item>,
     chunk: &mut Vec<Gathered>,
 ) -> Result<Option<GenVector>, Error> {
-    let (mut records, mut bytes) = (0, 0);
-    while records < CHUNK_RECORDS && bytes < CHUNK_BYTES {
-        match queue.blocking_recv() {
-            Some(Item::Collected(vector)) => chunk.push(Gathered::Collected(vector)),
-            Some(Item::Record(record)) => {
-                records += 1;
-                bytes += record.payload_len();
-                chunk.push(Gathered::Record(record));
-            }
+    let mut bytes = 0;
+    while chunk.len() < CHUNK_RECORDS && bytes < CHUNK_BYTES {
+        let gathered = match queue.blocking_recv() {
+            Some(Item::Collected(vector)) => Gathered::Collected(vector),
+            Some(Item::Record(record)) => Gathered::Record(record),
             Some(Item::Done(vector)) => return Ok(Some(vector)),
             None => return Err(Error::Disconnected),
-        }
+        };
+        bytes += held_len(&gathered);
+        chunk.push(gathered);
     }
     Ok(None)
+}
+
+/// About how many bytes of memory `item` holds: its variable parts, whose
+/// sum the peer controls, and its fixed size.
+fn held_len(item: &Gathered) -> usize {
+    let device_len = |device: &DeviceId| device.as_str().len();
+    match item {
+        Gathered::Collected(vector) => vector
+            .iter()
+            .map(|(device, _)| device_len(device) + size_of::<(DeviceId, u64)>())
+            .sum(),
+        Gathered::Record(record) => {
+            size_of::<LogRecord>()
+                + record.payload_len()
+                + record.parents.len() * size_of::<VersionId>()
+                + device_len(&record.device)
+                + device_len(&record.writer)
+        }
+    }
 }
 
 pub(crate) struct Round<'a> {
@@ -215,8 +249,10 @@ impl<'a> Round<'a> {
                 got: format!("generation {} of this replica's own log", record.generation),
             });
         }
+        // Each parent once: a peer may repeat one id thousands of times.
+        let mut checked = HashSet::with_capacity(record.parents.len().min(64));
         for parent in &record.parents {
-            if writer.knows(parent)? {
+            if !checked.insert(parent) || writer.knows(parent)? {
                 continue;
             }
             if self.collected.is_none() {
@@ -352,12 +388,14 @@ impl<'a> Round<'a> {
         }
         self.stats.conflicts += 1;
         frontier.sort();
+        let mut search = BaseSearch::new();
         let mut kept = side(writer, frontier[0])?;
         for (folded, &next) in frontier.iter().enumerate().skip(1) {
             let theirs = side(writer, next)?;
             // `kept` holds the members folded so far: its ancestors are
             // theirs, whatever version the fold left in it.
-            let ancestor = self.merge_base(writer, &key, &frontier[..folded], next, 0)?;
+            let ancestor =
+                self.merge_base(writer, &key, &frontier[..folded], next, 0, &mut search)?;
             kept = self.resolve(Conflict {
                 key: key.clone(),
                 ancestor,
@@ -411,10 +449,9 @@ impl<'a> Round<'a> {
     /// so far) against `theirs`: the newest version both descend from,
     /// whatever the ids. When several are equally new (criss-cross
     /// merges), none alone holds what both sides share, so they are merged
-    /// with the resolver, each against its own merge base, as git's
-    /// recursive strategy does; that virtual ancestor's version is derived
-    /// as a merge's would be and is in no DAG. Collected ancestors are left
-    /// out; with none left, there is no ancestor.
+    /// into a virtual ancestor ([`virtual_base`](Self::virtual_base)).
+    /// Collected ancestors are left out; with none left, there is no
+    /// ancestor.
     fn merge_base(
         &self,
         writer: &Writer<'_>,
@@ -422,25 +459,74 @@ impl<'a> Round<'a> {
         ours: &[VersionId],
         theirs: VersionId,
         depth: usize,
+        search: &mut BaseSearch,
     ) -> Result<Option<Side>, Error> {
         let mut newest = Vec::new();
-        for version in lowest_common_ancestors(writer, ours, theirs)? {
+        for version in lowest_common_ancestors(writer, ours, theirs, &mut search.visits_left)? {
             if writer.dag_node(&version)?.is_some() {
                 newest.push(version);
             }
         }
-        let Some((&first, rest)) = newest.split_first() else {
-            return Ok(None);
-        };
-        let mut base = side(writer, first)?;
-        // A crafted DAG could nest criss-crosses without end; past this
-        // depth the first of the newest ancestors stands for them all.
-        if rest.is_empty() || depth >= MAX_MERGE_BASE_DEPTH {
-            return Ok(Some(base));
+        match newest.as_slice() {
+            [] => Ok(None),
+            [only] => Ok(Some(side(writer, *only)?)),
+            _ => self.virtual_base(writer, key, newest, depth, search),
         }
+    }
+
+    /// The merge of `newest` (two or more newest common ancestors, in id
+    /// order) with the resolver, each against its own merge base, as git's
+    /// recursive strategy does; its version is derived as a merge's would
+    /// be and is in no DAG.
+    ///
+    /// Its cost is bounded, whatever the DAG: each set's merge is made once
+    /// per settle and remembered (a lattice of criss-crosses meets the
+    /// same sets again and again), and past [`MAX_MERGE_BASE_DEPTH`], or
+    /// once the settle has spent [`MAX_BASE_RESOLUTIONS`] or
+    /// [`MAX_BASE_VISITS`], the first of the set, in id order, stands for
+    /// it all. Every replica that knows the same versions walks them in
+    /// the same order, so it spends its budget alike and makes the same
+    /// merge.
+    fn virtual_base(
+        &self,
+        writer: &Writer<'_>,
+        key: &[u8],
+        newest: Vec<VersionId>,
+        depth: usize,
+        search: &mut BaseSearch,
+    ) -> Result<Option<Side>, Error> {
+        if let Some(known) = search.merged.get(&newest) {
+            return Ok(known.clone());
+        }
+        let first = side(writer, newest[0])?;
+        let merged = self.fold_bases(writer, key, &newest, first.clone(), depth, search)?;
+        let base = Some(merged.unwrap_or(first));
+        search.merged.insert(newest, base.clone());
+        Ok(base)
+    }
+
+    /// Folds `newest` into `base` (its first), or `None` once the budget
+    /// runs out or the depth is reached.
+    fn fold_bases(
+        &self,
+        writer: &Writer<'_>,
+        key: &[u8],
+        newest: &[VersionId],
+        mut base: Side,
+        depth: usize,
+        search: &mut BaseSearch,
+    ) -> Result<Option<Side>, Error> {
         for (folded, &next) in newest.iter().enumerate().skip(1) {
+            if depth >= MAX_MERGE_BASE_DEPTH || search.is_spent() {
+                return Ok(None);
+            }
             let theirs = side(writer, next)?;
-            let ancestor = self.merge_base(writer, key, &newest[..folded], next, depth + 1)?;
+            let ancestor =
+                self.merge_base(writer, key, &newest[..folded], next, depth + 1, search)?;
+            if search.is_spent() {
+                return Ok(None);
+            }
+            search.resolutions_left -= 1;
             base = self.resolve(Conflict {
                 key: key.to_vec(),
                 ancestor,
@@ -449,7 +535,7 @@ impl<'a> Round<'a> {
             });
         }
         base.version = VersionId::of_merge(
-            &newest,
+            newest,
             base.value.as_deref(),
             &base.writer,
             base.timestamp_ms,
@@ -477,6 +563,30 @@ impl<'a> Round<'a> {
     }
 }
 
+/// What the merge bases of one settle have found and may still spend (see
+/// [`Round::virtual_base`]).
+struct BaseSearch {
+    /// Each set of newest common ancestors met, and its virtual ancestor.
+    merged: HashMap<Vec<VersionId>, Option<Side>>,
+    resolutions_left: usize,
+    visits_left: usize,
+}
+
+impl BaseSearch {
+    fn new() -> BaseSearch {
+        BaseSearch {
+            merged: HashMap::new(),
+            resolutions_left: MAX_BASE_RESOLUTIONS,
+            visits_left: MAX_BASE_VISITS,
+        }
+    }
+
+    /// Whether no more virtual ancestors may be made.
+    fn is_spent(&self) -> bool {
+        self.resolutions_left == 0 || self.visits_left == 0
+    }
+}
+
 /// Whether `descendant` has `ancestor` among its ancestors.
 fn descends(
     writer: &Writer<'_>,
@@ -490,13 +600,17 @@ fn descends(
 /// and that no other such version descends from: the newest common
 /// ancestors, in id order. (Walking back breadth first and stopping at the
 /// first shared version finds an older one, for some DAGs and ids.)
+/// Each version the walks visit takes one from `visits_left` (down to 0).
 fn lowest_common_ancestors(
     writer: &Writer<'_>,
     ours: &[VersionId],
     theirs: VersionId,
+    visits_left: &mut usize,
 ) -> Result<Vec<VersionId>, Error> {
     let of_ours = ancestry(writer, ours)?;
-    let common: HashSet<VersionId> = ancestry(writer, &[theirs])?
+    let theirs = ancestry(writer, &[theirs])?;
+    *visits_left = visits_left.saturating_sub(of_ours.len() + theirs.len());
+    let common: HashSet<VersionId> = theirs
         .into_iter()
         .filter(|version| of_ours.contains(version))
         .collect();

@@ -172,11 +172,17 @@ pub(crate) struct Shared {
     pub(crate) storage: Storage,
     pub(crate) config: ReplicaConfig,
     pub(crate) changes: broadcast::Sender<Change>,
-    /// Held by a sync round for as long as its transaction is open. A
-    /// responder seals its open generation only if it can take this at
-    /// once: otherwise it would wait for its own replica's round, which may
-    /// be waiting for a responder that waits for its round, around a ring
-    /// of replicas. Busy, it serves the sealed generations only.
+    /// Held by a sync round as initiator for the whole round: from before
+    /// its request goes out, through every wait for the peer, to its last
+    /// commit (or its discard), so for as long as the round's timeout
+    /// allows when the peer stalls. Nothing else waits for it. A responder
+    /// seals its open generation only if it can take this at once:
+    /// otherwise it would wait for its own replica's round, which may be
+    /// waiting for a responder that waits for its round, around a ring of
+    /// replicas; busy, it serves the sealed generations only. Garbage
+    /// collection takes it at once or not at all
+    /// ([`Error::RoundUnderway`]), so that no blocking thread sits behind
+    /// a stalled peer.
     pub(crate) round_gate: Arc<tokio::sync::Mutex<()>>,
     /// Every piece of store work under way (writes, rounds, collections),
     /// so that `wait` can tell when the last one has ended.
@@ -285,15 +291,30 @@ impl Replica {
     /// sent what the log still has, which includes every current value (a
     /// full-state transfer) instead of a delta.
     ///
-    /// Waits for a sync round under way to finish, and holds the next one
-    /// back while it runs.
+    /// Does not wait for a sync round under way (the round may be waiting
+    /// for a slow peer): it fails at once with [`Error::RoundUnderway`]
+    /// instead, to be tried again later. While it runs, it holds the next
+    /// round back (for as long as one write transaction takes).
     ///
     /// # Errors
     ///
-    /// [`Error::Storage`] or [`Error::Corrupt`]; nothing is removed then.
+    /// [`Error::RoundUnderway`], [`Error::Closed`], [`Error::Storage`] or
+    /// [`Error::Corrupt`]; nothing is removed then.
+    ///
+    /// # Cancel safety
+    ///
+    /// If the future is dropped, the collection may or may not be
+    /// committed; it is never half done.
     pub async fn collect_garbage(&self, evict_after: Duration) -> Result<GcStats, Error> {
+        let no_round = Arc::clone(&self.shared.round_gate)
+            .try_lock_owned()
+            .map_err(|_| Error::RoundUnderway)?;
         let shared = Arc::clone(&self.shared);
-        blocking(&self.shared, move || shared.collect_garbage(evict_after)).await
+        blocking(&self.shared, move || {
+            let _no_round = no_round;
+            shared.collect_garbage(evict_after)
+        })
+        .await
     }
 
     /// What garbage collection has removed: this log may lack the records
@@ -464,8 +485,8 @@ impl fmt::Debug for Replica {
 }
 
 impl Shared {
+    /// Collects garbage; the caller holds `round_gate`.
     fn collect_garbage(&self, evict_after: Duration) -> Result<GcStats, Error> {
-        let _no_round = self.round_gate.blocking_lock();
         let txn = self.storage.write()?;
         let mut writer = txn.tables()?;
         let ours = writer.vector()?;

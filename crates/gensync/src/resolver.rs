@@ -27,8 +27,11 @@ pub struct Conflict {
     /// shared version descends from), whatever the version ids: the base
     /// of a three-way merge. When there are several such (after
     /// criss-cross merges), their merge by this resolver, each against its
-    /// own base, whose `version` is in no DAG. `None` when no shared
-    /// version is left (never shared, or collected).
+    /// own base, whose `version` is in no DAG; the resolver is called for
+    /// at most 64 such merges per key settled (and a crafted history's
+    /// walks are bounded too), after which the first of them, in version
+    /// id order, stands for them all, alike on every replica. `None` when
+    /// no shared version is left (never shared, or collected).
     pub ancestor: Option<Side>,
     /// This replica's head. When more than two versions conflict they are
     /// folded in version id order, and `ours` is the fold so far (its

@@ -183,25 +183,36 @@ async fn announce(replica: &Replica, moved: Vec<Moved>) -> Result<(), Error> {
     Ok(())
 }
 
-/// Forwards the responder's records to the applier until `Done`.
+/// Forwards the responder's records to the applier until `Done`. A
+/// `Collected` may come once, before any record: a second one, or one
+/// after a record, is a protocol violation (it could only make the round
+/// hold more, or change the rules for records already checked).
 async fn receive<T: AsyncRead + AsyncWrite + Unpin>(
     connection: &mut Connection<T>,
     items: &mpsc::Sender<Item>,
 ) -> Result<(), Error> {
+    let mut first = true;
     loop {
         let item = match connection.recv().await? {
             Some(Message::Record(record)) => Item::Record(record),
-            Some(Message::Collected { vector }) => Item::Collected(vector),
+            Some(Message::Collected { vector }) if first => Item::Collected(vector),
+            Some(Message::Collected { .. }) => {
+                return Err(Error::Protocol {
+                    expected: "a record or done (collected comes once, before the records)",
+                    got: String::from("collected"),
+                });
+            }
             Some(Message::Done { vector }) => Item::Done(vector),
             Some(Message::Abort { reason }) => return Err(Error::PeerAborted(reason)),
             Some(other) => {
                 return Err(Error::Protocol {
                     expected: "a record or done",
-                    got: format!("{other:?}"),
+                    got: other.kind().to_owned(),
                 });
             }
             None => return Err(Error::Disconnected),
         };
+        first = false;
         let done = matches!(item, Item::Done(_));
         // A closed channel means the applier failed; its error is reported.
         if items.send(item).await.is_err() || done {
@@ -222,7 +233,7 @@ where
         Some(Message::Abort { reason }) => Err(Error::PeerAborted(reason)),
         Some(other) => Err(Error::Protocol {
             expected: "hello",
-            got: format!("{other:?}"),
+            got: other.kind().to_owned(),
         }),
         None => Err(Error::Disconnected),
     }
@@ -436,7 +447,7 @@ async fn respond<T: AsyncRead + AsyncWrite + Unpin>(
         Some(other) => {
             return Err(Error::Protocol {
                 expected: "get-deltas",
-                got: format!("{other:?}"),
+                got: other.kind().to_owned(),
             });
         }
         None => return Err(Error::Disconnected),
@@ -634,10 +645,13 @@ impl fmt::Debug for Initiator {
 }
 
 /// Collects garbage on an interval ([`Replica::collect_garbage`]), until
-/// killed: a [`Worker`](crate::Worker). A failed collection is logged and tried again at
-/// the next interval.
+/// killed: a [`Worker`](crate::Worker). A failed collection is logged and
+/// tried again at the next interval; so is one skipped because a sync round
+/// was under way ([`Error::RoundUnderway`]), which the collector never waits
+/// behind.
 pub struct Collector {
     worker: TaskWorker,
+    passes: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Collector {
@@ -648,6 +662,7 @@ impl Collector {
     ///
     /// Panics when called outside a tokio runtime with a timer.
     pub fn start(replica: Replica, every: Duration, evict_after: Duration) -> Collector {
+        let (passes_tx, passes) = tokio::sync::watch::channel(0);
         let span = tracing::info_span!("collector", device = %replica.device());
         let worker = TaskWorker::spawn(move |stop| {
             async move {
@@ -663,13 +678,24 @@ impl Collector {
                             evicted = stats.evicted.len(),
                             "garbage collected"
                         ),
+                        Err(Error::RoundUnderway) => tracing::debug!(
+                            "a sync round is under way; collecting at the next interval"
+                        ),
                         Err(error) => tracing::warn!(%error, "garbage collection failed"),
                     }
+                    passes_tx.send_modify(|passes| *passes += 1);
                 }
             }
             .instrument(span)
         });
-        Collector { worker }
+        Collector { worker, passes }
+    }
+
+    /// A receiver of how many collections have been tried (whether they
+    /// collected, failed or were skipped), so a caller can wait for the
+    /// next one.
+    pub fn passes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.passes.clone()
     }
 }
 
@@ -677,6 +703,8 @@ delegate_worker!(Collector, worker);
 
 impl fmt::Debug for Collector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Collector").finish_non_exhaustive()
+        f.debug_struct("Collector")
+            .field("passes", &*self.passes.borrow())
+            .finish_non_exhaustive()
     }
 }

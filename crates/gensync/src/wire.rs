@@ -64,6 +64,30 @@ pub enum Message {
     },
 }
 
+impl Message {
+    /// The message's type, as a short name ("hello", "get-deltas",
+    /// "record", "done", "abort", "collected"): what an error says came
+    /// out of turn, without the message's contents (a record's value may
+    /// be a mebibyte).
+    ///
+    /// ```
+    /// use flotilla_gensync::wire::Message;
+    ///
+    /// let abort = Message::Abort { reason: String::from("busy") };
+    /// assert_eq!(abort.kind(), "abort");
+    /// ```
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "hello",
+            Message::GetDeltas { .. } => "get-deltas",
+            Message::Record(_) => "record",
+            Message::Done { .. } => "done",
+            Message::Abort { .. } => "abort",
+            Message::Collected { .. } => "collected",
+        }
+    }
+}
+
 /// What can be wrong with what a peer sent.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

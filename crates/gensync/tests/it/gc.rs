@@ -6,9 +6,11 @@
 use std::time::Duration;
 
 use flotilla_core_types::Worker;
-use flotilla_gensync::Collector;
+use flotilla_gensync::wire::{Connection, Message};
+use flotilla_gensync::{Collector, Error, initiate_over};
 
 use crate::harness::{Node, assert_converged, device, pull, stop};
+use crate::hostile::{record, vector};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -146,4 +148,73 @@ async fn a_collector_worker_collects_on_its_interval_and_stops() {
     collector.wait().await.expect("clean stop");
     stop(serve_a).await;
     stop(serve_b).await;
+}
+
+#[tokio::test]
+async fn collection_does_not_wait_behind_a_round_whose_peer_stalls() {
+    let node = Node::new("me");
+    let (near, far) = tokio::io::duplex(1 << 16);
+    let (requested, request_seen) = tokio::sync::oneshot::channel::<()>();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    // A peer that takes our request (the round holds its gate from before
+    // it goes out), sends a record, and stalls until released.
+    let peer = tokio::spawn(async move {
+        let mut connection = Connection::new(far);
+        let _hello = connection.recv().await;
+        let _ = connection
+            .send(&Message::Hello {
+                device: device("x"),
+            })
+            .await;
+        let _request = connection.recv().await;
+        let _ = connection
+            .send(&Message::Record(record("x", 1, 1, "k", vec![])))
+            .await;
+        let _ = requested.send(());
+        let _ = released.await;
+        let _ = connection
+            .send(&Message::Done {
+                vector: vector(&[("x", 1)]),
+            })
+            .await;
+        connection
+    });
+    let round = tokio::spawn({
+        let replica = node.replica.clone();
+        async move { initiate_over(&replica, near).await }
+    });
+    request_seen.await.expect("the peer gets the request");
+
+    let bound = Duration::from_secs(10);
+    let collected = tokio::time::timeout(bound, node.replica.collect_garbage(HOUR)).await;
+    // A collector tries, and skips, three times while the round stalls.
+    let collector = Collector::start(node.replica.clone(), Duration::from_millis(1), HOUR);
+    let tried = tokio::time::timeout(bound, collector.passes().wait_for(|&passes| passes >= 3))
+        .await
+        .is_ok();
+    collector.kill();
+    let stopped = tokio::time::timeout(bound, collector.wait()).await;
+    // Unstall the peer before asserting, so that a failure does not hang.
+    let _ = release.send(());
+    assert!(
+        matches!(collected, Ok(Err(Error::RoundUnderway))),
+        "collection reports the round at once: {collected:?}"
+    );
+    assert!(tried, "a collector goes on trying while a round stalls");
+    assert!(
+        matches!(stopped, Ok(Ok(()))),
+        "a collector stops while a round stalls"
+    );
+
+    let stats = round
+        .await
+        .expect("the round task ends")
+        .expect("the round completes once the peer goes on");
+    assert_eq!(stats.applied, 1);
+    node.replica
+        .collect_garbage(HOUR)
+        .await
+        .expect("collects once the round is over");
+    assert_eq!(node.get("k").as_deref(), Some("v"));
+    drop(peer.await.expect("the peer task ends"));
 }

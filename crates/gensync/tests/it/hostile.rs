@@ -391,6 +391,21 @@ async fn eventually(mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// Polls `condition` until it holds (true) or `limit` has passed (false).
+pub(crate) async fn within(
+    limit: std::time::Duration,
+    mut condition: impl FnMut() -> bool,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !condition() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    true
+}
+
 #[tokio::test]
 async fn a_peer_that_stalls_mid_round_does_not_hold_up_local_writes() {
     let node = Node::new("me");
@@ -536,4 +551,164 @@ async fn a_merge_over_the_value_limit_fails_the_round_and_stores_nothing() {
     assert_eq!(b.get("k").as_deref(), Some("b's"));
     assert_eq!(b.replica.verify().expect("reads"), Ok(()));
     stop(serve_a).await;
+}
+
+#[tokio::test]
+async fn a_message_out_of_turn_is_named_by_its_kind_not_printed_whole() {
+    let mut big = record("x", 1, 1, "k", vec![]);
+    big.value = Some(vec![b'v'; MAX_VALUE_LEN]);
+    let mut big_vector = GenVector::new();
+    for i in 0..10_000 {
+        big_vector.raise(&device(&format!("d{i}")), 1);
+    }
+    let check = |error: Error, expected: &str, got: &str| {
+        let text = error.to_string();
+        match &error {
+            Error::Protocol {
+                expected: said_expected,
+                got: said_got,
+            } => assert_eq!((*said_expected, said_got.as_str()), (expected, got)),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(text.len() < 200, "a short message: {} bytes", text.len());
+    };
+
+    // A record where the responder's hello belongs.
+    let node = Node::new("me");
+    let (address, _peer) = fake_responder({
+        let big = big.clone();
+        move |stream| async move {
+            let mut connection = Connection::new(stream);
+            let _hello = connection.recv().await;
+            let _ = connection.send(&Message::Record(big)).await;
+        }
+    })
+    .await;
+    check(refused(&node, address).await, "hello", "record");
+
+    // A request where a record or done belongs.
+    let (address, _peer) = scripted(
+        "x",
+        vec![Message::GetDeltas {
+            vector: big_vector.clone(),
+        }],
+    )
+    .await;
+    check(
+        refused(&node, address).await,
+        "a record or done",
+        "get-deltas",
+    );
+
+    // A record where the initiator's request belongs.
+    let (near, far) = tokio::io::duplex(1 << 16);
+    let initiator = tokio::spawn(async move {
+        let mut connection = Connection::new(far);
+        let _ = connection
+            .send(&Message::Hello {
+                device: device("x"),
+            })
+            .await;
+        let _hello = connection.recv().await;
+        let _ = connection.send(&Message::Record(big)).await;
+        connection
+    });
+    let error = flotilla_gensync::respond_over(&node.replica, near, &SyncConfig::default())
+        .await
+        .expect_err("the round fails");
+    check(error, "get-deltas", "record");
+    drop(initiator.await.expect("the initiator task ends"));
+}
+
+#[tokio::test]
+async fn collected_comes_once_before_the_records_or_the_round_ends() {
+    let collected = || Message::Collected {
+        vector: vector(&[("x", 1)]),
+    };
+    let done = || Message::Done {
+        vector: vector(&[("x", 2)]),
+    };
+    let first = record("x", 2, 1, "k", vec![]);
+    let cases = [
+        // A stream of them, each of which the round would otherwise hold.
+        (0..1_000).map(|_| collected()).chain([done()]).collect(),
+        vec![collected(), collected(), done()],
+        vec![Message::Record(first.clone()), collected(), done()],
+    ];
+    for messages in cases {
+        let node = Node::new("me");
+        let (address, _peer) = scripted("x", messages).await;
+        match refused(&node, address).await {
+            Error::Protocol { got, .. } => assert_eq!(got, "collected"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(node.replica.log_len().expect("reads"), 0);
+        assert_eq!(node.replica.collected().expect("reads"), GenVector::new());
+        assert_eq!(node.replica.verify().expect("reads"), Ok(()));
+    }
+    // One, first, is the full-state transfer.
+    let node = Node::new("me");
+    let (address, _peer) = scripted("x", vec![collected(), Message::Record(first), done()]).await;
+    let stats = sync_with(&node.replica, address, &SyncConfig::default())
+        .await
+        .expect("the round completes");
+    assert_eq!(stats.applied, 1);
+}
+
+#[tokio::test]
+async fn records_with_huge_parent_lists_are_written_a_few_at_a_time() {
+    // Each record is a few bytes of key and value and 1.6 MB of parent
+    // ids: a chunk must count the parents, or it holds 1,024 of them.
+    const PARENTS: usize = 100_000;
+    const HEAVY: u64 = 8;
+    let node = Node::new("me");
+    let root = record("x", 1, 1, "root", vec![]);
+    let (near, far) = tokio::io::duplex(1 << 20);
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let peer = tokio::spawn(async move {
+        let mut connection = Connection::new(far);
+        let _hello = connection.recv().await;
+        let _ = connection
+            .send(&Message::Hello {
+                device: device("x"),
+            })
+            .await;
+        let _request = connection.recv().await;
+        let _ = connection.send(&Message::Record(root.clone())).await;
+        for s in 2..=HEAVY + 1 {
+            let heavy = record("x", 1, s, &format!("k{s}"), vec![root.version; PARENTS]);
+            connection
+                .send(&Message::Record(heavy))
+                .await
+                .expect("a record fits in a frame");
+        }
+        // Stall with every record sent, the round's `Done` held back.
+        let _ = released.await;
+        let _ = connection
+            .send(&Message::Done {
+                vector: vector(&[("x", 1)]),
+            })
+            .await;
+        connection
+    });
+    let round = tokio::spawn({
+        let replica = node.replica.clone();
+        async move { initiate_over(&replica, near).await }
+    });
+    // Far fewer than a chunk's count of records, but far more than a
+    // chunk's bytes: some are written (pending) while the peer stalls.
+    let written = within(std::time::Duration::from_secs(20), || {
+        node.replica.log_len().expect("reads") >= 1
+    })
+    .await;
+    // Unstall the peer before asserting, so that a failure does not hang.
+    let _ = release.send(());
+    assert!(written, "a chunk is written before the round's end");
+    let stats = round
+        .await
+        .expect("the round task ends")
+        .expect("the round completes");
+    assert_eq!(stats.applied, HEAVY + 1);
+    assert_eq!(node.get("k2").as_deref(), Some("v"));
+    drop(peer.await.expect("the peer task ends"));
 }
