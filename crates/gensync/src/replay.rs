@@ -33,6 +33,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use flotilla_core_types::DeviceId;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::replica::{Shared, check_limits};
 use crate::resolver::{Conflict, Resolution, Side};
@@ -93,6 +94,27 @@ pub(crate) enum Item {
     Done(GenVector),
 }
 
+/// How many bytes of items may wait between the network and the applier:
+/// with the chunk being gathered, a round holds at most about twice
+/// [`CHUNK_BYTES`] of the peer's data, however large its frames.
+pub(crate) const QUEUE_BYTES: usize = CHUNK_BYTES;
+
+/// An item on its way to the applier, holding its share of
+/// [`QUEUE_BYTES`] until the applier takes it.
+pub(crate) type Queued = (Item, OwnedSemaphorePermit);
+
+/// The share of [`QUEUE_BYTES`] that `item` holds while queued: its
+/// [`held_len`], capped so that one item larger than the whole budget
+/// still passes (alone).
+pub(crate) fn queue_share(item: &Item) -> u32 {
+    let held = match item {
+        Item::Collected(vector) => vector_held_len(vector),
+        Item::Record(record) => record_held_len(record),
+        Item::Done(_) => 0,
+    };
+    u32::try_from(held.min(QUEUE_BYTES)).unwrap_or(u32::MAX)
+}
+
 /// Applies a round's items as they arrive on `queue`, in chunks of up to
 /// [`CHUNK_RECORDS`] pending records, then finishes it in one durable
 /// transaction. A chunk is gathered before its transaction opens, so no
@@ -101,7 +123,7 @@ pub(crate) enum Item {
 pub(crate) fn apply_round(
     shared: &Shared,
     peer: DeviceId,
-    queue: &mut tokio::sync::mpsc::Receiver<Item>,
+    queue: &mut tokio::sync::mpsc::Receiver<Queued>,
 ) -> Result<(RoundStats, Vec<Moved>), Error> {
     let result = run_round(shared, peer, queue);
     if result.is_err() {
@@ -113,7 +135,7 @@ pub(crate) fn apply_round(
 fn run_round(
     shared: &Shared,
     peer: DeviceId,
-    queue: &mut tokio::sync::mpsc::Receiver<Item>,
+    queue: &mut tokio::sync::mpsc::Receiver<Queued>,
 ) -> Result<(RoundStats, Vec<Moved>), Error> {
     let mut round = Round::begin(shared, peer)?;
     let mut chunk = Vec::with_capacity(CHUNK_RECORDS);
@@ -155,12 +177,14 @@ enum Gathered {
 /// [`held_len`]), or `Done` comes (returned). Called with no transaction
 /// open: this is where the round waits for the peer.
 fn gather(
-    queue: &mut tokio::sync::mpsc::Receiver<Item>,
+    queue: &mut tokio::sync::mpsc::Receiver<Queued>,
     chunk: &mut Vec<Gathered>,
 ) -> Result<Option<GenVector>, Error> {
     let mut bytes = 0;
     while chunk.len() < CHUNK_RECORDS && bytes < CHUNK_BYTES {
-        let gathered = match queue.blocking_recv() {
+        // The item's share of the queue's budget is released as it moves
+        // into the chunk, which counts it from here.
+        let gathered = match queue.blocking_recv().map(|(item, _share)| item) {
             Some(Item::Collected(vector)) => Gathered::Collected(vector),
             Some(Item::Record(record)) => Gathered::Record(record),
             Some(Item::Done(vector)) => return Ok(Some(vector)),
@@ -175,20 +199,25 @@ fn gather(
 /// About how many bytes of memory `item` holds: its variable parts, whose
 /// sum the peer controls, and its fixed size.
 fn held_len(item: &Gathered) -> usize {
-    let device_len = |device: &DeviceId| device.as_str().len();
     match item {
-        Gathered::Collected(vector) => vector
-            .iter()
-            .map(|(device, _)| device_len(device) + size_of::<(DeviceId, u64)>())
-            .sum(),
-        Gathered::Record(record) => {
-            size_of::<LogRecord>()
-                + record.payload_len()
-                + record.parents.len() * size_of::<VersionId>()
-                + device_len(&record.device)
-                + device_len(&record.writer)
-        }
+        Gathered::Collected(vector) => vector_held_len(vector),
+        Gathered::Record(record) => record_held_len(record),
     }
+}
+
+fn vector_held_len(vector: &GenVector) -> usize {
+    vector
+        .iter()
+        .map(|(device, _)| device.as_str().len() + size_of::<(DeviceId, u64)>())
+        .sum()
+}
+
+fn record_held_len(record: &LogRecord) -> usize {
+    size_of::<LogRecord>()
+        + record.payload_len()
+        + record.parents.len() * size_of::<VersionId>()
+        + record.device.as_str().len()
+        + record.writer.as_str().len()
 }
 
 pub(crate) struct Round<'a> {

@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::Error;
-use crate::replay::{Item, Moved, RoundStats, apply_round};
+use crate::replay::{Item, Moved, QUEUE_BYTES, Queued, RoundStats, apply_round, queue_share};
 use crate::replica::{Change, Origin, Replica, blocking, joined, start_blocking};
 use crate::wire::{Connection, Message};
 
@@ -126,16 +126,17 @@ async fn initiate<T: AsyncRead + AsyncWrite + Unpin>(
     connection.send(&Message::GetDeltas { vector }).await?;
 
     // The records go to a blocking task that applies them (see
-    // `replay::apply_round`); the channel's bound keeps memory flat however
-    // long the round.
-    let (items, mut queue) = mpsc::channel::<Item>(256);
+    // `replay::apply_round`); the channel's bounds, in items and in bytes,
+    // keep memory flat however long the round and however large its frames.
+    let (items, mut queue) = mpsc::channel::<Queued>(256);
     let shared = Arc::clone(&replica.shared);
     let peer_device = peer.clone();
     let applier = start_blocking(&replica.shared, move || {
         let _gate = gate;
         apply_round(&shared, peer_device, &mut queue)
     })?;
-    let received = receive(&mut connection, &items).await;
+    let budget = Arc::new(tokio::sync::Semaphore::new(QUEUE_BYTES));
+    let received = receive(&mut connection, &items, &budget).await;
     drop(items);
     let applied = joined(applier).await;
     // An error from the network wins: it is why the applier stopped.
@@ -189,7 +190,8 @@ async fn announce(replica: &Replica, moved: Vec<Moved>) -> Result<(), Error> {
 /// hold more, or change the rules for records already checked).
 async fn receive<T: AsyncRead + AsyncWrite + Unpin>(
     connection: &mut Connection<T>,
-    items: &mpsc::Sender<Item>,
+    items: &mpsc::Sender<Queued>,
+    budget: &Arc<tokio::sync::Semaphore>,
 ) -> Result<(), Error> {
     let mut first = true;
     loop {
@@ -203,7 +205,7 @@ async fn receive<T: AsyncRead + AsyncWrite + Unpin>(
                 });
             }
             Some(Message::Done { vector }) => Item::Done(vector),
-            Some(Message::Abort { reason }) => return Err(Error::PeerAborted(reason)),
+            Some(Message::Abort { reason }) => return Err(peer_aborted(reason)),
             Some(other) => {
                 return Err(Error::Protocol {
                     expected: "a record or done",
@@ -214,11 +216,38 @@ async fn receive<T: AsyncRead + AsyncWrite + Unpin>(
         };
         first = false;
         let done = matches!(item, Item::Done(_));
+        // Waits while the queue holds its budget of bytes. The semaphore
+        // is never closed; should it be, the applier has gone.
+        let Ok(share) = Arc::clone(budget)
+            .acquire_many_owned(queue_share(&item))
+            .await
+        else {
+            return Ok(());
+        };
         // A closed channel means the applier failed; its error is reported.
-        if items.send(item).await.is_err() || done {
+        if items.send((item, share)).await.is_err() || done {
             return Ok(());
         }
     }
+}
+
+/// The most of a peer's abort reason kept in the error: enough to read,
+/// too little to flood a log (a frame may carry megabytes of it).
+const MAX_ABORT_REASON: usize = 256;
+
+/// [`Error::PeerAborted`] with the peer's reason, cut to
+/// [`MAX_ABORT_REASON`] bytes (on a character boundary).
+fn peer_aborted(mut reason: String) -> Error {
+    if reason.len() > MAX_ABORT_REASON {
+        let total = reason.len();
+        let mut cut = MAX_ABORT_REASON;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+        reason.push_str(&format!("… ({total} bytes in all)"));
+    }
+    Error::PeerAborted(reason)
 }
 
 /// The peer's hello. A peer may refuse the round instead (a responder
@@ -230,7 +259,7 @@ where
 {
     match connection.recv().await? {
         Some(Message::Hello { device }) => Ok(device),
-        Some(Message::Abort { reason }) => Err(Error::PeerAborted(reason)),
+        Some(Message::Abort { reason }) => Err(peer_aborted(reason)),
         Some(other) => Err(Error::Protocol {
             expected: "hello",
             got: other.kind().to_owned(),
@@ -443,7 +472,7 @@ async fn respond<T: AsyncRead + AsyncWrite + Unpin>(
         .await?;
     let theirs = match connection.recv().await? {
         Some(Message::GetDeltas { vector }) => vector,
-        Some(Message::Abort { reason }) => return Err(Error::PeerAborted(reason)),
+        Some(Message::Abort { reason }) => return Err(peer_aborted(reason)),
         Some(other) => {
             return Err(Error::Protocol {
                 expected: "get-deltas",
@@ -706,5 +735,86 @@ impl fmt::Debug for Collector {
         f.debug_struct("Collector")
             .field("passes", &*self.passes.borrow())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::VersionId;
+    use crate::model::LogRecord;
+
+    fn big_record(sequence: u64) -> LogRecord {
+        let writer = DeviceId::new("peer").expect("valid");
+        LogRecord {
+            version: VersionId::of_write(&writer, 1, sequence),
+            device: writer.clone(),
+            generation: 1,
+            sequence,
+            key: format!("k{sequence}").into_bytes(),
+            parents: Vec::new(),
+            value: Some(vec![7; 1024 * 1024]),
+            writer,
+            timestamp_ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_long_abort_reason_is_cut_on_a_character_boundary() {
+        let short = peer_aborted("busy".to_owned());
+        assert_eq!(short.to_string(), "peer aborted the round: busy");
+        let long = peer_aborted("é".repeat(100_000));
+        let Error::PeerAborted(reason) = long else {
+            panic!("expected PeerAborted");
+        };
+        assert!(reason.len() < MAX_ABORT_REASON + 40, "{}", reason.len());
+        assert!(reason.ends_with("… (200000 bytes in all)"), "{reason}");
+    }
+
+    /// A peer sending large records faster than they are applied fills the
+    /// queue up to its byte budget and no further.
+    #[tokio::test(start_paused = true)]
+    async fn the_queue_to_the_applier_holds_a_bounded_number_of_bytes() {
+        let (ours, theirs) = tokio::io::duplex(4 * 1024 * 1024);
+        let mut peer = Connection::new(theirs);
+        let sender = tokio::spawn(async move {
+            for sequence in 1..=40 {
+                if peer
+                    .send(&Message::Record(big_record(sequence)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let mut connection = Connection::new(ours);
+        let (items, mut queue) = mpsc::channel::<Queued>(256);
+        let budget = Arc::new(tokio::sync::Semaphore::new(QUEUE_BYTES));
+        let receiving = {
+            let budget = Arc::clone(&budget);
+            tokio::spawn(async move { receive(&mut connection, &items, &budget).await })
+        };
+        // On the paused clock this returns once every task is idle: the
+        // receiver waits for budget, the peer for the receiver.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let queued = queue.len();
+        assert!(
+            (7..=8).contains(&queued),
+            "{queued} records of 1 MiB queued against a budget of 8 MiB"
+        );
+        // Taking items frees their share, and the rest follow.
+        let mut taken = 0;
+        while let Ok(Some(_item)) = tokio::time::timeout(Duration::from_secs(5), queue.recv()).await
+        {
+            taken += 1;
+            assert!(queue.len() <= 8);
+            if taken == 40 {
+                break;
+            }
+        }
+        assert_eq!(taken, 40);
+        sender.await.expect("sender ends");
+        receiving.abort();
     }
 }
