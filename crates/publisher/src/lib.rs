@@ -76,12 +76,12 @@ mod etcd;
 
 pub use config::PublisherConfig;
 pub use error::{Error, NamespaceError};
-/// The shared vocabulary this crate's API speaks in, re-exported so that
-/// users need not name `flotilla-core-types` themselves.
-pub use flotilla_core_types::{Endpoint, InvalidId, Name, Worker, WorkerError, WorkerResult};
 #[cfg(feature = "etcd")]
 #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
 pub use etcd::{EtcdNamespace, NameChange, NameWatch};
+/// The shared vocabulary this crate's API speaks in, re-exported so that
+/// users need not name `flotilla-core-types` themselves.
+pub use flotilla_core_types::{Endpoint, InvalidId, Name, Worker, WorkerError, WorkerResult};
 pub use namespace::{
     ListedName, Listing, MountFlags, MountOutcome, MountReport, MountedServer, Namespace,
     RefreshStyle, RemovedMount, Resolution,

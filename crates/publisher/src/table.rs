@@ -17,6 +17,7 @@ use flotilla_core_types::{Endpoint, Name, TaskWorker, WaitFuture, Worker};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::error::ShownDuration;
 use crate::namespace::{is_at_or_beneath, resolution_at, resolution_candidates};
 use crate::{
     ListedName, Listing, MountFlags, MountOutcome, MountReport, MountedServer, Namespace,
@@ -234,7 +235,10 @@ impl Namespace for MountTable {
         if ttl.is_zero() || ttl > MAX_TABLE_TTL {
             return Err(NamespaceError::InvalidTtl {
                 ttl,
-                reason: format!("the mount table accepts from 1ns to {MAX_TABLE_TTL:?}"),
+                reason: format!(
+                    "the mount table accepts from 1 ns to {}",
+                    ShownDuration(MAX_TABLE_TTL)
+                ),
             });
         }
         Ok(())
