@@ -29,6 +29,27 @@ pub enum Error {
     /// The publisher has been stopped; nothing more will be mounted.
     #[error("the publisher is stopped")]
     Stopped,
+    /// The pair waited for is not published: its name or its server was
+    /// never added, or was removed while
+    /// [`wait_mounted`](crate::Publisher::wait_mounted) or
+    /// [`wait_all_mounted`](crate::Publisher::wait_all_mounted) waited.
+    #[error("{server} is not published under {name}")]
+    NotPublished {
+        /// The name.
+        name: Name,
+        /// The server.
+        server: Endpoint,
+    },
+    /// The pair waited for will not be mounted: another server's `replace`
+    /// mount under the name took its place, and the publisher leaves it so
+    /// (see [`MountState::Replaced`](crate::MountState::Replaced)).
+    #[error("another server's replace mount under {name} took the place of {server}")]
+    Replaced {
+        /// The name.
+        name: Name,
+        /// The server.
+        server: Endpoint,
+    },
     /// Stopping could not unmount everything; what it could not unmount
     /// expires by its TTL.
     #[error("stopping left {failed} mount(s) in place (they expire by their TTL): {first}")]

@@ -8,6 +8,7 @@ mod harness;
 mod model;
 mod publisher;
 mod table;
+mod wait;
 
 #[cfg(feature = "etcd")]
 mod etcd;
