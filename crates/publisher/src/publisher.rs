@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use flotilla_core_types::{Endpoint, Name, TaskWorker, Worker, delegate_worker};
+use flotilla_core_types::{Endpoint, Name, ReportFuture, TaskWorker, Worker, delegate_worker};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
@@ -33,6 +33,18 @@ const COMMAND_QUEUE: usize = 256;
 /// attempt each, and [`wait`](Worker::wait) returns when that is done, with
 /// [`Error::UnmountIncomplete`] if something could not be unmounted.
 /// Calls on a stopped publisher return [`Error::Stopped`].
+///
+/// Its [`report`](Worker::report), for an operator (a supervisor such as
+/// `flotilla-depengine` shows it), is a JSON object: the worker `state` (as
+/// [`TaskWorker`] reports it), the `phase` and the `root`; and, while the
+/// publisher runs, how many `names`, `servers` and `pairs` it holds; of the
+/// wanted pairs how many are `mounted` (and not lapsed), `mounting` (not
+/// yet, lapsed, or retrying) and `replaced`; how many pairs no longer
+/// wanted are `unmounting`; how many of all are `failing` (their last
+/// operation failed, whatever their state); the `tightest_ttl_left_ms` of a
+/// mounted pair (null when none is); and the `last_error` of any operation,
+/// with `last_error_ago_ms`, kept after a later success. Once the publisher
+/// is stopping only `state`, `phase` and `root` remain.
 ///
 /// # Example
 ///
@@ -295,6 +307,30 @@ impl Publisher {
         self.worker.is_stopping()
     }
 
+    /// The publisher's [`Worker::report`], as the type's docs describe it.
+    fn worker_report(&self) -> Option<ReportFuture<'_>> {
+        Some(Box::pin(async move {
+            let state = match Worker::report(&self.worker) {
+                Some(report) => report.await.get("state").cloned(),
+                None => None,
+            };
+            let mut report = match self.request(Command::Report).await {
+                Ok(report) => report,
+                Err(_stopped) => serde_json::json!({
+                    "phase": self.phase.borrow().as_str(),
+                    "root": &*self.root,
+                }),
+            };
+            if let Some(fields) = report.as_object_mut() {
+                fields.insert(
+                    String::from("state"),
+                    state.unwrap_or(serde_json::Value::Null),
+                );
+            }
+            report
+        }))
+    }
+
     async fn request<T>(
         &self,
         command: impl FnOnce(oneshot::Sender<T>) -> Command,
@@ -311,7 +347,7 @@ impl Publisher {
     }
 }
 
-delegate_worker!(Publisher, worker);
+delegate_worker!(Publisher, worker, report = Publisher::worker_report);
 
 /// What [`Publisher::wait_all_mounted`] comes to in `status`: `None` while a
 /// pair of `names` × `servers` is still to be mounted, the snapshot once all

@@ -40,6 +40,18 @@ pub enum Phase {
     Stopped,
 }
 
+impl Phase {
+    /// The phase as a word, as reports show it: `running`, `stopping` or
+    /// `stopped`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Running => "running",
+            Phase::Stopping => "stopping",
+            Phase::Stopped => "stopped",
+        }
+    }
+}
+
 /// One (name, server) pair as the publisher sees it.
 #[derive(Debug, Clone)]
 #[non_exhaustive]

@@ -13,7 +13,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use flotilla_core_types::{Endpoint, Name, TaskWorker, WaitFuture, Worker};
+use flotilla_core_types::{Endpoint, Name, ReportFuture, TaskWorker, WaitFuture, Worker};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -34,7 +34,9 @@ pub const MAX_TABLE_TTL: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 ///
 /// The table is a [`Worker`] (its reaper task): [`kill`](Worker::kill) shuts
 /// it down, after which every operation answers [`NamespaceError::Closed`].
-/// Dropping every handle shuts it down too.
+/// Dropping every handle shuts it down too. Its
+/// [`report`](Worker::report) gives the reaper's `state`, the `names` and
+/// `entries` held and whether it is `closed`.
 ///
 /// # Example
 ///
@@ -276,6 +278,30 @@ impl Worker for MountTable {
 
     fn wait(&self) -> WaitFuture<'_> {
         self.inner.reaper.wait()
+    }
+
+    /// The reaper's `state` (as [`TaskWorker`] reports it), how many
+    /// `names` and `entries` the table holds in memory (expired ones not
+    /// yet reaped included, as [`entry_count`](MountTable::entry_count)
+    /// counts them), and whether it is `closed`.
+    fn report(&self) -> Option<ReportFuture<'_>> {
+        let (names, entries, closed) = {
+            let state = self.lock();
+            (state.names.len(), state.expiries.len(), state.closed)
+        };
+        let reaper = self.inner.reaper.report();
+        Some(Box::pin(async move {
+            let state = match reaper {
+                Some(report) => report.await.get("state").cloned(),
+                None => None,
+            };
+            serde_json::json!({
+                "state": state,
+                "names": names,
+                "entries": entries,
+                "closed": closed,
+            })
+        }))
     }
 }
 

@@ -9,6 +9,8 @@ use flotilla_publisher::{
     Error, MountFlags, MountTable, Namespace, NamespaceError, Publisher, PublisherConfig,
 };
 
+use serde_json::json;
+
 use crate::harness::{name, server};
 
 fn check(error: impl std::error::Error, expected: &str) {
@@ -161,6 +163,15 @@ async fn a_publisher_starts_under_the_engine_with_question_marks() {
         .wait_for(|status| status.all_mounted())
         .await
         .expect("mounts");
+    let report = engine.report().await.expect("running");
+    let worker = report
+        .manifold(PUBLISHER.name())
+        .and_then(|manifold| manifold.worker.clone())
+        .expect("the engine shows the publisher's own report");
+    assert_eq!(
+        (&worker["phase"], &worker["mounted"]),
+        (&json!("running"), &json!(1))
+    );
     let table = engine.resource(TABLE).await.expect("running");
     assert_eq!(
         table

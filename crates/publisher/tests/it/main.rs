@@ -7,6 +7,7 @@ mod errors;
 mod harness;
 mod model;
 mod publisher;
+mod report;
 mod table;
 mod wait;
 
