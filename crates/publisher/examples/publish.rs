@@ -34,8 +34,7 @@ async fn main() -> Result<()> {
     publisher.add_name(Name::new("api/v2")?).await?;
     publisher.add_server(one.clone()).await?;
     publisher.add_server(two.clone()).await?;
-    let mut status = publisher.watch().await?;
-    status.wait_for(|s| s.all_mounted()).await?;
+    publisher.wait_all_mounted().await?;
     println!("1. two names x two servers, all mounted:");
     for published in publisher.published().await? {
         println!("   {} -> {}", published.rooted, list(&published.servers));
@@ -67,6 +66,7 @@ async fn main() -> Result<()> {
     );
 
     println!("4. removing a server unmounts it under every name:");
+    let mut status = publisher.watch().await?;
     publisher.remove_server(one).await?;
     status
         .wait_for(|s| s.all_settled() && s.mounts.len() == 2)

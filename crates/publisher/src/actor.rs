@@ -56,6 +56,8 @@ pub(crate) enum Command {
     Published(oneshot::Sender<Vec<Published>>),
     Status(oneshot::Sender<PublisherStatus>),
     Watch(oneshot::Sender<watch::Receiver<PublisherStatus>>),
+    /// The counts and the last error of [`Worker::report`](flotilla_core_types::Worker::report).
+    Report(oneshot::Sender<serde_json::Value>),
 }
 
 /// A (name, server) pair. Shared by reference count between the map of
@@ -168,6 +170,33 @@ struct Outage {
     widespread: bool,
 }
 
+/// The most recent failure of any operation, for the report: kept after
+/// the operation succeeds again, so an operator sees what went wrong last
+/// (the report's `failing` count says whether it still does).
+#[derive(Debug)]
+struct LastError {
+    at: Instant,
+    /// What failed: `mount`, `unmount`, `keep-alive` or `removal watch`.
+    operation: &'static str,
+    /// The pair it failed for, if it was a pair's.
+    pair: Option<Arc<MountKey>>,
+    error: NamespaceError,
+}
+
+impl LastError {
+    /// What an operator reads: `mount of 10.0.0.1:2 under b: naming
+    /// backend unavailable: …`.
+    fn describe(&self) -> String {
+        match &self.pair {
+            Some(key) => format!(
+                "{} of {} under {}: {}",
+                self.operation, key.server, key.name, self.error
+            ),
+            None => format!("{}: {}", self.operation, self.error),
+        }
+    }
+}
+
 /// A pair's place in the schedule.
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct Due {
@@ -235,6 +264,7 @@ pub(crate) struct Actor<N> {
     phase: watch::Sender<Phase>,
     status: Option<watch::Sender<PublisherStatus>>,
     status_changed: bool,
+    last_error: Option<LastError>,
 }
 
 impl<N: Namespace> Actor<N> {
@@ -266,6 +296,7 @@ impl<N: Namespace> Actor<N> {
             phase,
             status: None,
             status_changed: false,
+            last_error: None,
         }
     }
 
@@ -346,6 +377,7 @@ impl<N: Namespace> Actor<N> {
                     .config
                     .retry_after(self.removal_failures, self.rng.f64());
                 tracing::warn!(%error, ?delay, "cannot follow removals of our mounts; trying again");
+                self.record_error("removal watch", None, error);
                 return delay;
             }
         };
@@ -433,6 +465,9 @@ impl<N: Namespace> Actor<N> {
             }
             Command::Status(reply) => {
                 let _ = reply.send(self.snapshot());
+            }
+            Command::Report(reply) => {
+                let _ = reply.send(self.report());
             }
             Command::Watch(reply) => {
                 let snapshot = self.snapshot();
@@ -754,6 +789,7 @@ impl<N: Namespace> Actor<N> {
         self.status_changed = true;
         tracing::warn!(name = %key.name, server = %key.server, %error, "mount failed");
         self.note_failure(&error, Some(key), now);
+        self.record_error("mount", Some(key), error.clone());
         let unit = self.rng.f64();
         let Some(mount) = self.mounts.get_mut(key) else {
             return;
@@ -817,6 +853,7 @@ impl<N: Namespace> Actor<N> {
             Err(error) => {
                 tracing::warn!(name = %key.name, server = %key.server, %error, "unmount failed");
                 self.note_failure(&error, Some(key), now);
+                self.record_error("unmount", Some(key), error.clone());
                 let Some(mount) = self.mounts.get_mut(key) else {
                     return;
                 };
@@ -853,11 +890,13 @@ impl<N: Namespace> Actor<N> {
             }
             Err(error) if error.is_entries_lost() => {
                 tracing::warn!(%error, "session lost");
+                self.record_error("keep-alive", None, error);
                 self.entries_lost("the backend's session is gone");
             }
             Err(error) => {
                 tracing::warn!(%error, "keep-alive failed");
                 self.note_failure(&error, None, now);
+                self.record_error("keep-alive", None, error);
                 self.session.consecutive_failures =
                     self.session.consecutive_failures.saturating_add(1);
                 self.session.failing_since.get_or_insert(now);
@@ -999,6 +1038,64 @@ impl<N: Namespace> Actor<N> {
     }
 
     // ---- reporting ----
+
+    fn record_error(
+        &mut self,
+        operation: &'static str,
+        pair: Option<&Arc<MountKey>>,
+        error: NamespaceError,
+    ) {
+        self.last_error = Some(LastError {
+            at: Instant::now(),
+            operation,
+            pair: pair.cloned(),
+            error,
+        });
+    }
+
+    /// What an operator wants to see, as counts over every pair (one pass,
+    /// no snapshot copied): see [`Publisher`](crate::Publisher)'s `report`.
+    fn report(&self) -> serde_json::Value {
+        let now = Instant::now();
+        let (mut mounted, mut mounting, mut failing, mut replaced, mut unmounting) =
+            (0_usize, 0_usize, 0_usize, 0_usize, 0_usize);
+        let mut tightest: Option<Instant> = None;
+        for mount in self.mounts.values() {
+            if mount.consecutive_failures > 0 {
+                failing += 1;
+            }
+            if mount.desired != MountState::Mounted {
+                unmounting += 1;
+                continue;
+            }
+            let live_until = mount.expires_at.filter(|at| *at > now);
+            match (mount.observed, live_until) {
+                (MountState::Mounted, Some(at)) => {
+                    mounted += 1;
+                    tightest = Some(tightest.map_or(at, |earliest| earliest.min(at)));
+                }
+                (MountState::Replaced, _) => replaced += 1,
+                _ => mounting += 1,
+            }
+        }
+        let millis = |duration: Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        let last_error = self.last_error.as_ref();
+        serde_json::json!({
+            "phase": self.phase.borrow().as_str(),
+            "root": self.root,
+            "names": self.names.len(),
+            "servers": self.servers.len(),
+            "pairs": self.mounts.len(),
+            "mounted": mounted,
+            "mounting": mounting,
+            "failing": failing,
+            "replaced": replaced,
+            "unmounting": unmounting,
+            "tightest_ttl_left_ms": tightest.map(|at| millis(at - now)),
+            "last_error": last_error.map(LastError::describe),
+            "last_error_ago_ms": last_error.map(|last| millis(now - last.at)),
+        })
+    }
 
     fn publish_status(&mut self) {
         if !std::mem::take(&mut self.status_changed) {

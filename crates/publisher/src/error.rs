@@ -2,10 +2,11 @@
 //! [`NamespaceError`] for what a naming backend can answer.
 
 use std::error::Error as StdError;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_core_types::{Endpoint, InvalidId, Name};
+use flotilla_core_types::{Endpoint, InvalidId, Name, WorkerError};
 
 use crate::MountFlags;
 
@@ -28,6 +29,27 @@ pub enum Error {
     /// The publisher has been stopped; nothing more will be mounted.
     #[error("the publisher is stopped")]
     Stopped,
+    /// The pair waited for is not published: its name or its server was
+    /// never added, or was removed while
+    /// [`wait_mounted`](crate::Publisher::wait_mounted) or
+    /// [`wait_all_mounted`](crate::Publisher::wait_all_mounted) waited.
+    #[error("{server} is not published under {name}")]
+    NotPublished {
+        /// The name.
+        name: Name,
+        /// The server.
+        server: Endpoint,
+    },
+    /// The pair waited for will not be mounted: another server's `replace`
+    /// mount under the name took its place, and the publisher leaves it so
+    /// (see [`MountState::Replaced`](crate::MountState::Replaced)).
+    #[error("another server's replace mount under {name} took the place of {server}")]
+    Replaced {
+        /// The name.
+        name: Name,
+        /// The server.
+        server: Endpoint,
+    },
     /// Stopping could not unmount everything; what it could not unmount
     /// expires by its TTL.
     #[error("stopping left {failed} mount(s) in place (they expire by their TTL): {first}")]
@@ -54,7 +76,7 @@ pub enum NamespaceError {
         source: Arc<dyn StdError + Send + Sync>,
     },
     /// The operation took longer than the publisher allows.
-    #[error("naming backend did not answer within {after:?}")]
+    #[error("naming backend did not answer within {}", ShownDuration(*.after))]
     Timeout {
         /// The limit.
         after: Duration,
@@ -69,7 +91,7 @@ pub enum NamespaceError {
     /// A mount's flags disagree with those of servers already mounted under
     /// the name (mount with `replace` to change them).
     #[error(
-        "cannot mount {server} under {name} with {requested:?}: mounted servers have {existing:?}"
+        "cannot mount {server} under {name} with {requested}: servers mounted there have {existing}"
     )]
     FlagsConflict {
         /// The name.
@@ -82,7 +104,7 @@ pub enum NamespaceError {
         requested: MountFlags,
     },
     /// The backend cannot honour this TTL.
-    #[error("invalid TTL {ttl:?}: {reason}")]
+    #[error("invalid TTL {}: {reason}", ShownDuration(*.ttl))]
     InvalidTtl {
         /// The TTL.
         ttl: Duration,
@@ -98,7 +120,7 @@ pub enum NamespaceError {
     },
     /// The backend answered with data this crate cannot read (someone else
     /// wrote under our prefix).
-    #[error("unreadable entry {key:?} in the naming backend: {reason}")]
+    #[error("unreadable entry at key {key} in the naming backend: {reason}")]
     Corrupt {
         /// The key.
         key: String,
@@ -147,5 +169,48 @@ impl NamespaceError {
             self,
             NamespaceError::Unavailable { .. } | NamespaceError::Timeout { .. }
         )
+    }
+}
+
+/// A publisher error as a worker's error, so that `?` on a publisher call
+/// works in a function returning [`WorkerResult`](crate::WorkerResult) or
+/// `Result<_, WorkerError>`, such as a `flotilla-depengine` start function.
+/// The error stays reachable with [`WorkerError::downcast_ref`].
+impl From<Error> for WorkerError {
+    fn from(error: Error) -> WorkerError {
+        WorkerError::new(error)
+    }
+}
+
+/// A backend's error as a worker's error, as for [`Error`]: `?` on a
+/// [`Namespace`](crate::Namespace) call works where a `WorkerError` is
+/// expected.
+impl From<NamespaceError> for WorkerError {
+    fn from(error: NamespaceError) -> WorkerError {
+        WorkerError::new(error)
+    }
+}
+
+/// A duration as a person reads it in a message: `10 s`, `250 ms`, `365
+/// days`, in the largest unit that shows it exactly.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ShownDuration(pub(crate) Duration);
+
+impl fmt::Display for ShownDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const DAY_SECS: u64 = 24 * 60 * 60;
+        let duration = self.0;
+        let (secs, nanos) = (duration.as_secs(), duration.subsec_nanos());
+        match (secs, nanos) {
+            (0, 0) => f.write_str("0 s"),
+            (secs, 0) if secs % DAY_SECS == 0 => {
+                let days = secs / DAY_SECS;
+                write!(f, "{days} day{}", if days == 1 { "" } else { "s" })
+            }
+            (secs, 0) => write!(f, "{secs} s"),
+            (_, nanos) if nanos % 1_000_000 == 0 => write!(f, "{} ms", duration.as_millis()),
+            (_, nanos) if nanos % 1_000 == 0 => write!(f, "{} µs", duration.as_micros()),
+            _ => write!(f, "{} ns", duration.as_nanos()),
+        }
     }
 }

@@ -15,6 +15,7 @@ use flotilla_core_types::{Endpoint, Name};
 use tokio::sync::{Mutex, Notify};
 use tonic::Code;
 
+use crate::error::ShownDuration;
 use crate::namespace::{is_at_or_beneath, resolution_at, resolution_candidates};
 use crate::{
     Error, ListedName, Listing, MountFlags, MountOutcome, MountReport, MountedServer, Namespace,
@@ -751,7 +752,10 @@ impl Namespace for EtcdNamespace {
         if ttl < Duration::from_secs(1) || ttl > MAX_ETCD_TTL {
             return Err(NamespaceError::InvalidTtl {
                 ttl,
-                reason: format!("etcd leases last from 1 s to {MAX_ETCD_TTL:?}, in whole seconds"),
+                reason: format!(
+                    "etcd leases last from 1 s to {}, in whole seconds",
+                    ShownDuration(MAX_ETCD_TTL)
+                ),
             });
         }
         Ok(())
@@ -773,7 +777,7 @@ impl Namespace for EtcdNamespace {
                 "unreadable entry under the name; left alone");
         }
         let unreadable: Vec<NamespaceError> =
-            unreadable.into_iter().map(NamespaceError::from).collect();
+            unreadable.into_iter().map(BadEntry::into_error).collect();
         let value = encode_flags(flags);
         let put = PutOptions::new().with_lease(lease.id).with_prev_key();
         let replaced: Vec<String> = others
@@ -962,7 +966,7 @@ impl Namespace for EtcdNamespace {
                 tracing::warn!(key = %bad.key, reason = %bad.reason, %name,
                     "unreadable entry skipped in a resolve");
             }
-            unreadable.extend(bad.into_iter().map(NamespaceError::from));
+            unreadable.extend(bad.into_iter().map(BadEntry::into_error));
             if !servers.is_empty() {
                 let mut resolution = resolution_at(name, candidate, servers)?;
                 resolution.unreadable = unreadable;
@@ -995,7 +999,7 @@ impl Namespace for EtcdNamespace {
                     }
                 }
                 Ok(_) => {}
-                Err(bad) => unreadable.push(NamespaceError::from(bad)),
+                Err(bad) => unreadable.push(bad.into_error()),
             }
         }
         // etcd returns keys in byte order, which keeps a name's keys
@@ -1214,13 +1218,13 @@ impl BadEntry {
             reason: self.reason,
         }
     }
-}
 
-impl From<BadEntry> for NamespaceError {
-    fn from(bad: BadEntry) -> NamespaceError {
+    /// What a backend call reports of it: a [`NamespaceError::Corrupt`]. A
+    /// method, not a `From`, so that no public impl names this private type.
+    fn into_error(self) -> NamespaceError {
         NamespaceError::Corrupt {
-            key: bad.key,
-            reason: bad.reason,
+            key: self.key,
+            reason: self.reason,
         }
     }
 }
@@ -1244,20 +1248,20 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 }
 
 fn validate_prefix(prefix: &str) -> Result<(), Error> {
-    let fail = |reason: &str| {
+    let fail = |reason: String| {
         Err(Error::InvalidConfig {
             field: "prefix",
-            reason: format!("{prefix:?} {reason}"),
+            reason,
         })
     };
     if prefix.is_empty() {
-        return fail("is empty");
+        return fail(String::from("must not be empty"));
     }
     if prefix.ends_with('/') {
-        return fail("ends with '/' (the layout adds it)");
+        return fail(format!("{prefix} ends with '/' (the layout adds it)"));
     }
     if prefix.contains('#') {
-        return fail("contains '#', which the layout reserves");
+        return fail(format!("{prefix} contains '#', which the layout reserves"));
     }
     Ok(())
 }
@@ -1293,7 +1297,7 @@ fn parse_server(key_prefix: &str, key: &[u8]) -> Result<Endpoint, BadEntry> {
     let server_text = text
         .strip_prefix(key_prefix)
         .and_then(|rest| rest.strip_prefix('#'))
-        .ok_or_else(|| bad_entry(key, format!("not under {key_prefix:?}#")))?;
+        .ok_or_else(|| bad_entry(key, format!("not under {key_prefix}#")))?;
     Endpoint::parse(server_text).map_err(|error| bad_entry(key, error.to_string()))
 }
 
@@ -1306,7 +1310,7 @@ fn parse_listed(root: &str, key: &[u8], value: &[u8]) -> Result<(Name, MountedSe
         .strip_prefix(root)
         .and_then(|rest| rest.split_once("/#"))
         .map(|(name, _)| name)
-        .ok_or_else(|| bad_entry(key, format!("not of the form {root:?}{{name}}/#{{server}}")))?;
+        .ok_or_else(|| bad_entry(key, format!("not of the form {root}{{name}}/#{{server}}")))?;
     let name = Name::new(name_text).map_err(|error| bad_entry(key, error.to_string()))?;
     let server = parse_server(&format!("{root}{name_text}/"), key)?;
     let flags = parse_flags(key, value)?;

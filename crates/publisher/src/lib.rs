@@ -23,7 +23,9 @@
 //!   it is left alone and reported;
 //! - [`Namespace::list`] shows what a backend holds under a prefix;
 //! - [`Publisher::status`] and [`Publisher::watch`] say, per pair, what is
-//!   wanted, what is confirmed, and what went wrong;
+//!   wanted, what is confirmed, and what went wrong, and
+//!   [`Publisher::wait_mounted`] and [`Publisher::wait_all_mounted`] wait
+//!   on that watch until a mount is visible, instead of polling `resolve`;
 //! - every mount and unmount has a tracing span and event.
 //!
 //! # Backends
@@ -50,8 +52,7 @@
 //! publisher.add_name(Name::new("api")?).await?;
 //! publisher.add_name(Name::new("api-v2")?).await?;
 //!
-//! let mut status = publisher.watch().await?;
-//! status.wait_for(|status| status.all_mounted()).await?;
+//! publisher.wait_all_mounted().await?;
 //! let api_v2 = table.resolve(&Name::new("api-v2")?).await?;
 //! assert_eq!(api_v2.endpoints(), ["10.0.0.7:8080".parse::<Endpoint>()?]);
 //!
@@ -61,6 +62,11 @@
 //! # }
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+/// The README's examples, compiled and run as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 mod actor;
 mod config;
@@ -76,12 +82,12 @@ mod etcd;
 
 pub use config::PublisherConfig;
 pub use error::{Error, NamespaceError};
-/// The shared vocabulary this crate's API speaks in, re-exported so that
-/// users need not name `flotilla-core-types` themselves.
-pub use flotilla_core_types::{Endpoint, InvalidId, Name, Worker, WorkerError, WorkerResult};
 #[cfg(feature = "etcd")]
 #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
 pub use etcd::{EtcdNamespace, NameChange, NameWatch};
+/// The shared vocabulary this crate's API speaks in, re-exported so that
+/// users need not name `flotilla-core-types` themselves.
+pub use flotilla_core_types::{Endpoint, InvalidId, Name, Worker, WorkerError, WorkerResult};
 pub use namespace::{
     ListedName, Listing, MountFlags, MountOutcome, MountReport, MountedServer, Namespace,
     RefreshStyle, RemovedMount, Resolution,

@@ -9,6 +9,7 @@
 //! by that style, so the lease backend costs one operation per period however
 //! many mounts it holds.
 
+use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
@@ -255,6 +256,26 @@ impl MountFlags {
     /// `replace` is an instruction, not a property, so it is ignored.
     pub fn same_kind(self, other: MountFlags) -> bool {
         self.serves_mount_table == other.serves_mount_table && self.leaf == other.leaf
+    }
+}
+
+/// The flags that are set, as a message names them: `no flags`, `flags
+/// leaf`, `flags serves_mount_table, leaf`.
+impl fmt::Display for MountFlags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let set: Vec<&str> = [
+            (self.replace, "replace"),
+            (self.serves_mount_table, "serves_mount_table"),
+            (self.leaf, "leaf"),
+        ]
+        .into_iter()
+        .filter_map(|(on, flag)| on.then_some(flag))
+        .collect();
+        if set.is_empty() {
+            f.write_str("no flags")
+        } else {
+            write!(f, "flags {}", set.join(", "))
+        }
     }
 }
 

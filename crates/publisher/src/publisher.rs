@@ -3,12 +3,12 @@
 use std::fmt;
 use std::sync::Arc;
 
-use flotilla_core_types::{Endpoint, Name, TaskWorker, Worker, delegate_worker};
+use flotilla_core_types::{Endpoint, Name, ReportFuture, TaskWorker, Worker, delegate_worker};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
 use crate::actor::{Actor, Command};
-use crate::{Error, Namespace, Phase, Published, PublisherConfig, PublisherStatus};
+use crate::{Error, MountStatus, Namespace, Phase, Published, PublisherConfig, PublisherStatus};
 
 /// How many commands may queue before callers wait: enough for bursts of
 /// adds, few enough that a flood is paced by the actor.
@@ -34,6 +34,18 @@ const COMMAND_QUEUE: usize = 256;
 /// [`Error::UnmountIncomplete`] if something could not be unmounted.
 /// Calls on a stopped publisher return [`Error::Stopped`].
 ///
+/// Its [`report`](Worker::report), for an operator (a supervisor such as
+/// `flotilla-depengine` shows it), is a JSON object: the worker `state` (as
+/// [`TaskWorker`] reports it), the `phase` and the `root`; and, while the
+/// publisher runs, how many `names`, `servers` and `pairs` it holds; of the
+/// wanted pairs how many are `mounted` (and not lapsed), `mounting` (not
+/// yet, lapsed, or retrying) and `replaced`; how many pairs no longer
+/// wanted are `unmounting`; how many of all are `failing` (their last
+/// operation failed, whatever their state); the `tightest_ttl_left_ms` of a
+/// mounted pair (null when none is); and the `last_error` of any operation,
+/// with `last_error_ago_ms`, kept after a later success. Once the publisher
+/// is stopping only `state`, `phase` and `root` remain.
+///
 /// # Example
 ///
 /// ```
@@ -49,8 +61,8 @@ const COMMAND_QUEUE: usize = 256;
 /// publisher.add_name(api.clone()).await?;
 /// publisher.add_server(server.clone()).await?;
 ///
-/// // Wait until every pair is mounted, then resolve it as anyone would.
-/// publisher.watch().await?.wait_for(|status| status.all_mounted()).await?;
+/// // Wait until the pair is mounted, then resolve it as anyone would.
+/// publisher.wait_mounted(&api, &server).await?;
 /// assert_eq!(table.resolve(&api).await?.endpoints(), [server]);
 ///
 /// // Stopping unmounts everything.
@@ -203,6 +215,72 @@ impl Publisher {
         self.request(Command::Watch).await
     }
 
+    /// Waits until the pair (`name`, `server`) is confirmed mounted, and
+    /// returns its status then: from that moment anyone resolving `name`
+    /// finds `server`. Returns at once when it is mounted already.
+    ///
+    /// It follows the status [`watch`](Self::watch) (no polling): the
+    /// publisher's own schedule decides when the mount is tried and retried,
+    /// and this only listens. Bound it with `tokio::time::timeout` to give
+    /// up, for instance while the backend is down.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::NotPublished`] when `name` or `server` is not published
+    ///   (add both first), or either is removed while this waits;
+    /// - [`Error::Replaced`] when another server's `replace` mount takes the
+    ///   pair's place, as it will then not be mounted again;
+    /// - [`Error::Stopped`] when the publisher is stopped, or stops while
+    ///   this waits.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only listens; dropping the future changes nothing.
+    pub async fn wait_mounted(&self, name: &Name, server: &Endpoint) -> Result<MountStatus, Error> {
+        let mut status = self.watch().await?;
+        loop {
+            // The guard is dropped at the end of the statement, before any
+            // await.
+            let outcome = status.borrow_and_update().mounted_outcome(name, server);
+            if let Some(outcome) = outcome {
+                return outcome;
+            }
+            status.changed().await.map_err(|_| Error::Stopped)?;
+        }
+    }
+
+    /// Waits until every pair wanted when it is called (the cross product
+    /// of the names and servers published then) is confirmed mounted, all
+    /// in the same snapshot, and returns that snapshot. Pairs added while it
+    /// waits are not waited for; with nothing published it returns at once.
+    ///
+    /// As [`wait_mounted`](Self::wait_mounted), it follows the status watch
+    /// and never polls.
+    ///
+    /// # Errors
+    ///
+    /// As for [`wait_mounted`](Self::wait_mounted), for the first pair
+    /// found removed or replaced: [`Error::NotPublished`],
+    /// [`Error::Replaced`] or [`Error::Stopped`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only listens; dropping the future changes nothing.
+    pub async fn wait_all_mounted(&self) -> Result<PublisherStatus, Error> {
+        let mut status = self.watch().await?;
+        let (names, servers) = {
+            let first = status.borrow();
+            (Arc::clone(&first.names), Arc::clone(&first.servers))
+        };
+        loop {
+            let outcome = all_mounted_outcome(&status.borrow_and_update(), &names, &servers);
+            if let Some(outcome) = outcome {
+                return outcome;
+            }
+            status.changed().await.map_err(|_| Error::Stopped)?;
+        }
+    }
+
     /// The names this publisher's backend roots names at, such as `mem:`.
     pub fn root(&self) -> &str {
         &self.root
@@ -229,6 +307,30 @@ impl Publisher {
         self.worker.is_stopping()
     }
 
+    /// The publisher's [`Worker::report`], as the type's docs describe it.
+    fn worker_report(&self) -> Option<ReportFuture<'_>> {
+        Some(Box::pin(async move {
+            let state = match Worker::report(&self.worker) {
+                Some(report) => report.await.get("state").cloned(),
+                None => None,
+            };
+            let mut report = match self.request(Command::Report).await {
+                Ok(report) => report,
+                Err(_stopped) => serde_json::json!({
+                    "phase": self.phase.borrow().as_str(),
+                    "root": &*self.root,
+                }),
+            };
+            if let Some(fields) = report.as_object_mut() {
+                fields.insert(
+                    String::from("state"),
+                    state.unwrap_or(serde_json::Value::Null),
+                );
+            }
+            report
+        }))
+    }
+
     async fn request<T>(
         &self,
         command: impl FnOnce(oneshot::Sender<T>) -> Command,
@@ -245,7 +347,31 @@ impl Publisher {
     }
 }
 
-delegate_worker!(Publisher, worker);
+delegate_worker!(Publisher, worker, report = Publisher::worker_report);
+
+/// What [`Publisher::wait_all_mounted`] comes to in `status`: `None` while a
+/// pair of `names` × `servers` is still to be mounted, the snapshot once all
+/// are, or the first reason one never will be.
+fn all_mounted_outcome(
+    status: &PublisherStatus,
+    names: &[Name],
+    servers: &[Endpoint],
+) -> Option<Result<PublisherStatus, Error>> {
+    if status.phase != Phase::Running {
+        return Some(Err(Error::Stopped));
+    }
+    let mut pending = false;
+    for name in names {
+        for server in servers {
+            match status.mounted_outcome(name, server) {
+                None => pending = true,
+                Some(Ok(_)) => {}
+                Some(Err(error)) => return Some(Err(error)),
+            }
+        }
+    }
+    (!pending).then(|| Ok(status.clone()))
+}
 
 impl fmt::Debug for Publisher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

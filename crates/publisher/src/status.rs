@@ -7,7 +7,7 @@ use std::time::Duration;
 use flotilla_core_types::{Endpoint, Name};
 use tokio::time::Instant;
 
-use crate::NamespaceError;
+use crate::{Error, NamespaceError};
 
 /// Where a mount is, or is meant to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -38,6 +38,18 @@ pub enum Phase {
     Stopping,
     /// Done: `wait` has returned or is about to.
     Stopped,
+}
+
+impl Phase {
+    /// The phase as a word, as reports show it: `running`, `stopping` or
+    /// `stopped`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Running => "running",
+            Phase::Stopping => "stopping",
+            Phase::Stopped => "stopped",
+        }
+    }
 }
 
 /// One (name, server) pair as the publisher sees it.
@@ -129,9 +141,46 @@ impl PublisherStatus {
 
     /// The status of one pair.
     pub fn mount(&self, name: &Name, server: &Endpoint) -> Option<&MountStatus> {
-        self.mounts
-            .iter()
-            .find(|m| &m.name == name && &m.server == server)
+        // `mounts` is sorted by name, then server.
+        let index = self
+            .mounts
+            .binary_search_by(|m| (&m.name, &m.server).cmp(&(name, server)))
+            .ok()?;
+        self.mounts.get(index)
+    }
+
+    /// Whether the publisher wants the pair mounted: its name and its server
+    /// are both published.
+    pub(crate) fn wants(&self, name: &Name, server: &Endpoint) -> bool {
+        self.names.binary_search(name).is_ok() && self.servers.binary_search(server).is_ok()
+    }
+
+    /// What waiting for the pair comes to in this snapshot: `None` while it
+    /// is still to be mounted, the pair's status once it is mounted, or why
+    /// it never will be.
+    pub(crate) fn mounted_outcome(
+        &self,
+        name: &Name,
+        server: &Endpoint,
+    ) -> Option<Result<MountStatus, Error>> {
+        if self.phase != Phase::Running {
+            return Some(Err(Error::Stopped));
+        }
+        if !self.wants(name, server) {
+            return Some(Err(Error::NotPublished {
+                name: name.clone(),
+                server: server.clone(),
+            }));
+        }
+        let mount = self.mount(name, server)?;
+        match mount.observed {
+            MountState::Mounted => Some(Ok(mount.clone())),
+            MountState::Replaced => Some(Err(Error::Replaced {
+                name: name.clone(),
+                server: server.clone(),
+            })),
+            MountState::Mounting | MountState::Unmounting | MountState::Unmounted => None,
+        }
     }
 }
 

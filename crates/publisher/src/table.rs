@@ -13,10 +13,11 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use flotilla_core_types::{Endpoint, Name, TaskWorker, WaitFuture, Worker};
+use flotilla_core_types::{Endpoint, Name, ReportFuture, TaskWorker, WaitFuture, Worker};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::error::ShownDuration;
 use crate::namespace::{is_at_or_beneath, resolution_at, resolution_candidates};
 use crate::{
     ListedName, Listing, MountFlags, MountOutcome, MountReport, MountedServer, Namespace,
@@ -33,7 +34,9 @@ pub const MAX_TABLE_TTL: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 ///
 /// The table is a [`Worker`] (its reaper task): [`kill`](Worker::kill) shuts
 /// it down, after which every operation answers [`NamespaceError::Closed`].
-/// Dropping every handle shuts it down too.
+/// Dropping every handle shuts it down too. Its
+/// [`report`](Worker::report) gives the reaper's `state`, the `names` and
+/// `entries` held and whether it is `closed`.
 ///
 /// # Example
 ///
@@ -234,7 +237,10 @@ impl Namespace for MountTable {
         if ttl.is_zero() || ttl > MAX_TABLE_TTL {
             return Err(NamespaceError::InvalidTtl {
                 ttl,
-                reason: format!("the mount table accepts from 1ns to {MAX_TABLE_TTL:?}"),
+                reason: format!(
+                    "the mount table accepts from 1 ns to {}",
+                    ShownDuration(MAX_TABLE_TTL)
+                ),
             });
         }
         Ok(())
@@ -272,6 +278,30 @@ impl Worker for MountTable {
 
     fn wait(&self) -> WaitFuture<'_> {
         self.inner.reaper.wait()
+    }
+
+    /// The reaper's `state` (as [`TaskWorker`] reports it), how many
+    /// `names` and `entries` the table holds in memory (expired ones not
+    /// yet reaped included, as [`entry_count`](MountTable::entry_count)
+    /// counts them), and whether it is `closed`.
+    fn report(&self) -> Option<ReportFuture<'_>> {
+        let (names, entries, closed) = {
+            let state = self.lock();
+            (state.names.len(), state.expiries.len(), state.closed)
+        };
+        let reaper = self.inner.reaper.report();
+        Some(Box::pin(async move {
+            let state = match reaper {
+                Some(report) => report.await.get("state").cloned(),
+                None => None,
+            };
+            serde_json::json!({
+                "state": state,
+                "names": names,
+                "entries": entries,
+                "closed": closed,
+            })
+        }))
     }
 }
 

@@ -1027,3 +1027,40 @@ async fn a_prefix_larger_than_one_response_can_carry_still_lists_and_is_watched(
     session.release().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn wait_mounted_returns_once_another_client_resolves_the_pair() -> Result<()> {
+    let cluster = EtcdCluster::single().await?;
+    let etcd = namespace(&cluster).await?;
+    let reader = namespace(&cluster).await?;
+    let publisher = Publisher::start(etcd.fresh_session(), config())?;
+    publisher.add_name(name("api")).await?;
+    publisher.add_server(server(1)).await?;
+    let status = tokio::time::timeout(PATIENCE, publisher.wait_mounted(&name("api"), &server(1)))
+        .await
+        .context("not mounted in time")??;
+    ensure!(status.observed == MountState::Mounted);
+    // No waiting for the reader: the mount is in etcd when the wait returns.
+    assert_eq!(servers(&reader, &name("api")).await?, [server(1)]);
+
+    publisher.add_server(server(2)).await?;
+    tokio::time::timeout(PATIENCE, publisher.wait_all_mounted())
+        .await
+        .context("not all mounted in time")??;
+    assert_eq!(
+        servers(&reader, &name("api")).await?,
+        [server(1), server(2)]
+    );
+
+    let never = publisher.wait_mounted(&name("other"), &server(1)).await;
+    ensure!(
+        matches!(never, Err(Error::NotPublished { .. })),
+        "{never:?}"
+    );
+    publisher.stop().await;
+    let stopped = publisher.wait_mounted(&name("api"), &server(1)).await;
+    ensure!(matches!(stopped, Err(Error::Stopped)), "{stopped:?}");
+    publisher.wait().await?;
+    assert_eq!(servers(&reader, &name("api")).await?, []);
+    Ok(())
+}
