@@ -211,6 +211,14 @@ impl fmt::Display for MessageError {
 
 impl StdError for MessageError {}
 
+/// So that `Name::new(text)?` works in a worker or a supervisor's start
+/// function.
+impl From<crate::InvalidId> for WorkerError {
+    fn from(error: crate::InvalidId) -> Self {
+        WorkerError::new(error)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +238,16 @@ mod tests {
         assert!(error.downcast_ref::<Inner>().is_none());
         assert_eq!(error.find::<Inner>(), Some(&Inner(7)));
         assert_eq!(error.to_string(), "outer");
+    }
+
+    #[test]
+    fn an_invalid_id_converts_with_question_mark() {
+        fn start(text: &str) -> Result<crate::Name, WorkerError> {
+            Ok(crate::Name::new(text)?)
+        }
+        let error = start("not a name!").expect_err("invalid");
+        assert!(error.downcast_ref::<crate::InvalidId>().is_some());
+        assert!(start("fine").is_ok());
     }
 
     #[test]
