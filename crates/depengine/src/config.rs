@@ -9,6 +9,7 @@ use std::time::Duration;
 use flotilla_core_types::WorkerError;
 
 use crate::Error;
+use crate::report::human;
 
 type FatalFn = dyn Fn(&WorkerError) -> bool + Send + Sync;
 type WorstFn = dyn Fn(&WorkerError, &WorkerError) -> Ordering + Send + Sync;
@@ -177,8 +178,9 @@ impl EngineConfig {
             return invalid(
                 "error_delay",
                 format!(
-                    "{:?} is longer than max_delay {:?}",
-                    self.error_delay, self.max_delay
+                    "{} is longer than max_delay {}",
+                    human(self.error_delay),
+                    human(self.max_delay)
                 ),
             );
         }
@@ -186,8 +188,9 @@ impl EngineConfig {
             return invalid(
                 "bounce_delay",
                 format!(
-                    "{:?} is longer than max_delay {:?}",
-                    self.bounce_delay, self.max_delay
+                    "{} is longer than max_delay {}",
+                    human(self.bounce_delay),
+                    human(self.max_delay)
                 ),
             );
         }
@@ -305,6 +308,17 @@ mod tests {
         check(|c| c.report_timeout = Duration::ZERO, "report_timeout");
         check(|c| c.stop_timeout = Duration::ZERO, "stop_timeout");
         assert!(EngineConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn reasons_speak_of_durations_as_people_do() {
+        let mut config = EngineConfig::default();
+        config.error_delay = Duration::from_secs(1000);
+        let error = config.validate().expect_err("too long");
+        assert_eq!(
+            error.to_string(),
+            "invalid engine config: error_delay 1000.0 s is longer than max_delay 120.0 s"
+        );
     }
 
     proptest! {

@@ -109,7 +109,7 @@ pub enum Error {
     Stopped,
     /// A manifold restarted more often than its restart limit allows.
     #[error(
-        "manifold {name} restarted {restarts} times within {window:?}, more than the limit; last error: {last_error}"
+        "manifold {name} restarted {restarts} times within {}, more than the limit; last error: {last_error}", crate::report::human(*.window)
     )]
     CrashLoop {
         /// The manifold.

@@ -379,13 +379,13 @@ impl fmt::Debug for StartContext {
 #[non_exhaustive]
 pub enum InputError {
     /// The input's worker is not running.
-    #[error("input {input:?} is not running")]
+    #[error("input {input} is not running")]
     Missing {
         /// The input's name.
         input: String,
     },
     /// The manifold asked for an input it did not declare.
-    #[error("manifold {manifold:?} asked for input {input:?}, which it did not declare")]
+    #[error("manifold {manifold} asked for input {input}, which it did not declare")]
     Undeclared {
         /// The manifold being started.
         manifold: String,
@@ -393,7 +393,7 @@ pub enum InputError {
         input: String,
     },
     /// The input offers no resource, or one of another type.
-    #[error("input {input:?} offers {offered}, not the requested {requested}")]
+    #[error("input {input} offers {offered}, not the requested {requested}")]
     TypeMismatch {
         /// The input's name.
         input: String,

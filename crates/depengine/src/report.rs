@@ -307,6 +307,11 @@ impl fmt::Display for EngineReport {
 /// with one decimal.
 struct Millis(Duration);
 
+/// `duration` as people read it (`250 ms`, `3.0 s`), for messages.
+pub(crate) fn human(duration: Duration) -> String {
+    Millis(duration).to_string()
+}
+
 impl fmt::Display for Millis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.0 < Duration::from_secs(1) {

@@ -740,11 +740,11 @@ async fn inputs_are_typed_and_must_be_declared() {
     let error_of = |name: &str| report.manifold(name).and_then(|m| m.last_error.clone());
     assert_eq!(
         error_of("wrong-type").as_deref(),
-        Some("input \"a\" offers it::harness::Token, not the requested alloc::string::String")
+        Some("input a offers it::harness::Token, not the requested alloc::string::String")
     );
     assert_eq!(
         error_of("undeclared").as_deref(),
-        Some("manifold \"undeclared\" asked for input \"a\", which it did not declare")
+        Some("manifold undeclared asked for input a, which it did not declare")
     );
     assert_eq!(
         report.manifold("existence").map(|m| m.state),
