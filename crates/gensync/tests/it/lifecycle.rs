@@ -1,0 +1,65 @@
+//! A replica's life under a supervisor: its store is closed when `wait`
+//! returns, so it can be opened again at once; opening is offered in async
+//! forms; errors name the store's file.
+
+use flotilla_core_types::Worker;
+use flotilla_gensync::{Error, Replica, ReplicaConfig, Storage, SyncConfig};
+
+use crate::harness::device;
+
+fn open_file(path: &std::path::Path, name: &str) -> Replica {
+    let storage = Storage::open(path).expect("opens");
+    Replica::open(device(name), storage, ReplicaConfig::default()).expect("opens")
+}
+
+#[tokio::test]
+async fn after_wait_the_file_opens_again_at_once_and_old_clones_get_closed() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("a.redb");
+    let replica = open_file(&path, "a");
+    replica
+        .put(b"k".to_vec(), b"v".to_vec())
+        .await
+        .expect("writes");
+    let clone = replica.clone();
+    // A responder holds a clone too, and is left running.
+    let address = "127.0.0.1:0".parse().expect("an address");
+    let responder =
+        flotilla_gensync::Responder::bind(clone.clone(), address, SyncConfig::default())
+            .await
+            .expect("binds");
+
+    replica.kill();
+    replica.wait().await.expect("ends cleanly");
+
+    let again = open_file(&path, "a");
+    assert_eq!(again.get(b"k").expect("reads"), Some(b"v".to_vec()));
+    assert!(matches!(clone.get(b"k"), Err(Error::Closed)));
+    assert!(matches!(clone.vector(), Err(Error::Closed)));
+    assert!(matches!(
+        clone.put(b"k".to_vec(), b"w".to_vec()).await,
+        Err(Error::Closed)
+    ));
+    // A second wait returns at once, the same.
+    clone.wait().await.expect("ends cleanly");
+    responder.kill();
+    responder.wait().await.expect("clean stop");
+    again.kill();
+    again.wait().await.expect("ends cleanly");
+}
+
+#[tokio::test]
+async fn an_open_of_a_locked_file_names_the_file() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("locked.redb");
+    let _first = Storage::open(&path).expect("opens");
+    let error = Storage::open(&path).expect_err("locked");
+    let Error::Locked { path: named } = &error else {
+        panic!("expected Error::Locked, got {error:?}");
+    };
+    assert_eq!(&**named, path.as_path());
+    assert!(
+        error.to_string().contains(&path.display().to_string()),
+        "{error}"
+    );
+}
