@@ -118,6 +118,17 @@ pub enum Error {
     /// does so at its next interval.
     #[error("a sync round is under way; garbage collection did not start")]
     RoundUnderway,
+    /// The store was written by another device: each replica has a store of
+    /// its own, and opening one as another device would mix two logs.
+    #[error("the store{} belongs to device {stored}, not to {opened_as}", on_file(.path.as_deref()))]
+    ForeignStore {
+        /// The store's file; `None` for a store in memory.
+        path: Option<Arc<Path>>,
+        /// The device whose store it is.
+        stored: DeviceId,
+        /// The device it was opened as.
+        opened_as: DeviceId,
+    },
     /// The replica is closed: it was killed (no new work starts), or its
     /// `wait` has returned (its store is closed, and reads fail too).
     #[error("the replica is closed")]

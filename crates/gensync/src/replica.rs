@@ -193,7 +193,8 @@ pub(crate) struct Shared {
 
 impl Replica {
     /// Opens `device`'s replica on `storage` (empty or written before by
-    /// the same device).
+    /// the same device). An empty store becomes `device`'s; so does one
+    /// written before stores recorded their device.
     ///
     /// Blocks the calling thread: it reads the store and commits to it
     /// (undoing a round a crash cut short). In async code use
@@ -201,13 +202,17 @@ impl Replica {
     ///
     /// # Errors
     ///
-    /// [`Error::Storage`] when the store cannot be read, naming its file.
+    /// [`Error::ForeignStore`], naming both devices, when another device
+    /// wrote the store; [`Error::Storage`] when the store cannot be read.
+    /// Both name the store's file.
     pub fn open(
         device: DeviceId,
         storage: Storage,
         config: ReplicaConfig,
     ) -> Result<Replica, Error> {
         let opened = (|| {
+            // Refuses another device's store before changing anything.
+            storage.claim(&device)?;
             // Reading the vector checks that the store is readable now, not
             // at the first sync.
             storage.read()?.vector()?;

@@ -14,6 +14,7 @@
 //! | `pruned` | version id | nothing: a version garbage collection removed |
 //! | `pruned_vector` | device id | the generations collected: this log may lack records up to here |
 //! | `pending` | first log index | the log index after the last: records of a sync round not yet finished, one range per transaction |
+//! | `owner` | `"device"` | the id of the device whose replica this is, written by the first [`Replica::open`](crate::Replica::open) |
 //!
 //! Every local write is one write transaction, and so is the end of a sync
 //! round (its records go before, in transactions of their own, marked
@@ -50,6 +51,9 @@ const PRUNED: TableDefinition<'static, &'static [u8], ()> = TableDefinition::new
 const PRUNED_VECTOR: TableDefinition<'static, &'static str, u64> =
     TableDefinition::new("pruned_vector");
 const PENDING: TableDefinition<'static, u64, u64> = TableDefinition::new("pending");
+const OWNER: TableDefinition<'static, &'static str, &'static str> = TableDefinition::new("owner");
+
+const OWNER_DEVICE: &str = "device";
 
 const OPEN_GENERATION: &str = "open_generation";
 const OPEN_SEQUENCE: &str = "open_sequence";
@@ -236,6 +240,7 @@ impl Storage {
             txn.open_table(PRUNED)?;
             txn.open_table(PRUNED_VECTOR)?;
             txn.open_table(PENDING)?;
+            txn.open_table(OWNER)?;
         }
         txn.commit()?;
         Ok(Storage {
@@ -253,6 +258,35 @@ impl Storage {
     /// The file, shared, for errors made away from the store.
     pub(crate) fn shared_path(&self) -> Option<Arc<Path>> {
         self.path.clone()
+    }
+
+    /// Makes the store `device`'s: records it in an empty store (or one
+    /// written before stores recorded their owner), and refuses a store
+    /// another device wrote.
+    pub(crate) fn claim(&self, device: &DeviceId) -> Result<(), Error> {
+        let txn = self.write()?;
+        {
+            let mut owner = txn.txn.open_table(OWNER)?;
+            let stored = owner
+                .get(OWNER_DEVICE)?
+                .map(|stored| stored_device("owner", stored.value()))
+                .transpose()?;
+            match stored {
+                Some(stored) if &stored == device => return Ok(()),
+                Some(stored) => {
+                    return Err(Error::ForeignStore {
+                        path: self.path.clone(),
+                        stored,
+                        opened_as: device.clone(),
+                    });
+                }
+                None => {
+                    owner.insert(OWNER_DEVICE, device.as_str())?;
+                }
+            }
+        }
+        txn.txn.commit()?;
+        Ok(())
     }
 
     /// Closes the database, freeing its file; whatever comes after gets

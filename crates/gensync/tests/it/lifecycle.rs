@@ -63,3 +63,39 @@ async fn an_open_of_a_locked_file_names_the_file() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn a_store_written_by_another_device_is_refused_naming_both_ids_and_the_file() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("laptop.redb");
+    let laptop = open_file(&path, "laptop");
+    laptop
+        .put(b"k".to_vec(), b"v".to_vec())
+        .await
+        .expect("writes");
+    laptop.kill();
+    laptop.wait().await.expect("ends cleanly");
+
+    let storage = Storage::open(&path).expect("opens");
+    let error = Replica::open(device("phone"), storage, ReplicaConfig::default())
+        .expect_err("another device's store");
+    let Error::ForeignStore {
+        path: Some(named),
+        stored,
+        opened_as,
+    } = &error
+    else {
+        panic!("expected Error::ForeignStore, got {error:?}");
+    };
+    assert_eq!(
+        (&**named, stored, opened_as),
+        (path.as_path(), &device("laptop"), &device("phone"))
+    );
+    let message = error.to_string();
+    for part in ["laptop", "phone", &path.display().to_string()] {
+        assert!(message.contains(part), "{message} names {part}");
+    }
+    // Nothing was changed: the owner opens it as before.
+    let laptop = open_file(&path, "laptop");
+    assert_eq!(laptop.get(b"k").expect("reads"), Some(b"v".to_vec()));
+}
