@@ -10,7 +10,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::storage::{GcStats, Head, Reader, Storage};
+use crate::storage::{GcStats, Head, Reader, Storage, off_thread};
 use crate::{Error, GenVector, LastWriterWins, LogRecord, Resolver, VersionId};
 
 /// The longest key a replica accepts.
@@ -232,6 +232,31 @@ impl Replica {
                 closing: CancellationToken::new(),
             }),
         })
+    }
+
+    /// [`open`](Self::open), with the store work done on tokio's blocking
+    /// pool: for async code, such as a supervisor's start function, which
+    /// then needs no `spawn_blocking` of its own.
+    ///
+    /// # Errors
+    ///
+    /// As for [`open`](Self::open); [`Error::Closed`] if the runtime shuts
+    /// down before the work is done.
+    ///
+    /// # Cancel safety
+    ///
+    /// If the future is dropped, the open goes on on the blocking pool and
+    /// its replica is dropped when done; the store is then closed.
+    ///
+    /// # Panics
+    ///
+    /// Panics when called outside a tokio runtime.
+    pub async fn open_async(
+        device: DeviceId,
+        storage: Storage,
+        config: ReplicaConfig,
+    ) -> Result<Replica, Error> {
+        off_thread(move || Replica::open(device, storage, config)).await
     }
 
     /// Runs `read` on a snapshot of the store, naming the store's file in

@@ -99,3 +99,35 @@ async fn a_store_written_by_another_device_is_refused_naming_both_ids_and_the_fi
     let laptop = open_file(&path, "laptop");
     assert_eq!(laptop.get(b"k").expect("reads"), Some(b"v".to_vec()));
 }
+
+/// On a current-thread runtime, as a supervisor's start function runs: the
+/// async forms do their file work on the blocking pool.
+#[tokio::test(flavor = "current_thread")]
+async fn the_async_opens_open_and_fail_as_the_blocking_ones_do() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("async.redb");
+    let storage = Storage::open_async(&path).await.expect("opens");
+    assert_eq!(storage.path(), Some(path.as_path()));
+    let replica = Replica::open_async(device("a"), storage, ReplicaConfig::default())
+        .await
+        .expect("opens");
+    replica
+        .put(b"k".to_vec(), b"v".to_vec())
+        .await
+        .expect("writes");
+
+    let locked = Storage::open_with_cache_async(&path, 1024 * 1024)
+        .await
+        .expect_err("locked");
+    assert!(matches!(locked, Error::Locked { .. }), "{locked:?}");
+
+    replica.kill();
+    replica.wait().await.expect("ends cleanly");
+    let storage = Storage::open_with_cache_async(&path, 1024 * 1024)
+        .await
+        .expect("free again");
+    let foreign = Replica::open_async(device("b"), storage, ReplicaConfig::default())
+        .await
+        .expect_err("a's store");
+    assert!(matches!(foreign, Error::ForeignStore { .. }), "{foreign:?}");
+}
