@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use flotilla_core_types::DeviceId;
+use flotilla_core_types::{DeviceId, InvalidId, WorkerError};
 
 use crate::VersionId;
 use crate::wire::WireError;
@@ -129,6 +129,9 @@ pub enum Error {
         /// The device it was opened as.
         opened_as: DeviceId,
     },
+    /// An id or an endpoint did not validate.
+    #[error(transparent)]
+    InvalidId(#[from] InvalidId),
     /// The replica is closed: it was killed (no new work starts), or its
     /// `wait` has returned (its store is closed, and reads fail too).
     #[error("the replica is closed")]
@@ -146,6 +149,15 @@ impl Error {
             },
             other => other,
         }
+    }
+}
+
+/// So that `?` turns this crate's errors into the error a worker, or a
+/// supervisor's start function, ends with; the original stays reachable
+/// with [`WorkerError::downcast_ref`].
+impl From<Error> for WorkerError {
+    fn from(error: Error) -> Self {
+        WorkerError::new(error)
     }
 }
 

@@ -131,3 +131,33 @@ async fn the_async_opens_open_and_fail_as_the_blocking_ones_do() {
         .expect_err("a's store");
     assert!(matches!(foreign, Error::ForeignStore { .. }), "{foreign:?}");
 }
+
+/// What a supervisor's start function looks like: `?` on ids and on this
+/// crate's errors, into the error a worker ends with.
+#[tokio::test]
+async fn errors_convert_with_question_marks_into_worker_errors() {
+    use flotilla_core_types::{DeviceId, WorkerError};
+
+    fn device_of(name: &str) -> Result<DeviceId, Error> {
+        Ok(DeviceId::new(name)?)
+    }
+    async fn start(path: std::path::PathBuf) -> Result<Replica, WorkerError> {
+        let device = device_of("a")?;
+        let storage = Storage::open_async(path).await?;
+        Ok(Replica::open_async(device, storage, ReplicaConfig::default()).await?)
+    }
+
+    let invalid = device_of("no spaces allowed").expect_err("invalid");
+    assert!(matches!(invalid, Error::InvalidId(_)), "{invalid:?}");
+
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("start.redb");
+    let replica = start(path.clone()).await.expect("starts");
+    let failed = start(path).await.expect_err("the file is locked");
+    assert!(
+        matches!(failed.downcast_ref::<Error>(), Some(Error::Locked { .. })),
+        "{failed:?}"
+    );
+    replica.kill();
+    replica.wait().await.expect("ends cleanly");
+}
