@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use flotilla_core_types::{DeviceId, InvalidId, WorkerError};
+use flotilla_core_types::{DeviceId, Endpoint, InvalidId, WorkerError};
 
 use crate::VersionId;
 use crate::wire::WireError;
@@ -132,6 +132,15 @@ pub enum Error {
     /// An id or an endpoint did not validate.
     #[error(transparent)]
     InvalidId(#[from] InvalidId),
+    /// A peer's host name did not resolve to any address.
+    #[error("cannot resolve {endpoint}: {source}")]
+    Resolve {
+        /// The endpoint.
+        endpoint: Endpoint,
+        /// Why.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
     /// The replica is closed: it was killed (no new work starts), or its
     /// `wait` has returned (its store is closed, and reads fail too).
     #[error("the replica is closed")]

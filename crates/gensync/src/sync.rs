@@ -15,7 +15,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use flotilla_core_types::{DeviceId, TaskWorker, delegate_worker};
+use flotilla_core_types::{DeviceId, Endpoint, TaskWorker, delegate_worker};
+use futures_util::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -88,6 +89,66 @@ pub async fn sync_with(
         Ok(result) => result,
         Err(_) => Err(Error::Disconnected),
     }
+}
+
+/// Runs one sync round with the responder at `endpoint`, resolving its
+/// host name now (so that a peer that moved is found at its new address)
+/// and trying each address it resolves to in turn.
+///
+/// # Errors
+///
+/// [`Error::Resolve`] when the host name does not resolve;
+/// [`Error::Connect`] (for the last address tried) when no address takes
+/// the connection; otherwise as for [`sync_with`]. The resolution counts
+/// toward the round's timeout.
+///
+/// # Cancel safety
+///
+/// Dropping the future abandons the round; nothing of it is committed.
+pub async fn sync_with_endpoint(
+    replica: &Replica,
+    endpoint: &Endpoint,
+    config: &SyncConfig,
+) -> Result<RoundStats, Error> {
+    let round = async {
+        let stream = connect_endpoint(endpoint).await?;
+        let _ = stream.set_nodelay(true);
+        initiate(replica, Connection::new(stream)).await
+    };
+    match tokio::time::timeout(config.round_timeout, round).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::Disconnected),
+    }
+}
+
+/// A connection to the first of `endpoint`'s addresses that takes one.
+async fn connect_endpoint(endpoint: &Endpoint) -> Result<TcpStream, Error> {
+    let resolve_error = |source| Error::Resolve {
+        endpoint: endpoint.clone(),
+        source: Arc::new(source),
+    };
+    let addresses: Vec<SocketAddr> = tokio::net::lookup_host((endpoint.host(), endpoint.port()))
+        .await
+        .map_err(resolve_error)?
+        .collect();
+    let mut last_error = None;
+    for address in addresses {
+        match TcpStream::connect(address).await {
+            Ok(stream) => return Ok(stream),
+            Err(source) => {
+                last_error = Some(Error::Connect {
+                    peer: address,
+                    source: Arc::new(source),
+                });
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        resolve_error(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the host name resolved to no address",
+        ))
+    }))
 }
 
 /// Runs one sync round as the initiator over `io`, any byte stream to a
@@ -584,6 +645,12 @@ impl Drop for Registration {
     }
 }
 
+/// The error a [`Peers::Resolved`] source may fail with: any error.
+pub type PeersError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The future a [`Peers::Resolved`] source returns.
+pub type PeersFuture = BoxFuture<'static, Result<Vec<Endpoint>, PeersError>>;
+
 /// Where an [`Initiator`] finds its peers.
 #[derive(Clone)]
 pub enum Peers {
@@ -592,13 +659,53 @@ pub enum Peers {
     /// Asked before every interval, so another component (a registry, a
     /// presence watcher) can feed it.
     Dynamic(Arc<dyn Fn() -> Vec<SocketAddr> + Send + Sync>),
+    /// Asked, and awaited, before every interval: an async source such as
+    /// a registry lookup. Its endpoints' host names are resolved when each
+    /// round connects ([`sync_with_endpoint`]). A source that fails skips
+    /// that pass; one that takes longer than
+    /// [`SyncConfig::round_timeout`] is given up on for that pass. Either
+    /// way the initiator tries again at the next interval. Build one with
+    /// [`Peers::resolved`].
+    Resolved(Arc<dyn Fn() -> PeersFuture + Send + Sync>),
 }
 
 impl Peers {
-    fn current(&self) -> Vec<SocketAddr> {
+    /// [`Peers::Resolved`] from an async function, boxing what it returns.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use flotilla_core_types::Endpoint;
+    /// use flotilla_gensync::Peers;
+    ///
+    /// let peers = Peers::resolved(|| async {
+    ///     // A registry would be asked here.
+    ///     Ok::<_, flotilla_core_types::InvalidId>(vec![Endpoint::parse("localhost:7000")?])
+    /// });
+    /// assert!(matches!(peers, Peers::Resolved(_)));
+    /// ```
+    pub fn resolved<F, Fut, E>(source: F) -> Peers
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Vec<Endpoint>, E>> + Send + 'static,
+        E: Into<PeersError>,
+    {
+        Peers::Resolved(Arc::new(move || {
+            let found = source();
+            Box::pin(async move { found.await.map_err(Into::into) })
+        }))
+    }
+
+    /// The peers for one pass, the source's time bounded by `timeout`.
+    async fn current(&self, timeout: Duration) -> Result<Vec<Target>, String> {
         match self {
-            Peers::Fixed(peers) => peers.clone(),
-            Peers::Dynamic(source) => source(),
+            Peers::Fixed(peers) => Ok(peers.iter().copied().map(Target::Address).collect()),
+            Peers::Dynamic(source) => Ok(source().into_iter().map(Target::Address).collect()),
+            Peers::Resolved(source) => match tokio::time::timeout(timeout, source()).await {
+                Ok(Ok(endpoints)) => Ok(endpoints.into_iter().map(Target::Endpoint).collect()),
+                Ok(Err(error)) => Err(format!("the peer source failed: {error}")),
+                Err(_) => Err(format!("the peer source did not answer within {timeout:?}")),
+            },
         }
     }
 }
@@ -608,6 +715,32 @@ impl fmt::Debug for Peers {
         match self {
             Peers::Fixed(peers) => f.debug_tuple("Fixed").field(peers).finish(),
             Peers::Dynamic(_) => f.write_str("Dynamic"),
+            Peers::Resolved(_) => f.write_str("Resolved"),
+        }
+    }
+}
+
+/// One peer of a pass: an address, or an endpoint resolved as it connects.
+#[derive(Debug, Clone)]
+enum Target {
+    Address(SocketAddr),
+    Endpoint(Endpoint),
+}
+
+impl Target {
+    async fn sync(&self, replica: &Replica, config: &SyncConfig) -> Result<RoundStats, Error> {
+        match self {
+            Target::Address(address) => sync_with(replica, *address, config).await,
+            Target::Endpoint(endpoint) => sync_with_endpoint(replica, endpoint, config).await,
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Address(address) => address.fmt(f),
+            Target::Endpoint(endpoint) => endpoint.fmt(f),
         }
     }
 }
@@ -634,10 +767,18 @@ impl Initiator {
             async move {
                 let mut rng = fastrand::Rng::new();
                 loop {
-                    for peer in peers.current() {
+                    let current = tokio::select! {
+                        () = stop.cancelled() => return Ok(()),
+                        current = peers.current(config.round_timeout) => current,
+                    };
+                    let current = current.unwrap_or_else(|error| {
+                        tracing::warn!(%error, "no peers this pass");
+                        Vec::new()
+                    });
+                    for peer in current {
                         let round = tokio::select! {
                             () = stop.cancelled() => return Ok(()),
-                            round = sync_with(&replica, peer, &config) => round,
+                            round = peer.sync(&replica, &config) => round,
                         };
                         match round {
                             Ok(stats) => tracing::debug!(%peer, applied = stats.applied, "synced"),

@@ -9,5 +9,6 @@ mod hostile;
 mod introspect;
 mod lifecycle;
 mod model;
+mod peers;
 mod replica;
 mod sync;
