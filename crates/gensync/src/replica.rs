@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use flotilla_core_types::{DeviceId, WaitFuture, Worker};
+use flotilla_core_types::{DeviceId, ReportFuture, WaitFuture, Worker};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -507,6 +507,11 @@ impl Replica {
 /// closed: its file is free to be opened again at once, however many clones
 /// of the replica (or responders, initiators and collectors holding one)
 /// remain. Those get [`Error::Closed`] for reads and writes from then on.
+///
+/// Its [`report`](Worker::report) is a JSON object: `device`, `state`
+/// (`"running"`, `"stopping"` once killed, `"closed"` once its store is),
+/// `closed` (a boolean), and while the store is open `vector` (device to
+/// generation), `log_len` and `heads` (how many keys have a version).
 impl Worker for Replica {
     fn kill(&self) {
         self.shared.closing.cancel();
@@ -529,6 +534,45 @@ impl Worker for Replica {
             }
             Ok(())
         })
+    }
+
+    fn report(&self) -> Option<ReportFuture<'_>> {
+        let shared = Arc::clone(&self.shared);
+        Some(Box::pin(async move {
+            let closed = shared.storage.is_closed();
+            let state = match (closed, shared.closing.is_cancelled()) {
+                (true, _) => "closed",
+                (false, true) => "stopping",
+                (false, false) => "running",
+            };
+            let mut report = serde_json::json!({
+                "device": shared.device.as_str(),
+                "state": state,
+                "closed": closed,
+            });
+            if closed {
+                return report;
+            }
+            let read = Arc::clone(&shared);
+            let stats = off_thread(move || {
+                let reader = read.storage.read()?;
+                Ok((reader.vector()?, reader.log_len()?, reader.heads_len()?))
+            })
+            .await;
+            match stats {
+                Ok((vector, log_len, heads)) => {
+                    let vector: serde_json::Map<String, serde_json::Value> = vector
+                        .iter()
+                        .map(|(device, generation)| (device.to_string(), generation.into()))
+                        .collect();
+                    report["vector"] = vector.into();
+                    report["log_len"] = log_len.into();
+                    report["heads"] = heads.into();
+                }
+                Err(error) => report["error"] = shared.storage.locate(error).to_string().into(),
+            }
+            report
+        }))
     }
 }
 

@@ -523,6 +523,11 @@ impl Reader {
         read_vector(&self.txn.open_table(PRUNED_VECTOR)?)
     }
 
+    /// How many keys have a current version (deleted ones included).
+    pub(crate) fn heads_len(&self) -> Result<u64, Error> {
+        Ok(self.txn.open_table(VALUES)?.len()?)
+    }
+
     pub(crate) fn log_len(&self) -> Result<u64, Error> {
         Ok(self.txn.open_table(LOG)?.len()?)
     }

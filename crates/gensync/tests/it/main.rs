@@ -11,4 +11,5 @@ mod lifecycle;
 mod model;
 mod peers;
 mod replica;
+mod reports;
 mod sync;

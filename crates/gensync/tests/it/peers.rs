@@ -48,7 +48,7 @@ async fn an_initiator_syncs_with_localhost_endpoints_from_an_async_source() {
 #[tokio::test(start_paused = true)]
 async fn a_peer_source_that_hangs_or_fails_does_not_stall_the_initiator() {
     let node = Node::new("b");
-    let hanging = Peers::resolved(|| std::future::pending::<Result<Vec<Endpoint>, Error>>());
+    let hanging = Peers::resolved(std::future::pending::<Result<Vec<Endpoint>, Error>>);
     let failing = Peers::resolved(|| async { Err::<Vec<Endpoint>, _>("registry down") });
     for peers in [hanging, failing] {
         let initiator = Initiator::start(node.replica.clone(), peers, quick());
