@@ -52,6 +52,11 @@
 //! # }
 //! ```
 
+/// The README's examples, compiled and run as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 mod error;
 mod model;
 mod replay;
