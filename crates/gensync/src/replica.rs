@@ -278,7 +278,8 @@ impl Replica {
     ///
     /// # Errors
     ///
-    /// [`Error::Storage`] or [`Error::Corrupt`].
+    /// [`Error::Storage`] or [`Error::Corrupt`]; [`Error::Closed`] once the
+    /// replica's [`wait`](Worker::wait) has returned.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         self.read(|reader| Ok(reader.value(key)?.flatten()))
     }
@@ -287,7 +288,8 @@ impl Replica {
     ///
     /// # Errors
     ///
-    /// [`Error::Storage`] or [`Error::Corrupt`].
+    /// [`Error::Storage`] or [`Error::Corrupt`]; [`Error::Closed`] once the
+    /// replica's [`wait`](Worker::wait) has returned.
     pub fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, Error> {
         self.read(|reader| reader.scan(prefix))
     }
@@ -297,7 +299,8 @@ impl Replica {
     ///
     /// # Errors
     ///
-    /// [`Error::Storage`] or [`Error::Corrupt`].
+    /// [`Error::Storage`] or [`Error::Corrupt`]; [`Error::Closed`] once the
+    /// replica's [`wait`](Worker::wait) has returned.
     pub fn head(&self, key: &[u8]) -> Result<Option<VersionId>, Error> {
         self.read(|reader| Ok(reader.head(key)?.map(|head| head.version)))
     }
@@ -307,7 +310,8 @@ impl Replica {
     ///
     /// # Errors
     ///
-    /// [`Error::Storage`] or [`Error::Corrupt`].
+    /// [`Error::Storage`] or [`Error::Corrupt`]; [`Error::Closed`] once the
+    /// replica's [`wait`](Worker::wait) has returned.
     pub fn heads(&self) -> Result<Vec<(Vec<u8>, VersionId)>, Error> {
         self.read(|reader| reader.heads())
     }
@@ -364,7 +368,8 @@ impl Replica {
     ///
     /// # Errors
     ///
-    /// [`Error::Storage`] or [`Error::Corrupt`].
+    /// [`Error::Storage`] or [`Error::Corrupt`]; [`Error::Closed`] once the
+    /// replica's [`wait`](Worker::wait) has returned.
     pub fn collected(&self) -> Result<GenVector, Error> {
         self.read(|reader| reader.collected())
     }
@@ -373,7 +378,8 @@ impl Replica {
     ///
     /// # Errors
     ///
-    /// [`Error::Storage`] or [`Error::Corrupt`].
+    /// [`Error::Storage`] or [`Error::Corrupt`]; [`Error::Closed`] once the
+    /// replica's [`wait`](Worker::wait) has returned.
     pub fn knows(&self, version: &VersionId) -> Result<bool, Error> {
         self.read(|reader| reader.knows(version))
     }
@@ -382,7 +388,8 @@ impl Replica {
     ///
     /// # Errors
     ///
-    /// [`Error::Storage`] or [`Error::Corrupt`].
+    /// [`Error::Storage`] or [`Error::Corrupt`]; [`Error::Closed`] once the
+    /// replica's [`wait`](Worker::wait) has returned.
     pub fn vector(&self) -> Result<GenVector, Error> {
         self.read(|reader| reader.vector())
     }
@@ -395,7 +402,8 @@ impl Replica {
     ///
     /// # Errors
     ///
-    /// [`Error::Storage`] or [`Error::Corrupt`].
+    /// [`Error::Storage`] or [`Error::Corrupt`]; [`Error::Closed`] once the
+    /// replica's [`wait`](Worker::wait) has returned.
     ///
     /// # Example
     ///
@@ -427,7 +435,8 @@ impl Replica {
     ///
     /// # Errors
     ///
-    /// [`Error::Storage`] or [`Error::Corrupt`].
+    /// [`Error::Storage`] or [`Error::Corrupt`]; [`Error::Closed`] once the
+    /// replica's [`wait`](Worker::wait) has returned.
     pub fn devices(&self) -> Result<Vec<DeviceInfo>, Error> {
         self.read(|reader| reader.devices())
     }
@@ -436,7 +445,8 @@ impl Replica {
     ///
     /// # Errors
     ///
-    /// [`Error::Storage`].
+    /// [`Error::Storage`]; [`Error::Closed`] once the replica's
+    /// [`wait`](Worker::wait) has returned.
     pub fn log_len(&self) -> Result<u64, Error> {
         self.read(|reader| reader.log_len())
     }
