@@ -15,8 +15,10 @@
 //!   ([`Storage`]), or in memory for tests. [`Replica::history`] and
 //!   [`Replica::devices`] show a key's versions and what is known of each
 //!   peer, to explain a resolution or fill a status page.
-//! - [`sync_with`]: one round as initiator; [`Responder`]: serves rounds
-//!   over TCP; [`Initiator`]: rounds with a set of peers on an interval.
+//! - [`sync_with`] and [`sync_with_endpoint`]: one round as initiator;
+//!   [`Responder`]: serves rounds over TCP; [`Initiator`]: rounds with a
+//!   set of peers ([`Peers`]: fixed, or from a sync or async source) on an
+//!   interval.
 //! - [`wire`]: the frames and messages (see docs/gensync-wire.md).
 //! - [`Replica::collect_garbage`] and the [`Collector`] worker: the log
 //!   records and DAG versions every known device holds are removed; a device
@@ -50,6 +52,11 @@
 //! # }
 //! ```
 
+/// The README's examples, compiled and run as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 mod error;
 mod model;
 mod replay;
@@ -62,7 +69,7 @@ pub mod wire;
 pub use error::Error;
 /// The shared vocabulary this crate's API speaks in, re-exported so that
 /// users need not name `flotilla-core-types` themselves.
-pub use flotilla_core_types::{DeviceId, InvalidId, Worker, WorkerError, WorkerResult};
+pub use flotilla_core_types::{DeviceId, Endpoint, InvalidId, Worker, WorkerError, WorkerResult};
 pub use model::{GenVector, LogRecord, VersionId};
 pub use replay::RoundStats;
 pub use replica::{
@@ -72,5 +79,6 @@ pub use replica::{
 pub use resolver::{Conflict, LastWriterWins, Resolution, Resolver, Side};
 pub use storage::{DEFAULT_CACHE_BYTES, GcStats, Storage};
 pub use sync::{
-    Collector, Initiator, Peers, Responder, SyncConfig, initiate_over, respond_over, sync_with,
+    Collector, Initiator, Peers, PeersError, PeersFuture, Responder, SyncConfig, initiate_over,
+    respond_over, sync_with, sync_with_endpoint,
 };

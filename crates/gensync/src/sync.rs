@@ -9,13 +9,16 @@
 //! initiator applies the records as they arrive, in one transaction it
 //! commits only when the round is complete and consistent.
 
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use flotilla_core_types::{DeviceId, TaskWorker, delegate_worker};
+use flotilla_core_types::{DeviceId, Endpoint, ReportFuture, TaskWorker, delegate_worker};
+use futures_util::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -88,6 +91,66 @@ pub async fn sync_with(
         Ok(result) => result,
         Err(_) => Err(Error::Disconnected),
     }
+}
+
+/// Runs one sync round with the responder at `endpoint`, resolving its
+/// host name now (so that a peer that moved is found at its new address)
+/// and trying each address it resolves to in turn.
+///
+/// # Errors
+///
+/// [`Error::Resolve`] when the host name does not resolve;
+/// [`Error::Connect`] (for the last address tried) when no address takes
+/// the connection; otherwise as for [`sync_with`]. The resolution counts
+/// toward the round's timeout.
+///
+/// # Cancel safety
+///
+/// Dropping the future abandons the round; nothing of it is committed.
+pub async fn sync_with_endpoint(
+    replica: &Replica,
+    endpoint: &Endpoint,
+    config: &SyncConfig,
+) -> Result<RoundStats, Error> {
+    let round = async {
+        let stream = connect_endpoint(endpoint).await?;
+        let _ = stream.set_nodelay(true);
+        initiate(replica, Connection::new(stream)).await
+    };
+    match tokio::time::timeout(config.round_timeout, round).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::Disconnected),
+    }
+}
+
+/// A connection to the first of `endpoint`'s addresses that takes one.
+async fn connect_endpoint(endpoint: &Endpoint) -> Result<TcpStream, Error> {
+    let resolve_error = |source| Error::Resolve {
+        endpoint: endpoint.clone(),
+        source: Arc::new(source),
+    };
+    let addresses: Vec<SocketAddr> = tokio::net::lookup_host((endpoint.host(), endpoint.port()))
+        .await
+        .map_err(resolve_error)?
+        .collect();
+    let mut last_error = None;
+    for address in addresses {
+        match TcpStream::connect(address).await {
+            Ok(stream) => return Ok(stream),
+            Err(source) => {
+                last_error = Some(Error::Connect {
+                    peer: address,
+                    source: Arc::new(source),
+                });
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        resolve_error(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the host name resolved to no address",
+        ))
+    }))
 }
 
 /// Runs one sync round as the initiator over `io`, any byte stream to a
@@ -275,13 +338,28 @@ where
 /// A peer may not claim this replica's device id, nor one that is connected
 /// already from another IP address: it is refused with a
 /// [`Message::Abort`] saying why, and nothing it sent is used.
+///
+/// Its [`report`](crate::Worker::report) is a JSON object: `state` (as a
+/// [`TaskWorker`]'s), `local_addr`, `rounds_served` and `rounds_failed`
+/// (timeouts included), and `connected_peers` (the device ids connected
+/// now, in order).
 pub struct Responder {
     worker: TaskWorker,
     local_addr: SocketAddr,
+    counts: Arc<ServedCounts>,
+    connected: Connected,
+}
+
+/// How many rounds a [`Responder`] has served, for its report.
+#[derive(Debug, Default)]
+struct ServedCounts {
+    served: AtomicU64,
+    failed: AtomicU64,
 }
 
 impl Responder {
-    /// Binds `address` and starts serving `replica`.
+    /// Binds `address` and starts serving `replica`. Does not block the
+    /// thread.
     ///
     /// # Errors
     ///
@@ -300,7 +378,8 @@ impl Responder {
         Responder::start(replica, listener, config)
     }
 
-    /// Starts serving `replica` on `listener`.
+    /// Starts serving `replica` on `listener`. Does not block the thread:
+    /// it spawns the task that serves.
     ///
     /// # Errors
     ///
@@ -315,19 +394,65 @@ impl Responder {
             source: Arc::new(source),
         })?;
         let span = tracing::info_span!("responder", device = %replica.device(), %local_addr);
+        let counts = Arc::new(ServedCounts::default());
+        let connected = Connected::default();
+        let served = Served {
+            counts: Arc::clone(&counts),
+            connected: Arc::clone(&connected),
+        };
         let worker = TaskWorker::spawn(move |stop| {
-            accept_loop(replica, listener, config, stop).instrument(span)
+            accept_loop(replica, listener, config, served, stop).instrument(span)
         });
-        Ok(Responder { worker, local_addr })
+        Ok(Responder {
+            worker,
+            local_addr,
+            counts,
+            connected,
+        })
     }
 
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
+
+    fn report_json(&self) -> Option<ReportFuture<'_>> {
+        let mut connected: Vec<String> = self
+            .connected
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .map(ToString::to_string)
+            .collect();
+        connected.sort();
+        let report = serde_json::json!({
+            "state": task_state(&self.worker),
+            "local_addr": self.local_addr.to_string(),
+            "rounds_served": self.counts.served.load(Ordering::Relaxed),
+            "rounds_failed": self.counts.failed.load(Ordering::Relaxed),
+            "connected_peers": connected,
+        });
+        Some(Box::pin(async move { report }))
+    }
 }
 
-delegate_worker!(Responder, worker);
+delegate_worker!(Responder, worker, report = Responder::report_json);
+
+/// A [`TaskWorker`]'s state as its own report words it.
+fn task_state(worker: &TaskWorker) -> String {
+    match worker.result() {
+        None if worker.is_stopping() => "stopping".to_owned(),
+        None => "running".to_owned(),
+        Some(Ok(())) => "stopped".to_owned(),
+        Some(Err(error)) => format!("failed: {error}"),
+    }
+}
+
+/// What a [`Responder`]'s task shares with its handle.
+struct Served {
+    counts: Arc<ServedCounts>,
+    connected: Connected,
+}
 
 impl fmt::Debug for Responder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -344,10 +469,11 @@ async fn accept_loop(
     replica: Replica,
     listener: TcpListener,
     config: SyncConfig,
+    served: Served,
     stop: CancellationToken,
 ) -> Result<(), flotilla_core_types::WorkerError> {
     let tracker = TaskTracker::new();
-    let connected = Connected::default();
+    let Served { counts, connected } = served;
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => break,
@@ -363,10 +489,11 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let (replica, config, connected, stop) = (
+        let (replica, config, connected, counts, stop) = (
             replica.clone(),
             config.clone(),
             Arc::clone(&connected),
+            Arc::clone(&counts),
             stop.clone(),
         );
         tracker.spawn(
@@ -378,11 +505,21 @@ async fn accept_loop(
                         serve(&replica, Connection::new(stream), address, &config, &connected),
                     ) => served,
                 };
-                match served {
-                    Ok(Ok(sent)) => tracing::debug!(%address, sent, "round served"),
-                    Ok(Err(error)) => tracing::warn!(%address, %error, "round failed"),
-                    Err(_) => tracing::warn!(%address, "round timed out"),
-                }
+                let count = match served {
+                    Ok(Ok(sent)) => {
+                        tracing::debug!(%address, sent, "round served");
+                        &counts.served
+                    }
+                    Ok(Err(error)) => {
+                        tracing::warn!(%address, %error, "round failed");
+                        &counts.failed
+                    }
+                    Err(_) => {
+                        tracing::warn!(%address, "round timed out");
+                        &counts.failed
+                    }
+                };
+                count.fetch_add(1, Ordering::Relaxed);
             }
             .in_current_span(),
         );
@@ -582,6 +719,12 @@ impl Drop for Registration {
     }
 }
 
+/// The error a [`Peers::Resolved`] source may fail with: any error.
+pub type PeersError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The future a [`Peers::Resolved`] source returns.
+pub type PeersFuture = BoxFuture<'static, Result<Vec<Endpoint>, PeersError>>;
+
 /// Where an [`Initiator`] finds its peers.
 #[derive(Clone)]
 pub enum Peers {
@@ -590,13 +733,53 @@ pub enum Peers {
     /// Asked before every interval, so another component (a registry, a
     /// presence watcher) can feed it.
     Dynamic(Arc<dyn Fn() -> Vec<SocketAddr> + Send + Sync>),
+    /// Asked, and awaited, before every interval: an async source such as
+    /// a registry lookup. Its endpoints' host names are resolved when each
+    /// round connects ([`sync_with_endpoint`]). A source that fails skips
+    /// that pass; one that takes longer than
+    /// [`SyncConfig::round_timeout`] is given up on for that pass. Either
+    /// way the initiator tries again at the next interval. Build one with
+    /// [`Peers::resolved`].
+    Resolved(Arc<dyn Fn() -> PeersFuture + Send + Sync>),
 }
 
 impl Peers {
-    fn current(&self) -> Vec<SocketAddr> {
+    /// [`Peers::Resolved`] from an async function, boxing what it returns.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use flotilla_core_types::Endpoint;
+    /// use flotilla_gensync::Peers;
+    ///
+    /// let peers = Peers::resolved(|| async {
+    ///     // A registry would be asked here.
+    ///     Ok::<_, flotilla_core_types::InvalidId>(vec![Endpoint::parse("localhost:7000")?])
+    /// });
+    /// assert!(matches!(peers, Peers::Resolved(_)));
+    /// ```
+    pub fn resolved<F, Fut, E>(source: F) -> Peers
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Vec<Endpoint>, E>> + Send + 'static,
+        E: Into<PeersError>,
+    {
+        Peers::Resolved(Arc::new(move || {
+            let found = source();
+            Box::pin(async move { found.await.map_err(Into::into) })
+        }))
+    }
+
+    /// The peers for one pass, the source's time bounded by `timeout`.
+    async fn current(&self, timeout: Duration) -> Result<Vec<Target>, String> {
         match self {
-            Peers::Fixed(peers) => peers.clone(),
-            Peers::Dynamic(source) => source(),
+            Peers::Fixed(peers) => Ok(peers.iter().copied().map(Target::Address).collect()),
+            Peers::Dynamic(source) => Ok(source().into_iter().map(Target::Address).collect()),
+            Peers::Resolved(source) => match tokio::time::timeout(timeout, source()).await {
+                Ok(Ok(endpoints)) => Ok(endpoints.into_iter().map(Target::Endpoint).collect()),
+                Ok(Err(error)) => Err(format!("the peer source failed: {error}")),
+                Err(_) => Err(format!("the peer source did not answer within {timeout:?}")),
+            },
         }
     }
 }
@@ -606,6 +789,32 @@ impl fmt::Debug for Peers {
         match self {
             Peers::Fixed(peers) => f.debug_tuple("Fixed").field(peers).finish(),
             Peers::Dynamic(_) => f.write_str("Dynamic"),
+            Peers::Resolved(_) => f.write_str("Resolved"),
+        }
+    }
+}
+
+/// One peer of a pass: an address, or an endpoint resolved as it connects.
+#[derive(Debug, Clone)]
+enum Target {
+    Address(SocketAddr),
+    Endpoint(Endpoint),
+}
+
+impl Target {
+    async fn sync(&self, replica: &Replica, config: &SyncConfig) -> Result<RoundStats, Error> {
+        match self {
+            Target::Address(address) => sync_with(replica, *address, config).await,
+            Target::Endpoint(endpoint) => sync_with_endpoint(replica, endpoint, config).await,
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Address(address) => address.fmt(f),
+            Target::Endpoint(endpoint) => endpoint.fmt(f),
         }
     }
 }
@@ -613,13 +822,41 @@ impl fmt::Debug for Peers {
 /// Runs a sync round with every peer, then again after a jittered
 /// interval, until killed: a [`Worker`](crate::Worker). A failed round is logged and
 /// retried at the next interval; it never stops the initiator.
+///
+/// Its [`report`](crate::Worker::report) is a JSON object: `state` (as a
+/// [`TaskWorker`]'s), `passes`, `peers_error` (why the last pass had no
+/// peers from its source, or null), and `last_rounds`: per peer of the last
+/// pass (by address or endpoint), its last round's outcome, `{"ok": true,
+/// "applied", "duplicates", "conflicts"}` or `{"ok": false, "error"}`.
 pub struct Initiator {
     worker: TaskWorker,
     rounds: tokio::sync::watch::Receiver<u64>,
+    outcomes: Arc<Mutex<PassOutcomes>>,
+}
+
+/// What an [`Initiator`]'s passes came to, for its report.
+#[derive(Debug, Default)]
+struct PassOutcomes {
+    peers_error: Option<String>,
+    last_rounds: BTreeMap<String, serde_json::Value>,
+}
+
+/// A round's outcome as an [`Initiator`] reports it.
+fn round_outcome(round: &Result<RoundStats, Error>) -> serde_json::Value {
+    match round {
+        Ok(stats) => serde_json::json!({
+            "ok": true,
+            "applied": stats.applied,
+            "duplicates": stats.duplicates,
+            "conflicts": stats.conflicts,
+        }),
+        Err(error) => serde_json::json!({ "ok": false, "error": error.to_string() }),
+    }
 }
 
 impl Initiator {
-    /// Starts syncing `replica` with `peers`.
+    /// Starts syncing `replica` with `peers`. Does not block the thread:
+    /// it spawns the task that syncs.
     ///
     /// # Panics
     ///
@@ -627,20 +864,46 @@ impl Initiator {
     pub fn start(replica: Replica, peers: Peers, config: SyncConfig) -> Initiator {
         let (rounds_tx, rounds) = tokio::sync::watch::channel(0);
         let span = tracing::info_span!("initiator", device = %replica.device());
+        let outcomes = Arc::new(Mutex::new(PassOutcomes::default()));
+        let recorded = Arc::clone(&outcomes);
+        let record = move |update: &dyn Fn(&mut PassOutcomes)| {
+            update(&mut recorded.lock().unwrap_or_else(PoisonError::into_inner));
+        };
         let worker = TaskWorker::spawn(move |stop| {
             async move {
                 let mut rng = fastrand::Rng::new();
                 loop {
-                    for peer in peers.current() {
+                    let current = tokio::select! {
+                        () = stop.cancelled() => return Ok(()),
+                        current = peers.current(config.round_timeout) => current,
+                    };
+                    let peers_error = current.as_ref().err().cloned();
+                    record(&|outcomes| outcomes.peers_error.clone_from(&peers_error));
+                    let current = current.unwrap_or_else(|error| {
+                        tracing::warn!(%error, "no peers this pass");
+                        Vec::new()
+                    });
+                    let names: std::collections::BTreeSet<String> =
+                        current.iter().map(ToString::to_string).collect();
+                    for peer in current {
                         let round = tokio::select! {
                             () = stop.cancelled() => return Ok(()),
-                            round = sync_with(&replica, peer, &config) => round,
+                            round = peer.sync(&replica, &config) => round,
                         };
+                        let outcome = round_outcome(&round);
+                        record(&|outcomes| {
+                            outcomes
+                                .last_rounds
+                                .insert(peer.to_string(), outcome.clone());
+                        });
                         match round {
                             Ok(stats) => tracing::debug!(%peer, applied = stats.applied, "synced"),
                             Err(error) => tracing::warn!(%peer, %error, "sync round failed"),
                         }
                     }
+                    record(&|outcomes| {
+                        outcomes.last_rounds.retain(|peer, _| names.contains(peer));
+                    });
                     rounds_tx.send_modify(|rounds| *rounds += 1);
                     let pause = config
                         .interval
@@ -653,7 +916,11 @@ impl Initiator {
             }
             .instrument(span)
         });
-        Initiator { worker, rounds }
+        Initiator {
+            worker,
+            rounds,
+            outcomes,
+        }
     }
 
     /// A receiver of how many passes over the peers have finished, so a
@@ -661,9 +928,20 @@ impl Initiator {
     pub fn passes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.rounds.clone()
     }
+
+    fn report_json(&self) -> Option<ReportFuture<'_>> {
+        let outcomes = self.outcomes.lock().unwrap_or_else(PoisonError::into_inner);
+        let report = serde_json::json!({
+            "state": task_state(&self.worker),
+            "passes": *self.rounds.borrow(),
+            "peers_error": outcomes.peers_error,
+            "last_rounds": outcomes.last_rounds,
+        });
+        Some(Box::pin(async move { report }))
+    }
 }
 
-delegate_worker!(Initiator, worker);
+delegate_worker!(Initiator, worker, report = Initiator::report_json);
 
 impl fmt::Debug for Initiator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -678,14 +956,22 @@ impl fmt::Debug for Initiator {
 /// tried again at the next interval; so is one skipped because a sync round
 /// was under way ([`Error::RoundUnderway`]), which the collector never waits
 /// behind.
+///
+/// Its [`report`](crate::Worker::report) is a JSON object: `state` (as a
+/// [`TaskWorker`]'s), `passes`, and `last_result`: null before the first
+/// pass, then `{"ok": true, "records_pruned", "versions_pruned",
+/// "evicted"}`, `{"ok": false, "skipped": true, "error"}` for a pass a sync
+/// round held off, or `{"ok": false, "skipped": false, "error"}`.
 pub struct Collector {
     worker: TaskWorker,
     passes: tokio::sync::watch::Receiver<u64>,
+    last_result: Arc<Mutex<serde_json::Value>>,
 }
 
 impl Collector {
     /// Starts collecting `replica`'s garbage every `every`, evicting devices
-    /// silent for longer than `evict_after`.
+    /// silent for longer than `evict_after`. Does not block the thread: it
+    /// spawns the task that collects.
     ///
     /// # Panics
     ///
@@ -693,6 +979,8 @@ impl Collector {
     pub fn start(replica: Replica, every: Duration, evict_after: Duration) -> Collector {
         let (passes_tx, passes) = tokio::sync::watch::channel(0);
         let span = tracing::info_span!("collector", device = %replica.device());
+        let last_result = Arc::new(Mutex::new(serde_json::Value::Null));
+        let recorded = Arc::clone(&last_result);
         let worker = TaskWorker::spawn(move |stop| {
             async move {
                 loop {
@@ -700,7 +988,10 @@ impl Collector {
                         () = stop.cancelled() => return Ok(()),
                         () = tokio::time::sleep(every) => {}
                     }
-                    match replica.collect_garbage(evict_after).await {
+                    let collected = replica.collect_garbage(evict_after).await;
+                    *recorded.lock().unwrap_or_else(PoisonError::into_inner) =
+                        collection_outcome(&collected);
+                    match collected {
                         Ok(stats) => tracing::debug!(
                             records = stats.records_pruned,
                             versions = stats.versions_pruned,
@@ -717,7 +1008,11 @@ impl Collector {
             }
             .instrument(span)
         });
-        Collector { worker, passes }
+        Collector {
+            worker,
+            passes,
+            last_result,
+        }
     }
 
     /// A receiver of how many collections have been tried (whether they
@@ -726,9 +1021,35 @@ impl Collector {
     pub fn passes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.passes.clone()
     }
+
+    fn report_json(&self) -> Option<ReportFuture<'_>> {
+        let report = serde_json::json!({
+            "state": task_state(&self.worker),
+            "passes": *self.passes.borrow(),
+            "last_result": *self.last_result.lock().unwrap_or_else(PoisonError::into_inner),
+        });
+        Some(Box::pin(async move { report }))
+    }
 }
 
-delegate_worker!(Collector, worker);
+delegate_worker!(Collector, worker, report = Collector::report_json);
+
+/// A collection's outcome as a [`Collector`] reports it.
+fn collection_outcome(collected: &Result<crate::GcStats, Error>) -> serde_json::Value {
+    match collected {
+        Ok(stats) => serde_json::json!({
+            "ok": true,
+            "records_pruned": stats.records_pruned,
+            "versions_pruned": stats.versions_pruned,
+            "evicted": stats.evicted.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        }),
+        Err(error) => serde_json::json!({
+            "ok": false,
+            "skipped": matches!(error, Error::RoundUnderway),
+            "error": error.to_string(),
+        }),
+    }
+}
 
 impl fmt::Debug for Collector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
