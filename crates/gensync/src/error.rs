@@ -1,8 +1,9 @@
 //! [`Error`]: everything a replica and its sync can fail with.
 
+use std::path::Path;
 use std::sync::Arc;
 
-use flotilla_core_types::DeviceId;
+use flotilla_core_types::{DeviceId, InvalidId, WorkerError};
 
 use crate::VersionId;
 use crate::wire::WireError;
@@ -26,8 +27,22 @@ pub enum Error {
         max: usize,
     },
     /// The store failed (I/O, or a corrupted file).
-    #[error("storage failed: {0}")]
-    Storage(Arc<redb::Error>),
+    #[error("storage failed{}: {source}", on_file(.path.as_deref()))]
+    Storage {
+        /// The store's file; `None` for a store in memory.
+        path: Option<Arc<Path>>,
+        /// What redb reported.
+        #[source]
+        source: Arc<redb::Error>,
+    },
+    /// The store's file is open already, by another [`Storage`](crate::Storage)
+    /// in this process or by another process: a replica that has not
+    /// been waited for, or two replicas given one file.
+    #[error("the store {} is open already (it is locked by another open of it)", .path.display())]
+    Locked {
+        /// The file.
+        path: Arc<Path>,
+    },
     /// Something stored does not decode: the file was written by something
     /// else, or damaged.
     #[error("stored {what} does not decode: {source}")]
@@ -103,9 +118,53 @@ pub enum Error {
     /// does so at its next interval.
     #[error("a sync round is under way; garbage collection did not start")]
     RoundUnderway,
-    /// The replica is closed.
+    /// The store was written by another device: each replica has a store of
+    /// its own, and opening one as another device would mix two logs.
+    #[error("the store{} belongs to device {stored}, not to {opened_as}", on_file(.path.as_deref()))]
+    ForeignStore {
+        /// The store's file; `None` for a store in memory.
+        path: Option<Arc<Path>>,
+        /// The device whose store it is.
+        stored: DeviceId,
+        /// The device it was opened as.
+        opened_as: DeviceId,
+    },
+    /// An id or an endpoint did not validate.
+    #[error(transparent)]
+    InvalidId(#[from] InvalidId),
+    /// The replica is closed: it was killed (no new work starts), or its
+    /// `wait` has returned (its store is closed, and reads fail too).
     #[error("the replica is closed")]
     Closed,
+}
+
+impl Error {
+    /// This error, naming `path` if it is a storage error that names no
+    /// file yet.
+    pub(crate) fn located(self, path: Option<&Arc<Path>>) -> Error {
+        match self {
+            Error::Storage { path: None, source } => Error::Storage {
+                path: path.cloned(),
+                source,
+            },
+            other => other,
+        }
+    }
+}
+
+/// So that `?` turns this crate's errors into the error a worker, or a
+/// supervisor's start function, ends with; the original stays reachable
+/// with [`WorkerError::downcast_ref`].
+impl From<Error> for WorkerError {
+    fn from(error: Error) -> Self {
+        WorkerError::new(error)
+    }
+}
+
+/// " on PATH", or nothing for a store in memory.
+fn on_file(path: Option<&Path>) -> String {
+    path.map(|path| format!(" on {}", path.display()))
+        .unwrap_or_default()
 }
 
 impl From<WireError> for Error {
@@ -118,7 +177,14 @@ macro_rules! storage_error {
     ($($source:ty),*) => {$(
         impl From<$source> for Error {
             fn from(error: $source) -> Self {
-                Error::Storage(Arc::new(redb::Error::from(error)))
+                match redb::Error::from(error) {
+                    // A read that outlived its replica's `wait`.
+                    redb::Error::DatabaseClosed => Error::Closed,
+                    source => Error::Storage {
+                        path: None,
+                        source: Arc::new(source),
+                    },
+                }
             }
         }
     )*};

@@ -10,7 +10,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::storage::{GcStats, Head, Storage};
+use crate::storage::{GcStats, Head, Reader, Storage, off_thread};
 use crate::{Error, GenVector, LastWriterWins, LogRecord, Resolver, VersionId};
 
 /// The longest key a replica accepts.
@@ -193,21 +193,33 @@ pub(crate) struct Shared {
 
 impl Replica {
     /// Opens `device`'s replica on `storage` (empty or written before by
-    /// the same device).
+    /// the same device). An empty store becomes `device`'s; so does one
+    /// written before stores recorded their device.
+    ///
+    /// Blocks the calling thread: it reads the store and commits to it
+    /// (undoing a round a crash cut short). In async code use
+    /// [`open_async`](Self::open_async).
     ///
     /// # Errors
     ///
-    /// [`Error::Storage`] when the store cannot be read.
+    /// [`Error::ForeignStore`], naming both devices, when another device
+    /// wrote the store; [`Error::Storage`] when the store cannot be read.
+    /// Both name the store's file.
     pub fn open(
         device: DeviceId,
         storage: Storage,
         config: ReplicaConfig,
     ) -> Result<Replica, Error> {
-        // Reading the vector checks that the store is readable now, not at
-        // the first sync.
-        storage.read()?.vector()?;
-        // A round cut short by a crash is undone.
-        storage.discard_pending()?;
+        let opened = (|| {
+            // Refuses another device's store before changing anything.
+            storage.claim(&device)?;
+            // Reading the vector checks that the store is readable now, not
+            // at the first sync.
+            storage.read()?.vector()?;
+            // A round cut short by a crash is undone.
+            storage.discard_pending()
+        })();
+        opened.map_err(|error| storage.locate(error))?;
         let (changes, _) = broadcast::channel(config.watch_buffer.max(1));
         Ok(Replica {
             shared: Arc::new(Shared {
@@ -222,6 +234,41 @@ impl Replica {
         })
     }
 
+    /// [`open`](Self::open), with the store work done on tokio's blocking
+    /// pool: for async code, such as a supervisor's start function, which
+    /// then needs no `spawn_blocking` of its own.
+    ///
+    /// # Errors
+    ///
+    /// As for [`open`](Self::open); [`Error::Closed`] if the runtime shuts
+    /// down before the work is done.
+    ///
+    /// # Cancel safety
+    ///
+    /// If the future is dropped, the open goes on on the blocking pool and
+    /// its replica is dropped when done; the store is then closed.
+    ///
+    /// # Panics
+    ///
+    /// Panics when called outside a tokio runtime.
+    pub async fn open_async(
+        device: DeviceId,
+        storage: Storage,
+        config: ReplicaConfig,
+    ) -> Result<Replica, Error> {
+        off_thread(move || Replica::open(device, storage, config)).await
+    }
+
+    /// Runs `read` on a snapshot of the store, naming the store's file in
+    /// a storage error.
+    fn read<T>(&self, read: impl FnOnce(&Reader) -> Result<T, Error>) -> Result<T, Error> {
+        let storage = &self.shared.storage;
+        storage
+            .read()
+            .and_then(|reader| read(&reader))
+            .map_err(|error| storage.locate(error))
+    }
+
     /// This replica's device.
     pub fn device(&self) -> &DeviceId {
         &self.shared.device
@@ -233,7 +280,7 @@ impl Replica {
     ///
     /// [`Error::Storage`] or [`Error::Corrupt`].
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        Ok(self.shared.storage.read()?.value(key)?.flatten())
+        self.read(|reader| Ok(reader.value(key)?.flatten()))
     }
 
     /// Every live key starting with `prefix`, with its value, in key order.
@@ -242,7 +289,7 @@ impl Replica {
     ///
     /// [`Error::Storage`] or [`Error::Corrupt`].
     pub fn scan(&self, prefix: &[u8]) -> Result<Vec<Entry>, Error> {
-        self.shared.storage.read()?.scan(prefix)
+        self.read(|reader| reader.scan(prefix))
     }
 
     /// The current version of `key` (also for a deleted key), if it has
@@ -252,12 +299,7 @@ impl Replica {
     ///
     /// [`Error::Storage`] or [`Error::Corrupt`].
     pub fn head(&self, key: &[u8]) -> Result<Option<VersionId>, Error> {
-        Ok(self
-            .shared
-            .storage
-            .read()?
-            .head(key)?
-            .map(|head| head.version))
+        self.read(|reader| Ok(reader.head(key)?.map(|head| head.version)))
     }
 
     /// Every key's current version, in key order: two replicas that have
@@ -267,7 +309,7 @@ impl Replica {
     ///
     /// [`Error::Storage`] or [`Error::Corrupt`].
     pub fn heads(&self) -> Result<Vec<(Vec<u8>, VersionId)>, Error> {
-        self.shared.storage.read()?.heads()
+        self.read(|reader| reader.heads())
     }
 
     /// Checks the store's invariants: the vector is not ahead of the log,
@@ -281,7 +323,7 @@ impl Replica {
     /// [`Error::Storage`] or [`Error::Corrupt`] when the store cannot be
     /// read at all.
     pub fn verify(&self) -> Result<Result<(), String>, Error> {
-        self.shared.storage.read()?.verify()
+        self.read(|reader| reader.verify())
     }
 
     /// Collects garbage: removes the log records, and the DAG versions, that
@@ -324,7 +366,7 @@ impl Replica {
     ///
     /// [`Error::Storage`] or [`Error::Corrupt`].
     pub fn collected(&self) -> Result<GenVector, Error> {
-        self.shared.storage.read()?.collected()
+        self.read(|reader| reader.collected())
     }
 
     /// Whether this replica has `version` of any key in its DAG.
@@ -333,7 +375,7 @@ impl Replica {
     ///
     /// [`Error::Storage`] or [`Error::Corrupt`].
     pub fn knows(&self, version: &VersionId) -> Result<bool, Error> {
-        self.shared.storage.read()?.knows(version)
+        self.read(|reader| reader.knows(version))
     }
 
     /// The generation vector: what this replica holds of every device's log.
@@ -342,7 +384,7 @@ impl Replica {
     ///
     /// [`Error::Storage`] or [`Error::Corrupt`].
     pub fn vector(&self) -> Result<GenVector, Error> {
-        self.shared.storage.read()?.vector()
+        self.read(|reader| reader.vector())
     }
 
     /// The history of `key`: its current version and every version that
@@ -376,7 +418,7 @@ impl Replica {
     /// # }
     /// ```
     pub fn history(&self, key: &[u8]) -> Result<Vec<VersionInfo>, Error> {
-        self.shared.storage.read()?.history(key)
+        self.read(|reader| reader.history(key))
     }
 
     /// The device table: every other device this replica has heard of, in
@@ -387,7 +429,7 @@ impl Replica {
     ///
     /// [`Error::Storage`] or [`Error::Corrupt`].
     pub fn devices(&self) -> Result<Vec<DeviceInfo>, Error> {
-        self.shared.storage.read()?.devices()
+        self.read(|reader| reader.devices())
     }
 
     /// How many records the log holds.
@@ -396,7 +438,7 @@ impl Replica {
     ///
     /// [`Error::Storage`].
     pub fn log_len(&self) -> Result<u64, Error> {
-        self.shared.storage.read()?.log_len()
+        self.read(|reader| reader.log_len())
     }
 
     /// Every change from now on, local or replicated.
@@ -460,8 +502,11 @@ impl Replica {
 
 /// A replica is a [`Worker`] over its store work: [`kill`](Worker::kill)
 /// refuses new writes, sync rounds and collections with [`Error::Closed`]
-/// (reads go on working), and [`wait`](Worker::wait) returns once the work
-/// already under way has ended.
+/// (reads go on working until `wait` returns), and [`wait`](Worker::wait)
+/// returns once the work already under way has ended and the store is
+/// closed: its file is free to be opened again at once, however many clones
+/// of the replica (or responders, initiators and collectors holding one)
+/// remain. Those get [`Error::Closed`] for reads and writes from then on.
 impl Worker for Replica {
     fn kill(&self) {
         self.shared.closing.cancel();
@@ -471,6 +516,17 @@ impl Worker for Replica {
     fn wait(&self) -> WaitFuture<'_> {
         Box::pin(async {
             self.shared.work.wait().await;
+            // Closing flushes the file: off the async threads, unless the
+            // runtime is shutting down and has none to give.
+            let shared = Arc::clone(&self.shared);
+            if let Err(join_error) =
+                tokio::task::spawn_blocking(move || shared.storage.close()).await
+            {
+                if join_error.is_panic() {
+                    std::panic::resume_unwind(join_error.into_panic())
+                }
+                self.shared.storage.close();
+            }
             Ok(())
         })
     }
@@ -613,7 +669,10 @@ pub(crate) fn start_blocking<T: Send + 'static>(
     if shared.closing.is_cancelled() {
         return Err(Error::Closed);
     }
-    Ok(shared.work.spawn_blocking(work))
+    let path = shared.storage.shared_path();
+    Ok(shared
+        .work
+        .spawn_blocking(move || work().map_err(|error| error.located(path.as_ref()))))
 }
 
 /// The result of store work started by [`start_blocking`]; a panic in it

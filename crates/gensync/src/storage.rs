@@ -14,14 +14,20 @@
 //! | `pruned` | version id | nothing: a version garbage collection removed |
 //! | `pruned_vector` | device id | the generations collected: this log may lack records up to here |
 //! | `pending` | first log index | the log index after the last: records of a sync round not yet finished, one range per transaction |
+//! | `owner` | `"device"` | the id of the device whose replica this is, written by the first [`Replica::open`](crate::Replica::open) |
 //!
 //! Every local write is one write transaction, and so is the end of a sync
 //! round (its records go before, in transactions of their own, marked
 //! `pending` until then), so after a crash the store holds exactly what
 //! some commit left, with the vector never ahead of the log. The in-memory
 //! variant is redb on its in-memory backend: the same code, no file.
+//!
+//! The database sits behind a lock as an `Option`, so that a replica's
+//! `wait` can close it (and free the file's lock) whatever handles remain:
+//! work that comes after gets [`Error::Closed`].
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use flotilla_core_types::DeviceId;
 use redb::{
@@ -45,6 +51,9 @@ const PRUNED: TableDefinition<'static, &'static [u8], ()> = TableDefinition::new
 const PRUNED_VECTOR: TableDefinition<'static, &'static str, u64> =
     TableDefinition::new("pruned_vector");
 const PENDING: TableDefinition<'static, u64, u64> = TableDefinition::new("pending");
+const OWNER: TableDefinition<'static, &'static str, &'static str> = TableDefinition::new("owner");
+
+const OWNER_DEVICE: &str = "device";
 
 const OPEN_GENERATION: &str = "open_generation";
 const OPEN_SEQUENCE: &str = "open_sequence";
@@ -95,19 +104,39 @@ pub(crate) struct Head {
     pub(crate) log_index: u64,
 }
 
-/// The replica's database.
+/// The replica's database: a redb file, or redb in memory.
+///
+/// Opening one blocks the calling thread while the file is opened (and,
+/// for a file written before, checked); in async code use
+/// [`open_async`](Self::open_async) or
+/// [`open_with_cache_async`](Self::open_with_cache_async), which do that
+/// work on tokio's blocking pool.
+///
+/// A file is locked while its `Storage` is open: a second open of it, in
+/// this process or another, fails with [`Error::Locked`]. A [`Replica`]
+/// closes its store when its [`wait`](crate::Worker::wait) returns, so the
+/// same file can be opened again at once.
+///
+/// [`Replica`]: crate::Replica
 pub struct Storage {
-    db: Database,
+    /// `None` once closed.
+    db: RwLock<Option<Database>>,
+    /// The file, for error messages; `None` in memory.
+    path: Option<Arc<Path>>,
 }
 
 impl Storage {
     /// Opens the database at `path`, creating it if needed, with a page
     /// cache of [`DEFAULT_CACHE_BYTES`].
     ///
+    /// Blocks the calling thread on file I/O; see
+    /// [`open_async`](Self::open_async).
+    ///
     /// # Errors
     ///
-    /// [`Error::Storage`] when the file cannot be opened or is not a redb
-    /// database.
+    /// [`Error::Locked`] when the file is open already (by another
+    /// `Storage`, here or in another process); [`Error::Storage`] when the
+    /// file cannot be opened or is not a redb database. Both name the path.
     pub fn open(path: impl AsRef<Path>) -> Result<Storage, Error> {
         Storage::open_with_cache(path, DEFAULT_CACHE_BYTES)
     }
@@ -116,28 +145,89 @@ impl Storage {
     /// more makes reads of a large store faster, and is memory the
     /// replica holds.
     ///
+    /// Blocks the calling thread on file I/O; see
+    /// [`open_with_cache_async`](Self::open_with_cache_async).
+    ///
     /// # Errors
     ///
     /// As for [`open`](Self::open).
     pub fn open_with_cache(path: impl AsRef<Path>, cache_bytes: usize) -> Result<Storage, Error> {
-        Storage::init(
-            Database::builder()
-                .set_cache_size(cache_bytes)
-                .create(path)?,
-        )
+        let path: Arc<Path> = Arc::from(path.as_ref());
+        let located = |error: Error| error.located(Some(&path));
+        let db = match Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(&path)
+        {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(Error::Locked {
+                    path: Arc::clone(&path),
+                });
+            }
+            Err(error) => return Err(located(error.into())),
+        };
+        Storage::init(db, Some(Arc::clone(&path))).map_err(located)
     }
 
-    /// A database in memory, gone when dropped: for tests.
+    /// [`open`](Self::open), with the file work done on tokio's blocking
+    /// pool: for async code, such as a supervisor's start function.
+    ///
+    /// # Errors
+    ///
+    /// As for [`open`](Self::open); [`Error::Closed`] if the runtime shuts
+    /// down before the work is done.
+    ///
+    /// # Cancel safety
+    ///
+    /// If the future is dropped, the open goes on on the blocking pool,
+    /// and the store it opened is closed again when it is done.
+    ///
+    /// # Panics
+    ///
+    /// Panics when called outside a tokio runtime.
+    pub async fn open_async(path: impl Into<PathBuf>) -> Result<Storage, Error> {
+        Storage::open_with_cache_async(path, DEFAULT_CACHE_BYTES).await
+    }
+
+    /// [`open_with_cache`](Self::open_with_cache), with the file work done
+    /// on tokio's blocking pool.
+    ///
+    /// # Errors
+    ///
+    /// As for [`open_async`](Self::open_async).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`open_async`](Self::open_async).
+    ///
+    /// # Panics
+    ///
+    /// Panics when called outside a tokio runtime.
+    pub async fn open_with_cache_async(
+        path: impl Into<PathBuf>,
+        cache_bytes: usize,
+    ) -> Result<Storage, Error> {
+        let path = path.into();
+        off_thread(move || Storage::open_with_cache(path, cache_bytes)).await
+    }
+
+    /// A database in memory, gone when dropped (or closed): for tests. Does
+    /// not block on I/O.
     ///
     /// # Errors
     ///
     /// [`Error::Storage`] only if redb fails to initialise it.
     pub fn in_memory() -> Result<Storage, Error> {
         let backend = redb::backends::InMemoryBackend::new();
-        Storage::init(Database::builder().create_with_backend(backend)?)
+        Storage::init(Database::builder().create_with_backend(backend)?, None)
     }
 
-    fn init(db: Database) -> Result<Storage, Error> {
+    /// The file this store is in; `None` in memory.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    fn init(db: Database, path: Option<Arc<Path>>) -> Result<Storage, Error> {
         let txn = db.begin_write()?;
         {
             // Opening a table in a write transaction creates it.
@@ -150,9 +240,76 @@ impl Storage {
             txn.open_table(PRUNED)?;
             txn.open_table(PRUNED_VECTOR)?;
             txn.open_table(PENDING)?;
+            txn.open_table(OWNER)?;
         }
         txn.commit()?;
-        Ok(Storage { db })
+        Ok(Storage {
+            db: RwLock::new(Some(db)),
+            path,
+        })
+    }
+
+    /// `error`, naming this store's file if it is a storage error that
+    /// names none yet.
+    pub(crate) fn locate(&self, error: Error) -> Error {
+        error.located(self.path.as_ref())
+    }
+
+    /// The file, shared, for errors made away from the store.
+    pub(crate) fn shared_path(&self) -> Option<Arc<Path>> {
+        self.path.clone()
+    }
+
+    /// Makes the store `device`'s: records it in an empty store (or one
+    /// written before stores recorded their owner), and refuses a store
+    /// another device wrote.
+    pub(crate) fn claim(&self, device: &DeviceId) -> Result<(), Error> {
+        let txn = self.write()?;
+        {
+            let mut owner = txn.txn.open_table(OWNER)?;
+            let stored = owner
+                .get(OWNER_DEVICE)?
+                .map(|stored| stored_device("owner", stored.value()))
+                .transpose()?;
+            match stored {
+                Some(stored) if &stored == device => return Ok(()),
+                Some(stored) => {
+                    return Err(Error::ForeignStore {
+                        path: self.path.clone(),
+                        stored,
+                        opened_as: device.clone(),
+                    });
+                }
+                None => {
+                    owner.insert(OWNER_DEVICE, device.as_str())?;
+                }
+            }
+        }
+        txn.txn.commit()?;
+        Ok(())
+    }
+
+    /// Closes the database, freeing its file; whatever comes after gets
+    /// [`Error::Closed`]. Returns once the file is free (unless a write
+    /// transaction is still live, which the replica's `wait` rules out).
+    /// Blocks on the final flush.
+    pub(crate) fn close(&self) {
+        // Held while the database closes, so that a second `close` returns
+        // only once the first is done.
+        let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(db) = db.take()
+            && let Err(error) = db.close()
+        {
+            tracing::warn!(%error, path = ?self.path, "closing the store failed");
+        }
+    }
+
+    /// Whether [`close`](Self::close) has run.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none()
     }
 
     /// Removes what an unfinished sync round left (after a crash, or a
@@ -167,22 +324,44 @@ impl Storage {
     }
 
     pub(crate) fn read(&self) -> Result<Reader, Error> {
+        let db = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        let db = db.as_ref().ok_or(Error::Closed)?;
         Ok(Reader {
-            txn: self.db.begin_read()?,
+            txn: db.begin_read()?,
         })
     }
 
     pub(crate) fn write(&self) -> Result<WriteTxn, Error> {
+        let db = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        let db = db.as_ref().ok_or(Error::Closed)?;
         Ok(WriteTxn {
-            txn: self.db.begin_write()?,
+            txn: db.begin_write()?,
         })
     }
 }
 
 impl std::fmt::Debug for Storage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Storage").finish_non_exhaustive()
+        f.debug_struct("Storage")
+            .field("path", &self.path)
+            .field("closed", &self.is_closed())
+            .finish()
     }
+}
+
+/// Runs `work` on tokio's blocking pool and waits for it; a panic in it
+/// goes on in the caller.
+pub(crate) async fn off_thread<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|join_error| {
+            if join_error.is_panic() {
+                std::panic::resume_unwind(join_error.into_panic())
+            }
+            Err(Error::Closed)
+        })
 }
 
 /// A consistent snapshot for reading.

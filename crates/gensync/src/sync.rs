@@ -281,7 +281,8 @@ pub struct Responder {
 }
 
 impl Responder {
-    /// Binds `address` and starts serving `replica`.
+    /// Binds `address` and starts serving `replica`. Does not block the
+    /// thread.
     ///
     /// # Errors
     ///
@@ -300,7 +301,8 @@ impl Responder {
         Responder::start(replica, listener, config)
     }
 
-    /// Starts serving `replica` on `listener`.
+    /// Starts serving `replica` on `listener`. Does not block the thread:
+    /// it spawns the task that serves.
     ///
     /// # Errors
     ///
@@ -619,7 +621,8 @@ pub struct Initiator {
 }
 
 impl Initiator {
-    /// Starts syncing `replica` with `peers`.
+    /// Starts syncing `replica` with `peers`. Does not block the thread:
+    /// it spawns the task that syncs.
     ///
     /// # Panics
     ///
@@ -685,7 +688,8 @@ pub struct Collector {
 
 impl Collector {
     /// Starts collecting `replica`'s garbage every `every`, evicting devices
-    /// silent for longer than `evict_after`.
+    /// silent for longer than `evict_after`. Does not block the thread: it
+    /// spawns the task that collects.
     ///
     /// # Panics
     ///

@@ -7,6 +7,7 @@ mod gc;
 mod harness;
 mod hostile;
 mod introspect;
+mod lifecycle;
 mod model;
 mod replica;
 mod sync;

@@ -132,16 +132,20 @@ async fn a_file_that_is_not_a_store_is_a_typed_error() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let path = dir.path().join("garbage");
     std::fs::write(&path, vec![0xAB; 10_000]).expect("writes");
-    assert!(matches!(Storage::open(&path), Err(Error::Storage(_))));
+    let error = Storage::open(&path).expect_err("not a store");
+    assert!(matches!(error, Error::Storage { .. }), "{error:?}");
+    assert!(
+        error.to_string().contains("garbage"),
+        "names the file: {error}"
+    );
 }
 
 #[tokio::test]
-async fn a_killed_replica_refuses_writes_and_syncs_but_still_reads() {
+async fn a_killed_replica_refuses_writes_and_syncs_but_still_reads_until_waited_for() {
     use flotilla_core_types::Worker;
     let node = Node::new("a");
     node.put("k", "v").await;
     node.replica.kill();
-    node.replica.wait().await.expect("ends cleanly");
     assert!(matches!(
         node.replica.put(b"k".to_vec(), b"w".to_vec()).await,
         Err(Error::Closed)
@@ -159,4 +163,6 @@ async fn a_killed_replica_refuses_writes_and_syncs_but_still_reads() {
             .await;
     assert!(matches!(refused, Err(Error::Closed)));
     crate::harness::stop(responder).await;
+    node.replica.wait().await.expect("ends cleanly");
+    assert!(matches!(node.replica.get(b"k"), Err(Error::Closed)));
 }
