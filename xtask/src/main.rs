@@ -5,9 +5,9 @@
 //!   failure: tidy (every Rust file opens with a `//!` comment), the system
 //!   tools the tests need (etcd, protoc and protoc's include files,
 //!   installed with apt-get when run as root), formatting, clippy, the tests
-//!   (nextest when installed, and the doc tests), rustdoc, a scan of the
-//!   rendered pages for links left as literal text, cargo-deny, and a build
-//!   of the facade with each feature alone and with none.
+//!   (nextest when installed, and the doc tests), the examples, rustdoc, a
+//!   scan of the rendered pages for links left as literal text, cargo-deny,
+//!   and a build of the facade with each feature alone and with none.
 //! - `cargo xtask bench [ARGS…]`: the criterion benchmarks in release mode.
 //!
 //! Each command is printed before it runs; `ci` ends with one summary line.
@@ -23,6 +23,14 @@ use anyhow::{Context, Result, bail};
 /// The facade's features, each built alone by `ci`. A crate added to the
 /// workspace adds its feature here.
 const FACADE_FEATURES: &[&str] = &["depengine", "publisher", "gensync", "etcd", "full"];
+
+/// The examples `ci` runs, as (package, features, example): each must end
+/// cleanly, as a user running it would expect.
+const EXAMPLES: &[(&str, &str, &str)] = &[
+    ("flotilla-depengine", "", "supervision"),
+    ("flotilla-publisher", "", "publish"),
+    ("flotilla", "full", "compose"),
+];
 
 /// The crates with benchmarks, run by `bench`.
 const BENCHED_CRATES: &[&str] = &[
@@ -123,6 +131,14 @@ fn ci() -> Result<()> {
             "tests",
             cargo(&root).args(["test", "--workspace", "--all-features", "--locked"]),
         )?;
+    }
+    for (package, features, example) in EXAMPLES {
+        let mut run_example = cargo(&root);
+        run_example.args(["run", "--locked", "-p", package, "--example", example]);
+        if !features.is_empty() {
+            run_example.args(["--features", features]);
+        }
+        step(&format!("example {example} of {package}"), &mut run_example)?;
     }
     step(
         "rustdoc",

@@ -32,6 +32,11 @@
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+/// The README's examples, compiled as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub use flotilla_core_types as core_types;
 
 #[cfg(feature = "depengine")]
