@@ -312,8 +312,10 @@ mod tests {
 
     #[test]
     fn reasons_speak_of_durations_as_people_do() {
-        let mut config = EngineConfig::default();
-        config.error_delay = Duration::from_secs(1000);
+        let config = EngineConfig {
+            error_delay: Duration::from_secs(1000),
+            ..EngineConfig::default()
+        };
         let error = config.validate().expect_err("too long");
         assert_eq!(
             error.to_string(),

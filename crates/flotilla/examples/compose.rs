@@ -13,7 +13,6 @@
 
 use std::net::SocketAddr;
 
-
 use anyhow::{Context, Result, ensure};
 use flotilla::core_types::{DeviceId, Endpoint, Name, Worker};
 use flotilla::depengine::{Engine, EngineConfig, Input, Manifold, Started};
@@ -42,12 +41,7 @@ async fn main() -> Result<()> {
 
     let engine = Engine::start(EngineConfig::default())?;
     engine
-        .install_group([
-            table(),
-            replica(store.clone()),
-            responder(),
-            publisher(),
-        ])
+        .install_group([table(), replica(store.clone()), responder(), publisher()])
         .await?;
 
     // The publisher says when the responder's address is mounted: no
@@ -58,7 +52,10 @@ async fn main() -> Result<()> {
     let ours = engine.wait_for_resource(&REPLICA).await?;
     ours.put(b"greeting".to_vec(), b"hello from the engine".to_vec())
         .await?;
-    println!("1. the engine runs a replica, its responder, and a publisher:\n\n{}", engine.report().await?);
+    println!(
+        "1. the engine runs a replica, its responder, and a publisher:\n\n{}",
+        engine.report().await?
+    );
 
     // Another device finds the responder by name and syncs.
     let theirs = Replica::open(
@@ -74,7 +71,10 @@ async fn main() -> Result<()> {
         stats.applied,
         got.as_deref().map(String::from_utf8_lossy)
     );
-    ensure!(got.as_deref() == Some(&b"hello from the engine"[..]), "the greeting did not arrive");
+    ensure!(
+        got.as_deref() == Some(&b"hello from the engine"[..]),
+        "the greeting did not arrive"
+    );
 
     // Bounce the replica: uninstall it and install it again on the same
     // file. Its dependents follow it down and up; the handle `ours` still
@@ -89,13 +89,21 @@ async fn main() -> Result<()> {
     let publisher = engine.wait_for_resource(&PUBLISHER).await?;
     publisher.wait_all_mounted().await?;
     let address = resolve(&table).await?;
-    again.put(b"second".to_vec(), b"after the bounce".to_vec()).await?;
+    again
+        .put(b"second".to_vec(), b"after the bounce".to_vec())
+        .await?;
     sync_with(&theirs, address, &SyncConfig::default()).await?;
     println!(
         "3. after a bounce of the replica, the visitor synced again from {address}: second = {:?}",
-        theirs.get(b"second")?.as_deref().map(String::from_utf8_lossy)
+        theirs
+            .get(b"second")?
+            .as_deref()
+            .map(String::from_utf8_lossy)
     );
-    ensure!(theirs.get(b"second")?.is_some(), "the second value did not arrive");
+    ensure!(
+        theirs.get(b"second")?.is_some(),
+        "the second value did not arrive"
+    );
 
     // Stop: the publisher unmounts before the responder closes, and the
     // responder before the replica; the table, which they all use, last.
@@ -174,4 +182,3 @@ async fn resolve(table: &MountTable) -> Result<SocketAddr> {
         .to_socket_addr()
         .context("the mounted server is not an IP address")
 }
-

@@ -74,7 +74,7 @@ pub enum Error {
     },
     /// A record's parent version is unknown: the peer sent a version before
     /// what it descends from.
-    #[error("record {version:?} names parent {parent:?}, which this replica does not have")]
+    #[error("record {version} names parent {parent}, which this replica does not have")]
     MissingParent {
         /// The record's version.
         version: VersionId,

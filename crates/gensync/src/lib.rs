@@ -71,6 +71,10 @@ pub use error::Error;
 /// users need not name `flotilla-core-types` themselves.
 pub use flotilla_core_types::{DeviceId, Endpoint, InvalidId, Worker, WorkerError, WorkerResult};
 pub use model::{GenVector, LogRecord, VersionId};
+/// The storage engine, re-exported because [`Error::Storage`] carries its
+/// errors (and this crate's `From` impls name them).
+#[doc(no_inline)]
+pub use redb;
 pub use replay::RoundStats;
 pub use replica::{
     Change, DeviceInfo, Entry, MAX_KEY_LEN, MAX_VALUE_LEN, Origin, Replica, ReplicaConfig,

@@ -69,6 +69,14 @@ impl VersionId {
     }
 }
 
+/// The short form people read in messages and logs: `v` and the first six
+/// bytes in hex, as the `Debug` form shows it too.
+impl fmt::Display for VersionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
 impl fmt::Debug for VersionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "v")?;
@@ -181,6 +189,20 @@ mod tests {
 
     fn device(name: &str) -> DeviceId {
         DeviceId::new(name).expect("valid device id")
+    }
+
+    #[test]
+    fn a_version_reads_as_v_and_twelve_hex_digits() {
+        let version = VersionId::of_write(&device("a"), 1, 1);
+        let text = version.to_string();
+        assert_eq!(text.len(), 13, "{text}");
+        assert!(text.starts_with('v'));
+        assert!(text[1..].chars().all(|c| c.is_ascii_hexdigit()), "{text}");
+        let error = crate::Error::MissingParent {
+            version,
+            parent: VersionId::of_write(&device("b"), 1, 1),
+        };
+        assert!(!error.to_string().contains("VersionId"), "{error}");
     }
 
     #[test]
