@@ -71,21 +71,12 @@
 #[macro_export]
 macro_rules! delegate_worker {
     ($type:ty, $field:ident) => {
-        impl $crate::Worker for $type {
-            fn kill(&self) {
-                $crate::Worker::kill(&self.$field);
-            }
-
-            fn wait(&self) -> $crate::WaitFuture<'_> {
-                $crate::Worker::wait(&self.$field)
-            }
-
-            fn report(&self) -> ::core::option::Option<$crate::ReportFuture<'_>> {
-                $crate::Worker::report(&self.$field)
-            }
-        }
+        $crate::delegate_worker!(@impl $type, $field, this => $crate::Worker::report(&this.$field));
     };
     ($type:ty, $field:ident, report = $report:path) => {
+        $crate::delegate_worker!(@impl $type, $field, this => $report(this));
+    };
+    (@impl $type:ty, $field:ident, $this:ident => $report:expr) => {
         impl $crate::Worker for $type {
             fn kill(&self) {
                 $crate::Worker::kill(&self.$field);
@@ -96,7 +87,8 @@ macro_rules! delegate_worker {
             }
 
             fn report(&self) -> ::core::option::Option<$crate::ReportFuture<'_>> {
-                $report(self)
+                let $this = self;
+                $report
             }
         }
     };

@@ -170,6 +170,14 @@ impl From<Error> for WorkerError {
     }
 }
 
+/// As for [`Error`]: a decode error of [`wire`](crate::wire) ends a worker
+/// with `?` too.
+impl From<WireError> for WorkerError {
+    fn from(error: WireError) -> Self {
+        WorkerError::new(error)
+    }
+}
+
 /// " on PATH", or nothing for a store in memory.
 fn on_file(path: Option<&Path>) -> String {
     path.map(|path| format!(" on {}", path.display()))

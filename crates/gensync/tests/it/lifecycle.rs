@@ -160,4 +160,15 @@ async fn errors_convert_with_question_marks_into_worker_errors() {
     );
     replica.kill();
     replica.wait().await.expect("ends cleanly");
+
+    fn decode_in_a_worker(bytes: &[u8]) -> Result<flotilla_gensync::wire::Message, WorkerError> {
+        Ok(flotilla_gensync::wire::decode(bytes)?)
+    }
+    let garbage = decode_in_a_worker(&[0xff, 0xff]).expect_err("not a message");
+    assert!(
+        garbage
+            .downcast_ref::<flotilla_gensync::wire::WireError>()
+            .is_some(),
+        "{garbage:?}"
+    );
 }
