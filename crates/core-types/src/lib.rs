@@ -10,6 +10,9 @@
 //!   juju's tomb done the tokio way.
 //! - [`delegate_worker!`]: a type is a `Worker` by way of one of its fields,
 //!   the one way handles around a `TaskWorker` implement the contract.
+//! - [`EndpointSource`]: the endpoints published under a name, as they
+//!   change; one crate publishes (flotilla-publisher), another discovers,
+//!   and neither depends on the other.
 //! - [`Name`], [`Endpoint`] and [`DeviceId`]: identifiers validated when they
 //!   are made, so that code holding one never has to check it again.
 //!
@@ -23,11 +26,13 @@
 pub struct ReadmeDoctests;
 
 mod delegate;
+mod endpoints;
 mod ids;
 mod panic;
 mod task;
 mod worker;
 
+pub use endpoints::{EndpointSource, EndpointWatch, EndpointsFuture, SourceError};
 pub use ids::{
     DeviceId, Endpoint, IdKind, InvalidId, InvalidIdReason, MAX_DEVICE_ID_LEN, MAX_NAME_LEN, Name,
 };

@@ -1,7 +1,7 @@
 //! [`EtcdNamespace`]: the naming backend on a real etcd cluster. Its doc
 //! comment gives the key layout and how the lease works.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::sync::{Mutex as SyncMutex, MutexGuard};
@@ -11,7 +11,9 @@ use etcd_client::{
     Client, ConnectOptions, DeleteOptions, EventType, GetOptions, KeyValue, LeaseKeepAliveStream,
     LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions, WatchStream,
 };
-use flotilla_core_types::{Endpoint, Name};
+use flotilla_core_types::{
+    Endpoint, EndpointSource, EndpointWatch, EndpointsFuture, Name, SourceError,
+};
 use tokio::sync::{Mutex, Notify};
 use tonic::Code;
 
@@ -448,43 +450,11 @@ impl EtcdNamespace {
     ///
     /// [`NamespaceError::Unavailable`] when etcd cannot be reached.
     pub async fn watch_name(&self, name: &Name) -> Result<NameWatch, NamespaceError> {
-        let key_prefix = self.name_prefix(name.as_str());
-        // Exactly this name's servers: `…/{name}/` alone would also cover
-        // the names beneath it.
-        let servers_prefix = format!("{key_prefix}#");
-        let mut client = self.client.clone();
-        let current = client
-            .get(
-                servers_prefix.as_str(),
-                Some(GetOptions::new().with_prefix()),
-            )
-            .await
-            .map_err(classify)?;
-        let revision = current.header().map_or(0, |header| header.revision());
-        let mut initial = Vec::new();
-        for kv in current.kvs() {
-            initial.push(match parse_entry(&key_prefix, kv.key(), kv.value()) {
-                Ok((server, flags)) => NameChange::Mounted { server, flags },
-                Err(bad) => bad.into_change(),
-            });
-        }
-        let stream = client
-            .watch(
-                servers_prefix,
-                Some(
-                    WatchOptions::new()
-                        .with_prefix()
-                        .with_start_revision(revision + 1),
-                ),
-            )
-            .await
-            .map_err(classify)?;
+        let (mut initial, mut watch) =
+            open_name_watch(self.client.clone(), self.name_prefix(name.as_str())).await?;
         initial.reverse();
-        Ok(NameWatch {
-            key_prefix,
-            pending: initial,
-            stream,
-        })
+        watch.pending = initial;
+        Ok(watch)
     }
 
     /// Runs one etcd call, again on a fresh pick of endpoint when it could
@@ -1136,6 +1106,144 @@ pub struct NameWatch {
     /// Changes received but not yet returned, last first.
     pending: Vec<NameChange>,
     stream: WatchStream,
+}
+
+/// Lists the servers under `key_prefix` (a name's prefix) and opens a watch
+/// from just after that listing: the listing as changes, and the watch with
+/// nothing pending.
+async fn open_name_watch(
+    mut client: Client,
+    key_prefix: String,
+) -> Result<(Vec<NameChange>, NameWatch), NamespaceError> {
+    // Exactly this name's servers: `…/{name}/` alone would also cover the
+    // names beneath it.
+    let servers_prefix = format!("{key_prefix}#");
+    let current = client
+        .get(
+            servers_prefix.as_str(),
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await
+        .map_err(classify)?;
+    let revision = current.header().map_or(0, |header| header.revision());
+    let mut initial = Vec::new();
+    for kv in current.kvs() {
+        initial.push(match parse_entry(&key_prefix, kv.key(), kv.value()) {
+            Ok((server, flags)) => NameChange::Mounted { server, flags },
+            Err(bad) => bad.into_change(),
+        });
+    }
+    let stream = client
+        .watch(
+            servers_prefix,
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(revision + 1),
+            ),
+        )
+        .await
+        .map_err(classify)?;
+    Ok((
+        initial,
+        NameWatch {
+            key_prefix,
+            pending: Vec::new(),
+            stream,
+        },
+    ))
+}
+
+/// etcd as an [`EndpointSource`]: a watch lists the name's servers, then
+/// follows them with one etcd watch ([`EtcdNamespace::watch_name`]'s),
+/// answering the whole set after each batch of changes etcd commits
+/// together. Unreadable entries are left out (and logged). When the
+/// connection fails the watch answers [`SourceError::Unavailable`]; the next
+/// call lists again and follows from there, so nothing is missed.
+impl EndpointSource for EtcdNamespace {
+    fn watch_endpoints(&self, name: &Name) -> Box<dyn EndpointWatch> {
+        Box::new(EtcdEndpointWatch {
+            client: self.client.clone(),
+            key_prefix: self.name_prefix(name.as_str()),
+            watch: None,
+            current: BTreeSet::new(),
+            last: None,
+        })
+    }
+}
+
+/// [`EtcdNamespace`]'s [`EndpointWatch`].
+struct EtcdEndpointWatch {
+    client: Client,
+    key_prefix: String,
+    /// The open watch; `None` before the first call and after a failure.
+    watch: Option<NameWatch>,
+    /// The servers as the watch has followed them.
+    current: BTreeSet<Endpoint>,
+    /// The set last answered.
+    last: Option<BTreeSet<Endpoint>>,
+}
+
+impl EtcdEndpointWatch {
+    fn apply(&mut self, change: NameChange) {
+        match change {
+            NameChange::Mounted { server, .. } => {
+                self.current.insert(server);
+            }
+            NameChange::Unmounted { server } => {
+                self.current.remove(&server);
+            }
+            NameChange::Unreadable { .. } => {}
+        }
+    }
+}
+
+impl EndpointWatch for EtcdEndpointWatch {
+    fn next(&mut self) -> EndpointsFuture<'_> {
+        Box::pin(async move {
+            loop {
+                match self.watch.as_mut() {
+                    None => {
+                        let (initial, watch) =
+                            open_name_watch(self.client.clone(), self.key_prefix.clone())
+                                .await
+                                .map_err(|error| SourceError::Unavailable(error.to_string()))?;
+                        self.current.clear();
+                        for change in initial {
+                            self.apply(change);
+                        }
+                        self.watch = Some(watch);
+                    }
+                    Some(watch) => match watch.next().await {
+                        Ok(Some(change)) => {
+                            // The rest of etcd's batch, already received:
+                            // answered as one set, not step by step.
+                            let mut batch = vec![change];
+                            while !watch.pending.is_empty() {
+                                match watch.next().await {
+                                    Ok(Some(change)) => batch.push(change),
+                                    _ => break,
+                                }
+                            }
+                            for change in batch {
+                                self.apply(change);
+                            }
+                        }
+                        // etcd ended the watch: list again and follow on.
+                        Ok(None) => self.watch = None,
+                        Err(error) => {
+                            self.watch = None;
+                            return Err(SourceError::Unavailable(error.to_string()));
+                        }
+                    },
+                }
+                if self.last.as_ref() != Some(&self.current) {
+                    self.last = Some(self.current.clone());
+                    return Ok(self.current.clone());
+                }
+            }
+        })
+    }
 }
 
 impl NameWatch {

@@ -8,13 +8,16 @@
 //! earliest deadline and drops expired entries, so their memory comes back
 //! even when nobody resolves them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use flotilla_core_types::{Endpoint, Name, ReportFuture, TaskWorker, WaitFuture, Worker};
-use tokio::sync::Notify;
+use flotilla_core_types::{
+    Endpoint, EndpointSource, EndpointWatch, EndpointsFuture, Name, ReportFuture, SourceError,
+    TaskWorker, WaitFuture, Worker,
+};
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::error::ShownDuration;
@@ -66,6 +69,9 @@ pub struct MountTable {
 struct TableInner {
     state: Arc<Mutex<TableState>>,
     wake_reaper: Arc<Notify>,
+    /// Bumped whenever a server appears under a name or leaves it, and when
+    /// the table closes: what endpoint watches wait on.
+    changes: Arc<watch::Sender<u64>>,
     reaper: TaskWorker,
 }
 
@@ -84,11 +90,13 @@ impl MountTable {
     pub fn start() -> MountTable {
         let state = Arc::new(Mutex::new(TableState::default()));
         let wake_reaper = Arc::new(Notify::new());
+        let changes = Arc::new(watch::channel(0).0);
         let reaper = {
             let state = Arc::clone(&state);
             let wake = Arc::clone(&wake_reaper);
+            let changes = Arc::clone(&changes);
             TaskWorker::spawn(move |stop| async move {
-                reap(&state, &wake, stop).await;
+                reap(&state, &wake, &changes, stop).await;
                 Ok(())
             })
         };
@@ -96,6 +104,7 @@ impl MountTable {
             inner: Arc::new(TableInner {
                 state,
                 wake_reaper,
+                changes,
                 reaper,
             }),
         }
@@ -108,6 +117,33 @@ impl MountTable {
         let mut state = self.lock();
         state.names.clear();
         state.expiries.clear();
+        drop(state);
+        self.changed();
+    }
+
+    /// Tells endpoint watches to look again.
+    fn changed(&self) {
+        self.inner.changes.send_modify(|count| *count += 1);
+    }
+
+    /// The live servers mounted under exactly `name`.
+    fn endpoints_now(&self, name: &Name) -> Result<BTreeSet<Endpoint>, NamespaceError> {
+        let now = Instant::now();
+        let state = self.lock();
+        if state.closed {
+            return Err(NamespaceError::Closed);
+        }
+        Ok(state
+            .names
+            .get(name)
+            .map(|servers| {
+                servers
+                    .iter()
+                    .filter(|(_, entry)| entry.expires_at > now)
+                    .map(|(server, _)| server.clone())
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     /// How many entries the table holds in memory, expired ones not yet
@@ -135,8 +171,9 @@ impl MountTable {
             return Err(NamespaceError::Closed);
         }
         state.drop_expired_under(name, now);
+        let mut removed_others = false;
         if flags.replace {
-            state.remove_others(name, server);
+            removed_others = state.remove_others(name, server);
         } else if let Some(existing) = state.conflicting_flags(name, server, flags) {
             return Err(NamespaceError::FlagsConflict {
                 name: name.clone(),
@@ -169,6 +206,9 @@ impl MountTable {
         if earliest_before.is_none_or(|earliest| expires_at < earliest) {
             self.inner.wake_reaper.notify_one();
         }
+        if removed_others || outcome == MountOutcome::Created {
+            self.changed();
+        }
         Ok(outcome)
     }
 
@@ -177,7 +217,11 @@ impl MountTable {
         if state.closed {
             return Err(NamespaceError::Closed);
         }
-        state.remove(name, server);
+        let removed = state.remove(name, server);
+        drop(state);
+        if removed {
+            self.changed();
+        }
         Ok(())
     }
 
@@ -273,6 +317,7 @@ impl Namespace for MountTable {
 impl Worker for MountTable {
     fn kill(&self) {
         self.lock().closed = true;
+        self.changed();
         self.inner.reaper.kill();
     }
 
@@ -313,6 +358,53 @@ impl fmt::Debug for MountTable {
             .field("entries", &state.expiries.len())
             .field("closed", &state.closed)
             .finish()
+    }
+}
+
+/// The table as an [`EndpointSource`]: a watch answers the servers live
+/// under exactly the name, again whenever one is mounted, unmounted, replaced
+/// or expires (the reaper removes an expired entry at its deadline), and
+/// [`SourceError::Closed`] once the table is killed. Nothing is polled.
+impl EndpointSource for MountTable {
+    fn watch_endpoints(&self, name: &Name) -> Box<dyn EndpointWatch> {
+        Box::new(TableWatch {
+            table: self.clone(),
+            name: name.clone(),
+            changes: self.inner.changes.subscribe(),
+            last: None,
+        })
+    }
+}
+
+/// [`MountTable`]'s [`EndpointWatch`].
+struct TableWatch {
+    table: MountTable,
+    name: Name,
+    changes: watch::Receiver<u64>,
+    /// The set last answered; `None` before the first answer.
+    last: Option<BTreeSet<Endpoint>>,
+}
+
+impl EndpointWatch for TableWatch {
+    fn next(&mut self) -> EndpointsFuture<'_> {
+        Box::pin(async move {
+            loop {
+                // Marked seen before reading, so a change made after the
+                // read wakes the wait below.
+                self.changes.borrow_and_update();
+                let now = match self.table.endpoints_now(&self.name) {
+                    Ok(now) => now,
+                    Err(_closed) => return Err(SourceError::Closed),
+                };
+                if self.last.as_ref() != Some(&now) {
+                    self.last = Some(now.clone());
+                    return Ok(now);
+                }
+                if self.changes.changed().await.is_err() {
+                    return Err(SourceError::Closed);
+                }
+            }
+        })
     }
 }
 
@@ -385,35 +477,43 @@ impl TableState {
         }
     }
 
-    fn remove_others(&mut self, name: &Name, keep: &Endpoint) {
+    /// Removes every server under `name` but `keep`; whether there was one.
+    fn remove_others(&mut self, name: &Name, keep: &Endpoint) -> bool {
         let Some(servers) = self.names.get(name) else {
-            return;
+            return false;
         };
         let others: Vec<Endpoint> = servers.keys().filter(|s| *s != keep).cloned().collect();
+        let mut removed = false;
         for server in others {
-            self.remove(name, &server);
+            removed |= self.remove(name, &server);
         }
+        removed
     }
 
-    fn remove(&mut self, name: &Name, server: &Endpoint) {
+    /// Removes `server`'s entry under `name`; whether there was one.
+    fn remove(&mut self, name: &Name, server: &Endpoint) -> bool {
         let Some(servers) = self.names.get_mut(name) else {
-            return;
+            return false;
         };
-        if let Some(entry) = servers.remove(server) {
+        let removed = servers.remove(server);
+        if let Some(entry) = &removed {
             self.expiries.remove(&(entry.expires_at, entry.sequence));
         }
         if servers.is_empty() {
             self.names.remove(name);
         }
+        removed.is_some()
     }
 
     /// Removes every entry whose deadline is at or before `now`, and returns
-    /// the next deadline.
-    fn reap(&mut self, now: Instant) -> Option<Instant> {
+    /// the next deadline and whether anything was removed.
+    fn reap(&mut self, now: Instant) -> (Option<Instant>, bool) {
+        let mut reaped = false;
         while let Some(((expires_at, _), _)) = self.expiries.first_key_value() {
             if *expires_at > now {
-                return Some(*expires_at);
+                return (Some(*expires_at), reaped);
             }
+            reaped = true;
             let Some((_, (name, server))) = self.expiries.pop_first() else {
                 break;
             };
@@ -424,7 +524,7 @@ impl TableState {
                 }
             }
         }
-        None
+        (None, reaped)
     }
 }
 
@@ -439,9 +539,17 @@ fn lock(state: &Mutex<TableState>) -> MutexGuard<'_, TableState> {
 
 /// The reaper: sleeps until the earliest deadline (or until an earlier one
 /// is added) and drops what has expired.
-async fn reap(state: &Mutex<TableState>, wake: &Notify, stop: tokio_util::sync::CancellationToken) {
+async fn reap(
+    state: &Mutex<TableState>,
+    wake: &Notify,
+    changes: &watch::Sender<u64>,
+    stop: tokio_util::sync::CancellationToken,
+) {
     loop {
-        let next_deadline = lock(state).reap(Instant::now());
+        let (next_deadline, reaped) = lock(state).reap(Instant::now());
+        if reaped {
+            changes.send_modify(|count| *count += 1);
+        }
         let sleep = async {
             match next_deadline {
                 Some(deadline) => tokio::time::sleep_until(deadline).await,

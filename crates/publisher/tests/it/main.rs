@@ -3,6 +3,7 @@
 //! messages and their use in a `flotilla-depengine` start function, and the
 //! etcd backend against real etcd processes.
 
+mod endpoints;
 mod errors;
 mod harness;
 mod model;
