@@ -345,8 +345,7 @@ where
                 entry.tracker.health() == Health::Unhealthy && entry.tracker.ejected_by_report()
             })
             .count();
-        // Truncation is the intent: the cap is a whole number of views.
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        // Rounded down: the cap is a whole number of views, at least one.
         let cap = ((views as f64 * self.config.max_passive_ejection).floor() as usize).max(1);
         let Some(entry) = self.entries.get_mut(endpoint) else {
             return;
@@ -381,8 +380,6 @@ where
         self.stamp = self.stamp.next();
         let views: Vec<View<F, C>> = self.entries.values().map(|e| e.view.clone()).collect();
         let healthy = self.healthy_count();
-        // Exact for any count of views a machine holds.
-        #[allow(clippy::cast_precision_loss)]
         let panic = !views.is_empty()
             && (healthy as f64) < self.config.panic_threshold * views.len() as f64;
         let snapshot = Snapshot {

@@ -169,7 +169,9 @@ impl<F, C> View<F, C> {
         self.inner.last_changed
     }
 
-    /// The last failure of a check or a report, if its last check failed.
+    /// Why it is not healthy: the failure (of a check, or callers' reports)
+    /// that turned it unhealthy, kept while it stays so; `None` while it is
+    /// healthy or unknown.
     pub fn last_error(&self) -> Option<&str> {
         self.inner.last_error.as_deref()
     }

@@ -136,9 +136,12 @@ impl Prober<Features> for Scripted {
 #[derive(Debug, Clone)]
 pub(crate) struct Client(#[allow(dead_code)] Arc<Endpoint>); // Held only to be dropped.
 
+/// A client the connector made, held weakly, with its endpoint.
+type Made = (Endpoint, Weak<Endpoint>);
+
 /// Every client the connector made, weakly.
 #[derive(Clone, Default)]
-pub(crate) struct Clients(Arc<Mutex<Vec<(Endpoint, Weak<Endpoint>)>>>);
+pub(crate) struct Clients(Arc<Mutex<Vec<Made>>>);
 
 impl Clients {
     pub(crate) fn connector(&self) -> impl Fn(&Endpoint) -> Client + Send + Sync + 'static {
