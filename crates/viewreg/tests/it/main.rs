@@ -1,0 +1,12 @@
+//! Integration tests of flotilla-viewreg: every health rule, the passive
+//! cap, panic mode, endpoints coming and going, locator failures and the
+//! waits, on tokio's paused clock with a scripted prober; and the TCP
+//! prober against real loopback sockets.
+
+mod harness;
+mod health;
+mod membership;
+mod panic;
+mod passive;
+mod tcp;
+mod waits;
