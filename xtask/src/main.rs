@@ -22,7 +22,14 @@ use anyhow::{Context, Result, bail};
 
 /// The facade's features, each built alone by `ci`. A crate added to the
 /// workspace adds its feature here.
-const FACADE_FEATURES: &[&str] = &["depengine", "publisher", "gensync", "etcd", "full"];
+const FACADE_FEATURES: &[&str] = &[
+    "depengine",
+    "publisher",
+    "gensync",
+    "viewreg",
+    "etcd",
+    "full",
+];
 
 /// The examples `ci` runs, as (package, features, example): each must end
 /// cleanly, as a user running it would expect.

@@ -7,6 +7,7 @@
 //! | `depengine` | `depengine` | an engine of named manifolds whose workers depend on each other |
 //! | `publisher` | `publisher` | keeps (name, server) pairs mounted in a naming backend with a TTL |
 //! | `gensync` | `gensync` | replicates a key/value store between peers by generation vectors |
+//! | `viewreg` | `viewreg` | a client-side registry of servers, health-checked, filtered by features |
 //!
 //! `full` enables every crate. `etcd` adds the etcd backend of each enabled
 //! crate that has one (building it needs `protoc`). Each crate is also usable on its own
@@ -51,5 +52,8 @@ pub use flotilla_publisher as publisher;
 #[cfg_attr(docsrs, doc(cfg(feature = "gensync")))]
 pub use flotilla_gensync as gensync;
 
-// Later crates join here, each behind a feature of its own name:
-// presence, viewreg.
+#[cfg(feature = "viewreg")]
+#[cfg_attr(docsrs, doc(cfg(feature = "viewreg")))]
+pub use flotilla_viewreg as viewreg;
+
+// Later crates join here, each behind a feature of its own name: presence.
