@@ -720,6 +720,10 @@ pub(crate) fn start_blocking<T: Send + 'static>(
     shared: &Shared,
     work: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<tokio::task::JoinHandle<Result<T, Error>>, Error> {
+    // Counted as work under way before the check: a `kill` and `wait`
+    // racing this call then wait for the work it spawns, instead of
+    // closing the store under it.
+    let _counted = shared.work.token();
     if shared.closing.is_cancelled() {
         return Err(Error::Closed);
     }

@@ -121,6 +121,9 @@ pub(crate) struct Head {
 pub struct Storage {
     /// `None` once closed.
     db: RwLock<Option<Database>>,
+    /// Set once `close` has begun: read without the lock, which `close`
+    /// holds across the final flush.
+    closed: std::sync::atomic::AtomicBool,
     /// The file, for error messages; `None` in memory.
     path: Option<Arc<Path>>,
 }
@@ -245,6 +248,7 @@ impl Storage {
         txn.commit()?;
         Ok(Storage {
             db: RwLock::new(Some(db)),
+            closed: std::sync::atomic::AtomicBool::new(false),
             path,
         })
     }
@@ -296,20 +300,23 @@ impl Storage {
     pub(crate) fn close(&self) {
         // Held while the database closes, so that a second `close` returns
         // only once the first is done.
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
         let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(db) = db.take()
             && let Err(error) = db.close()
         {
-            tracing::warn!(%error, path = ?self.path, "closing the store failed");
+            tracing::warn!(
+                %error,
+                path = %self.path.as_deref().map(|path| path.display().to_string()).unwrap_or_else(|| "(in memory)".to_owned()),
+                "closing the store failed"
+            );
         }
     }
 
     /// Whether [`close`](Self::close) has run.
     pub(crate) fn is_closed(&self) -> bool {
-        self.db
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_none()
+        self.closed.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Removes what an unfinished sync round left (after a crash, or a

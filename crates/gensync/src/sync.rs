@@ -133,6 +133,19 @@ async fn connect_endpoint(endpoint: &Endpoint) -> Result<TcpStream, Error> {
         .await
         .map_err(resolve_error)?
         .collect();
+    connect_first(endpoint, addresses).await
+}
+
+/// A connection to the first of `addresses` (what `endpoint` resolved to)
+/// that takes one.
+async fn connect_first(
+    endpoint: &Endpoint,
+    addresses: Vec<SocketAddr>,
+) -> Result<TcpStream, Error> {
+    let resolve_error = |source| Error::Resolve {
+        endpoint: endpoint.clone(),
+        source: Arc::new(source),
+    };
     let mut last_error = None;
     for address in addresses {
         match TcpStream::connect(address).await {
@@ -778,7 +791,10 @@ impl Peers {
             Peers::Resolved(source) => match tokio::time::timeout(timeout, source()).await {
                 Ok(Ok(endpoints)) => Ok(endpoints.into_iter().map(Target::Endpoint).collect()),
                 Ok(Err(error)) => Err(format!("the peer source failed: {error}")),
-                Err(_) => Err(format!("the peer source did not answer within {timeout:?}")),
+                Err(_) => Err(format!(
+                    "the peer source did not answer within {} ms",
+                    timeout.as_millis()
+                )),
             },
         }
     }
@@ -1078,6 +1094,38 @@ mod tests {
             writer,
             timestamp_ms: 1,
         }
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_is_tried_at_each_of_its_addresses_and_none_is_a_typed_error() {
+        let endpoint = Endpoint::parse("peer.example:7000").expect("valid");
+        let none = connect_first(&endpoint, Vec::new())
+            .await
+            .expect_err("no address");
+        assert!(
+            matches!(&none, Error::Resolve { endpoint: named, .. } if named == &endpoint),
+            "{none:?}"
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds");
+        let open = listener.local_addr().expect("bound");
+        let closed = {
+            let spare = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+            spare.local_addr().expect("bound")
+        };
+        // The closed address first, then the open one: the second is used.
+        let stream = connect_first(&endpoint, vec![closed, open])
+            .await
+            .expect("connects");
+        assert_eq!(stream.peer_addr().expect("connected"), open);
+        let refused = connect_first(&endpoint, vec![closed])
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(refused, Error::Connect { peer, .. } if peer == closed),
+            "{refused:?}"
+        );
     }
 
     #[test]

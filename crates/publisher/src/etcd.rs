@@ -1193,7 +1193,13 @@ impl EtcdEndpointWatch {
             NameChange::Unmounted { server } => {
                 self.current.remove(&server);
             }
-            NameChange::Unreadable { .. } => {}
+            // A server whose entry became unreadable is left out, as a
+            // fresh listing would leave it out.
+            NameChange::Unreadable { key, .. } => {
+                if let Ok(server) = parse_server(&self.key_prefix, key.as_bytes()) {
+                    self.current.remove(&server);
+                }
+            }
         }
     }
 }

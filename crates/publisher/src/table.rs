@@ -170,11 +170,16 @@ impl MountTable {
         if state.closed {
             return Err(NamespaceError::Closed);
         }
-        state.drop_expired_under(name, now);
-        let mut removed_others = false;
+        // Expired entries dropped here are changes a watch must hear of,
+        // whatever comes of this mount: the reaper will not find them.
+        let mut removed_others = state.drop_expired_under(name, now);
         if flags.replace {
-            removed_others = state.remove_others(name, server);
+            removed_others |= state.remove_others(name, server);
         } else if let Some(existing) = state.conflicting_flags(name, server, flags) {
+            drop(state);
+            if removed_others {
+                self.changed();
+            }
             return Err(NamespaceError::FlagsConflict {
                 name: name.clone(),
                 server: server.clone(),
@@ -368,7 +373,7 @@ impl fmt::Debug for MountTable {
 impl EndpointSource for MountTable {
     fn watch_endpoints(&self, name: &Name) -> Box<dyn EndpointWatch> {
         Box::new(TableWatch {
-            table: self.clone(),
+            table: Arc::downgrade(&self.inner),
             name: name.clone(),
             changes: self.inner.changes.subscribe(),
             last: None,
@@ -376,9 +381,10 @@ impl EndpointSource for MountTable {
     }
 }
 
-/// [`MountTable`]'s [`EndpointWatch`].
+/// [`MountTable`]'s [`EndpointWatch`]. It holds the table weakly: a watch
+/// nobody drives does not keep a table alive that every handle has let go.
 struct TableWatch {
-    table: MountTable,
+    table: std::sync::Weak<TableInner>,
     name: Name,
     changes: watch::Receiver<u64>,
     /// The set last answered; `None` before the first answer.
@@ -392,7 +398,10 @@ impl EndpointWatch for TableWatch {
                 // Marked seen before reading, so a change made after the
                 // read wakes the wait below.
                 self.changes.borrow_and_update();
-                let now = match self.table.endpoints_now(&self.name) {
+                let Some(inner) = self.table.upgrade() else {
+                    return Err(SourceError::Closed);
+                };
+                let now = match (MountTable { inner }).endpoints_now(&self.name) {
                     Ok(now) => now,
                     Err(_closed) => return Err(SourceError::Closed),
                 };
@@ -463,18 +472,21 @@ impl TableState {
             .map(|(_, entry)| entry.flags)
     }
 
-    fn drop_expired_under(&mut self, name: &Name, now: Instant) {
+    /// Removes the expired entries under `name`; whether there were any.
+    fn drop_expired_under(&mut self, name: &Name, now: Instant) -> bool {
         let Some(servers) = self.names.get(name) else {
-            return;
+            return false;
         };
         let expired: Vec<Endpoint> = servers
             .iter()
             .filter(|(_, entry)| entry.expires_at <= now)
             .map(|(server, _)| server.clone())
             .collect();
+        let mut removed = false;
         for server in expired {
-            self.remove(name, &server);
+            removed |= self.remove(name, &server);
         }
+        removed
     }
 
     /// Removes every server under `name` but `keep`; whether there was one.

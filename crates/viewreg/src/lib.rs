@@ -109,7 +109,7 @@ pub use error::{Error, LocatorError, ProbeError};
 /// The shared vocabulary this crate's API speaks in, re-exported so that
 /// users need not name `flotilla-core-types` themselves.
 pub use flotilla_core_types::{Endpoint, Worker, WorkerError, WorkerResult};
-pub use locator::{EndpointSet, Locator, StaticLocator, StreamLocator};
+pub use locator::{EndpointSet, Locator, NameLocator, StaticLocator, StreamLocator};
 pub use prober::{ProbeOutcome, Prober, TcpProber};
 pub use registry::{Registry, WaitLimit};
 pub use view::{ChangeStamp, FeatureSet, Health, Partition, Snapshot, Summary, View};

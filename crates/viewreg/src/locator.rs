@@ -1,6 +1,8 @@
-//! [`Locator`]: where the registry learns which servers exist, and two
-//! locators: [`StaticLocator`] (a fixed list) and [`StreamLocator`] (any
-//! stream of endpoint sets).
+//! [`Locator`]: where the registry learns which servers exist, and three
+//! locators: [`StaticLocator`] (a fixed list), [`StreamLocator`] (any
+//! stream of endpoint sets) and [`NameLocator`] (the servers published under
+//! a name, from any core-types [`EndpointSource`], such as
+//! flotilla-publisher's mount table or etcd namespace).
 //!
 //! A locator answers with whole sets, not deltas: each answer replaces the
 //! previous one, so a locator that reconnects after a failure can simply
@@ -10,7 +12,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::future::Future;
 
-use flotilla_core_types::Endpoint;
+use flotilla_core_types::{Endpoint, EndpointSource, EndpointWatch, Name, SourceError};
 use futures_util::stream::Map;
 use futures_util::{Stream, StreamExt};
 
@@ -77,7 +79,7 @@ impl Locator for StaticLocator {
 /// # Example
 ///
 /// ```
-/// use flotilla_core_types::Endpoint;
+/// use flotilla_core_types::{Endpoint, EndpointSource, EndpointWatch, Name, SourceError};
 /// use flotilla_viewreg::{Locator, StreamLocator};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
@@ -138,5 +140,49 @@ where
 impl<S> fmt::Debug for StreamLocator<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StreamLocator").finish_non_exhaustive()
+    }
+}
+
+/// The servers published under a name, from any [`EndpointSource`]: with
+/// flotilla-publisher, its `MountTable` or its `EtcdNamespace`, so that a
+/// server a publisher advertises is discovered with no glue code.
+///
+/// Each answer is the whole set under exactly that name, whenever it
+/// changes. A source that shuts down ends the locator (the registry keeps
+/// its last set); one that cannot reach its backend answers
+/// [`LocatorError::Unavailable`], and the registry asks again after its
+/// backoff.
+pub struct NameLocator {
+    name: Name,
+    watch: Box<dyn EndpointWatch>,
+}
+
+impl NameLocator {
+    /// Follows the endpoints `source` has under `name`.
+    pub fn new(source: &dyn EndpointSource, name: &Name) -> Self {
+        NameLocator {
+            name: name.clone(),
+            watch: source.watch_endpoints(name),
+        }
+    }
+}
+
+impl Locator for NameLocator {
+    async fn next_endpoints(&mut self) -> Option<Result<EndpointSet, LocatorError>> {
+        match self.watch.next().await {
+            Ok(endpoints) => Some(Ok(endpoints)),
+            Err(SourceError::Closed) => None,
+            Err(error) => Some(Err(LocatorError::Unavailable {
+                source: std::sync::Arc::new(error),
+            })),
+        }
+    }
+}
+
+impl fmt::Debug for NameLocator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NameLocator")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use flotilla_core_types::{Endpoint, Worker};
-use flotilla_gensync::{Error, Initiator, Peers, SyncConfig, sync_with_endpoint};
+use flotilla_gensync::{Error, Initiator, Peers, SyncConfig};
 
 use crate::harness::{Node, stop};
 
@@ -62,17 +62,4 @@ async fn a_peer_source_that_hangs_or_fails_does_not_stall_the_initiator() {
         initiator.kill();
         initiator.wait().await.expect("clean stop");
     }
-}
-
-#[tokio::test]
-async fn an_endpoint_that_does_not_resolve_is_a_typed_error() {
-    let node = Node::new("b");
-    let endpoint = Endpoint::parse("no-such-host.invalid:7000").expect("valid");
-    let error = sync_with_endpoint(&node.replica, &endpoint, &quick())
-        .await
-        .expect_err("does not resolve");
-    assert!(
-        matches!(&error, Error::Resolve { endpoint: named, .. } if named == &endpoint),
-        "{error:?}"
-    );
 }

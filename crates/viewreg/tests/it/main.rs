@@ -8,5 +8,6 @@ mod health;
 mod membership;
 mod panic;
 mod passive;
+mod published;
 mod tcp;
 mod waits;
