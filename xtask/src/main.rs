@@ -5,9 +5,10 @@
 //!   failure: tidy (every Rust file opens with a `//!` comment), the system
 //!   tools the tests need (etcd, protoc and protoc's include files,
 //!   installed with apt-get when run as root), formatting, clippy, the tests
-//!   (nextest when installed, and the doc tests), the examples, rustdoc, a
-//!   scan of the rendered pages for links left as literal text, cargo-deny,
-//!   and a build of the facade with each feature alone and with none.
+//!   (nextest when installed, and the doc tests), the examples, rustdoc
+//!   (with its lints, broken intra-doc links among them, as errors),
+//!   cargo-deny, and a build of the facade with each feature alone and with
+//!   none.
 //! - `cargo xtask bench [ARGS…]`: the criterion benchmarks in release mode.
 //!
 //! Each command is printed before it runs; `ci` ends with one summary line.
@@ -159,13 +160,6 @@ fn ci() -> Result<()> {
             ])
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
-    println!("\n==> rendered docs: no link left as literal text");
-    check_rendered_links(&doc_dir(&root)).with_context(|| {
-        format!(
-            "ci FAILED at the rendered-docs check (after rustdoc) after {:.0?}",
-            started.elapsed()
-        )
-    })?;
     ensure_cargo_deny(&root)?;
     step(
         "cargo deny (bans, licenses, sources)",
@@ -218,102 +212,6 @@ fn bench(extra: &[String]) -> Result<()> {
         run(&format!("benchmarks of {package}"), &mut command)?;
     }
     Ok(())
-}
-
-/// Where `cargo doc` wrote the workspace's pages.
-fn doc_dir(root: &Path) -> PathBuf {
-    env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|target| {
-            if target.is_absolute() {
-                target
-            } else {
-                root.join(target)
-            }
-        })
-        .unwrap_or_else(|| root.join("target"))
-        .join("doc")
-}
-
-/// Checks the rendered pages of the workspace's crates for links rustdoc
-/// left as literal text (`[<code>Name</code>]`), which its lints do not
-/// always catch. Blanket and auto-trait impls are skipped: their docs are
-/// other crates' text.
-fn check_rendered_links(doc: &Path) -> Result<()> {
-    let mut pages = Vec::new();
-    for entry in std::fs::read_dir(doc).with_context(|| format!("cannot list {}", doc.display()))? {
-        let path = entry?.path();
-        if path.is_dir()
-            && path
-                .file_name()
-                .is_some_and(|name| name.to_string_lossy().starts_with("flotilla"))
-        {
-            html_files(&path, &mut pages)?;
-        }
-    }
-    let mut literal = Vec::new();
-    for page in &pages {
-        let html = std::fs::read_to_string(page)
-            .with_context(|| format!("cannot read {}", page.display()))?;
-        for text in literal_links(&html) {
-            literal.push(format!(
-                "{}: {text}",
-                page.strip_prefix(doc).unwrap_or(page).display()
-            ));
-        }
-    }
-    if !literal.is_empty() {
-        bail!(
-            "links rendered as literal text:\n  {}",
-            literal.join("\n  ")
-        );
-    }
-    println!("{} pages checked", pages.len());
-    Ok(())
-}
-
-fn html_files(folder: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
-    for entry in
-        std::fs::read_dir(folder).with_context(|| format!("cannot list {}", folder.display()))?
-    {
-        let path = entry?.path();
-        if path.is_dir() {
-            html_files(&path, files)?;
-        } else if path
-            .extension()
-            .is_some_and(|extension| extension == "html")
-        {
-            files.push(path);
-        }
-    }
-    Ok(())
-}
-
-/// The `[<code>…</code>]` spans of a page, before its blanket and auto-trait
-/// implementations.
-fn literal_links(html: &str) -> Vec<String> {
-    let own = [
-        "id=\"blanket-implementations-list\"",
-        "id=\"synthetic-implementations-list\"",
-    ]
-    .iter()
-    .filter_map(|marker| html.find(marker))
-    .min()
-    .map_or(html, |end| &html[..end]);
-    let mut found = Vec::new();
-    let mut rest = own;
-    while let Some(start) = rest.find("[<code>") {
-        let after = &rest[start + "[<code>".len()..];
-        let Some(end) = after.find("</code>") else {
-            break;
-        };
-        let inner = &after[..end];
-        if after[end..].starts_with("</code>]") && !inner.contains('<') && inner.len() <= 80 {
-            found.push(format!("[{inner}]"));
-        }
-        rest = &after[end..];
-    }
-    found
 }
 
 /// Checks that every Rust source file under `crates/` and `xtask/` opens
@@ -572,18 +470,6 @@ mod tests {
         for folder in [bare, complete, fake] {
             let _ = std::fs::remove_dir_all(folder);
         }
-    }
-
-    #[test]
-    fn links_left_as_literal_text_are_found_outside_blanket_impls() {
-        let page = concat!(
-            "<div class=\"docblock\">Returns a [<code>Worker</code>] and a ",
-            "<a href=\"x.html\"><code>Name</code></a>; see [<code>a</code>, <b>b</b>].</div>",
-            "<h2 id=\"blanket-implementations-list\"></h2>",
-            "<div>wraps it in [<code>Layered</code>].</div>",
-        );
-        assert_eq!(literal_links(page), ["[Worker]"]);
-        assert!(literal_links("<p>all <a>linked</a></p>").is_empty());
     }
 
     #[test]

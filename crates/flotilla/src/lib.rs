@@ -3,7 +3,7 @@
 //!
 //! | module | feature | what it is |
 //! |---|---|---|
-//! | [`core_types`] | (always) | the `Worker` contract, `TaskWorker`, validated names and ids |
+//! | `core_types` | (always) | the `Worker` contract, `TaskWorker`, validated names and ids |
 //! | `depengine` | `depengine` | an engine of named manifolds whose workers depend on each other |
 //! | `publisher` | `publisher` | keeps (name, server) pairs mounted in a naming backend with a TTL |
 //! | `gensync` | `gensync` | replicates a key/value store between peers by generation vectors |
