@@ -6,9 +6,12 @@
 //!   tools the tests need (etcd, protoc and protoc's include files,
 //!   installed with apt-get when run as root), formatting, clippy, the tests
 //!   (nextest when installed, and the doc tests), the examples, rustdoc
-//!   (with its lints, broken intra-doc links among them, as errors),
+//!   (one package at a time in dependency order, its lints as errors, then
+//!   a scan of the pages for intra-doc links rendered as text),
 //!   cargo-deny, and a build of the facade with each feature alone and with
 //!   none.
+//! - `cargo xtask doc`: the docs, as `ci` builds and checks them, into
+//!   `target/doc`.
 //! - `cargo xtask bench [ARGS…]`: the criterion benchmarks in release mode.
 //!
 //! Each command is printed before it runs; `ci` ends with one summary line.
@@ -47,6 +50,24 @@ const BENCHED_CRATES: &[&str] = &[
     "flotilla-gensync",
 ];
 
+/// The workspace's packages in dependency order, each with the target
+/// rustdoc documents. They are documented one at a time in this order
+/// because rustdoc renders a link to another crate as a link only when that
+/// crate's docs are already on disk (and cargo, documenting a workspace at
+/// once, runs them side by side and removes a crate's old docs before it
+/// writes new ones); in this order the rendering, and so the check of it,
+/// is the same on every run.
+const DOC_ORDER: &[(&str, &str)] = &[
+    ("flotilla-core-types", "--lib"),
+    ("flotilla-testkit", "--lib"),
+    ("flotilla-depengine", "--lib"),
+    ("flotilla-publisher", "--lib"),
+    ("flotilla-gensync", "--lib"),
+    ("flotilla-viewreg", "--lib"),
+    ("flotilla", "--lib"),
+    ("xtask", "--bins"),
+];
+
 /// The Debian packages behind the tools the tests need: etcd for the tests
 /// against real etcd, protoc and the well-known `.proto` files it includes
 /// (`google/protobuf/*.proto`, in libprotobuf-dev, which protobuf-compiler
@@ -70,8 +91,11 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("bench") => bench(&args[1..]),
+        Some("doc") => doc(),
         _ => {
-            eprintln!("usage: cargo xtask ci | cargo xtask bench [criterion args…]");
+            eprintln!(
+                "usage: cargo xtask ci | cargo xtask doc | cargo xtask bench [criterion args…]"
+            );
             return ExitCode::from(2);
         }
     };
@@ -91,12 +115,13 @@ fn ci() -> Result<()> {
     tidy(&root).context("ci FAILED at step 1 (tidy)")?;
     println!("\n==> system tools: etcd, protoc and protoc's include files");
     ensure_system_tools().context("ci FAILED at step 2 (system tools)")?;
-    let mut steps = 2;
-    let mut step = |description: &str, command: &mut Command| -> Result<()> {
-        steps += 1;
+    let steps = std::cell::Cell::new(2);
+    let step = |description: &str, command: &mut Command| -> Result<()> {
+        steps.set(steps.get() + 1);
         run(description, command).with_context(|| {
             format!(
-                "ci FAILED at step {steps} ({description}) after {:.0?}",
+                "ci FAILED at step {} ({description}) after {:.0?}",
+                steps.get(),
                 started.elapsed()
             )
         })
@@ -148,18 +173,11 @@ fn ci() -> Result<()> {
         }
         step(&format!("example {example} of {package}"), &mut run_example)?;
     }
-    step(
-        "rustdoc",
-        cargo(&root)
-            .args([
-                "doc",
-                "--workspace",
-                "--all-features",
-                "--no-deps",
-                "--locked",
-            ])
-            .env("RUSTDOCFLAGS", "-D warnings"),
-    )?;
+    document(&root, &step)?;
+    steps.set(steps.get() + 1);
+    println!("\n==> rendered docs: no intra-doc link left as literal text");
+    check_rendered_links(&target_dir(&root).join("doc"))
+        .with_context(|| format!("ci FAILED at step {} (rendered docs)", steps.get()))?;
     ensure_cargo_deny(&root)?;
     step(
         "cargo deny (bans, licenses, sources)",
@@ -195,9 +213,37 @@ fn ci() -> Result<()> {
         step(&description, &mut build)?;
     }
     println!(
-        "xtask ci: all {steps} steps passed in {:.0?}",
+        "xtask ci: all {} steps passed in {:.0?}",
+        steps.get(),
         started.elapsed()
     );
+    Ok(())
+}
+
+/// `cargo xtask doc`: the docs as `ci` builds and checks them.
+fn doc() -> Result<()> {
+    let root = workspace_root()?;
+    document(&root, &run)?;
+    check_rendered_links(&target_dir(&root).join("doc"))
+}
+
+/// Documents every package in [`DOC_ORDER`], rustdoc's lints as errors.
+fn document(root: &Path, step: &dyn Fn(&str, &mut Command) -> Result<()>) -> Result<()> {
+    for (package, target) in DOC_ORDER {
+        step(
+            &format!("rustdoc of {package}"),
+            cargo(root)
+                .args([
+                    "rustdoc",
+                    "--locked",
+                    "--all-features",
+                    "-p",
+                    package,
+                    target,
+                ])
+                .env("RUSTDOCFLAGS", "-D warnings"),
+        )?;
+    }
     Ok(())
 }
 
@@ -414,6 +460,96 @@ fn display(command: &Command) -> String {
     shown
 }
 
+/// Fails when a generated page shows an intra-doc link as literal text
+/// (`` [`Name`] `` rendered as "\[Name\]", when rustdoc could resolve the
+/// path but not where its page is) or as a link to a Rust path instead of a
+/// page (an `href` of `Worker::report`). Links into crates not documented here
+/// (`--no-deps`; docs.rs links them) are not counted, and blanket
+/// implementations are skipped: their docs come from other crates' traits.
+fn check_rendered_links(doc_dir: &Path) -> Result<()> {
+    let mut pages = Vec::new();
+    html_pages(doc_dir, &mut pages)?;
+    if pages.is_empty() {
+        bail!("no generated pages under {}", doc_dir.display());
+    }
+    let mut found = Vec::new();
+    for page in &pages {
+        let html = std::fs::read_to_string(page)
+            .with_context(|| format!("cannot read {}", page.display()))?;
+        let own = html
+            .find("id=\"blanket-implementations\"")
+            .map_or(html.as_str(), |end| &html[..end]);
+        for literal in unrendered_links(own, |krate| doc_dir.join(krate).is_dir()) {
+            found.push(format!("{}: {literal}", page.display()));
+        }
+    }
+    if !found.is_empty() {
+        bail!(
+            "{} intra-doc link(s) rendered as text (write the full path, or link a page this crate documents):\n{}",
+            found.len(),
+            found.join("\n")
+        );
+    }
+    println!("{} pages checked", pages.len());
+    Ok(())
+}
+
+/// The broken links in one page's HTML: `[<code>…</code>]` (a link left
+/// as text) and `href` values that are Rust paths, unless the path starts
+/// with a crate (a lowercase first segment) that `documented` says is not
+/// documented here.
+fn unrendered_links(html: &str, documented: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut rest = html;
+    while let Some(start) = rest.find("[<code>") {
+        let after = &rest[start + "[<code>".len()..];
+        if let Some(end) = after.find("</code>]")
+            && end <= 120
+            && !after[..end].contains('<')
+        {
+            found.push(format!("[{}]", &after[..end]));
+        }
+        rest = after;
+    }
+    let mut rest = html;
+    while let Some(start) = rest.find("href=\"") {
+        let after = &rest[start + "href=\"".len()..];
+        let Some(end) = after.find('"') else { break };
+        let target = &after[..end];
+        let first = target.split("::").next().unwrap_or(target);
+        let foreign = first.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            && !matches!(first, "crate" | "self" | "super")
+            && !documented(first);
+        if target.contains("::") && !target.contains('/') && !target.contains('#') && !foreign {
+            found.push(format!("href=\"{target}\""));
+        }
+        rest = &after[end..];
+    }
+    found
+}
+
+/// Every generated page under `folder`, leaving out the rendered sources.
+fn html_pages(folder: &Path, pages: &mut Vec<PathBuf>) -> Result<()> {
+    let entries =
+        std::fs::read_dir(folder).with_context(|| format!("cannot list {}", folder.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        if path.is_dir() {
+            if path.file_name().is_some_and(|name| name != "src") {
+                html_pages(&path, pages)?;
+            }
+        } else if path.extension().is_some_and(|ext| ext == "html") {
+            pages.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Where cargo writes its output for this workspace.
+fn target_dir(root: &Path) -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
+}
+
 fn cargo(root: &Path) -> Command {
     let mut command = Command::new(cargo_binary());
     command.current_dir(root);
@@ -475,5 +611,62 @@ mod tests {
     #[test]
     fn the_install_list_names_the_include_files_package() {
         assert!(SYSTEM_PACKAGES.contains(&"libprotobuf-dev"));
+    }
+
+    #[test]
+    fn links_left_as_text_are_found_and_rendered_ones_are_not() {
+        let html = concat!(
+            "<p>See <a href=\"struct.Engine.html\"><code>Engine</code></a>, ",
+            "[<code>TaskWorker</code>] and <a href=\"Worker::report\"><code>report</code></a>; ",
+            "<a href=\"../flotilla_core_types/trait.Worker.html#tymethod.kill\">kill</a>, ",
+            "a slice <code>[u8]</code> and [<code>a</code><a href=\"x.html\">b</a>], ",
+            "<a href=\"tokio_util::sync::CancellationToken\">elsewhere</a>, ",
+            "<a href=\"flotilla_core_types::Name\">here</a>.</p>",
+        );
+        let documented = |krate: &str| krate.starts_with("flotilla");
+        assert_eq!(
+            unrendered_links(html, documented),
+            [
+                "[TaskWorker]",
+                "href=\"Worker::report\"",
+                "href=\"flotilla_core_types::Name\""
+            ]
+        );
+        assert!(unrendered_links("<p>nothing to see</p>", documented).is_empty());
+    }
+
+    #[test]
+    fn every_package_is_documented_after_the_packages_it_depends_on() {
+        let root = workspace_root().expect("inside the workspace");
+        let mut manifests = vec![root.join("xtask/Cargo.toml")];
+        for entry in std::fs::read_dir(root.join("crates")).expect("crates folder") {
+            manifests.push(entry.expect("entry").path().join("Cargo.toml"));
+        }
+        let position = |package: &str| DOC_ORDER.iter().position(|(name, _)| *name == package);
+        for manifest in manifests {
+            let text = std::fs::read_to_string(&manifest).expect("manifest");
+            let name = text
+                .lines()
+                .find_map(|line| line.strip_prefix("name = \""))
+                .and_then(|rest| rest.strip_suffix('"'))
+                .expect("a package name");
+            let at = position(name).unwrap_or_else(|| panic!("{name} is missing from DOC_ORDER"));
+            let dependencies = text
+                .split("\n[dependencies]\n")
+                .nth(1)
+                .map(|rest| rest.split("\n[").next().unwrap_or(rest))
+                .unwrap_or("");
+            for line in dependencies.lines() {
+                let Some(dependency) = line.split_whitespace().next() else {
+                    continue;
+                };
+                if let Some(before) = position(dependency) {
+                    assert!(
+                        before < at,
+                        "{dependency} must come before {name} in DOC_ORDER"
+                    );
+                }
+            }
+        }
     }
 }

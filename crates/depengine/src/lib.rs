@@ -117,6 +117,7 @@ mod runner;
 pub use config::{CrashLoopPolicy, EngineConfig, RestartLimit};
 pub use engine::Engine;
 pub use error::Error;
+#[doc(no_inline)]
 pub use flotilla_core_types::{InvalidId, Name, Worker, WorkerError, WorkerResult};
 pub use input::{Input, InputKey, InputName};
 pub use manifold::{

@@ -69,6 +69,7 @@ pub mod wire;
 pub use error::Error;
 /// The shared vocabulary this crate's API speaks in, re-exported so that
 /// users need not name `flotilla-core-types` themselves.
+#[doc(no_inline)]
 pub use flotilla_core_types::{DeviceId, Endpoint, InvalidId, Worker, WorkerError, WorkerResult};
 pub use model::{GenVector, LogRecord, VersionId};
 /// The storage engine, re-exported because [`Error::Storage`] carries its

@@ -87,6 +87,7 @@ pub use error::{Error, NamespaceError};
 pub use etcd::{EtcdNamespace, NameChange, NameWatch};
 /// The shared vocabulary this crate's API speaks in, re-exported so that
 /// users need not name `flotilla-core-types` themselves.
+#[doc(no_inline)]
 pub use flotilla_core_types::{Endpoint, InvalidId, Name, Worker, WorkerError, WorkerResult};
 pub use namespace::{
     ListedName, Listing, MountFlags, MountOutcome, MountReport, MountedServer, Namespace,

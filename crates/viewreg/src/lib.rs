@@ -108,6 +108,7 @@ pub use config::RegistryConfig;
 pub use error::{Error, LocatorError, ProbeError};
 /// The shared vocabulary this crate's API speaks in, re-exported so that
 /// users need not name `flotilla-core-types` themselves.
+#[doc(no_inline)]
 pub use flotilla_core_types::{Endpoint, Worker, WorkerError, WorkerResult};
 pub use locator::{EndpointSet, Locator, NameLocator, StaticLocator, StreamLocator};
 pub use prober::{ProbeOutcome, Prober, TcpProber};
