@@ -97,6 +97,9 @@ pub struct ReadmeDoctests;
 
 mod actor;
 mod config;
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+mod discover;
 mod error;
 mod health;
 mod locator;
@@ -105,6 +108,9 @@ mod registry;
 mod view;
 
 pub use config::RegistryConfig;
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub use discover::ViewDiscover;
 pub use error::{Error, LocatorError, ProbeError};
 /// The shared vocabulary this crate's API speaks in, re-exported so that
 /// users need not name `flotilla-core-types` themselves.
