@@ -7,7 +7,7 @@
 //! once and reused for every wait. On each new snapshot it walks the
 //! snapshot's views and the keys it has handed out side by side, both
 //! sorted by endpoint, and queues the difference. A key it keeps costs no
-//! allocation; an insert clones the endpoint and the client. A view is told
+//! allocation; an insert clones the endpoint (twice) and the client. A view is told
 //! apart from an earlier view of the same endpoint by the discovery that
 //! made its client, so a client replaced between two snapshots (the
 //! endpoint left and came back) is never mistaken for the one handed out.
@@ -143,18 +143,24 @@ where
 ///   balancers take the end of discovery to mean "the set is final" and go
 ///   on routing to it: this way a balancer's `poll_ready` fails with a
 ///   `tower::balance::error::Discover` whose source is `Error::Stopped`,
-///   with no servers left.
+///   with no servers left. Polled again, such a balancer has no servers
+///   and waits: put it behind tower's `Buffer`, which fails every later
+///   call with that first error, or drop it on the error.
 ///
-/// Dropping it drops its registry handle and its wait, and nothing else
-/// (it has no task).
+/// It runs no task: it waits in its consumer's polls, on one
+/// [`Registry::wait_for_change`] boxed once. Dropping it drops that wait
+/// and its registry handle, and nothing else. Each new snapshot costs one
+/// pass over its views beside the keys held (both sorted by endpoint);
+/// keys kept are moved, not cloned, and their buffers are reused.
 ///
 /// [`Discover`]: tower::discover::Discover
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub struct ViewDiscover<F, C> {
     registry: Registry<F, C>,
     features: F,
-    /// The keys yielded and not removed, sorted by endpoint, each with the
-    /// incarnation of the view whose client went with it.
+    /// The keys the consumer holds once the queued changes are yielded,
+    /// sorted by endpoint, each with the incarnation of the view whose
+    /// client went with it.
     held: Vec<(Endpoint, u64)>,
     /// The buffer the next diff fills, empty between diffs: `held` and it
     /// swap, so diffing reuses their allocations.
