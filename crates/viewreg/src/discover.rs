@@ -96,8 +96,7 @@ where
         ViewDiscover {
             registry: self.clone(),
             features,
-            held: Vec::new(),
-            spare: Vec::new(),
+            held: Held::default(),
             queued: VecDeque::new(),
             wait: ReusableBoxFuture::new(next_snapshot(self.clone(), ChangeStamp::ZERO)),
             state: State::Watching,
@@ -158,13 +157,8 @@ where
 pub struct ViewDiscover<F, C> {
     registry: Registry<F, C>,
     features: F,
-    /// The keys the consumer holds once the queued changes are yielded,
-    /// sorted by endpoint, each with the incarnation of the view whose
-    /// client went with it.
-    held: Vec<(Endpoint, u64)>,
-    /// The buffer the next diff fills, empty between diffs: `held` and it
-    /// swap, so diffing reuses their allocations.
-    spare: Vec<(Endpoint, u64)>,
+    /// What the consumer holds once the queued changes are yielded.
+    held: Held,
     /// Changes worked out and not yet yielded.
     queued: VecDeque<Change<Endpoint, C>>,
     /// The wait for the snapshot after the last one diffed.
@@ -180,46 +174,6 @@ enum State {
     Stopping(Error),
     /// The error went out; only `None` from now on.
     Ended,
-}
-
-impl<F, C> ViewDiscover<F, C>
-where
-    F: FeatureSet,
-    C: Clone + Send + Sync + 'static,
-{
-    /// Queues the difference between what was yielded and `snapshot`.
-    fn diff(&mut self, snapshot: &Snapshot<F, C>) {
-        let features = &self.features;
-        let queued = &mut self.queued;
-        let mut before = std::mem::take(&mut self.held);
-        let mut after = std::mem::take(&mut self.spare);
-        let mut held = before.drain(..).peekable();
-        let listed = snapshot
-            .all_views()
-            .iter()
-            .filter(|view| snapshot.serves(view, features));
-        for view in listed {
-            remove_while(&mut held, queued, |endpoint| endpoint < view.endpoint());
-            match held.next_if(|(endpoint, _)| endpoint == view.endpoint()) {
-                Some(kept) if kept.1 == view.incarnation() => {
-                    after.push(kept);
-                    continue;
-                }
-                // Its client was replaced: the old one goes first.
-                Some((endpoint, _)) => queued.push_back(Change::Remove(endpoint)),
-                None => {}
-            }
-            queued.push_back(Change::Insert(
-                view.endpoint().clone(),
-                view.client().clone(),
-            ));
-            after.push((view.endpoint().clone(), view.incarnation()));
-        }
-        remove_while(&mut held, queued, |_| true);
-        drop(held);
-        self.held = after;
-        self.spare = before;
-    }
 }
 
 impl<F, C> Stream for ViewDiscover<F, C>
@@ -242,16 +196,14 @@ where
             }
             match ready!(this.wait.poll(cx)) {
                 Ok(snapshot) => {
-                    this.diff(&snapshot);
+                    this.held.diff(&snapshot, &this.features, &mut this.queued);
                     let since = snapshot.stamp();
                     // Same future type each time: the box is reused.
                     this.wait.set(next_snapshot(this.registry.clone(), since));
                 }
                 Err(error) => {
                     // The wait has no limit: only the registry's end gets here.
-                    let held = this.held.drain(..);
-                    this.queued
-                        .extend(held.map(|(endpoint, _)| Change::Remove(endpoint)));
+                    this.held.remove_all(&mut this.queued);
                     this.state = State::Stopping(error);
                 }
             }
@@ -282,10 +234,67 @@ impl<F: fmt::Debug, C> fmt::Debug for ViewDiscover<F, C> {
         };
         f.debug_struct("ViewDiscover")
             .field("features", &self.features)
-            .field("held", &self.held.len())
+            .field("held", &self.held.keys.len())
             .field("queued", &self.queued.len())
             .field("state", &state)
             .finish_non_exhaustive()
+    }
+}
+
+/// The keys a consumer holds, sorted by endpoint, each with the
+/// incarnation of the view whose client went with it; and the diff that
+/// keeps them in step with the snapshots.
+#[derive(Debug, Default)]
+struct Held {
+    keys: Vec<(Endpoint, u64)>,
+    /// The buffer the next diff fills, empty between diffs: it and `keys`
+    /// swap, so diffing reuses their allocations.
+    spare: Vec<(Endpoint, u64)>,
+}
+
+impl Held {
+    /// Queues the changes that take the consumer from the keys held to what
+    /// `snapshot` lists for `features`, in endpoint order, and holds those.
+    fn diff<F: FeatureSet, C: Clone>(
+        &mut self,
+        snapshot: &Snapshot<F, C>,
+        features: &F,
+        queued: &mut VecDeque<Change<Endpoint, C>>,
+    ) {
+        let mut before = std::mem::take(&mut self.keys);
+        let mut after = std::mem::take(&mut self.spare);
+        let mut held = before.drain(..).peekable();
+        let listed = snapshot
+            .all_views()
+            .iter()
+            .filter(|view| snapshot.serves(view, features));
+        for view in listed {
+            remove_while(&mut held, queued, |endpoint| endpoint < view.endpoint());
+            match held.next_if(|(endpoint, _)| endpoint == view.endpoint()) {
+                Some(kept) if kept.1 == view.incarnation() => {
+                    after.push(kept);
+                    continue;
+                }
+                // Its client was replaced: the old one goes first.
+                Some((endpoint, _)) => queued.push_back(Change::Remove(endpoint)),
+                None => {}
+            }
+            queued.push_back(Change::Insert(
+                view.endpoint().clone(),
+                view.client().clone(),
+            ));
+            after.push((view.endpoint().clone(), view.incarnation()));
+        }
+        remove_while(&mut held, queued, |_| true);
+        drop(held);
+        self.keys = after;
+        self.spare = before;
+    }
+
+    /// Queues a removal of every key held, and holds none.
+    fn remove_all<C>(&mut self, queued: &mut VecDeque<Change<Endpoint, C>>) {
+        let held = self.keys.drain(..);
+        queued.extend(held.map(|(endpoint, _)| Change::Remove(endpoint)));
     }
 }
 
@@ -314,5 +323,169 @@ fn remove_while<C, I>(
 {
     while let Some((endpoint, _)) = held.next_if(|(endpoint, _)| before(endpoint)) {
         queued.push_back(Change::Remove(endpoint));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+    use flotilla_core_types::Endpoint;
+    use proptest::prelude::*;
+    use tokio::time::Instant;
+    use tower::discover::Change;
+
+    use super::Held;
+    use crate::view::ViewInner;
+    use crate::{ChangeStamp, Health, Snapshot, View};
+
+    type Features = BTreeSet<u8>;
+    /// A view's client is its incarnation: a test can tell clients apart.
+    type Client = u64;
+
+    const ENDPOINTS: usize = 5;
+
+    /// One endpoint in one generated snapshot.
+    #[derive(Debug, Clone)]
+    struct Slot {
+        present: bool,
+        /// Left and came back since the last snapshot (a new client).
+        rejoined: bool,
+        health: Health,
+        features: Features,
+    }
+
+    fn slot() -> impl Strategy<Value = Slot> {
+        let health = prop_oneof![
+            Just(Health::Unknown),
+            Just(Health::Healthy),
+            Just(Health::Unhealthy)
+        ];
+        let features = proptest::collection::btree_set(0u8..2, 0..=2);
+        (
+            any::<bool>(),
+            proptest::bool::weighted(0.2),
+            health,
+            features,
+        )
+            .prop_map(|(present, rejoined, health, features)| Slot {
+                present,
+                rejoined,
+                health,
+                features,
+            })
+    }
+
+    fn endpoint(n: usize) -> Endpoint {
+        Endpoint::new(&format!("10.0.0.{n}"), 80).expect("test endpoints are valid")
+    }
+
+    /// The snapshots the registry would publish for `steps`, each a slot per
+    /// endpoint and whether it is in panic: an endpoint that was absent, or
+    /// rejoined, has a new incarnation and client.
+    fn snapshots(steps: Vec<(Vec<Slot>, bool)>) -> Vec<Snapshot<Features, Client>> {
+        let mut incarnations = [None; ENDPOINTS];
+        let mut last = 0;
+        let mut stamp = ChangeStamp::ZERO;
+        let mut published = Vec::new();
+        for (slots, panic) in steps {
+            let mut views = Vec::new();
+            for (n, slot) in slots.into_iter().enumerate() {
+                if !slot.present {
+                    incarnations[n] = None;
+                    continue;
+                }
+                let incarnation = match incarnations[n] {
+                    Some(kept) if !slot.rejoined => kept,
+                    _ => {
+                        last += 1;
+                        last
+                    }
+                };
+                incarnations[n] = Some(incarnation);
+                views.push(View::new(ViewInner {
+                    endpoint: endpoint(n),
+                    features: slot.features,
+                    partition: None,
+                    health: slot.health,
+                    last_changed: Instant::now(),
+                    last_error: None,
+                    client: incarnation,
+                    incarnation,
+                }));
+            }
+            stamp = stamp.next();
+            published.push(Snapshot {
+                stamp,
+                changed_at: Instant::now(),
+                healthy: views.iter().filter(|view| view.is_healthy()).count(),
+                views,
+                panic,
+                locator_error: None,
+                stopped: false,
+            });
+        }
+        published
+    }
+
+    proptest! {
+        /// After each snapshot a consumer applying the changes holds
+        /// exactly what `healthy_views` lists, with the views' clients; no
+        /// change breaks the `Discover` contract (an insert of a key held, a
+        /// removal of one not held); a key whose client is kept is not
+        /// touched; the changes come in endpoint order, a removal before an
+        /// insertion of the same key.
+        #[test]
+        fn the_diff_keeps_a_consumer_in_step_with_healthy_views(
+            wanted in proptest::collection::btree_set(0u8..2, 0..=1),
+            steps in proptest::collection::vec(
+                (proptest::collection::vec(slot(), ENDPOINTS), proptest::bool::weighted(0.2)),
+                1..12,
+            ),
+        ) {
+            let mut held = Held::default();
+            let mut consumer: BTreeMap<Endpoint, Client> = BTreeMap::new();
+            let mut queued = VecDeque::new();
+            for snapshot in snapshots(steps) {
+                held.diff(&snapshot, &wanted, &mut queued);
+                let before = consumer.clone();
+                let listed: BTreeMap<Endpoint, Client> = snapshot
+                    .healthy_views(&wanted)
+                    .iter()
+                    .map(|view| (view.endpoint().clone(), *view.client()))
+                    .collect();
+                let mut order = Vec::new();
+                for change in queued.drain(..) {
+                    match change {
+                        Change::Insert(endpoint, client) => {
+                            prop_assert_eq!(listed.get(&endpoint), Some(&client));
+                            prop_assert_ne!(before.get(&endpoint), Some(&client));
+                            order.push((endpoint.clone(), 1));
+                            prop_assert!(consumer.insert(endpoint, client).is_none());
+                        }
+                        Change::Remove(endpoint) => {
+                            prop_assert!(before.contains_key(&endpoint));
+                            prop_assert_ne!(before.get(&endpoint), listed.get(&endpoint));
+                            order.push((endpoint.clone(), 0));
+                            prop_assert!(consumer.remove(&endpoint).is_some());
+                        }
+                    }
+                }
+                prop_assert!(order.windows(2).all(|w| w[0] < w[1]), "{:?}", order);
+                prop_assert_eq!(&consumer, &listed);
+                let keys: Vec<&Endpoint> = held.keys.iter().map(|(endpoint, _)| endpoint).collect();
+                prop_assert_eq!(keys, listed.keys().collect::<Vec<_>>());
+                prop_assert!(held.spare.is_empty());
+            }
+            held.remove_all(&mut queued);
+            for change in queued.drain(..) {
+                let Change::Remove(endpoint) = change else {
+                    return Err(TestCaseError::fail("only removals at the end"));
+                };
+                prop_assert!(consumer.remove(&endpoint).is_some());
+            }
+            prop_assert!(consumer.is_empty());
+            prop_assert!(held.keys.is_empty());
+        }
     }
 }

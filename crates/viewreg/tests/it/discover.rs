@@ -118,6 +118,13 @@ fn same(a: &Client, b: &Client) -> bool {
     Arc::ptr_eq(&a.0, &b.0)
 }
 
+#[test]
+fn the_stream_can_go_where_a_balancer_goes() {
+    // Behind tower's Buffer (a task of its own) or shared across threads.
+    fn check<T: Send + Sync + Unpin + 'static>() {}
+    check::<ViewDiscover<Features, Client>>();
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_first_poll_inserts_every_listed_view() {
     let prober = Scripted::default();
