@@ -7,10 +7,11 @@
 //! once and reused for every wait. On each new snapshot it walks the
 //! snapshot's views and the keys it has handed out side by side, both
 //! sorted by endpoint, and queues the difference. A key it keeps costs no
-//! allocation; an insert clones the endpoint (twice) and the client. A view is told
-//! apart from an earlier view of the same endpoint by the discovery that
-//! made its client, so a client replaced between two snapshots (the
-//! endpoint left and came back) is never mistaken for the one handed out.
+//! allocation; an insert clones the endpoint (twice) and the client. A
+//! view is told apart from an earlier view of the same endpoint by the
+//! discovery that made its client, so a client replaced between two
+//! snapshots (the endpoint left and came back) is never mistaken for the
+//! one handed out.
 //!
 //! [`Discover`]: tower::discover::Discover
 
