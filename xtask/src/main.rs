@@ -8,8 +8,8 @@
 //!   (nextest when installed, and the doc tests), the examples, rustdoc
 //!   (one package at a time in dependency order, its lints as errors, then
 //!   a scan of the pages for intra-doc links rendered as text),
-//!   cargo-deny, and a build of the facade with each feature alone and with
-//!   none.
+//!   cargo-deny, a build of the facade with each feature alone and with
+//!   none, and a build of each crate feature alone.
 //! - `cargo xtask doc`: the docs, as `ci` builds and checks them, into
 //!   `target/doc`.
 //! - `cargo xtask bench [ARGS…]`: the criterion benchmarks in release mode.
@@ -24,8 +24,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-/// The facade's features, each built alone by `ci`. A crate added to the
-/// workspace adds its feature here.
+/// The facade's features, each built alone by `ci` (one that acts only on
+/// a crate's, with that crate). A crate added to the workspace adds its
+/// feature here.
 const FACADE_FEATURES: &[&str] = &[
     "depengine",
     "publisher",
@@ -33,7 +34,15 @@ const FACADE_FEATURES: &[&str] = &[
     "viewreg",
     "etcd",
     "full",
+    // `tower` acts only on viewreg (`flotilla-viewreg?/tower`): built with it.
+    "viewreg,tower",
 ];
+
+/// Crate features, each built alone as (package, features): the workspace
+/// builds unify every crate's features, which can hide a feature that leans
+/// on a dependency feature only another crate turns on. A crate that adds a
+/// feature adds it here.
+const CRATE_FEATURES: &[(&str, &str)] = &[("flotilla-viewreg", "tower")];
 
 /// The examples `ci` runs, as (package, features, example): each must end
 /// cleanly, as a user running it would expect.
@@ -204,6 +213,10 @@ fn ci() -> Result<()> {
             "--no-default-features",
         ]);
         let description = match feature {
+            Some(feature) if feature.contains(',') => {
+                build.args(["--features", feature]);
+                format!("facade with features {feature} alone")
+            }
             Some(feature) => {
                 build.args(["--features", feature]);
                 format!("facade with feature {feature} alone")
@@ -211,6 +224,20 @@ fn ci() -> Result<()> {
             None => "facade with no features".to_owned(),
         };
         step(&description, &mut build)?;
+    }
+    for (package, features) in CRATE_FEATURES {
+        step(
+            &format!("{package} with feature {features} alone"),
+            cargo(&root).args([
+                "build",
+                "--locked",
+                "-p",
+                package,
+                "--no-default-features",
+                "--features",
+                features,
+            ]),
+        )?;
     }
     println!(
         "xtask ci: all {} steps passed in {:.0?}",

@@ -207,6 +207,7 @@ where
     fn add(&mut self, endpoint: Endpoint) {
         tracing::info!(%endpoint, "view discovered");
         let client = (self.connector)(&endpoint);
+        self.next_incarnation += 1;
         let view = View::new(ViewInner {
             endpoint: endpoint.clone(),
             features: F::default(),
@@ -215,8 +216,8 @@ where
             last_changed: Instant::now(),
             last_error: None,
             client,
+            incarnation: self.next_incarnation,
         });
-        self.next_incarnation += 1;
         let due = Some(self.schedule.insert(endpoint.clone(), Duration::ZERO));
         let entry = Entry {
             incarnation: self.next_incarnation,
@@ -412,6 +413,7 @@ fn rebuild<F: FeatureSet, C: Clone>(
         last_changed: Instant::now(),
         last_error: error,
         client: entry.view.client().clone(),
+        incarnation: entry.incarnation,
     });
 }
 

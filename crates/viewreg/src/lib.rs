@@ -61,6 +61,19 @@
 //! | an empty registry | not a panic: no views, `healthy_views` is empty | there is nothing to spread load over |
 //! | a locator error | the last set is kept and checked as before, the error shown in [`Summary::locator_error`], and the locator asked again after a doubling delay ([`locator_retry_delay`](RegistryConfig::locator_retry_delay) 1 s to 30 s); a locator that ends leaves its last set for good | discovery trouble must not take healthy servers away, nor the process down (Akutan crashed) |
 //!
+//! # Balancing with tower (feature `tower`)
+//!
+//! `Registry::discover` offers what [`healthy_views`](Registry::healthy_views)
+//! lists as a tower `Discover` stream, a `ViewDiscover`: keyed by
+//! endpoint, carrying each view's client (make it a tower `Service`), so
+//! that tower's balancers (`tower::balance::p2c::Balance`) route over the
+//! healthy servers. It inserts what is listed at its first poll, then
+//! yields each snapshot's difference; a client replaced (the endpoint left
+//! and came back) is a removal then an insertion; in panic mode it follows
+//! `healthy_views` over every view; when the registry stops it removes
+//! everything and ends with [`Error::Stopped`]. It runs no task. The
+//! choices are spelled out on `ViewDiscover`.
+//!
 //! # Example
 //!
 //! ```
@@ -97,6 +110,9 @@ pub struct ReadmeDoctests;
 
 mod actor;
 mod config;
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+mod discover;
 mod error;
 mod health;
 mod locator;
@@ -105,6 +121,9 @@ mod registry;
 mod view;
 
 pub use config::RegistryConfig;
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub use discover::ViewDiscover;
 pub use error::{Error, LocatorError, ProbeError};
 /// The shared vocabulary this crate's API speaks in, re-exported so that
 /// users need not name `flotilla-core-types` themselves.

@@ -372,6 +372,16 @@ impl WaitLimit {
         }
     }
 
+    /// Never gives up: for waits that end only with the registry (the
+    /// tower feature's stream, which its consumer drops to stop).
+    #[cfg(feature = "tower")]
+    pub(crate) fn unbounded() -> Self {
+        WaitLimit {
+            deadline: None,
+            cancel: None,
+        }
+    }
+
     /// This limit, also giving up when `token` is cancelled.
     pub fn or_cancelled(mut self, token: CancellationToken) -> Self {
         self.cancel = Some(token);

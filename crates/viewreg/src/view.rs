@@ -128,6 +128,14 @@ pub(crate) struct ViewInner<F, C> {
     pub(crate) last_changed: Instant,
     pub(crate) last_error: Option<String>,
     pub(crate) client: C,
+    /// Which discovery of the endpoint made `client`: distinct for each
+    /// time the endpoint joins, kept across health changes, so a reader of
+    /// two snapshots can tell a client kept from a client replaced.
+    #[cfg_attr(
+        not(feature = "tower"),
+        expect(dead_code, reason = "only the tower feature's diff reads it")
+    )]
+    pub(crate) incarnation: u64,
 }
 
 impl<F, C> View<F, C> {
@@ -135,6 +143,12 @@ impl<F, C> View<F, C> {
         View {
             inner: Arc::new(inner),
         }
+    }
+
+    /// See [`ViewInner::incarnation`].
+    #[cfg(feature = "tower")]
+    pub(crate) fn incarnation(&self) -> u64 {
+        self.inner.incarnation
     }
 
     /// Where the server is.
@@ -246,11 +260,15 @@ impl<F: FeatureSet, C> Snapshot<F, C> {
     pub fn healthy_views(&self, features: &F) -> Vec<View<F, C>> {
         self.views
             .iter()
-            .filter(|view| {
-                (self.panic || view.is_healthy()) && view.features().contains_all(features)
-            })
+            .filter(|view| self.serves(view, features))
             .cloned()
             .collect()
+    }
+
+    /// Whether [`healthy_views`](Self::healthy_views) lists `view` for
+    /// `features`: the one rule, shared with the tower feature's diff.
+    pub(crate) fn serves(&self, view: &View<F, C>, features: &F) -> bool {
+        (self.panic || view.is_healthy()) && view.features().contains_all(features)
     }
 
     /// Whether fewer views are healthy than

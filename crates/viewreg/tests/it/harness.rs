@@ -134,7 +134,7 @@ impl Prober<Features> for Scripted {
 /// The client the tests' connector makes: drops are seen through
 /// [`Clients::alive`].
 #[derive(Debug, Clone)]
-pub(crate) struct Client(#[allow(dead_code)] Arc<Endpoint>); // Held only to be dropped.
+pub(crate) struct Client(#[allow(dead_code)] pub(crate) Arc<Endpoint>); // Held to be dropped; the tower tests compare it.
 
 /// A client the connector made, held weakly, with its endpoint.
 type Made = (Endpoint, Weak<Endpoint>);
@@ -202,10 +202,10 @@ pub(crate) fn channel_locator() -> (
 
 /// Waits on the registry's changes (no polling) until `condition` holds,
 /// for at most an hour of paused time.
-pub(crate) async fn until(
-    registry: &TestRegistry,
-    mut condition: impl FnMut(&Snapshot<Features, Client>) -> bool,
-) -> Arc<Snapshot<Features, Client>> {
+pub(crate) async fn until<C: Clone + Send + Sync + 'static>(
+    registry: &Registry<Features, C>,
+    mut condition: impl FnMut(&Snapshot<Features, C>) -> bool,
+) -> Arc<Snapshot<Features, C>> {
     let limit = WaitLimit::timeout(Duration::from_secs(3600));
     let mut snapshot = registry.snapshot();
     while !condition(&snapshot) {
@@ -218,19 +218,19 @@ pub(crate) async fn until(
 }
 
 /// The health of `endpoint` in `snapshot`, `None` when it is not listed.
-pub(crate) fn health_of(
-    snapshot: &Snapshot<Features, Client>,
+pub(crate) fn health_of<C>(
+    snapshot: &Snapshot<Features, C>,
     endpoint: &Endpoint,
 ) -> Option<Health> {
     snapshot.view(endpoint).map(|view| view.health())
 }
 
 /// Until `endpoint` has `health`.
-pub(crate) async fn until_health(
-    registry: &TestRegistry,
+pub(crate) async fn until_health<C: Clone + Send + Sync + 'static>(
+    registry: &Registry<Features, C>,
     endpoint: &Endpoint,
     health: Health,
-) -> Arc<Snapshot<Features, Client>> {
+) -> Arc<Snapshot<Features, C>> {
     until(registry, |snapshot| {
         health_of(snapshot, endpoint) == Some(health)
     })
