@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use flotilla_core_types::{Endpoint, WorkerError};
 
+use crate::diagnostics::wire::WireError;
+
 /// A registry operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -42,6 +44,14 @@ pub enum Error {
         /// The endpoint whose failure was reported.
         endpoint: Endpoint,
     },
+    /// A [`DiagnosticsStatus`](crate::DiagnosticsStatus) breaks the
+    /// diagnostics protocol's limits (too many features, a name empty or
+    /// too long), so a server could not answer it.
+    #[error("invalid diagnostics status: {0}")]
+    InvalidStatus(#[source] WireError),
+    /// The listener given to a server has no local address.
+    #[error("cannot serve on the listener: {0}")]
+    Listener(#[source] Arc<std::io::Error>),
 }
 
 /// A registry error as a worker's error, so that `?` on a registry call

@@ -16,6 +16,11 @@
 //! last changed, and your client for that server, made once per endpoint
 //! by your connector and dropped when the endpoint leaves.
 //!
+//! Probers: [`TcpProber`] (a connection opens), [`DiagnosticsProber`] (the
+//! server's [`DiagnosticsServer`] answers its status, features and
+//! partition over the flotilla [diagnostics] protocol),
+//! or your own [`Prober`].
+//!
 //! # Health rules
 //!
 //! Each endpoint is checked on its own schedule: every
@@ -110,6 +115,7 @@ pub struct ReadmeDoctests;
 
 mod actor;
 mod config;
+pub mod diagnostics;
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 mod discover;
@@ -121,6 +127,10 @@ mod registry;
 mod view;
 
 pub use config::RegistryConfig;
+pub use diagnostics::{
+    DiagnosticsConfig, DiagnosticsProber, DiagnosticsServer, DiagnosticsStatus, ask_status_over,
+    serve_diagnostics_over,
+};
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub use discover::ViewDiscover;

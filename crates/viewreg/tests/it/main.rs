@@ -1,9 +1,11 @@
 //! Integration tests of flotilla-viewreg: every health rule, the passive
 //! cap, panic mode, endpoints coming and going, locator failures and the
-//! waits, on tokio's paused clock with a scripted prober; and the TCP
-//! prober against real loopback sockets; with the `tower` feature, the
-//! registry as a tower `Discover` stream under a real p2c balancer.
+//! waits, on tokio's paused clock with a scripted prober; the TCP and
+//! diagnostics probers against real loopback sockets; with the `tower`
+//! feature, the registry as a tower `Discover` stream under a real p2c
+//! balancer.
 
+mod diagnostics;
 #[cfg(feature = "tower")]
 mod discover;
 mod harness;

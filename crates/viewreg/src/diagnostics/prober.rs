@@ -1,0 +1,130 @@
+//! [`DiagnosticsProber`]: the registry's check over the diagnostics
+//! protocol; [`ask_status_over`] asks over one byte stream of any
+//! transport.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+
+use flotilla_core_types::Endpoint;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::diagnostics::server::{framed, io_error};
+use crate::diagnostics::wire::{self, Answer, WireError};
+use crate::{FeatureSet, ProbeError, ProbeOutcome, Prober};
+
+/// Turns the feature names a server sent into the registry's feature set.
+type FeatureMap<F> = dyn Fn(&BTreeSet<String>) -> F + Send + Sync;
+
+/// Checks a server by asking its [`DiagnosticsServer`](crate::DiagnosticsServer)
+/// for its status: serving with features and partition, or not serving.
+///
+/// Each check opens a connection, asks once and closes it. A prober holds
+/// no connection between checks, so it keeps nothing for an endpoint that
+/// has left the locator, and a check is exactly as fresh as its connection.
+///
+/// What a check answers:
+/// - serving → [`ProbeOutcome::Serving`], features made by the prober's map
+///   from the names the server sent, and the partition it sent;
+/// - not serving → [`ProbeOutcome::NotServing`];
+/// - a server of the protocol that cannot answer this version, or a server
+///   that answered in another protocol → [`ProbeOutcome::NoHealthService`];
+/// - no connection → [`ProbeOutcome::Failed`] with
+///   [`ProbeError::Unreachable`]; a broken answer, or the connection closed
+///   without one → [`ProbeError::Protocol`].
+///
+/// See the [module docs](crate::diagnostics) for an example.
+pub struct DiagnosticsProber<F> {
+    map: Arc<FeatureMap<F>>,
+}
+
+impl DiagnosticsProber<BTreeSet<String>> {
+    /// A prober whose views' features are the names the servers send.
+    pub fn new() -> Self {
+        DiagnosticsProber::with_features(BTreeSet::clone)
+    }
+}
+
+impl Default for DiagnosticsProber<BTreeSet<String>> {
+    fn default() -> Self {
+        DiagnosticsProber::new()
+    }
+}
+
+impl<F: FeatureSet> DiagnosticsProber<F> {
+    /// A prober that makes each view's features with `map` from the names
+    /// its server sent: an enum set of your own, say, leaving out names it
+    /// does not know.
+    pub fn with_features(map: impl Fn(&BTreeSet<String>) -> F + Send + Sync + 'static) -> Self {
+        DiagnosticsProber { map: Arc::new(map) }
+    }
+}
+
+impl<F> Clone for DiagnosticsProber<F> {
+    fn clone(&self) -> Self {
+        DiagnosticsProber {
+            map: Arc::clone(&self.map),
+        }
+    }
+}
+
+impl<F> fmt::Debug for DiagnosticsProber<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DiagnosticsProber").finish_non_exhaustive()
+    }
+}
+
+impl<F: FeatureSet> Prober<F> for DiagnosticsProber<F> {
+    async fn probe(&self, endpoint: &Endpoint) -> ProbeOutcome<F> {
+        let stream = match tokio::net::TcpStream::connect((endpoint.host(), endpoint.port())).await
+        {
+            Ok(stream) => stream,
+            Err(error) => return ProbeOutcome::Failed(ProbeError::unreachable(endpoint, error)),
+        };
+        let _ = stream.set_nodelay(true);
+        match ask_status_over(stream).await {
+            Ok(Answer::Status(status)) if status.is_serving() => ProbeOutcome::Serving {
+                features: (self.map)(status.features()),
+                partition: status.partition(),
+            },
+            Ok(Answer::Status(_)) => ProbeOutcome::NotServing,
+            Ok(Answer::Unsupported { .. }) | Err(WireError::NotDiagnostics) => {
+                ProbeOutcome::NoHealthService
+            }
+            Err(error) => ProbeOutcome::Failed(ProbeError::Protocol {
+                endpoint: endpoint.clone(),
+                reason: error.to_string(),
+            }),
+        }
+    }
+}
+
+/// Asks for a server's status over `io`, any byte stream to a
+/// [`serve_diagnostics_over`](crate::serve_diagnostics_over), and returns
+/// its answer. The caller bounds its time.
+///
+/// # Errors
+///
+/// [`WireError::NotDiagnostics`] when the server answered in another
+/// protocol, [`WireError::Transport`] when the connection failed or closed
+/// before answering, and the other [`WireError`]s for a broken answer.
+///
+/// # Cancel safety
+///
+/// Dropping the future abandons the request; the server drops the answer.
+pub async fn ask_status_over<T: AsyncRead + AsyncWrite + Unpin>(
+    io: T,
+) -> Result<Answer, WireError> {
+    let mut frames = framed(io);
+    frames
+        .send(wire::encode_status_request())
+        .await
+        .map_err(io_error)?;
+    match frames.next().await {
+        Some(frame) => wire::decode_answer(&frame.map_err(io_error)?),
+        None => Err(WireError::Transport(
+            "the server closed the connection without answering".to_owned(),
+        )),
+    }
+}
