@@ -25,6 +25,7 @@ use tokio_util::time::{DelayQueue, delay_queue};
 use tracing::Instrument;
 
 use crate::health::{Check, HealthTracker};
+use crate::index::FeatureIndex;
 use crate::view::ViewInner;
 use crate::{
     ChangeStamp, EndpointSet, FeatureSet, Health, Locator, LocatorError, Partition, ProbeError,
@@ -124,6 +125,7 @@ where
             panic: false,
             locator_error: None,
             stopped: false,
+            index: FeatureIndex::build::<C>(&[]),
         }
     }
 
@@ -386,6 +388,7 @@ where
         let snapshot = Snapshot {
             stamp: self.stamp,
             changed_at: Instant::now(),
+            index: FeatureIndex::build(&views),
             views,
             healthy,
             panic,

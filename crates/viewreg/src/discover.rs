@@ -420,6 +420,7 @@ mod tests {
                 stamp,
                 changed_at: Instant::now(),
                 healthy: views.iter().filter(|view| view.is_healthy()).count(),
+                index: crate::index::FeatureIndex::build(&views),
                 views,
                 panic,
                 locator_error: None,

@@ -121,6 +121,7 @@ pub mod diagnostics;
 mod discover;
 mod error;
 mod health;
+mod index;
 mod locator;
 mod prober;
 mod registry;

@@ -11,10 +11,14 @@ use flotilla_core_types::Endpoint;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::index::FeatureIndex;
+
 /// What a server provides, as a set: the registry asks only whether one set
-/// holds every member of another. Implemented for `BTreeSet` and `HashSet`;
-/// implement it for a bit set or an enum set of your own features.
-pub trait FeatureSet: Clone + Default + fmt::Debug + Send + Sync + 'static {
+/// holds every member of another, and whether two are equal (views with
+/// equal sets share one entry of a snapshot's index). Implemented for
+/// `BTreeSet` and `HashSet`; implement it for a bit set or an enum set of
+/// your own features.
+pub trait FeatureSet: Clone + Default + PartialEq + fmt::Debug + Send + Sync + 'static {
     /// Whether `self` holds every member of `wanted` (the empty set is held
     /// by every set).
     fn contains_all(&self, wanted: &Self) -> bool;
@@ -227,6 +231,8 @@ pub struct Snapshot<F, C> {
     pub(crate) panic: bool,
     pub(crate) locator_error: Option<String>,
     pub(crate) stopped: bool,
+    /// The views grouped by feature set, for `healthy_views`.
+    pub(crate) index: FeatureIndex<F>,
 }
 
 impl<F: FeatureSet, C> Snapshot<F, C> {
@@ -257,11 +263,15 @@ impl<F: FeatureSet, C> Snapshot<F, C> {
     /// endpoint. In [panic mode](Self::is_panic) every view providing them
     /// is returned, healthy or not (check [`View::is_healthy`]), so that
     /// load spreads instead of crushing the few healthy servers left.
+    ///
+    /// Its cost is the number of distinct feature sets among the views plus
+    /// what it returns, not the number of views (up to 64 distinct sets;
+    /// views of further sets are tested one by one).
     pub fn healthy_views(&self, features: &F) -> Vec<View<F, C>> {
-        self.views
-            .iter()
-            .filter(|view| self.serves(view, features))
-            .cloned()
+        self.index
+            .matching(&self.views, features, self.panic)
+            .into_iter()
+            .map(|position| self.views[position as usize].clone())
             .collect()
     }
 
