@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use flotilla_core_types::{Endpoint, WorkerResult, catch_panic};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
@@ -35,6 +35,13 @@ use crate::{
 /// How many locator answers may wait for the actor: answers are whole sets,
 /// so a short queue loses nothing but the locator's pace.
 const LOCATOR_QUEUE: usize = 4;
+
+/// The most events (finished checks, reports, checks falling due) applied
+/// between two snapshots when they are all ready at once: a snapshot copies
+/// every view, so a burst (a thousand first checks answering together) is
+/// published a batch at a time instead of once per event. Only events
+/// already ready are batched; none is ever waited for.
+const PUBLISH_BATCH: usize = 256;
 
 /// Makes the caller's client for an endpoint.
 pub(crate) type Connector<C> = Arc<dyn Fn(&Endpoint) -> C + Send + Sync>;
@@ -171,6 +178,7 @@ where
                     }
                 }
             }
+            self.apply_ready(&mut reports, PUBLISH_BATCH - 1);
             if self.dirty {
                 self.publish(false);
             }
@@ -183,6 +191,24 @@ where
         self.entries.clear();
         self.publish(true);
         Ok(())
+    }
+
+    /// Applies up to `budget` more events that are ready now, waiting for
+    /// none.
+    fn apply_ready(&mut self, reports: &mut mpsc::Receiver<Endpoint>, budget: usize) {
+        for _ in 0..budget {
+            if let Some(joined) = self.probes.try_join_next() {
+                if let Ok(done) = joined {
+                    self.apply_probe(done);
+                }
+            } else if let Ok(endpoint) = reports.try_recv() {
+                self.apply_report(&endpoint);
+            } else if let Some(Some(expired)) = self.schedule.next().now_or_never() {
+                self.start_probe(expired.into_inner());
+            } else {
+                return;
+            }
+        }
     }
 
     fn apply_set(&mut self, set: EndpointSet) {

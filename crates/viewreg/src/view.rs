@@ -277,6 +277,10 @@ impl<F: FeatureSet, C> Snapshot<F, C> {
 
     /// Whether [`healthy_views`](Self::healthy_views) lists `view` for
     /// `features`: the one rule, shared with the tower feature's diff.
+    #[cfg_attr(
+        not(feature = "tower"),
+        expect(dead_code, reason = "only the tower feature's diff reads it")
+    )]
     pub(crate) fn serves(&self, view: &View<F, C>, features: &F) -> bool {
         (self.panic || view.is_healthy()) && view.features().contains_all(features)
     }

@@ -113,3 +113,33 @@ async fn a_locator_that_ends_leaves_its_last_set() {
     assert!(prober.checks_of(&ep(1)).len() > 10, "still checked");
     assert!(!snapshot.is_stopped());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_ready_checks_is_published_a_batch_at_a_time() {
+    // 2,000 endpoints discovered at once: their first checks fall due and
+    // answer together. Publishing once per answer would take 4,000
+    // snapshots (one per check started and one per answer), each copying
+    // every view; batches of ready events take a few dozen.
+    let endpoints: Vec<_> = (0..2_000u32)
+        .map(|n| {
+            flotilla_core_types::Endpoint::new(&format!("10.1.{}.{}", n / 250, n % 250), 80)
+                .expect("valid")
+        })
+        .collect();
+    let prober = Scripted::default();
+    let (registry, _clients) = start(
+        flotilla_viewreg::StaticLocator::new(endpoints.clone()),
+        &prober,
+        config(),
+    );
+    let settled = until(&registry, |snapshot| snapshot.summary().healthy == 2_000).await;
+    assert!(
+        settled.stamp().as_u64() < 100,
+        "{} snapshots for 2,000 first checks",
+        settled.stamp().as_u64()
+    );
+    // Nothing is lost to batching: every endpoint was checked once.
+    for endpoint in &endpoints {
+        assert_eq!(prober.checks_of(endpoint).len(), 1);
+    }
+}
