@@ -2,7 +2,8 @@
 //!
 //! - `healthy_views(features)` over 10,000 views while probe results keep
 //!   swapping the snapshot (1,000 views flap), from 1 and from 2 threads
-//!   at once, for queries returning 0, 10, 100, 1,000 and 10,000 views;
+//!   at once, for queries returning 0, 10, 100, 1,000 and 10,000 views,
+//!   cloned (`healthy_views`) and borrowed (`Snapshot::healthy_iter`);
 //!   beside a mutex-guarded list of the same views answering the same
 //!   query by a scan, with a writer changing a view's health as often;
 //! - the time from a server's death to its view turning unhealthy, with
@@ -215,6 +216,14 @@ fn healthy_views(c: &mut Criterion) {
                 b.iter_custom(|iters| {
                     contended(threads, iters, &|| {
                         std::hint::black_box(registry.healthy_views(&wanted));
+                    })
+                });
+            });
+            group.bench_function(BenchmarkId::new("registry, borrowed", &id), |b| {
+                b.iter_custom(|iters| {
+                    contended(threads, iters, &|| {
+                        let snapshot = registry.snapshot();
+                        std::hint::black_box(snapshot.healthy_iter(&wanted).len());
                     })
                 });
             });

@@ -268,11 +268,36 @@ impl<F: FeatureSet, C> Snapshot<F, C> {
     /// what it returns, not the number of views (up to 64 distinct sets;
     /// views of further sets are tested one by one).
     pub fn healthy_views(&self, features: &F) -> Vec<View<F, C>> {
+        self.healthy_iter(features).cloned().collect()
+    }
+
+    /// What [`healthy_views`](Self::healthy_views) returns, borrowed from
+    /// this snapshot instead of cloned: for a caller that only looks (picks
+    /// one, counts, routes), skipping a reference count per view.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use std::collections::BTreeSet;
+    /// # use flotilla_viewreg::{Registry, RegistryConfig, StaticLocator, TcpProber};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> anyhow::Result<()> {
+    /// # let registry = Registry::start(StaticLocator::new([]), TcpProber::new(),
+    /// #     |_: &flotilla_core_types::Endpoint| (), RegistryConfig::default())?;
+    /// let snapshot = registry.snapshot();
+    /// let serving_kv = snapshot.healthy_iter(&BTreeSet::from(["kv"])).count();
+    /// # assert_eq!(serving_kv, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn healthy_iter<'a>(
+        &'a self,
+        features: &F,
+    ) -> impl ExactSizeIterator<Item = &'a View<F, C>> + 'a {
         self.index
             .matching(&self.views, features, self.panic)
             .into_iter()
-            .map(|position| self.views[position as usize].clone())
-            .collect()
+            .map(|position| &self.views[position as usize])
     }
 
     /// Whether [`healthy_views`](Self::healthy_views) lists `view` for
