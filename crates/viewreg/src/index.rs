@@ -38,7 +38,14 @@ pub(crate) struct FeatureIndex<F> {
     groups: Vec<Group<F>>,
     /// Views whose set came after [`MAX_GROUPS`] others.
     ungrouped: Vec<u32>,
+    /// For each view in order, its group ([`UNGROUPED`] for none) and
+    /// whether it is healthy: what a query returning much of the snapshot
+    /// scans instead of merging the groups' lists.
+    slots: Vec<(u8, bool)>,
 }
+
+/// The group of a view in no group.
+const UNGROUPED: u8 = u8::MAX;
 
 impl<F: FeatureSet> FeatureIndex<F> {
     /// Indexes `views`, which are sorted by endpoint.
@@ -46,6 +53,7 @@ impl<F: FeatureSet> FeatureIndex<F> {
         let mut index = FeatureIndex {
             groups: Vec::new(),
             ungrouped: Vec::new(),
+            slots: Vec::with_capacity(views.len()),
         };
         let mut last_group = None;
         for (position, view) in views.iter().enumerate() {
@@ -68,6 +76,12 @@ impl<F: FeatureSet> FeatureIndex<F> {
                         index.groups.len() - 1
                     })
                 });
+            index.slots.push((
+                group.map_or(UNGROUPED, |group| {
+                    u8::try_from(group).expect("at most MAX_GROUPS groups")
+                }),
+                view.is_healthy(),
+            ));
             match group {
                 Some(group) => {
                     let entry = &mut index.groups[group];
@@ -91,11 +105,17 @@ impl<F: FeatureSet> FeatureIndex<F> {
         wanted: &F,
         every_health: bool,
     ) -> Vec<u32> {
+        let matched: Vec<bool> = self
+            .groups
+            .iter()
+            .map(|group| group.features.contains_all(wanted))
+            .collect();
         let mut lists: Vec<&[u32]> = self
             .groups
             .iter()
-            .filter(|group| group.features.contains_all(wanted))
-            .map(|group| {
+            .zip(&matched)
+            .filter(|(_, matched)| **matched)
+            .map(|(group, _)| {
                 if every_health {
                     group.all.as_slice()
                 } else {
@@ -115,6 +135,21 @@ impl<F: FeatureSet> FeatureIndex<F> {
             .collect();
         if !ungrouped.is_empty() {
             lists.push(&ungrouped);
+        }
+        let total: usize = lists.iter().map(|list| list.len()).sum();
+        if lists.len() > 1 && total * 8 >= self.slots.len() {
+            // Much of the snapshot: one pass over the slots beats merging.
+            let ungrouped_matches = |position: u32| ungrouped.binary_search(&position).is_ok();
+            return (0u32..)
+                .zip(&self.slots)
+                .filter(
+                    |&(position, &(group, healthy))| match matched.get(usize::from(group)) {
+                        Some(&matched) => matched && (every_health || healthy),
+                        None => ungrouped_matches(position),
+                    },
+                )
+                .map(|(position, _)| position)
+                .collect();
         }
         merge(&lists)
     }

@@ -1,6 +1,7 @@
 //! Integration tests of flotilla-viewreg: every health rule, the passive
 //! cap, panic mode, endpoints coming and going, locator failures and the
-//! waits, on tokio's paused clock with a scripted prober; the TCP and
+//! waits, on tokio's paused clock with a scripted prober, and against a
+//! model of those rules under random steps; the TCP and
 //! diagnostics probers against real loopback sockets; with the `tower`
 //! feature, the registry as a tower `Discover` stream under a real p2c
 //! balancer.
@@ -11,6 +12,7 @@ mod discover;
 mod harness;
 mod health;
 mod membership;
+mod model;
 mod panic;
 mod passive;
 mod published;
