@@ -97,6 +97,18 @@ impl TaskWorker {
         self.stop.is_cancelled()
     }
 
+    /// Its state in a word, as its report says it: `running`, `stopping`
+    /// (asked to stop, not yet stopped), `stopped`, or `failed: ` and the
+    /// error. For the reports of workers built on a `TaskWorker`.
+    pub fn state(&self) -> String {
+        match self.result() {
+            None if self.is_stopping() => "stopping".to_owned(),
+            None => "running".to_owned(),
+            Some(Ok(())) => "stopped".to_owned(),
+            Some(Err(error)) => format!("failed: {error}"),
+        }
+    }
+
     /// How the worker ended, or `None` while it is still running.
     pub fn result(&self) -> Option<WorkerResult> {
         self.outcome.borrow().clone()
@@ -119,12 +131,7 @@ impl Worker for TaskWorker {
     }
 
     fn report(&self) -> Option<ReportFuture<'_>> {
-        let state = match self.result() {
-            None if self.is_stopping() => "stopping".to_owned(),
-            None => "running".to_owned(),
-            Some(Ok(())) => "stopped".to_owned(),
-            Some(Err(error)) => format!("failed: {error}"),
-        };
+        let state = self.state();
         Some(Box::pin(
             async move { serde_json::json!({ "state": state }) },
         ))
@@ -243,5 +250,27 @@ mod tests {
         worker.wait().await.expect("clean stop");
         let stopped = worker.report().expect("task workers report").await;
         assert_eq!(stopped["state"], "stopped");
+        assert_eq!(worker.state(), "stopped");
+    }
+
+    #[tokio::test]
+    async fn state_words_stopping_and_failure() {
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let slow = TaskWorker::spawn(|stop| async move {
+            stop.cancelled().await;
+            let _ = released.await;
+            Ok(())
+        });
+        slow.kill();
+        assert_eq!(slow.state(), "stopping");
+        let _ = release.send(());
+        slow.wait().await.expect("clean stop");
+        assert_eq!(slow.state(), "stopped");
+
+        let failing = TaskWorker::spawn(|_| async {
+            Err(WorkerError::new(std::io::Error::other("disk gone")))
+        });
+        let _ = failing.wait().await;
+        assert_eq!(failing.state(), "failed: disk gone");
     }
 }

@@ -439,7 +439,7 @@ impl Responder {
             .collect();
         connected.sort();
         let report = serde_json::json!({
-            "state": task_state(&self.worker),
+            "state": self.worker.state(),
             "local_addr": self.local_addr.to_string(),
             "rounds_served": self.counts.served.load(Ordering::Relaxed),
             "rounds_failed": self.counts.failed.load(Ordering::Relaxed),
@@ -450,16 +450,6 @@ impl Responder {
 }
 
 delegate_worker!(Responder, worker, report = Responder::report_json);
-
-/// A [`TaskWorker`]'s state as its own report words it.
-fn task_state(worker: &TaskWorker) -> String {
-    match worker.result() {
-        None if worker.is_stopping() => "stopping".to_owned(),
-        None => "running".to_owned(),
-        Some(Ok(())) => "stopped".to_owned(),
-        Some(Err(error)) => format!("failed: {error}"),
-    }
-}
 
 /// What a [`Responder`]'s task shares with its handle.
 struct Served {
@@ -948,7 +938,7 @@ impl Initiator {
     fn report_json(&self) -> Option<ReportFuture<'_>> {
         let outcomes = self.outcomes.lock().unwrap_or_else(PoisonError::into_inner);
         let report = serde_json::json!({
-            "state": task_state(&self.worker),
+            "state": self.worker.state(),
             "passes": *self.rounds.borrow(),
             "peers_error": outcomes.peers_error,
             "last_rounds": outcomes.last_rounds,
@@ -1040,7 +1030,7 @@ impl Collector {
 
     fn report_json(&self) -> Option<ReportFuture<'_>> {
         let report = serde_json::json!({
-            "state": task_state(&self.worker),
+            "state": self.worker.state(),
             "passes": *self.passes.borrow(),
             "last_result": *self.last_result.lock().unwrap_or_else(PoisonError::into_inner),
         });

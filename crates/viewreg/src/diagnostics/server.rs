@@ -152,14 +152,8 @@ impl DiagnosticsServer {
     }
 
     fn report_json(&self) -> Option<ReportFuture<'_>> {
-        let state = match self.worker.result() {
-            None if self.worker.is_stopping() => "stopping".to_owned(),
-            None => "running".to_owned(),
-            Some(Ok(())) => "stopped".to_owned(),
-            Some(Err(error)) => format!("failed: {error}"),
-        };
         let report = serde_json::json!({
-            "state": state,
+            "state": self.worker.state(),
             "local_addr": self.local_addr.to_string(),
             "serving": self.status.borrow().is_serving(),
             "connections": self.counts.open.load(Ordering::Relaxed),

@@ -269,7 +269,12 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                     step
                 );
             }
-            prop_assert_eq!(snapshot.is_panic(), model.panic(), "panic after step {}", index);
+            prop_assert_eq!(
+                snapshot.is_panic(),
+                model.panic(),
+                "panic after step {}",
+                index
+            );
             for n in 1..=ENDPOINTS {
                 prop_assert_eq!(
                     prober.checks_of(&endpoint(n)).len(),
