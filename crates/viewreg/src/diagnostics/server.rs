@@ -246,7 +246,9 @@ async fn accept_loop(
 /// Answers diagnostics requests on `io`, any byte stream from a prober,
 /// with the status `status` holds at each request, until the prober closes
 /// it or sends nothing for `idle_timeout`. Returns how many requests it
-/// answered.
+/// answered. A request must arrive whole, and its answer be taken, within
+/// `idle_timeout`, so a peer that trickles bytes or never reads cannot hold
+/// the connection.
 ///
 /// # Errors
 ///
@@ -278,10 +280,16 @@ pub async fn serve_diagnostics_over<T: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
         };
-        frames
-            .send(wire::encode_answer(&answer)?)
-            .await
-            .map_err(io_error)?;
+        // A prober that sends but never reads would fill the socket's
+        // buffers; it gets as long to take the answer as to ask.
+        match tokio::time::timeout(idle_timeout, frames.send(wire::encode_answer(&answer)?)).await {
+            Ok(sent) => sent.map_err(io_error)?,
+            Err(_) => {
+                return Err(WireError::Transport(
+                    "the prober did not read its answers".to_owned(),
+                ));
+            }
+        }
         answered += 1;
     }
 }

@@ -420,3 +420,53 @@ async fn an_idle_connection_is_closed_after_the_idle_timeout() -> anyhow::Result
     assert!(rest.is_empty());
     Ok(())
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_prober_that_never_reads_cannot_hold_the_connection() -> anyhow::Result<()> {
+    // A pipe of 64 bytes each way: six requests (10 bytes each) fit, the
+    // answers to three (17 bytes each) fill it.
+    let (mut client, server_side) = tokio::io::duplex(64);
+    let (_sender, status) = tokio::sync::watch::channel(DiagnosticsStatus::serving(names(&["kv"])));
+    let serving = tokio::spawn(async move {
+        serve_diagnostics_over(server_side, &status, Duration::from_secs(30)).await
+    });
+    let request = frame(&wire::encode_status_request());
+    for _ in 0..6 {
+        client.write_all(&request).await?;
+    }
+    let started = tokio::time::Instant::now();
+    let ended = serving.await?;
+    assert!(
+        matches!(&ended, Err(WireError::Transport(reason)) if reason.contains("did not read")),
+        "{ended:?}"
+    );
+    assert!(started.elapsed() <= Duration::from_secs(30));
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_trickled_byte_by_byte_is_cut_off() -> anyhow::Result<()> {
+    let (mut client, server_side) = tokio::io::duplex(1024);
+    let (_sender, status) = tokio::sync::watch::channel(DiagnosticsStatus::serving(names(&["kv"])));
+    let started = tokio::time::Instant::now();
+    let serving = tokio::spawn(async move {
+        let served = serve_diagnostics_over(server_side, &status, Duration::from_secs(30)).await;
+        (served, started.elapsed())
+    });
+    let request = frame(&wire::encode_status_request());
+    let mut sent = 0;
+    for byte in &request[..request.len() - 1] {
+        if client.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        sent += 1;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+    // A byte every 10 s: the server gave up 30 s in, unanswered, and the
+    // bytes after were refused.
+    let (served, after) = serving.await?;
+    assert_eq!(served?, 0);
+    assert_eq!(after, Duration::from_secs(30));
+    assert!(sent < request.len() - 1, "{sent} bytes went through");
+    Ok(())
+}
