@@ -490,9 +490,11 @@ fn display(command: &Command) -> String {
 /// Fails when a generated page shows an intra-doc link as literal text
 /// (`` [`Name`] `` rendered as "\[Name\]", when rustdoc could resolve the
 /// path but not where its page is) or as a link to a Rust path instead of a
-/// page (an `href` of `Worker::report`). Links into crates not documented here
-/// (`--no-deps`; docs.rs links them) are not counted, and blanket
-/// implementations are skipped: their docs come from other crates' traits.
+/// page (an `href` of `Worker::report`), or links to a page that was not
+/// written (a dependency's item: only the workspace is documented, so
+/// such links need a docs.rs URL). Paths into crates not documented here
+/// are not counted, and blanket implementations are skipped: their docs
+/// come from other crates' traits.
 fn check_rendered_links(doc_dir: &Path) -> Result<()> {
     let mut pages = Vec::new();
     html_pages(doc_dir, &mut pages)?;
@@ -500,6 +502,7 @@ fn check_rendered_links(doc_dir: &Path) -> Result<()> {
         bail!("no generated pages under {}", doc_dir.display());
     }
     let mut found = Vec::new();
+    let mut exists = std::collections::HashMap::new();
     for page in &pages {
         let html = std::fs::read_to_string(page)
             .with_context(|| format!("cannot read {}", page.display()))?;
@@ -509,10 +512,25 @@ fn check_rendered_links(doc_dir: &Path) -> Result<()> {
         for literal in unrendered_links(own, |krate| doc_dir.join(krate).is_dir()) {
             found.push(format!("{}: {literal}", page.display()));
         }
+        // rustdoc's own pages at the top (help, settings) link a top
+        // index.html it writes only for a whole workspace; they are not ours.
+        let Some(folder) = page.parent().filter(|folder| *folder != doc_dir) else {
+            continue;
+        };
+        for target in dead_relative_links(own, |target| {
+            *exists
+                .entry(folder.join(target))
+                .or_insert_with_key(|path| path.exists())
+        }) {
+            found.push(format!(
+                "{}: href=\"{target}\" (no such page)",
+                page.display()
+            ));
+        }
     }
     if !found.is_empty() {
         bail!(
-            "{} intra-doc link(s) rendered as text (write the full path, or link a page this crate documents):\n{}",
+            "{} broken doc link(s): write the full path, link a page this crate documents, or give a foreign item's docs.rs URL:\n{}",
             found.len(),
             found.join("\n")
         );
@@ -549,6 +567,30 @@ fn unrendered_links(html: &str, documented: impl Fn(&str) -> bool) -> Vec<String
             && !documented(first);
         if target.contains("::") && !target.contains('/') && !target.contains('#') && !foreign {
             found.push(format!("href=\"{target}\""));
+        }
+        rest = &after[end..];
+    }
+    found
+}
+
+/// The relative `href`s of one page (its own file links, not Rust paths,
+/// URLs, fragments or the page script's `${...}` templates) that point at
+/// no file: a link into a crate that is
+/// not documented here, which rustdoc writes as if it were.
+fn dead_relative_links(html: &str, mut exists: impl FnMut(&str) -> bool) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut rest = html;
+    while let Some(start) = rest.find("href=\"") {
+        let after = &rest[start + "href=\"".len()..];
+        let Some(end) = after.find('"') else { break };
+        let target = &after[..end];
+        let file = target.split(['#', '?']).next().unwrap_or(target);
+        let relative = !file.is_empty()
+            && !file.contains("::")
+            && !file.contains([':', '$'])
+            && !file.starts_with('/');
+        if relative && !exists(file) && !found.iter().any(|seen| seen == target) {
+            found.push(target.to_owned());
         }
         rest = &after[end..];
     }
@@ -660,6 +702,35 @@ mod tests {
             ]
         );
         assert!(unrendered_links("<p>nothing to see</p>", documented).is_empty());
+    }
+
+    #[test]
+    fn relative_links_to_missing_pages_are_found() {
+        let html = concat!(
+            "<a href=\"struct.Engine.html#method.kill\">kill</a> ",
+            "<a href=\"../tower/discover/enum.Change.html\">Change</a> ",
+            "<a href=\"../tower/discover/enum.Change.html#variant.Insert\">Insert</a> ",
+            "<a href=\"https://docs.rs/tower\">tower</a> <a href=\"#examples\">§</a> ",
+            "<a href=\"Worker::report\">report</a> <a href=\"../static.files/a.css?v=1\">css</a>",
+        );
+        let present = ["struct.Engine.html", "../static.files/a.css"];
+        let mut asked = Vec::new();
+        let dead = dead_relative_links(html, |file| {
+            asked.push(file.to_owned());
+            present.contains(&file)
+        });
+        assert_eq!(
+            dead,
+            [
+                "../tower/discover/enum.Change.html",
+                "../tower/discover/enum.Change.html#variant.Insert"
+            ]
+        );
+        assert!(
+            !asked
+                .iter()
+                .any(|file| file.contains(':') || file.contains('#'))
+        );
     }
 
     #[test]

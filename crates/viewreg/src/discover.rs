@@ -13,7 +13,7 @@
 //! snapshots (the endpoint left and came back) is never mistaken for the
 //! one handed out.
 //!
-//! [`Discover`]: tower::discover::Discover
+//! [`Discover`]: https://docs.rs/tower/0.5/tower/discover/trait.Discover.html
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -91,7 +91,7 @@ where
     /// # }
     /// ```
     ///
-    /// [`Discover`]: tower::discover::Discover
+    /// [`Discover`]: https://docs.rs/tower/0.5/tower/discover/trait.Discover.html
     #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
     pub fn discover(&self, features: F) -> ViewDiscover<F, C> {
         ViewDiscover {
@@ -113,11 +113,11 @@ where
 ///
 /// What it yields:
 ///
-/// - **First poll**: an [`Insert`](Change::Insert) for each view of the
+/// - **First poll**: an [`Insert`][Insert] for each view of the
 ///   current snapshot that `healthy_views` lists; nothing while there is
 ///   none (the stream then waits, like any other).
 /// - **Each later snapshot**: the difference from what it has yielded, in
-///   endpoint order: a [`Remove`](Change::Remove) for each view gone,
+///   endpoint order: a [`Remove`][Remove] for each view gone,
 ///   turned unhealthy, or no longer providing the features, an `Insert`
 ///   for each newly listed one. A change the filter does not see (a view
 ///   it does not list changing, a listed view's partition) yields nothing.
@@ -153,7 +153,11 @@ where
 /// pass over its views beside the keys held (both sorted by endpoint);
 /// keys kept are moved, not cloned, and their buffers are reused.
 ///
-/// [`Discover`]: tower::discover::Discover
+/// [`Discover`]: https://docs.rs/tower/0.5/tower/discover/trait.Discover.html
+/// [`Change`]: https://docs.rs/tower/0.5/tower/discover/enum.Change.html
+/// [Insert]: https://docs.rs/tower/0.5/tower/discover/enum.Change.html#variant.Insert
+/// [Remove]: https://docs.rs/tower/0.5/tower/discover/enum.Change.html#variant.Remove
+/// [`FusedStream`]: https://docs.rs/futures-util/0.3/futures_util/stream/trait.FusedStream.html
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub struct ViewDiscover<F, C> {
     registry: Registry<F, C>,
