@@ -30,6 +30,7 @@ use anyhow::{Context, Result, bail};
 const FACADE_FEATURES: &[&str] = &[
     "depengine",
     "publisher",
+    "presence",
     "gensync",
     "viewreg",
     "etcd",
@@ -56,6 +57,7 @@ const EXAMPLES: &[(&str, &str, &str)] = &[
 const BENCHED_CRATES: &[&str] = &[
     "flotilla-depengine",
     "flotilla-publisher",
+    "flotilla-presence",
     "flotilla-gensync",
 ];
 
@@ -71,6 +73,7 @@ const DOC_ORDER: &[(&str, &str)] = &[
     ("flotilla-testkit", "--lib"),
     ("flotilla-depengine", "--lib"),
     ("flotilla-publisher", "--lib"),
+    ("flotilla-presence", "--lib"),
     ("flotilla-gensync", "--lib"),
     ("flotilla-viewreg", "--lib"),
     ("flotilla", "--lib"),

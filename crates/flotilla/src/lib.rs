@@ -6,6 +6,7 @@
 //! | `core_types` | (always) | the `Worker` contract, `TaskWorker`, validated names and ids |
 //! | `depengine` | `depengine` | an engine of named manifolds whose workers depend on each other |
 //! | `publisher` | `publisher` | keeps (name, server) pairs mounted in a naming backend with a TTL |
+//! | `presence` | `presence` | liveness of arbitrary keys: batched pings, watchers, pruning |
 //! | `gensync` | `gensync` | replicates a key/value store between peers by generation vectors |
 //! | `viewreg` | `viewreg` | a client-side registry of servers, health-checked, filtered by features |
 //!
@@ -57,4 +58,6 @@ pub use flotilla_gensync as gensync;
 #[cfg_attr(docsrs, doc(cfg(feature = "viewreg")))]
 pub use flotilla_viewreg as viewreg;
 
-// Later crates join here, each behind a feature of its own name: presence.
+#[cfg(feature = "presence")]
+#[cfg_attr(docsrs, doc(cfg(feature = "presence")))]
+pub use flotilla_presence as presence;
