@@ -2,8 +2,8 @@
 //! measured in the same run:
 //!
 //! - `ping_100k`: one `PingBatcher::ping` among 100,000 live keys, beside a
-//!   bare insert into a `DashMap` of the same key and value types (the floor
-//!   a ping's map insert cannot beat). Criterion reports the mean; the p50
+//!   bare insert into one `Mutex<HashMap>` of the same key and value types,
+//!   uncontended (the floor a ping's map insert cannot beat). Criterion reports the mean; the p50
 //!   and p99 of single calls, timed one by one, are printed first.
 //! - writes per flush: the store operations and records one flush writes
 //!   for 1,000, 10,000 and 100,000 keys (goal: independent of the number of
@@ -12,13 +12,13 @@
 //! Run with `cargo bench -p flotilla-presence --bench ping`; the results
 //! and their goals are in docs/benchmarks.md.
 
+use std::collections::HashMap;
 use std::hint::black_box;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use dashmap::DashMap;
 use flotilla_core_types::{Name, Worker};
 use flotilla_presence::{
     Config, Incarnation, MemoryStore, PingBatch, PingBatcher, PresenceStore, Slot, StoreError,
@@ -81,7 +81,7 @@ impl PresenceStore for CountingStore {
 
 /// A batcher that flushes only when asked (its interval is an hour).
 fn quiet_batcher(store: CountingStore) -> PingBatcher {
-    let mut config = Config::with_slot_length(Duration::from_secs(3 * 3600));
+    let mut config = Config::with_slot_length(Duration::from_secs(6 * 3600));
     config.flush_interval = Duration::from_secs(3600);
     PingBatcher::start(store, config).expect("valid config")
 }
@@ -100,7 +100,7 @@ fn percentiles(label: &str, mut samples: Vec<Duration>) {
 /// p50 and p99 of single calls, timed one by one, ping and floor in turn.
 fn single_call_percentiles(runtime: &Runtime) {
     let batcher = runtime.block_on(async { quiet_batcher(CountingStore::default()) });
-    let floor: DashMap<(Name, Incarnation), Slot> = DashMap::new();
+    let floor: Mutex<HashMap<(Name, Incarnation), Slot>> = Mutex::new(HashMap::new());
     let scope = scope();
     let rounds = 5;
     let (mut pings, mut inserts) = (Vec::new(), Vec::new());
@@ -111,7 +111,10 @@ fn single_call_percentiles(runtime: &Runtime) {
             batcher.ping(&scope, incarnation).expect("pings");
             let pinged = started.elapsed();
             let started = Instant::now();
-            floor.insert((scope.clone(), incarnation), Slot(round));
+            floor
+                .lock()
+                .expect("unpoisoned")
+                .insert((scope.clone(), incarnation), Slot(round));
             let inserted = started.elapsed();
             // The first round fills the maps; the steady state is the rest.
             if round > 0 {
@@ -121,7 +124,7 @@ fn single_call_percentiles(runtime: &Runtime) {
         }
     }
     percentiles("PingBatcher::ping", pings);
-    percentiles("bare DashMap insert (floor)", inserts);
+    percentiles("bare Mutex<HashMap> insert (floor)", inserts);
     runtime.block_on(async {
         batcher.kill();
         batcher.wait().await.expect("clean stop");
@@ -165,14 +168,20 @@ fn ping_100k(c: &mut Criterion, runtime: &Runtime) {
                 .expect("pings");
         });
     });
-    let floor: DashMap<(Name, Incarnation), Slot> = DashMap::new();
+    let floor: Mutex<HashMap<(Name, Incarnation), Slot>> = Mutex::new(HashMap::new());
     for n in 0..KEYS {
-        floor.insert((scope.clone(), Incarnation(n)), Slot(0));
+        floor
+            .lock()
+            .expect("unpoisoned")
+            .insert((scope.clone(), Incarnation(n)), Slot(0));
     }
-    group.bench_function("bare DashMap insert (floor)", |b| {
+    group.bench_function("bare Mutex<HashMap> insert (floor)", |b| {
         b.iter(|| {
             next = (next + 1) % KEYS;
-            floor.insert((black_box(&scope).clone(), Incarnation(next)), Slot(1));
+            floor
+                .lock()
+                .expect("unpoisoned")
+                .insert((black_box(&scope).clone(), Incarnation(next)), Slot(1));
         });
     });
     group.finish();

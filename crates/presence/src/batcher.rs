@@ -3,7 +3,7 @@
 //! a pinger pings through; [`DirectRecorder`]: a recorder that writes each
 //! ping itself.
 //!
-//! A ping is an insert into a `DashMap` keyed by (scope, incarnation),
+//! A ping is an insert into a sharded map keyed by (scope, incarnation),
 //! keeping the latest slot: it never waits for the store or the flush, and
 //! a key that pings many times between two flushes costs one entry. A flush
 //! drains the map into the batcher's pending set, merging by the latest
@@ -14,10 +14,10 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use dashmap::DashMap;
 use flotilla_core_types::{Name, ReportFuture, TaskWorker, WorkerResult, delegate_worker};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until, timeout};
@@ -77,8 +77,56 @@ pub struct PingBatcher {
 delegate_worker!(PingBatcher, task, report = PingBatcher::report);
 
 /// Pings gathered since the last drain: the latest slot each incarnation
-/// pinged in.
-type PingMap = DashMap<(Name, Incarnation), Slot>;
+/// pinged in, split over shards, each behind its own lock, so that pingers
+/// on different threads rarely wait for each other and a drain holds each
+/// lock only long enough to swap its map out.
+#[derive(Debug)]
+struct PingMap {
+    hasher: RandomState,
+    shards: Box<[Mutex<PingShard>]>,
+}
+
+type PingShard = HashMap<(Name, Incarnation), Slot>;
+
+impl PingMap {
+    /// Four shards per core, rounded up to a power of two, as sharded maps
+    /// usually size themselves.
+    fn new() -> PingMap {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let count = (cores * 4).next_power_of_two();
+        PingMap {
+            hasher: RandomState::new(),
+            shards: (0..count).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    /// Keeps the later of `slot` and the slot already recorded for `key`.
+    fn record(&self, key: (Name, Incarnation), slot: Slot) {
+        let shard = &self.shards[self.shard_of(&key)];
+        // A panic while a shard was locked cannot leave its map torn (every
+        // update is one insert), so a poisoned lock is safe to use.
+        let mut pings = shard.lock().unwrap_or_else(PoisonError::into_inner);
+        pings
+            .entry(key)
+            .and_modify(|latest| *latest = (*latest).max(slot))
+            .or_insert(slot);
+    }
+
+    /// Takes every ping out, shard by shard.
+    fn drain(&self, mut into: impl FnMut((Name, Incarnation), Slot)) {
+        for shard in &self.shards {
+            let taken = std::mem::take(&mut *shard.lock().unwrap_or_else(PoisonError::into_inner));
+            for (key, slot) in taken {
+                into(key, slot);
+            }
+        }
+    }
+
+    fn shard_of(&self, key: &(Name, Incarnation)) -> usize {
+        // The shard count is a power of two: the mask keeps the low bits.
+        (self.hasher.hash_one(key) as usize) & (self.shards.len() - 1)
+    }
+}
 
 /// How a batcher's flushes are going.
 #[derive(Debug, Clone, Default)]
@@ -166,10 +214,7 @@ impl PingBatcher {
             return Err(Error::Stopped { part: "batcher" });
         }
         let slot = self.config.current_slot();
-        self.pings
-            .entry((scope.clone(), incarnation))
-            .and_modify(|latest| *latest = (*latest).max(slot))
-            .or_insert(slot);
+        self.pings.record((scope.clone(), incarnation), slot);
         Ok(())
     }
 
@@ -278,13 +323,10 @@ impl<S: PresenceStore> Flusher<S> {
     }
 
     async fn flush(&mut self) -> Result<FlushReport, StoreError> {
-        self.pings.retain(|(scope, incarnation), slot| {
-            let latest = self
-                .pending
-                .entry((scope.clone(), *incarnation))
-                .or_insert(*slot);
-            *latest = (*latest).max(*slot);
-            false
+        let pending = &mut self.pending;
+        self.pings.drain(|key, slot| {
+            let latest = pending.entry(key).or_insert(slot);
+            *latest = (*latest).max(slot);
         });
         if self.pending.is_empty() {
             return Ok(FlushReport::default());
