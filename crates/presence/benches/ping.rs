@@ -83,6 +83,7 @@ impl PresenceStore for CountingStore {
 fn quiet_batcher(store: CountingStore) -> PingBatcher {
     let mut config = Config::with_slot_length(Duration::from_secs(6 * 3600));
     config.flush_interval = Duration::from_secs(3600);
+    config.forget_dead_after = 2 * config.slot_length;
     PingBatcher::start(store, config).expect("valid config")
 }
 

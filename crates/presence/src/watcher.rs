@@ -540,6 +540,31 @@ struct QueueState {
     closed: bool,
 }
 
+impl QueueState {
+    fn pop(&mut self) -> Option<Event> {
+        while let Some(pending) = self.order.pop_front() {
+            match pending {
+                Pending::Key(key) => {
+                    if let Some(change) = self.changes.remove(&key) {
+                        self.taken.insert(key, (change.alive, change.incarnation));
+                        return Some(Event::Change(change));
+                    }
+                }
+                Pending::Touch => {
+                    if let Some(event) = self.touch.take() {
+                        self.taken_out_of_touch = matches!(event, Event::OutOfTouch { .. });
+                        return Some(event);
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+/// The capacity a subscriber's drained buffer keeps for the next events.
+const DRAINED_CAPACITY: usize = 64;
+
 #[derive(Debug)]
 enum Pending {
     Key(Name),
@@ -594,23 +619,14 @@ impl Queue {
 
     fn pop(&self) -> Option<Event> {
         let mut state = self.lock();
-        while let Some(pending) = state.order.pop_front() {
-            match pending {
-                Pending::Key(key) => {
-                    if let Some(change) = state.changes.remove(&key) {
-                        state.taken.insert(key, (change.alive, change.incarnation));
-                        return Some(Event::Change(change));
-                    }
-                }
-                Pending::Touch => {
-                    if let Some(event) = state.touch.take() {
-                        state.taken_out_of_touch = matches!(event, Event::OutOfTouch { .. });
-                        return Some(event);
-                    }
-                }
-            }
+        let event = state.pop();
+        if state.order.is_empty() {
+            // A burst (the first states of many keys) leaves its capacity
+            // behind; a drained buffer gives it back.
+            state.order.shrink_to(DRAINED_CAPACITY);
+            state.changes.shrink_to(DRAINED_CAPACITY);
         }
-        None
+        event
     }
 
     fn forget(&self, key: &Name) {
