@@ -84,6 +84,22 @@ pub enum LocatorError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The discovery source refused the request (no permission, a bad
+    /// request): asking again will not help until someone fixes it.
+    #[error("discovery source refused the request: {source}")]
+    Rejected {
+        /// What the source said.
+        #[source]
+        source: Arc<dyn StdError + Send + Sync>,
+    },
+    /// A locator was made with a key prefix it cannot follow.
+    #[error("invalid key prefix {prefix:?}: {reason}")]
+    InvalidPrefix {
+        /// The prefix given.
+        prefix: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl LocatorError {

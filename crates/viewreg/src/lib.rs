@@ -120,6 +120,9 @@ pub mod diagnostics;
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 mod discover;
 mod error;
+#[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
+mod etcd;
 mod health;
 mod index;
 mod locator;
@@ -136,6 +139,9 @@ pub use diagnostics::{
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub use discover::ViewDiscover;
 pub use error::{Error, LocatorError, ProbeError};
+#[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
+pub use etcd::{EndpointFrom, EtcdLocator, EtcdLocatorStatus};
 /// The shared vocabulary this crate's API speaks in, re-exported so that
 /// users need not name `flotilla-core-types` themselves.
 #[doc(no_inline)]
