@@ -133,6 +133,9 @@ mod error;
 #[cfg(feature = "etcd")]
 #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
 mod etcd;
+#[cfg(feature = "grpc")]
+#[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
+mod grpc;
 mod health;
 mod index;
 mod locator;
@@ -156,6 +159,9 @@ pub use etcd::{EndpointFrom, EtcdLocator, EtcdLocatorStatus};
 /// users need not name `flotilla-core-types` themselves.
 #[doc(no_inline)]
 pub use flotilla_core_types::{Endpoint, Worker, WorkerError, WorkerResult};
+#[cfg(feature = "grpc")]
+#[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
+pub use grpc::GrpcProber;
 pub use locator::{EndpointSet, Locator, NameLocator, StaticLocator, StreamLocator};
 pub use prober::{ProbeOutcome, Prober, TcpProber};
 pub use registry::{Registry, WaitLimit};
