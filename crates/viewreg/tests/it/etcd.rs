@@ -211,11 +211,16 @@ async fn a_listing_reads_every_page() -> Result<()> {
         expected.insert(endpoint);
     }
     // Keys right after the prefix's range, which no page may take in.
-    put(&mut client, "services/kv0", "10.0.0.9:80").await?;
+    let last_write = put(&mut client, "services/kv0", "10.0.0.9:80").await?;
 
     let mut locator =
         EtcdLocator::new(client.clone(), PREFIX, EndpointFrom::Value).with_page_size(4);
     assert_eq!(next_answer(&mut locator).await??, expected);
+    // Every page was read at the revision of the first: the one listing
+    // is in step with the store as it was.
+    let status = locator.status().borrow().clone();
+    assert_eq!(status.revision, Some(last_write), "{status:?}");
+    assert_eq!(status.listings, 1);
 
     // A page size of exactly the key count, and one of a single key.
     for page_size in [23, 1] {
@@ -354,8 +359,22 @@ async fn a_published_prefix_must_be_one_the_publisher_takes() -> Result<()> {
             "{bad:?} was taken"
         );
     }
-    let locator = EtcdLocator::for_published_name(client, "flotilla/names", &name)?;
+    let locator = EtcdLocator::for_published_name(client.clone(), "flotilla/names", &name)?;
     assert_eq!(locator.key_prefix(), b"flotilla/names/kv/#");
+    // The publisher's own key for a server is that prefix and the server.
+    let namespace = EtcdNamespace::from_client(client, "flotilla/names")?;
+    for server in [
+        ep(1),
+        Endpoint::new("::1", 8080)?,
+        Endpoint::new("db.internal", 5432)?,
+    ] {
+        let key = namespace.key(&name, &server);
+        let rest = key
+            .as_bytes()
+            .strip_prefix(locator.key_prefix())
+            .with_context(|| format!("{key} is not under the locator's prefix"))?;
+        assert_eq!(Endpoint::parse(std::str::from_utf8(rest)?)?, server);
+    }
     Ok(())
 }
 
