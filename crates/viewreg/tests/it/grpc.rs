@@ -1,4 +1,5 @@
-//! `GrpcProber` against real etcd members (etcd serves `grpc.health.v1`):
+//! `GrpcProber` against in-process tonic-health servers told what to
+//! answer, and against real etcd members (etcd serves `grpc.health.v1`):
 //! what each kind of answer reads as, and a registry over a three-member
 //! cluster in which a member killed with SIGKILL turns unhealthy within
 //! the stated bound and healthy again once restarted. Real clock; every
@@ -77,6 +78,83 @@ async fn an_etcd_member_answers_the_standard_health_check() -> Result<()> {
         "a silent server answered {outcome:?}"
     );
     held.abort();
+    Ok(())
+}
+
+/// Serves `routes` on a fresh loopback port until the returned task is
+/// aborted.
+async fn serve(routes: tonic::service::Routes) -> Result<(Endpoint, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint: Endpoint = listener.local_addr()?.try_into()?;
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    let server = tonic::transport::Server::builder()
+        .add_routes(routes)
+        .serve_with_incoming(incoming);
+    let task = tokio::spawn(async move {
+        if let Err(error) = server.await {
+            tracing::warn!(%error, "test health server ended");
+        }
+    });
+    Ok((endpoint, task))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_health_answer_reads_as_documented() -> Result<()> {
+    use tonic_health::ServingStatus;
+
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("kv.Store", ServingStatus::Serving)
+        .await;
+    let (endpoint, server) = serve(tonic::service::Routes::new(service)).await?;
+    let whole = GrpcProber::plaintext().with_features(features(&["kv"]));
+    let store = whole.clone().with_service("kv.Store");
+
+    let outcome = store.probe(&endpoint).await;
+    ensure!(
+        matches!(&outcome, ProbeOutcome::Serving { features, .. } if features.contains("kv")),
+        "{outcome:?}"
+    );
+    // A service that says it is not serving, or whose state is unknown.
+    for status in [ServingStatus::NotServing, ServingStatus::Unknown] {
+        reporter.set_service_status("kv.Store", status).await;
+        let outcome = store.probe(&endpoint).await;
+        ensure!(
+            matches!(outcome, ProbeOutcome::NotServing),
+            "{status:?}: {outcome:?}"
+        );
+    }
+    // The whole server still serves; a name it never registered does not.
+    let outcome = whole.probe(&endpoint).await;
+    ensure!(
+        matches!(outcome, ProbeOutcome::Serving { .. }),
+        "{outcome:?}"
+    );
+    let outcome = whole
+        .clone()
+        .with_service("other.Service")
+        .probe(&endpoint)
+        .await;
+    ensure!(matches!(outcome, ProbeOutcome::NotServing), "{outcome:?}");
+    // Back to serving.
+    reporter
+        .set_service_status("kv.Store", ServingStatus::Serving)
+        .await;
+    let outcome = store.probe(&endpoint).await;
+    ensure!(
+        matches!(outcome, ProbeOutcome::Serving { .. }),
+        "{outcome:?}"
+    );
+    server.abort();
+
+    // A gRPC server without the health service.
+    let (endpoint, server) = serve(tonic::service::Routes::default()).await?;
+    let outcome = whole.probe(&endpoint).await;
+    ensure!(
+        matches!(outcome, ProbeOutcome::NoHealthService),
+        "{outcome:?}"
+    );
+    server.abort();
     Ok(())
 }
 
