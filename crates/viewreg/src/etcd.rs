@@ -102,6 +102,19 @@ pub struct EtcdLocatorStatus {
 /// Event types are told apart by the key's version (etcd sends version 0
 /// only for a delete), so no value etcd sends can make it panic.
 ///
+/// # The client
+///
+/// The locator takes an [etcd-client `Client`][Client] as you built it.
+/// Two of its [`ConnectOptions`][ConnectOptions] matter here: HTTP/2
+/// keep-alive pings (`with_keep_alive`), so that a watch on a member whose
+/// host vanished without closing its sockets breaks and resumes elsewhere
+/// instead of waiting; and `with_require_leader(true)`, so that a member
+/// cut off from the rest of its cluster ends the watch rather than leave it
+/// silent. A client of several members moves the watch to a live one.
+///
+/// [Client]: https://docs.rs/etcd-client/0.21.1/etcd_client/struct.Client.html
+/// [ConnectOptions]: https://docs.rs/etcd-client/0.21.1/etcd_client/struct.ConnectOptions.html
+///
 /// # Example
 ///
 /// ```no_run
