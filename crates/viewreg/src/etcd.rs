@@ -68,8 +68,9 @@ pub struct EtcdLocatorStatus {
     /// then once after each compaction that the watch could not resume
     /// across.
     pub listings: u64,
-    /// How many times a broken watch was opened again from the revision
-    /// after the last one seen, without listing.
+    /// How many times the watch was opened after a failure (a watch that
+    /// broke, or could not be opened) from the revision after the last one
+    /// seen, without listing.
     pub resumes: u64,
     /// How many times the watch found its revision compacted away, so that
     /// the prefix was listed again.
@@ -90,7 +91,8 @@ pub struct EtcdLocatorStatus {
 ///   [`LocatorError::Unavailable`]; the registry asks again after its
 ///   backoff, and the locator opens the watch from the revision after the
 ///   last one it saw, so changes made in between arrive as events and none
-///   is missed.
+///   is missed. The first answer after an error is the set as the locator
+///   knows it, even when unchanged, so that the registry clears the error.
 /// - **After a compaction** of that revision, the watch cannot resume: the
 ///   locator lists the prefix again and answers the set it finds.
 /// - **Unreadable entries** (a key or value that is not an endpoint's
@@ -152,9 +154,9 @@ pub struct EtcdLocator {
     revision: Option<i64>,
     /// The open watch; `None` before it is opened and after it broke.
     watch: Option<WatchStream>,
-    /// Whether the watch was opened since the last listing (so that
-    /// opening it again is a resume).
-    watched_since_listing: bool,
+    /// Whether a call failed since the last listing or watch opened, so
+    /// that the next watch opened is a resume.
+    resuming: bool,
     /// The set last answered.
     answered: Option<EndpointSet>,
     status: watch::Sender<EtcdLocatorStatus>,
@@ -175,7 +177,7 @@ impl EtcdLocator {
             entries: BTreeMap::new(),
             revision: None,
             watch: None,
-            watched_since_listing: false,
+            resuming: false,
             answered: None,
             status: watch::Sender::new(EtcdLocatorStatus::default()),
         }
@@ -274,11 +276,11 @@ impl EtcdLocator {
             })
             .await
             .map_err(classify)?;
-            if self.watched_since_listing {
+            if self.resuming {
+                self.resuming = false;
                 self.status.send_modify(|status| status.resumes += 1);
                 tracing::debug!(from_revision = revision + 1, "etcd watch resumed");
             }
-            self.watched_since_listing = true;
             self.watch = Some(stream);
             return Ok(());
         };
@@ -328,7 +330,7 @@ impl EtcdLocator {
         }
         self.revision = Some(revision);
         self.watch = None;
-        self.watched_since_listing = false;
+        self.resuming = false;
         self.status.send_modify(|status| {
             status.revision = Some(revision);
             status.listings += 1;
@@ -450,6 +452,10 @@ impl Locator for EtcdLocator {
     async fn next_endpoints(&mut self) -> Option<Result<EndpointSet, LocatorError>> {
         loop {
             if let Err(error) = self.step().await {
+                // Once back in step, answer even an unchanged set: that
+                // is how the registry learns the trouble is over.
+                self.answered = None;
+                self.resuming = self.revision.is_some();
                 return Some(Err(error));
             }
             if self.revision.is_none() {

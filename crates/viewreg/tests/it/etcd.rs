@@ -424,6 +424,62 @@ async fn until_registry_has(
     }
 }
 
+/// Waits on the registry's changes until `condition` holds.
+async fn until_snapshot(
+    registry: &crate::harness::TestRegistry,
+    mut condition: impl FnMut(&Snapshot<Features, TestClient>) -> bool,
+) -> Result<Arc<Snapshot<Features, TestClient>>> {
+    let limit = WaitLimit::timeout(PATIENCE);
+    let mut snapshot = registry.snapshot();
+    while !condition(&snapshot) {
+        snapshot = registry
+            .wait_for_change(snapshot.stamp(), &limit)
+            .await
+            .with_context(|| format!("the condition did not hold in time:\n{}", snapshot.dump()))?;
+    }
+    Ok(snapshot)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_shows_a_lost_watch_and_clears_it_once_resumed() -> Result<()> {
+    let mut cluster = EtcdCluster::three().await?;
+    let member = a_follower(&cluster).await?;
+    let mut others = others_client(&cluster, member).await?;
+    put(&mut others, "services/kv/a", "10.0.0.1:80").await?;
+    let locator = EtcdLocator::new(
+        member_client(&cluster, member).await?,
+        PREFIX,
+        EndpointFrom::Value,
+    );
+    let status = locator.status();
+    let mut config = RegistryConfig::default();
+    config.locator_retry_delay = Duration::from_millis(100);
+    config.max_locator_retry_delay = Duration::from_millis(500);
+    let (registry, _clients) = start(locator, &Scripted::default(), config);
+    until_registry_has(&registry, &set(&[ep(1)]), |seen| seen.is_empty()).await?;
+
+    cluster.kill(member)?;
+    let snapshot = until_snapshot(&registry, |snapshot| {
+        snapshot.summary().locator_error.is_some()
+    })
+    .await?;
+    // The set is kept through the outage.
+    assert_eq!(endpoints_of(&snapshot), set(&[ep(1)]));
+    cluster.restart(member).await?;
+    // Nothing changed meanwhile, and still the error clears.
+    let snapshot = until_snapshot(&registry, |snapshot| {
+        snapshot.summary().locator_error.is_none()
+    })
+    .await?;
+    assert_eq!(endpoints_of(&snapshot), set(&[ep(1)]));
+    let seen = status.borrow().clone();
+    assert_eq!(seen.listings, 1, "{seen:?}");
+    assert!(seen.resumes >= 1, "{seen:?}");
+    registry.kill();
+    registry.wait().await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registry_follows_published_servers_through_a_leader_kill() -> Result<()> {
     let mut cluster = EtcdCluster::three().await?;
@@ -470,6 +526,8 @@ async fn a_registry_follows_published_servers_through_a_leader_kill() -> Result<
     .await?;
     let seen = status.borrow().clone();
     ensure!(seen.unreadable.is_empty(), "{seen:?}");
+    let summary = registry.summary();
+    ensure!(summary.locator_error.is_none(), "{summary:?}");
 
     registry.kill();
     registry.wait().await?;
