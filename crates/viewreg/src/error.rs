@@ -166,6 +166,22 @@ mod tests {
             ProbeError::unreachable(&endpoint, refused).to_string(),
             "cannot reach 10.0.0.1:80: refused"
         );
+        let prefix = LocatorError::InvalidPrefix {
+            prefix: String::from("names/"),
+            reason: String::from("ends with '/'"),
+        };
+        assert_eq!(
+            prefix.to_string(),
+            "invalid key prefix \"names/\": ends with '/'"
+        );
+        let denied = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "no permission");
+        let rejected = LocatorError::Rejected {
+            source: Arc::new(denied),
+        };
+        assert_eq!(
+            rejected.to_string(),
+            "discovery source refused the request: no permission"
+        );
         let full = Error::ReportQueueFull { endpoint };
         let worker: WorkerError = full.into();
         assert!(worker.downcast_ref::<Error>().is_some());
