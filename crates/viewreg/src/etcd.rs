@@ -42,6 +42,10 @@ const CONNECT_RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// second failure in a row means something else is wrong.
 const LISTING_ATTEMPTS: u32 = 3;
 
+/// How long one request (a page of a listing, the opening of a watch) may
+/// take before the locator gives up on it and reports etcd unavailable.
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Where an entry's endpoint is read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -70,7 +74,8 @@ pub struct EtcdLocatorStatus {
     pub listings: u64,
     /// How many times the watch was opened after a failure (a watch that
     /// broke, or could not be opened) from the revision after the last one
-    /// seen, without listing.
+    /// seen, without listing, and etcd confirmed it (a `created` response
+    /// that did not cancel it).
     pub resumes: u64,
     /// How many times the watch found its revision compacted away, so that
     /// the prefix was listed again.
@@ -92,7 +97,10 @@ pub struct EtcdLocatorStatus {
 ///   backoff, and the locator opens the watch from the revision after the
 ///   last one it saw, so changes made in between arrive as events and none
 ///   is missed. The first answer after an error is the set as the locator
-///   knows it, even when unchanged, so that the registry clears the error.
+///   knows it, even when unchanged, so that the registry clears the error;
+///   it comes only once etcd confirmed the new watch. A watch etcd refuses
+///   (created and canceled at once) is an error: one for lack of
+///   permission or authentication is [`LocatorError::Rejected`].
 /// - **After a compaction** of that revision, the watch cannot resume: the
 ///   locator lists the prefix again and answers the set it finds.
 /// - **Unreadable entries** (a key or value that is not an endpoint's
@@ -121,11 +129,17 @@ pub struct EtcdLocatorStatus {
 ///
 /// ```no_run
 /// use std::collections::BTreeSet;
+/// use std::time::Duration;
 /// use flotilla_core_types::Worker;
 /// use flotilla_viewreg::{EndpointFrom, EtcdLocator, Registry, RegistryConfig, TcpProber};
 ///
 /// # async fn example() -> anyhow::Result<()> {
-/// let client = etcd_client::Client::connect(["http://127.0.0.1:2379"], None).await?;
+/// // Keep-alive pings break a watch on a vanished host; require-leader
+/// // breaks one on a member cut off from its cluster.
+/// let options = etcd_client::ConnectOptions::new()
+///     .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+///     .with_require_leader(true);
+/// let client = etcd_client::Client::connect(["http://127.0.0.1:2379"], Some(options)).await?;
 /// // Every value under `services/kv/` is a server's `host:port`.
 /// let locator = EtcdLocator::new(client, "services/kv/", EndpointFrom::Value);
 /// let status = locator.status();
@@ -147,6 +161,7 @@ pub struct EtcdLocator {
     range_end: Vec<u8>,
     from: EndpointFrom,
     page_size: i64,
+    request_timeout: Duration,
     /// Every readable entry under the prefix, by key.
     entries: BTreeMap<Vec<u8>, Endpoint>,
     /// The revision `entries` is in step with; `None` until listed, and
@@ -154,6 +169,9 @@ pub struct EtcdLocator {
     revision: Option<i64>,
     /// The open watch; `None` before it is opened and after it broke.
     watch: Option<WatchStream>,
+    /// Whether etcd confirmed the open watch with a `created` response
+    /// that did not cancel it; until then the watch is not resumed.
+    watch_created: bool,
     /// Whether a call failed since the last listing or watch opened, so
     /// that the next watch opened is a resume.
     resuming: bool,
@@ -174,9 +192,11 @@ impl EtcdLocator {
             key_prefix,
             from,
             page_size: page_limit(DEFAULT_PAGE_SIZE),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
             entries: BTreeMap::new(),
             revision: None,
             watch: None,
+            watch_created: false,
             resuming: false,
             answered: None,
             status: watch::Sender::new(EtcdLocatorStatus::default()),
@@ -247,6 +267,16 @@ impl EtcdLocator {
         self
     }
 
+    /// Gives up on one request (a page of a listing, the opening of a
+    /// watch) after `timeout` (default 5 s) and reports etcd unavailable,
+    /// so that a member that accepts connections but never answers cannot
+    /// hold the locator. A watch that is open but quiet is not timed out:
+    /// quiet is what a watch of a stable prefix is.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
     /// The key prefix followed.
     pub fn key_prefix(&self) -> &[u8] {
         &self.key_prefix
@@ -269,31 +299,30 @@ impl EtcdLocator {
             let options = WatchOptions::new()
                 .with_range(self.range_end.clone())
                 .with_start_revision(revision + 1);
-            let key = self.key_prefix.clone();
-            let stream = call(&self.client, |mut client| {
+            let key = self.first_key();
+            let stream = call(&self.client, self.request_timeout, |mut client| {
                 let (key, options) = (key.clone(), options.clone());
                 async move { client.watch(key, Some(options)).await }
             })
             .await
             .map_err(classify)?;
-            if self.resuming {
-                self.resuming = false;
-                self.status.send_modify(|status| status.resumes += 1);
-                tracing::debug!(from_revision = revision + 1, "etcd watch resumed");
-            }
             self.watch = Some(stream);
+            self.watch_created = false;
             return Ok(());
         };
         match stream.message().await {
+            Ok(Some(response)) if !self.watch_created => self.confirm(&response, revision),
             Ok(Some(response)) => self.apply(response),
             Ok(None) => {
                 self.watch = None;
+                self.watch_created = false;
                 Err(LocatorError::unavailable(WatchBroken(String::from(
                     "etcd ended the watch stream",
                 ))))
             }
             Err(error) => {
                 self.watch = None;
+                self.watch_created = false;
                 Err(classify(error))
             }
         }
@@ -330,6 +359,7 @@ impl EtcdLocator {
         }
         self.revision = Some(revision);
         self.watch = None;
+        self.watch_created = false;
         self.resuming = false;
         self.status.send_modify(|status| {
             status.revision = Some(revision);
@@ -341,7 +371,7 @@ impl EtcdLocator {
     }
 
     async fn read_pages(&self) -> Result<(Vec<KeyValue>, i64), etcd_client::Error> {
-        let mut start = self.key_prefix.clone();
+        let mut start = self.first_key();
         let mut revision = 0; // the newest, for the first page
         let mut entries = Vec::new();
         loop {
@@ -349,13 +379,23 @@ impl EtcdLocator {
                 .with_range(self.range_end.clone())
                 .with_limit(self.page_size)
                 .with_revision(revision);
-            let mut response = call(&self.client, |mut client| {
+            let mut response = call(&self.client, self.request_timeout, |mut client| {
                 let (start, options) = (start.clone(), options.clone());
                 async move { client.get(start, Some(options)).await }
             })
             .await?;
             if revision == 0 {
-                revision = response.header().map_or(0, |header| header.revision());
+                // Without the first page's revision the pages could not be
+                // read at one revision, nor the watch started after it.
+                revision = response
+                    .header()
+                    .map(|header| header.revision())
+                    .filter(|revision| *revision > 0)
+                    .ok_or_else(|| {
+                        etcd_client::Error::GRpcStatus(tonic::Status::data_loss(
+                            "etcd answered a listing without the revision it read at",
+                        ))
+                    })?;
             }
             let more = response.more();
             let page = response.take_kvs();
@@ -372,8 +412,30 @@ impl EtcdLocator {
         }
     }
 
-    /// Applies one watch response.
-    fn apply(&mut self, response: WatchResponse) -> Result<(), LocatorError> {
+    /// Reads the first response of a watch just opened: etcd's answer to
+    /// the create request. Only a `created` response that does not cancel
+    /// the watch means the watch is running (and, after a failure, that it
+    /// resumed); etcd refuses a watch (no permission, say) with a response
+    /// both created and canceled.
+    fn confirm(&mut self, response: &WatchResponse, revision: i64) -> Result<(), LocatorError> {
+        if response.compact_revision() > 0 || response.canceled() || !response.created() {
+            return self.broken(response);
+        }
+        self.watch_created = true;
+        if self.resuming {
+            self.resuming = false;
+            self.status.send_modify(|status| status.resumes += 1);
+            tracing::debug!(from_revision = revision + 1, "etcd watch resumed");
+        }
+        Ok(())
+    }
+
+    /// Handles a response that compacts away, cancels or otherwise ends
+    /// the watch (or one that should have been the created response and
+    /// is not).
+    fn broken(&mut self, response: &WatchResponse) -> Result<(), LocatorError> {
+        self.watch = None;
+        self.watch_created = false;
         if response.compact_revision() > 0 {
             // The revision to resume from is gone: only a listing can
             // bring the set back in step.
@@ -382,16 +444,21 @@ impl EtcdLocator {
                 "etcd compacted the watched revision; listing again"
             );
             self.revision = None;
-            self.watch = None;
             self.status.send_modify(|status| status.compactions += 1);
             return Ok(());
         }
         if response.canceled() {
-            self.watch = None;
-            return Err(LocatorError::unavailable(WatchBroken(format!(
-                "etcd canceled the watch: {}",
-                response.cancel_reason()
-            ))));
+            return Err(watch_canceled(response.cancel_reason()));
+        }
+        Err(LocatorError::unavailable(WatchBroken(String::from(
+            "etcd answered the watch's create request with something else",
+        ))))
+    }
+
+    /// Applies one watch response.
+    fn apply(&mut self, response: WatchResponse) -> Result<(), LocatorError> {
+        if response.compact_revision() > 0 || response.canceled() {
+            return self.broken(&response);
         }
         let mut revision = self.revision.unwrap_or(0);
         let mut newly_unreadable = Vec::new();
@@ -443,6 +510,17 @@ impl EtcdLocator {
         Endpoint::parse(text.trim()).map_err(|error| error.to_string())
     }
 
+    /// The first key of the range followed: the prefix itself, or for an
+    /// empty prefix (every key) etcd's lowest key, `\0`, since etcd takes an
+    /// empty key as no key at all.
+    fn first_key(&self) -> Vec<u8> {
+        if self.key_prefix.is_empty() {
+            vec![0]
+        } else {
+            self.key_prefix.clone()
+        }
+    }
+
     fn current_set(&self) -> EndpointSet {
         self.entries.values().cloned().collect()
     }
@@ -461,6 +539,9 @@ impl Locator for EtcdLocator {
             if self.revision.is_none() {
                 continue; // a compaction: list before answering
             }
+            if self.watch.is_some() && !self.watch_created {
+                continue; // a watch just opened: answer once etcd confirms it
+            }
             let set = self.current_set();
             if self.answered.as_ref() != Some(&set) {
                 self.answered = Some(set.clone());
@@ -476,6 +557,7 @@ impl fmt::Debug for EtcdLocator {
             .field("key_prefix", &shown_key(&self.key_prefix))
             .field("from", &self.from)
             .field("page_size", &self.page_size)
+            .field("request_timeout", &self.request_timeout)
             .field("revision", &self.revision)
             .field("entries", &self.entries.len())
             .field("watching", &self.watch.is_some())
@@ -490,14 +572,27 @@ struct WatchBroken(String);
 
 /// Runs one etcd call, again after a short pause when it could not reach
 /// the member it was sent to. Only reads and watches are made this way.
-async fn call<T, F, Fut>(client: &Client, mut call: F) -> Result<T, etcd_client::Error>
+async fn call<T, F, Fut>(
+    client: &Client,
+    limit: Duration,
+    mut call: F,
+) -> Result<T, etcd_client::Error>
 where
     F: FnMut(Client) -> Fut,
     Fut: Future<Output = Result<T, etcd_client::Error>>,
 {
     let mut retries = 0;
     loop {
-        match call(client.clone()).await {
+        let answer = tokio::time::timeout(limit, call(client.clone()))
+            .await
+            .unwrap_or_else(|_| {
+                Err(etcd_client::Error::GRpcStatus(
+                    tonic::Status::deadline_exceeded(format!(
+                        "etcd did not answer within {limit:?}"
+                    )),
+                ))
+            });
+        match answer {
             Err(error) if retries < CONNECT_RETRIES && is_connect_failure(&error) => {
                 retries += 1;
                 tracing::debug!(%error, retries, "etcd member unreachable; trying again");
@@ -547,6 +642,24 @@ fn is_compacted(error: &etcd_client::Error) -> bool {
         if status.code() == Code::OutOfRange || status.message().contains("compacted"))
 }
 
+/// What etcd's cancellation of a watch means to the locator: a refusal
+/// (its reason names permission or authentication, as etcd's
+/// "etcdserver: permission denied" does) is [`LocatorError::Rejected`],
+/// since watching again will be refused again; any other reason is
+/// [`LocatorError::Unavailable`].
+fn watch_canceled(reason: &str) -> LocatorError {
+    let broken = WatchBroken(format!("etcd canceled the watch: {reason}"));
+    let lowered = reason.to_ascii_lowercase();
+    let refused = lowered.contains("permission") || lowered.contains("auth");
+    if refused {
+        LocatorError::Rejected {
+            source: std::sync::Arc::new(broken),
+        }
+    } else {
+        LocatorError::unavailable(broken)
+    }
+}
+
 /// Sorts an etcd error into a locator's terms: etcd's refusals (no
 /// permission, a bad request) are [`LocatorError::Rejected`]; everything
 /// else is transport trouble, [`LocatorError::Unavailable`].
@@ -574,6 +687,30 @@ mod tests {
         assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
         assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
         assert_eq!(prefix_end(b""), vec![0]);
+    }
+
+    #[test]
+    fn a_refused_watch_is_rejected_and_other_cancels_unavailable() {
+        for reason in [
+            "etcdserver: permission denied",
+            "etcdserver: invalid auth token",
+            "rpc error: authentication failed",
+        ] {
+            let error = watch_canceled(reason);
+            let is_rejected = matches!(error, LocatorError::Rejected { .. });
+            let is_auth = reason.contains("permission") || reason.contains("auth");
+            assert_eq!(is_rejected, is_auth, "{reason}: {error}");
+            assert!(error.to_string().contains(reason), "{error}");
+        }
+        for reason in [
+            "",
+            "etcdserver: mvcc: required revision is a future revision",
+        ] {
+            assert!(
+                matches!(watch_canceled(reason), LocatorError::Unavailable { .. }),
+                "{reason}"
+            );
+        }
     }
 
     #[test]

@@ -196,6 +196,48 @@ async fn the_locator_sees_puts_and_deletes_under_its_prefix() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_prefix_follows_every_key() -> Result<()> {
+    let cluster = EtcdCluster::single().await?;
+    let mut client = cluster.client().await?;
+    put(&mut client, "a", "10.0.0.1:80").await?;
+    put(&mut client, "z/deep/key", "10.0.0.2:80").await?;
+
+    // etcd takes an empty key as none: the locator must start at `\0`.
+    let mut locator = EtcdLocator::new(client.clone(), "", EndpointFrom::Value);
+    assert_eq!(next_answer(&mut locator).await??, set(&[ep(1), ep(2)]));
+    put(&mut client, "m", "10.0.0.3:80").await?;
+    assert_eq!(
+        next_answer(&mut locator).await??,
+        set(&[ep(1), ep(2), ep(3)])
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_never_answers_times_the_request_out() -> Result<()> {
+    // A listener that accepts connections and never says a word, as a hung
+    // member would.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = silent.local_addr()?;
+    let accepting = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((connection, _)) = silent.accept().await {
+            held.push(connection);
+        }
+    });
+    let client = Client::connect([format!("http://{address}")], None).await?;
+    let mut locator = EtcdLocator::new(client, PREFIX, EndpointFrom::Value)
+        .with_request_timeout(Duration::from_millis(300));
+    let answer = next_answer(&mut locator).await?;
+    accepting.abort();
+    assert!(
+        matches!(answer, Err(LocatorError::Unavailable { .. })),
+        "{answer:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listing_reads_every_page() -> Result<()> {
     let cluster = EtcdCluster::single().await?;
     let mut client = cluster.client().await?;
