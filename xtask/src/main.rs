@@ -35,15 +35,23 @@ const FACADE_FEATURES: &[&str] = &[
     "viewreg",
     "etcd",
     "full",
-    // `tower` acts only on viewreg (`flotilla-viewreg?/tower`): built with it.
+    // `tower` and `grpc` act only on viewreg (`flotilla-viewreg?/…`): built
+    // with it; `etcd` also with viewreg alone, whose etcd locator it enables.
     "viewreg,tower",
+    "viewreg,grpc",
+    "viewreg,etcd",
 ];
 
 /// Crate features, each built alone as (package, features): the workspace
 /// builds unify every crate's features, which can hide a feature that leans
 /// on a dependency feature only another crate turns on. A crate that adds a
 /// feature adds it here.
-const CRATE_FEATURES: &[(&str, &str)] = &[("flotilla-viewreg", "tower")];
+const CRATE_FEATURES: &[(&str, &str)] = &[
+    ("flotilla-viewreg", "tower"),
+    ("flotilla-viewreg", "etcd"),
+    ("flotilla-viewreg", "grpc"),
+    ("flotilla-viewreg", "etcd,grpc"),
+];
 
 /// The examples `ci` runs, as (package, features, example): each must end
 /// cleanly, as a user running it would expect.

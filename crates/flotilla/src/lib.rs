@@ -11,8 +11,10 @@
 //! | `viewreg` | `viewreg` | a client-side registry of servers, health-checked, filtered by features |
 //!
 //! `full` enables every crate. `etcd` adds the etcd backend of each enabled
-//! crate that has one (building it needs `protoc`). `tower` adds, with
-//! `viewreg`, its registry as a tower `Discover` stream. Each crate is also usable on its own
+//! crate that has one (building it needs `protoc`): publisher's namespace,
+//! viewreg's locator. `tower` adds, with `viewreg`, its registry as a tower
+//! `Discover` stream; `grpc` adds, with `viewreg`, its `grpc.health.v1`
+//! prober. Each crate is also usable on its own
 //! (`flotilla-depengine = "…"`); this facade only saves naming them one by
 //! one.
 //!

@@ -84,6 +84,22 @@ pub enum LocatorError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The discovery source refused the request (no permission, a bad
+    /// request): asking again will not help until someone fixes it.
+    #[error("discovery source refused the request: {source}")]
+    Rejected {
+        /// What the source said.
+        #[source]
+        source: Arc<dyn StdError + Send + Sync>,
+    },
+    /// A locator was made with a key prefix it cannot follow.
+    #[error("invalid key prefix {prefix:?}: {reason}")]
+    InvalidPrefix {
+        /// The prefix given.
+        prefix: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl LocatorError {
@@ -149,6 +165,22 @@ mod tests {
         assert_eq!(
             ProbeError::unreachable(&endpoint, refused).to_string(),
             "cannot reach 10.0.0.1:80: refused"
+        );
+        let prefix = LocatorError::InvalidPrefix {
+            prefix: String::from("names/"),
+            reason: String::from("ends with '/'"),
+        };
+        assert_eq!(
+            prefix.to_string(),
+            "invalid key prefix \"names/\": ends with '/'"
+        );
+        let denied = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "no permission");
+        let rejected = LocatorError::Rejected {
+            source: Arc::new(denied),
+        };
+        assert_eq!(
+            rejected.to_string(),
+            "discovery source refused the request: no permission"
         );
         let full = Error::ReportQueueFull { endpoint };
         let worker: WorkerError = full.into();

@@ -16,10 +16,20 @@
 //! last changed, and your client for that server, made once per endpoint
 //! by your connector and dropped when the endpoint leaves.
 //!
+//! Locators: [`StaticLocator`] (a fixed list), [`StreamLocator`] (any
+//! stream of endpoint sets), [`NameLocator`] (a name's servers from a
+//! core-types `EndpointSource`, such as flotilla-publisher's), and, with the
+//! `etcd` feature, `EtcdLocator`: an etcd key prefix listed in pages at one
+//! revision, then watched from the revision after, resumed from the last
+//! revision seen after a disconnect and listed again after a compaction
+//! (`EtcdLocator::for_published_name` follows the keys flotilla-publisher
+//! writes for a name).
+//!
 //! Probers: [`TcpProber`] (a connection opens), [`DiagnosticsProber`] (the
 //! server's [`DiagnosticsServer`] answers its status, features and
-//! partition over the flotilla [diagnostics] protocol),
-//! or your own [`Prober`].
+//! partition over the flotilla [diagnostics] protocol), with the `grpc`
+//! feature `GrpcProber` (the standard `grpc.health.v1` Check, which etcd
+//! members answer too), or your own [`Prober`].
 //!
 //! # Health rules
 //!
@@ -120,6 +130,12 @@ pub mod diagnostics;
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 mod discover;
 mod error;
+#[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
+mod etcd;
+#[cfg(feature = "grpc")]
+#[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
+mod grpc;
 mod health;
 mod index;
 mod locator;
@@ -136,10 +152,16 @@ pub use diagnostics::{
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub use discover::ViewDiscover;
 pub use error::{Error, LocatorError, ProbeError};
+#[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
+pub use etcd::{EndpointFrom, EtcdLocator, EtcdLocatorStatus};
 /// The shared vocabulary this crate's API speaks in, re-exported so that
 /// users need not name `flotilla-core-types` themselves.
 #[doc(no_inline)]
 pub use flotilla_core_types::{Endpoint, Worker, WorkerError, WorkerResult};
+#[cfg(feature = "grpc")]
+#[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
+pub use grpc::GrpcProber;
 pub use locator::{EndpointSet, Locator, NameLocator, StaticLocator, StreamLocator};
 pub use prober::{ProbeOutcome, Prober, TcpProber};
 pub use registry::{Registry, WaitLimit};

@@ -4,11 +4,17 @@
 //! model of those rules under random steps; the TCP and
 //! diagnostics probers against real loopback sockets; with the `tower`
 //! feature, the registry as a tower `Discover` stream under a real p2c
-//! balancer.
+//! balancer; with the `etcd` feature, the etcd locator against real etcd
+//! processes and clusters; with `grpc`, the gRPC health prober against
+//! real etcd members.
 
 mod diagnostics;
 #[cfg(feature = "tower")]
 mod discover;
+#[cfg(feature = "etcd")]
+mod etcd;
+#[cfg(feature = "grpc")]
+mod grpc;
 mod harness;
 mod health;
 mod membership;
