@@ -36,10 +36,12 @@ const FACADE_FEATURES: &[&str] = &[
     "etcd",
     "full",
     // `tower` and `grpc` act only on viewreg (`flotilla-viewreg?/…`): built
-    // with it; `etcd` also with viewreg alone, whose etcd locator it enables.
+    // with it; `etcd` also with viewreg alone and presence alone, whose etcd
+    // backends it enables.
     "viewreg,tower",
     "viewreg,grpc",
     "viewreg,etcd",
+    "presence,etcd",
 ];
 
 /// Crate features, each built alone as (package, features): the workspace
@@ -51,6 +53,7 @@ const CRATE_FEATURES: &[(&str, &str)] = &[
     ("flotilla-viewreg", "etcd"),
     ("flotilla-viewreg", "grpc"),
     ("flotilla-viewreg", "etcd,grpc"),
+    ("flotilla-presence", "etcd"),
 ];
 
 /// The examples `ci` runs, as (package, features, example): each must end

@@ -78,6 +78,17 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A record would be larger than the store accepts (etcd's request
+    /// limit): too many pings of one scope and slot for one writer.
+    #[error("presence record {location} would be {bytes} bytes, more than the {limit} allowed")]
+    RecordTooLarge {
+        /// The record's key.
+        location: String,
+        /// Its size.
+        bytes: usize,
+        /// The most the store takes.
+        limit: usize,
+    },
     /// A scope's incarnation counter is exhausted.
     #[error("scope {scope} has allocated every incarnation number")]
     IncarnationsExhausted {

@@ -25,7 +25,8 @@
 //!   most the latest change per key.
 //! - [`Pruner`]: removes what no reader will consult again ([`PruneRule`]).
 //! - [`PresenceStore`]: what all of them need from storage;
-//!   [`MemoryStore`] is the embedded one.
+//!   [`MemoryStore`] is the embedded one; `EtcdStore` (feature `etcd`)
+//!   shares the records of many processes through an etcd cluster.
 //!
 //! Every long-lived part is a [`Worker`](flotilla_core_types::Worker) and
 //! stops cleanly: after `wait` returns, its task has ended.
@@ -89,6 +90,8 @@ pub struct ReadmeDoctests;
 mod batcher;
 mod config;
 mod error;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod memory;
 mod pinger;
 mod pruner;
@@ -98,6 +101,9 @@ mod watcher;
 pub use batcher::{BatcherStatus, DirectRecorder, FlushReport, PingBatcher, PingRecorder};
 pub use config::{Clock, Config, MIN_SLOT_LENGTH, Slot};
 pub use error::{Error, StoreError};
+#[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
+pub use etcd::{DEFAULT_PREFIX, EtcdStore, MAX_RECORD_BYTES};
 pub use memory::{MemoryStore, StoreCounts};
 pub use pinger::Pinger;
 pub use pruner::{Pruner, PrunerStatus};
