@@ -111,6 +111,17 @@ pub(crate) fn slot_of(unix_time: Duration, slot_length: Duration) -> Slot {
 /// - A key whose pinger keeps running is never reported dead: validation
 ///   demands `P + 2·F·(1 + flush_jitter) ≤ S`, so in every slot a ping is
 ///   written (with one failed flush to spare) before the next slot starts.
+/// - A store that refuses or fails every write for a while causes no false
+///   deaths as long as that lasts at most [`Config::outage_tolerance`],
+///   `S − P − F·(1 + flush_jitter)`: the latest ping of a slot is then
+///   still written, by the first flush after the outage, before the slot
+///   ends. A write that hangs counts as outage until it times out, so keep
+///   the store's request timeout well below the tolerance. A watcher that
+///   lost touch itself holds its expiries back after it regains touch; one
+///   that did not (a store failing for the batcher only) relies on this
+///   bound. With the defaults it is 21.3 s; at `S` = 1 s, 0.45 s; so choose
+///   a slot several times longer than the elections and failovers of the
+///   store.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Config {
@@ -205,6 +216,15 @@ impl Config {
         self.slot_length * 2 + self.effective_load_interval()
     }
 
+    /// The longest span during which every store write may fail without a
+    /// running key being reported dead: `S − P − F·(1 + flush_jitter)`
+    /// (see the type's docs), or zero if the intervals leave none.
+    pub fn outage_tolerance(&self) -> Duration {
+        self.slot_length
+            .saturating_sub(self.effective_ping_interval())
+            .saturating_sub(self.max_flush_delay())
+    }
+
     /// The slot the clock is in now.
     pub fn current_slot(&self) -> Slot {
         self.clock.slot(self.slot_length)
@@ -280,6 +300,24 @@ mod tests {
         assert!(fast.validate().is_ok());
         assert_eq!(fast.death_bound(), Duration::from_millis(2250));
         assert_eq!(Config::default().death_bound(), Duration::from_secs(61));
+        assert_eq!(fast.outage_tolerance(), Duration::from_millis(450));
+        assert_eq!(
+            Config::default().outage_tolerance(),
+            Duration::from_millis(21_300)
+        );
+    }
+
+    #[test]
+    fn a_valid_config_tolerates_at_least_one_failed_flush() {
+        for seconds in [1, 2, 5, 30, 300] {
+            let config = Config::with_slot_length(Duration::from_secs(seconds));
+            assert!(config.validate().is_ok());
+            assert!(config.outage_tolerance() >= config.max_flush_delay());
+        }
+        let mut tight = Config::with_slot_length(Duration::from_secs(1));
+        tight.ping_interval = Some(Duration::from_secs(2));
+        assert!(tight.validate().is_err());
+        assert_eq!(tight.outage_tolerance(), Duration::ZERO);
     }
 
     #[test]

@@ -24,6 +24,12 @@ pub const DEFAULT_PREFIX: &str = "flotilla/presence/";
 /// How long one request may take before it counts as failed.
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How often a request is sent again when no member could be connected to,
+/// and the pause before each retry: about what a client's balancer needs to
+/// mark a dead member and pick another.
+const CONNECT_RETRIES: u32 = 3;
+const CONNECT_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
 /// Keys read per page of a range read.
 const PAGE_SIZE: i64 = 1000;
 
@@ -191,13 +197,35 @@ impl EtcdStore {
         self.shared.requests.load(Ordering::Relaxed)
     }
 
-    /// Sends one request, bounded by the request timeout.
-    async fn call<T, Fut>(&self, operation: &'static str, request: Fut) -> Result<T, StoreError>
+    /// Sends one request, made by `request` from a client, bounded by the
+    /// request timeout. A member that cannot be connected to (killed, or
+    /// restarting) is tried again a few times, so that the client's
+    /// balancer moves on to a live member: every request presence sends is
+    /// safe to repeat (unions, compare-and-swap, reads, deletes).
+    async fn call<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        mut request: F,
+    ) -> Result<T, StoreError>
     where
+        F: FnMut(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        self.shared.requests.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(self.request_timeout, request).await {
+        let attempts = async {
+            let mut retries = 0;
+            loop {
+                self.shared.requests.fetch_add(1, Ordering::Relaxed);
+                match request(self.client.clone()).await {
+                    Err(error) if retries < CONNECT_RETRIES && is_connect_failure(&error) => {
+                        retries += 1;
+                        tracing::debug!(%error, retries, operation, "etcd member unreachable; trying again");
+                        tokio::time::sleep(CONNECT_RETRY_PAUSE).await;
+                    }
+                    result => return result,
+                }
+            }
+        };
+        match tokio::time::timeout(self.request_timeout, attempts).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(error)) => Err(StoreError::unavailable(operation, error)),
             Err(_elapsed) => Err(StoreError::unavailable(
@@ -208,9 +236,11 @@ impl EtcdStore {
     }
 
     async fn txn(&self, operation: &'static str, txn: Txn) -> Result<TxnResponse, StoreError> {
-        let mut client = self.client.clone();
-        self.call(operation, async move { client.txn(txn).await })
-            .await
+        self.call(operation, |mut client| {
+            let txn = txn.clone();
+            async move { client.txn(txn).await }
+        })
+        .await
     }
 
     fn counter_key(&self, scope: &Name) -> Vec<u8> {
@@ -316,12 +346,11 @@ impl EtcdStore {
                     .with_range(end.clone())
                     .with_limit(PAGE_SIZE)
                     .with_revision(revision);
-                let mut client = self.client.clone();
                 let mut next: GetResponse = self
-                    .call(
-                        operation,
-                        async move { client.get(after, Some(options)).await },
-                    )
+                    .call(operation, |mut client| {
+                        let (after, options) = (after.clone(), options.clone());
+                        async move { client.get(after, Some(options)).await }
+                    })
                     .await?;
                 more = next.more();
                 kvs.extend(next.take_kvs());
@@ -436,12 +465,11 @@ impl EtcdStore {
 
         let options = DeleteOptions::new().with_range(self.slot_start(scope, rule.keep_slots_from));
         let slots = self.slots_prefix(scope);
-        let mut client = self.client.clone();
         let deleted = self
-            .call(
-                "prune",
-                async move { client.delete(slots, Some(options)).await },
-            )
+            .call("prune", |mut client| {
+                let (slots, options) = (slots.clone(), options.clone());
+                async move { client.delete(slots, Some(options)).await }
+            })
             .await?;
         report.slots = usize::try_from(deleted.deleted()).unwrap_or(usize::MAX);
         Ok(report)
@@ -565,12 +593,10 @@ impl PresenceStore for EtcdStore {
             let writes = written.entry(slot).or_default();
             if writes.lease.is_none() {
                 let ttl = self.slot_lease_seconds;
-                let mut client = self.client.clone();
                 let granted = self
-                    .call(
-                        "write_pings",
-                        async move { client.lease_grant(ttl, None).await },
-                    )
+                    .call("write_pings", |mut client| async move {
+                        client.lease_grant(ttl, None).await
+                    })
                     .await?;
                 writes.lease = Some(granted.id());
             }
@@ -632,11 +658,10 @@ impl PresenceStore for EtcdStore {
 
     async fn mark_stopped(&self, scope: &Name, incarnation: Incarnation) -> Result<(), StoreError> {
         let key = self.stopped_key(scope, incarnation);
-        let mut client = self.client.clone();
-        self.call(
-            "mark_stopped",
-            async move { client.put(key, "", None).await },
-        )
+        self.call("mark_stopped", |mut client| {
+            let key = key.clone();
+            async move { client.put(key, "", None).await }
+        })
         .await?;
         Ok(())
     }
@@ -682,11 +707,13 @@ impl PresenceStore for EtcdStore {
 
     async fn remove_scope(&self, scope: &Name) -> Result<(), StoreError> {
         let records = self.scope_prefix(scope);
-        let mut client = self.client.clone();
-        self.call("remove_scope", async move {
-            client
-                .delete(records, Some(DeleteOptions::new().with_prefix()))
-                .await
+        self.call("remove_scope", |mut client| {
+            let records = records.clone();
+            async move {
+                client
+                    .delete(records, Some(DeleteOptions::new().with_prefix()))
+                    .await
+            }
         })
         .await?;
         let mut written = self.shared.written.lock().await;
@@ -821,6 +848,18 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 
 fn shown(key: &[u8]) -> String {
     String::from_utf8_lossy(key).into_owned()
+}
+
+/// Whether `error` says no member could be reached at all (so the request
+/// never arrived and is worth sending again at once).
+fn is_connect_failure(error: &etcd_client::Error) -> bool {
+    match error {
+        etcd_client::Error::TransportError(_) => true,
+        etcd_client::Error::GRpcStatus(status) => {
+            status.code() == tonic::Code::Unavailable && status.message().contains("connect")
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]

@@ -1,12 +1,14 @@
 //! The stated bounds, on the paused clock: a dead pinger's key is reported
 //! dead within `2·S + L` wherever in a slot it died, a running key is never
 //! reported dead (jittered flushes included), a new key is reported alive
-//! within one load.
+//! within one load, and a write outage within the tolerance kills no
+//! running key.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use flotilla_core_types::Worker;
-use flotilla_presence::{Clock, Config, Reason};
+use flotilla_presence::{Clock, Config, Event, Reason};
 use tokio::time::Instant;
 
 use crate::harness::{Parts, fast_config, key, next_change};
@@ -100,4 +102,66 @@ async fn a_new_key_is_reported_alive_within_one_load() {
     assert!(alive.alive);
     assert!(started.elapsed() <= parts.config.effective_load_interval());
     parts.stop().await;
+}
+
+/// Runs 20 pingers, fails every write for `outage` from `offset` into a
+/// slot while loads go on succeeding (a store failing for the batcher
+/// only), and returns the keys reported dead by two slots after it.
+async fn deaths_through_a_write_outage(offset: Duration, outage: Duration) -> usize {
+    let config = fast_config();
+    let parts = Parts::start(config.clone());
+    let keys: Vec<_> = (0..20).map(key).collect();
+    let mut pingers = Vec::new();
+    for agent in &keys {
+        pingers.push(parts.pinger(agent).await);
+    }
+    let (mut changes, first) = parts.subscription(&keys).await;
+    assert!(first.iter().all(|change| change.alive));
+    let slot = config.slot_length;
+    let into_slot = Duration::from_nanos(
+        u64::try_from(config.clock.now().as_nanos() % slot.as_nanos()).expect("fits"),
+    );
+    // Events are taken as they come: a death and the return after it
+    // would otherwise coalesce into nothing.
+    let mut deaths = 0;
+    let mut take_events_for = async |lasting: Duration| {
+        let until = Instant::now() + lasting;
+        while let Ok(Some(event)) = tokio::time::timeout_at(until, changes.next()).await {
+            if matches!(event, Event::Change(change) if !change.alive) {
+                deaths += 1;
+            }
+        }
+    };
+    take_events_for(slot * 2 - into_slot + offset).await;
+    parts.store.fail_writes.store(true, Ordering::SeqCst);
+    take_events_for(outage).await;
+    parts.store.fail_writes.store(false, Ordering::SeqCst);
+    take_events_for(slot * 2).await;
+    for pinger in pingers {
+        pinger.kill();
+        pinger.wait().await.expect("stops cleanly");
+    }
+    parts.stop().await;
+    deaths
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_outage_within_the_tolerance_kills_no_running_key_and_a_longer_one_does() {
+    let tolerance = fast_config().outage_tolerance();
+    assert_eq!(tolerance, Duration::from_millis(500));
+    for offset_ms in (0..1000).step_by(50) {
+        let offset = Duration::from_millis(offset_ms);
+        assert_eq!(
+            deaths_through_a_write_outage(offset, tolerance - Duration::from_millis(1)).await,
+            0,
+            "an outage of {tolerance:?} from {offset:?} into a slot"
+        );
+        // Two slots without a write leave a whole slot without pings.
+        let long = fast_config().slot_length * 2;
+        assert_eq!(
+            deaths_through_a_write_outage(offset, long).await,
+            20,
+            "an outage of {long:?} from {offset:?} into a slot"
+        );
+    }
 }

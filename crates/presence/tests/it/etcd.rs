@@ -386,12 +386,23 @@ async fn two_batchers_and_a_watcher_agree() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_leader_and_a_returning_member_cause_no_false_deaths() -> Result<()> {
     let mut cluster = EtcdCluster::three().await?;
-    // Two-second slots: an election (about a second here) fits in one.
-    let config = Config::with_slot_length(Duration::from_secs(2));
+    // The batcher's writes may fail from the kill until a new leader is
+    // elected and its client has moved on, while the watcher's reads
+    // succeed: five-second slots tolerate 2.55 s of that (outage_tolerance),
+    // several elections here, with requests bounded by one second.
+    let config = Config::with_slot_length(Duration::from_secs(5));
+    assert_eq!(config.outage_tolerance(), Duration::from_millis(2550));
+    let request_timeout = Duration::from_secs(1);
     let scope = name("model-1");
-    let process = Process::start(&cluster, &config).await?;
+    let store = EtcdStore::new(connect(cluster.endpoints()).await?, &config)
+        .with_request_timeout(request_timeout);
+    let process = Process {
+        batcher: PingBatcher::start(store.clone(), config.clone())?,
+        store,
+    };
     let watcher = Watcher::start(
-        EtcdStore::new(connect(cluster.endpoints()).await?, &config),
+        EtcdStore::new(connect(cluster.endpoints()).await?, &config)
+            .with_request_timeout(request_timeout),
         scope.clone(),
         config.clone(),
     )?;
@@ -408,7 +419,11 @@ async fn a_lost_leader_and_a_returning_member_cause_no_false_deaths() -> Result<
     let mut subscription = watcher.subscribe();
     subscription.watch_many(keys.clone()).await?;
 
-    async fn no_deaths(subscription: &mut Subscription, lasting: Duration) -> Result<usize> {
+    async fn no_deaths(
+        subscription: &mut Subscription,
+        batcher: &PingBatcher,
+        lasting: Duration,
+    ) -> Result<usize> {
         let until = Instant::now() + lasting;
         let mut touch_events = 0;
         while let Ok(Some(event)) = timeout(
@@ -419,26 +434,35 @@ async fn a_lost_leader_and_a_returning_member_cause_no_false_deaths() -> Result<
         {
             match event {
                 Event::Change(change) if change.alive => {}
-                Event::Change(change) => bail!("a false death: {change:?}"),
+                Event::Change(change) => bail!(
+                    "a false death: {change:?}; the batcher: {:?}",
+                    batcher.status()
+                ),
                 _ => touch_events += 1,
             }
         }
         Ok(touch_events)
     }
-    no_deaths(&mut subscription, config.slot_length).await?;
+    no_deaths(&mut subscription, &process.batcher, config.slot_length).await?;
 
     let leader = cluster.leader().await?;
     cluster.kill(leader)?;
     // Through the election and three slots beyond the death bound.
     no_deaths(
         &mut subscription,
+        &process.batcher,
         config.death_bound() + 2 * config.slot_length,
     )
     .await?;
     assert_eq!(watcher.alive_many(&keys).await?, vec![true; keys.len()]);
 
     cluster.restart(leader).await?;
-    no_deaths(&mut subscription, config.death_bound() + config.slot_length).await?;
+    no_deaths(
+        &mut subscription,
+        &process.batcher,
+        config.death_bound() + config.slot_length,
+    )
+    .await?;
     assert_eq!(watcher.alive_many(&keys).await?, vec![true; keys.len()]);
 
     for pinger in pingers {
