@@ -33,6 +33,7 @@
 //! always reads the latest state; [`Subscription::coalesced`] counts what it
 //! skipped.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -530,14 +531,26 @@ struct QueueState {
     /// Keys (or the touch event) in the order their pending event arrived.
     /// An entry whose event was cancelled is skipped when reached.
     order: VecDeque<Pending>,
-    changes: HashMap<Name, Change>,
+    /// Each key's pending change.
+    changes: HashMap<Name, PendingChange>,
     touch: Option<Event>,
-    /// What the subscriber last took, per key: (alive, incarnation).
-    taken: HashMap<Name, (bool, Option<Incarnation>)>,
     /// Whether the last touch event the subscriber took was out of touch.
     taken_out_of_touch: bool,
     coalesced: u64,
     closed: bool,
+}
+
+/// A change not yet taken, and the state of its key the subscriber was
+/// given before it: a newer change back to that state cancels the pending
+/// one.
+///
+/// Nothing is kept per key once its change is taken: with nothing pending
+/// the subscriber holds the state the watcher last gave it, and the watcher
+/// passes that state with its next change.
+#[derive(Debug)]
+struct PendingChange {
+    change: Change,
+    taken_before: Option<(bool, Option<Incarnation>)>,
 }
 
 impl QueueState {
@@ -545,9 +558,8 @@ impl QueueState {
         while let Some(pending) = self.order.pop_front() {
             match pending {
                 Pending::Key(key) => {
-                    if let Some(change) = self.changes.remove(&key) {
-                        self.taken.insert(key, (change.alive, change.incarnation));
-                        return Some(Event::Change(change));
+                    if let Some(pending) = self.changes.remove(&key) {
+                        return Some(Event::Change(pending.change));
                     }
                 }
                 Pending::Touch => {
@@ -578,24 +590,29 @@ impl Queue {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn push_change(&self, change: Change) {
+    /// Buffers `change`; `taken_before` is the state the subscriber was
+    /// last given of its key, if it was given one.
+    fn push_change(&self, change: Change, taken_before: Option<(bool, Option<Incarnation>)>) {
         let mut state = self.lock();
         let seen = (change.alive, change.incarnation);
-        let same_as_taken = state.taken.get(&change.key) == Some(&seen);
-        if state.changes.contains_key(&change.key) {
-            state.coalesced += 1;
-            if same_as_taken {
+        if let Some(pending) = state.changes.get_mut(&change.key) {
+            let back_to_taken = pending.taken_before == Some(seen);
+            if back_to_taken {
                 state.changes.remove(&change.key);
             } else {
-                state.changes.insert(change.key.clone(), change);
+                pending.change = change;
             }
-            return;
-        }
-        if same_as_taken {
+            state.coalesced += 1;
             return;
         }
         state.order.push_back(Pending::Key(change.key.clone()));
-        state.changes.insert(change.key.clone(), change);
+        state.changes.insert(
+            change.key.clone(),
+            PendingChange {
+                change,
+                taken_before,
+            },
+        );
         drop(state);
         self.ready.notify_one();
     }
@@ -632,7 +649,6 @@ impl Queue {
     fn forget(&self, key: &Name) {
         let mut state = self.lock();
         state.changes.remove(key);
-        state.taken.remove(key);
     }
 
     fn close(&self) {
@@ -709,7 +725,52 @@ impl KeyState {
 #[derive(Debug)]
 struct KeyWatch {
     state: Option<KeyState>,
-    subscribers: Vec<u64>,
+    subscribers: SubscriberIds,
+}
+
+/// The ids of a key's subscribers. Most keys have one, kept inline: a
+/// vector's allocation per key would be a third of the watcher's memory.
+#[derive(Debug)]
+enum SubscriberIds {
+    One(u64),
+    Many(Vec<u64>),
+}
+
+impl SubscriberIds {
+    fn contains(&self, id: u64) -> bool {
+        match self {
+            SubscriberIds::One(only) => *only == id,
+            SubscriberIds::Many(ids) => ids.contains(&id),
+        }
+    }
+
+    fn push(&mut self, id: u64) {
+        match self {
+            SubscriberIds::One(only) => *self = SubscriberIds::Many(vec![*only, id]),
+            SubscriberIds::Many(ids) => ids.push(id),
+        }
+    }
+
+    /// Removes `id`; returns whether any subscriber is left.
+    fn remove(&mut self, id: u64) -> bool {
+        match self {
+            SubscriberIds::One(only) => *only != id,
+            SubscriberIds::Many(ids) => {
+                ids.retain(|subscriber| *subscriber != id);
+                if let [only] = ids[..] {
+                    *self = SubscriberIds::One(only);
+                }
+                true
+            }
+        }
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, u64> {
+        match self {
+            SubscriberIds::One(only) => std::slice::from_ref(only).iter(),
+            SubscriberIds::Many(ids) => ids.iter(),
+        }
+    }
 }
 
 /// The watcher's task: owns the watched keys and the subscribers' buffers.
@@ -758,10 +819,7 @@ impl<S: PresenceStore> Loader<S> {
             }
             Command::Unsubscribe { id } => {
                 self.subscribers.remove(&id);
-                self.keys.retain(|_, watch| {
-                    watch.subscribers.retain(|subscriber| *subscriber != id);
-                    !watch.subscribers.is_empty()
-                });
+                self.keys.retain(|_, watch| watch.subscribers.remove(id));
                 self.publish_status();
             }
             Command::Watch { id, keys, reply } => {
@@ -770,8 +828,7 @@ impl<S: PresenceStore> Loader<S> {
             }
             Command::Unwatch { id, key, reply } => {
                 if let Some(watch) = self.keys.get_mut(&key) {
-                    watch.subscribers.retain(|subscriber| *subscriber != id);
-                    if watch.subscribers.is_empty() {
+                    if !watch.subscribers.remove(id) {
                         self.keys.remove(&key);
                     }
                 }
@@ -796,16 +853,22 @@ impl<S: PresenceStore> Loader<S> {
         };
         let mut unknown = Vec::new();
         for key in keys {
-            let watch = self.keys.entry(key.clone()).or_insert_with(|| KeyWatch {
-                state: None,
-                subscribers: Vec::new(),
-            });
-            if watch.subscribers.contains(&id) {
-                continue;
-            }
-            watch.subscribers.push(id);
+            let watch = match self.keys.entry(key.clone()) {
+                Entry::Vacant(vacant) => vacant.insert(KeyWatch {
+                    state: None,
+                    subscribers: SubscriberIds::One(id),
+                }),
+                Entry::Occupied(occupied) => {
+                    let watch = occupied.into_mut();
+                    if watch.subscribers.contains(id) {
+                        continue;
+                    }
+                    watch.subscribers.push(id);
+                    watch
+                }
+            };
             match watch.state {
-                Some(state) => queue.push_change(state.change(&key, state.first_reason())),
+                Some(state) => queue.push_change(state.change(&key, state.first_reason()), None),
                 None => unknown.push(key),
             }
         }
@@ -867,6 +930,7 @@ impl<S: PresenceStore> Loader<S> {
                 continue;
             };
             let next = KeyState::from_record(records.get(&key));
+            let given = watch.state.map(|last| (last.alive, last.incarnation));
             let reason = match watch.state {
                 None => Some(next.first_reason()),
                 Some(last) => match last.transition(next) {
@@ -879,9 +943,9 @@ impl<S: PresenceStore> Loader<S> {
                 continue;
             };
             let change = next.change(&key, reason);
-            for subscriber in &watch.subscribers {
+            for subscriber in watch.subscribers.iter() {
                 if let Some(queue) = self.subscribers.get(subscriber) {
-                    queue.push_change(change.clone());
+                    queue.push_change(change.clone(), given);
                 }
             }
         }
@@ -946,5 +1010,69 @@ impl<S> Drop for Loader<S> {
         for queue in self.subscribers.values() {
             queue.close();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(alive: bool, incarnation: u64, reason: Reason) -> Change {
+        Change {
+            key: Name::new("agent").expect("valid"),
+            alive,
+            incarnation: Some(Incarnation(incarnation)),
+            reason,
+        }
+    }
+
+    #[test]
+    fn a_change_back_to_what_was_given_cancels_the_pending_one() {
+        let queue = Queue::default();
+        queue.push_change(change(true, 1, Reason::Started), None);
+        assert!(matches!(queue.pop(), Some(Event::Change(c)) if c.alive));
+        // It dies and comes back before the subscriber looks: nothing.
+        queue.push_change(
+            change(false, 1, Reason::Expired),
+            Some((true, Some(Incarnation(1)))),
+        );
+        queue.push_change(
+            change(true, 1, Reason::Started),
+            Some((false, Some(Incarnation(1)))),
+        );
+        assert!(queue.pop().is_none());
+        assert_eq!(queue.lock().coalesced, 1);
+        // It dies and comes back in a newer incarnation: the latest state.
+        queue.push_change(
+            change(false, 1, Reason::Expired),
+            Some((true, Some(Incarnation(1)))),
+        );
+        queue.push_change(
+            change(true, 2, Reason::Started),
+            Some((false, Some(Incarnation(1)))),
+        );
+        let Some(Event::Change(latest)) = queue.pop() else {
+            panic!("the latest change is pending");
+        };
+        assert_eq!(
+            (latest.alive, latest.incarnation),
+            (true, Some(Incarnation(2)))
+        );
+        assert!(queue.pop().is_none());
+        assert_eq!(queue.lock().coalesced, 2);
+    }
+
+    #[test]
+    fn subscriber_ids_go_from_one_to_many_and_back() {
+        let mut ids = SubscriberIds::One(1);
+        assert!(ids.contains(1) && !ids.contains(2));
+        ids.push(2);
+        ids.push(3);
+        assert_eq!(ids.iter().copied().collect::<Vec<_>>(), [1, 2, 3]);
+        assert!(ids.remove(2));
+        assert!(ids.remove(1));
+        assert!(matches!(ids, SubscriberIds::One(3)));
+        assert!(ids.remove(4), "an id it does not hold leaves it as it was");
+        assert!(!ids.remove(3), "none left");
     }
 }
