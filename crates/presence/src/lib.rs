@@ -102,6 +102,9 @@ pub use batcher::{BatcherStatus, DirectRecorder, FlushReport, PingBatcher, PingR
 pub use config::{Clock, Config, MIN_SLOT_LENGTH, Slot};
 pub use error::{Error, StoreError};
 #[cfg(feature = "etcd")]
+#[doc(hidden)]
+pub use etcd::decode_any_record;
+#[cfg(feature = "etcd")]
 #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
 pub use etcd::{DEFAULT_PREFIX, EtcdStore, MAX_RECORD_BYTES};
 pub use memory::{MemoryStore, StoreCounts};

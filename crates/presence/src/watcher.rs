@@ -827,10 +827,10 @@ impl<S: PresenceStore> Loader<S> {
                 let _ = reply.send(());
             }
             Command::Unwatch { id, key, reply } => {
-                if let Some(watch) = self.keys.get_mut(&key) {
-                    if !watch.subscribers.remove(id) {
-                        self.keys.remove(&key);
-                    }
+                if let Some(watch) = self.keys.get_mut(&key)
+                    && !watch.subscribers.remove(id)
+                {
+                    self.keys.remove(&key);
                 }
                 self.publish_status();
                 let _ = reply.send(());

@@ -242,6 +242,83 @@ async fn unreadable_records_are_named_errors() -> Result<()> {
     Ok(())
 }
 
+/// A load reads only the beings written since the last one (one request
+/// in the steady state), and still sees every change made by others: a
+/// new incarnation, a prune of superseded ones, a being deleted by hand,
+/// the whole scope removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loads_read_only_new_beings_and_still_see_every_change() -> Result<()> {
+    let cluster = EtcdCluster::single().await?;
+    let config = fast_config();
+    let reader = EtcdStore::new(cluster.client().await?, &config);
+    let writer = EtcdStore::new(cluster.client().await?, &config);
+    let client = cluster.client().await?;
+    let scope = name("model-1");
+    let keys: Vec<Name> = (0..3).map(key).collect();
+    let mut first = Vec::new();
+    for key in &keys {
+        first.push(writer.begin(&scope, key, Slot(10)).await?);
+    }
+    // More beings than one page holds, so that reading them all takes
+    // another request and reading only the new ones does not.
+    for n in 0..1_000 {
+        writer
+            .begin(&scope, &name(&format!("other-{n}")), Slot(10))
+            .await?;
+    }
+    let load = |reader: &EtcdStore| {
+        let (reader, scope, keys) = (reader.clone(), scope.clone(), keys.clone());
+        async move {
+            let before = reader.requests_sent();
+            let loaded = reader.load(&scope, &keys, Slot(10)).await?;
+            let incarnations: Vec<_> = keys
+                .iter()
+                .map(|key| loaded.get(key).map(|record| record.incarnation))
+                .collect();
+            anyhow::Ok((incarnations, reader.requests_sent() - before))
+        }
+    };
+    let everyone = |incarnations: &[flotilla_presence::Incarnation]| {
+        incarnations.iter().copied().map(Some).collect::<Vec<_>>()
+    };
+
+    assert_eq!(
+        load(&reader).await?,
+        (everyone(&first), 2),
+        "all, in two pages"
+    );
+    assert_eq!(load(&reader).await?, (everyone(&first), 1), "nothing new");
+    // Another process restarts key 0: the new incarnation, in one request.
+    let restarted = writer.begin(&scope, &keys[0], Slot(11)).await?;
+    let mut now = first.clone();
+    now[0] = restarted;
+    assert_eq!(load(&reader).await?, (everyone(&now), 1));
+    // A prune deletes the superseded incarnation: the count no longer
+    // matches, so every being is read again (two more requests).
+    let pruned = writer
+        .prune(PruneRule {
+            keep_slots_from: Slot(10),
+            forget_dead_before: Slot(0),
+        })
+        .await?;
+    assert_eq!(pruned.incarnations, 1);
+    assert_eq!(load(&reader).await?, (everyone(&now), 3));
+    assert_eq!(load(&reader).await?, (everyone(&now), 1));
+    // A being deleted by hand (key 2's only one): the key is gone.
+    let mut being = reader.prefix().to_vec();
+    being.extend_from_slice(format!("model-1/#being/agent-2#{:020}", first[2].0).as_bytes());
+    assert_eq!(client.clone().delete(being, None).await?.deleted(), 1);
+    let (seen, requests) = load(&reader).await?;
+    assert_eq!(seen, vec![Some(now[0]), Some(now[1]), None]);
+    assert_eq!(requests, 3);
+    // The scope removed, then started again.
+    writer.remove_scope(&scope).await?;
+    assert_eq!(load(&reader).await?.0, vec![None, None, None]);
+    let again = writer.begin(&scope, &keys[1], Slot(12)).await?;
+    assert_eq!(load(&reader).await?, (vec![None, Some(again), None], 1));
+    Ok(())
+}
+
 struct Process {
     store: EtcdStore,
     batcher: PingBatcher,
