@@ -8,8 +8,8 @@ use std::sync::{Mutex as SyncMutex, MutexGuard};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, ConnectOptions, DeleteOptions, EventType, GetOptions, KeyValue, LeaseKeepAliveStream,
-    LeaseKeeper, PutOptions, Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions, WatchStream,
+    Client, ConnectOptions, DeleteOptions, GetOptions, KeyValue, LeaseKeepAliveStream, LeaseKeeper,
+    PutOptions, Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions, WatchStream,
 };
 use flotilla_core_types::{
     Endpoint, EndpointSource, EndpointWatch, EndpointsFuture, Name, SourceError,
@@ -1045,10 +1045,11 @@ impl Namespace for EtcdNamespace {
             };
             let mut owned = self.owned();
             for event in message.events() {
-                if event.event_type() != EventType::Delete {
-                    continue;
-                }
+                // A deleted key has version 0 (read from the record, not
+                // from `event_type`, which panics on a type it does not
+                // know).
                 if let Some(kv) = event.kv()
+                    && kv.version() == 0
                     && let Ok(key) = std::str::from_utf8(kv.key())
                 {
                     owned.deleted(
@@ -1282,11 +1283,15 @@ impl NameWatch {
             let mut changes = Vec::with_capacity(response.events().len());
             for event in response.events() {
                 let Some(kv) = event.kv() else { continue };
-                let parsed = match event.event_type() {
-                    EventType::Put => parse_entry(&self.key_prefix, kv.key(), kv.value())
-                        .map(|(server, flags)| NameChange::Mounted { server, flags }),
-                    EventType::Delete => parse_server(&self.key_prefix, kv.key())
-                        .map(|server| NameChange::Unmounted { server }),
+                // A deleted key has version 0 (read from the record, not
+                // from `event_type`, which panics on a type it does not
+                // know).
+                let parsed = if kv.version() == 0 {
+                    parse_server(&self.key_prefix, kv.key())
+                        .map(|server| NameChange::Unmounted { server })
+                } else {
+                    parse_entry(&self.key_prefix, kv.key(), kv.value())
+                        .map(|(server, flags)| NameChange::Mounted { server, flags })
                 };
                 let change = parsed.unwrap_or_else(|bad| {
                     tracing::warn!(key = %bad.key, reason = %bad.reason, "unreadable entry in a watched name");
