@@ -19,6 +19,11 @@ use crate::{FeatureSet, ProbeError, ProbeOutcome, Prober};
 /// as unreachable, with the transport's reason, rather than as a timeout.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(800);
 
+/// How long one `Check` may take by default, sent to the server as its
+/// deadline (`grpc-timeout`): inside the registry's default probe timeout
+/// for the same reason.
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_millis(800);
+
 /// A health check by the standard gRPC health protocol: a `Check` of one
 /// service name on the server's `grpc.health.v1.Health` service.
 ///
@@ -36,12 +41,26 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(800);
 /// | no connection, status `UNAVAILABLE` | [`ProbeOutcome::Failed`] with [`ProbeError::Unreachable`] |
 /// | any other status, or a status value not in the protocol | [`ProbeOutcome::Failed`] with [`ProbeError::Protocol`] |
 ///
-/// A check that takes too long is cut by the registry's
-/// [`probe_timeout`](crate::RegistryConfig::probe_timeout) and counts as a
-/// failure.
+/// Each `Check` carries a deadline (`grpc-timeout`, 800 ms unless set with
+/// [`with_request_timeout`](GrpcProber::with_request_timeout)), so the
+/// server can give up on it too; one that passes it is
+/// [`ProbeOutcome::Failed`] with [`ProbeError::TimedOut`]. A probe that
+/// takes longer than the registry's
+/// [`probe_timeout`](crate::RegistryConfig::probe_timeout) is cut there
+/// and counts as a failure as well.
+///
+/// # Service names and features
 ///
 /// The service name is `""` (the server as a whole) unless set with
-/// [`with_service`](GrpcProber::with_service). etcd answers only for `""`.
+/// [`with_service`](GrpcProber::with_service); etcd answers only for `""`.
+/// A serving server provides the features given with
+/// [`with_features`](GrpcProber::with_features), and, for each name given
+/// with [`with_feature_service`](GrpcProber::with_feature_service), the
+/// features of that name when the server answers `SERVING` for it too
+/// (the per-feature checks go over the same connection). A feature name the
+/// server does not serve, or does not know, leaves its features out; one
+/// whose check fails fails the probe.
+///
 /// Connections are plaintext HTTP/2: the name
 /// [`plaintext`](GrpcProber::plaintext) says so.
 ///
@@ -62,7 +81,12 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(800);
 pub struct GrpcProber<F> {
     service: String,
     features: F,
+    /// Further service names, each with the features it stands for, and
+    /// how to add them to a set (known where the names were given).
+    feature_services: Vec<(String, F)>,
+    merge: Option<fn(&mut F, F)>,
     connect_timeout: Duration,
+    request_timeout: Duration,
 }
 
 impl<F: FeatureSet> GrpcProber<F> {
@@ -72,7 +96,10 @@ impl<F: FeatureSet> GrpcProber<F> {
         GrpcProber {
             service: String::new(),
             features: F::default(),
+            feature_services: Vec::new(),
+            merge: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 
@@ -95,9 +122,42 @@ impl<F: FeatureSet> GrpcProber<F> {
         self
     }
 
+    /// Gives each `Check` a deadline of `timeout` (default 800 ms), sent to
+    /// the server as `grpc-timeout`.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
     /// The service name asked about.
     pub fn service(&self) -> &str {
         &self.service
+    }
+
+    /// Also asks about the service `name`: a serving server that answers
+    /// `SERVING` for it provides `features` as well (see the type's docs).
+    ///
+    /// ```
+    /// use std::collections::BTreeSet;
+    /// use flotilla_viewreg::GrpcProber;
+    ///
+    /// let prober = GrpcProber::plaintext()
+    ///     .with_feature_service("kv.Store", BTreeSet::from(["kv"]))
+    ///     .with_feature_service("search.Index", BTreeSet::from(["search"]));
+    /// assert_eq!(prober.feature_services().count(), 2);
+    /// ```
+    pub fn with_feature_service(mut self, name: impl Into<String>, features: F) -> Self
+    where
+        F: IntoIterator + Extend<<F as IntoIterator>::Item>,
+    {
+        self.feature_services.push((name.into(), features));
+        self.merge = Some(|into, more| into.extend(more));
+        self
+    }
+
+    /// The service names asked about for features, in the order given.
+    pub fn feature_services(&self) -> impl Iterator<Item = &str> {
+        self.feature_services.iter().map(|(name, _)| name.as_str())
     }
 }
 
@@ -111,12 +171,50 @@ impl<F: FeatureSet> Prober<F> for GrpcProber<F> {
             Ok(channel) => channel,
             Err(error) => return ProbeOutcome::Failed(ProbeError::unreachable(endpoint, error)),
         };
-        let request = HealthCheckRequest {
-            service: self.service.clone(),
+        let mut client = HealthClient::new(channel);
+        let mut outcome = match self.check(&mut client, endpoint, &self.service).await {
+            Ok(status) => self.outcome_of(endpoint, status),
+            Err(outcome) => return outcome,
         };
-        match HealthClient::new(channel).check(request).await {
-            Ok(response) => self.outcome_of(endpoint, response.into_inner().status),
-            Err(status) => outcome_of_status(endpoint, status),
+        let (ProbeOutcome::Serving { features, .. }, Some(merge)) = (&mut outcome, self.merge)
+        else {
+            return outcome;
+        };
+        for (name, more) in &self.feature_services {
+            match self.check(&mut client, endpoint, name).await {
+                Ok(status) => match self.outcome_of(endpoint, status) {
+                    ProbeOutcome::Serving { .. } => merge(features, more.clone()),
+                    ProbeOutcome::Failed(error) => return ProbeOutcome::Failed(error),
+                    _ => {}
+                },
+                Err(ProbeOutcome::NotServing) => {}
+                Err(failed) => return failed,
+            }
+        }
+        outcome
+    }
+}
+
+impl<F: FeatureSet> GrpcProber<F> {
+    /// One `Check` of `service`: the serving status it answered, or the
+    /// outcome an error reads as.
+    async fn check(
+        &self,
+        client: &mut HealthClient<tonic::transport::Channel>,
+        endpoint: &Endpoint,
+        service: &str,
+    ) -> Result<i32, ProbeOutcome<F>> {
+        let mut request = tonic::Request::new(HealthCheckRequest {
+            service: service.to_owned(),
+        });
+        request.set_timeout(self.request_timeout);
+        match tokio::time::timeout(self.request_timeout, client.check(request)).await {
+            Ok(Ok(response)) => Ok(response.into_inner().status),
+            Ok(Err(status)) => Err(outcome_of_status(endpoint, status, self.request_timeout)),
+            Err(_elapsed) => Err(ProbeOutcome::Failed(ProbeError::TimedOut {
+                endpoint: endpoint.clone(),
+                after: self.request_timeout,
+            })),
         }
     }
 }
@@ -136,9 +234,18 @@ impl<F: FeatureSet> GrpcProber<F> {
     }
 }
 
-fn outcome_of_status<F>(endpoint: &Endpoint, status: tonic::Status) -> ProbeOutcome<F> {
+fn outcome_of_status<F>(
+    endpoint: &Endpoint,
+    status: tonic::Status,
+    request_timeout: Duration,
+) -> ProbeOutcome<F> {
     match status.code() {
         Code::NotFound => ProbeOutcome::NotServing,
+        // The server (or the client's own deadline) gave up on the Check.
+        Code::DeadlineExceeded => ProbeOutcome::Failed(ProbeError::TimedOut {
+            endpoint: endpoint.clone(),
+            after: request_timeout,
+        }),
         Code::Unimplemented => ProbeOutcome::NoHealthService,
         Code::Unavailable => ProbeOutcome::Failed(ProbeError::unreachable(endpoint, status)),
         _ => ProbeOutcome::Failed(ProbeError::Protocol {
@@ -153,7 +260,9 @@ impl<F: fmt::Debug> fmt::Debug for GrpcProber<F> {
         f.debug_struct("GrpcProber")
             .field("service", &self.service)
             .field("features", &self.features)
+            .field("feature_services", &self.feature_services)
             .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
             .finish()
     }
 }
@@ -191,7 +300,8 @@ mod tests {
 
     #[test]
     fn error_statuses_read_as_the_protocol_says() {
-        let check = |status| outcome_of_status::<Features>(&endpoint(), status);
+        let check =
+            |status| outcome_of_status::<Features>(&endpoint(), status, Duration::from_secs(1));
         assert!(matches!(
             check(tonic::Status::not_found("unknown service")),
             ProbeOutcome::NotServing
@@ -203,6 +313,10 @@ mod tests {
         assert!(matches!(
             check(tonic::Status::unavailable("gone")),
             ProbeOutcome::Failed(ProbeError::Unreachable { .. })
+        ));
+        assert!(matches!(
+            check(tonic::Status::deadline_exceeded("too slow")),
+            ProbeOutcome::Failed(ProbeError::TimedOut { .. })
         ));
         assert!(matches!(
             check(tonic::Status::internal("oops")),

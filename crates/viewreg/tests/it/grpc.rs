@@ -158,6 +158,114 @@ async fn each_health_answer_reads_as_documented() -> Result<()> {
     Ok(())
 }
 
+/// Each feature's service name is asked over the probe's connection; the
+/// features of the names served are added, the others left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn features_come_from_the_service_names_the_server_serves() -> Result<()> {
+    use tonic_health::ServingStatus;
+
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("kv.Store", ServingStatus::Serving)
+        .await;
+    reporter
+        .set_service_status("search.Index", ServingStatus::NotServing)
+        .await;
+    let (endpoint, server) = serve(tonic::service::Routes::new(service)).await?;
+    let prober = GrpcProber::plaintext()
+        .with_features(features(&["base"]))
+        .with_feature_service("kv.Store", features(&["kv"]))
+        .with_feature_service("search.Index", features(&["search"]))
+        .with_feature_service("never.Registered", features(&["ghost"]));
+    let served = |outcome: ProbeOutcome<Features>| match outcome {
+        ProbeOutcome::Serving { features, .. } => Ok(features),
+        other => anyhow::bail!("not serving: {other:?}"),
+    };
+    ensure!(served(prober.probe(&endpoint).await)? == features(&["base", "kv"]));
+    reporter
+        .set_service_status("search.Index", ServingStatus::Serving)
+        .await;
+    ensure!(served(prober.probe(&endpoint).await)? == features(&["base", "kv", "search"]));
+    // The server as a whole not serving: no features at all.
+    reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    let outcome = prober.probe(&endpoint).await;
+    ensure!(matches!(outcome, ProbeOutcome::NotServing), "{outcome:?}");
+    server.abort();
+    Ok(())
+}
+
+/// A health service that takes every Check and never answers, telling the
+/// test the deadline each one carried.
+struct Stalled(tokio::sync::mpsc::UnboundedSender<Option<String>>);
+
+#[tonic::async_trait]
+impl tonic_health::pb::health_server::Health for Stalled {
+    async fn check(
+        &self,
+        request: tonic::Request<tonic_health::pb::HealthCheckRequest>,
+    ) -> Result<tonic::Response<tonic_health::pb::HealthCheckResponse>, tonic::Status> {
+        let deadline = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        let _ = self.0.send(deadline);
+        std::future::pending().await
+    }
+
+    type WatchStream = tonic::codegen::tokio_stream::Empty<
+        Result<tonic_health::pb::HealthCheckResponse, tonic::Status>,
+    >;
+
+    async fn watch(
+        &self,
+        _request: tonic::Request<tonic_health::pb::HealthCheckRequest>,
+    ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
+}
+
+/// A Check carries its deadline to the server, and one the server never
+/// answers is a timeout of the prober's own, not a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_carries_its_deadline_and_a_stalled_one_times_out() -> Result<()> {
+    let (told, mut deadlines) = tokio::sync::mpsc::unbounded_channel();
+    let service = tonic_health::pb::health_server::HealthServer::new(Stalled(told));
+    let (endpoint, server) = serve(tonic::service::Routes::new(service)).await?;
+    let prober = GrpcProber::plaintext()
+        .with_features(features(&["kv"]))
+        .with_request_timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(PATIENCE, prober.probe(&endpoint)).await?;
+    ensure!(
+        matches!(
+            &outcome,
+            ProbeOutcome::Failed(ProbeError::TimedOut { after, .. }) if *after == Duration::from_millis(300)
+        ),
+        "{outcome:?}"
+    );
+    ensure!(started.elapsed() >= Duration::from_millis(300));
+    let deadline = deadlines.recv().await.context("the server saw the Check")?;
+    // gRPC writes a timeout as digits and a unit; 300 ms, however written.
+    let deadline = deadline.context("a grpc-timeout header")?;
+    let (digits, unit) = deadline.split_at(deadline.len() - 1);
+    let nanos_per_unit: u64 = match unit {
+        "H" => 3_600_000_000_000,
+        "M" => 60_000_000_000,
+        "S" => 1_000_000_000,
+        "m" => 1_000_000,
+        "u" => 1_000,
+        "n" => 1,
+        other => anyhow::bail!("unit {other} in {deadline}"),
+    };
+    let nanos = digits.parse::<u64>()? * nanos_per_unit;
+    ensure!(nanos == 300_000_000, "grpc-timeout {deadline}");
+    server.abort();
+    Ok(())
+}
+
 /// Checks every 500 ms, each bounded by 1 s, unhealthy after 3 failures:
 /// a member that dies is unhealthy within 3 × (0.5 s + 1 s) = 4.5 s, the
 /// bound the crate docs state for these settings.
