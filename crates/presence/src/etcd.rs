@@ -443,7 +443,9 @@ impl EtcdStore {
             let (key, incarnation, born) = parse_being(kv.key(), kv.value(), beings.len())?;
             kept.add(key, incarnation, born);
         }
-        if kept.records != count {
+        // A revision behind the kept one: etcd was restored from a backup,
+        // and what was kept may be newer than what it holds.
+        if kept.records != count || revision < kept.revision {
             tracing::debug!(%scope, kept = kept.records, count, "beings deleted or changed since the last load; reading them all");
             let all = self
                 .read_ranges("load", vec![RangeRead::all(&beings)], Some(revision))
