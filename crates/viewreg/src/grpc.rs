@@ -39,6 +39,7 @@ const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_millis(800);
 /// | status `NOT_FOUND` (the service name is not registered there) | [`ProbeOutcome::NotServing`] |
 /// | status `UNIMPLEMENTED` (no health service at all) | [`ProbeOutcome::NoHealthService`] |
 /// | no connection, status `UNAVAILABLE` | [`ProbeOutcome::Failed`] with [`ProbeError::Unreachable`] |
+/// | no answer within the request timeout, status `DEADLINE_EXCEEDED` or `CANCELLED` | [`ProbeOutcome::Failed`] with [`ProbeError::TimedOut`] |
 /// | any other status, or a status value not in the protocol | [`ProbeOutcome::Failed`] with [`ProbeError::Protocol`] |
 ///
 /// Each `Check` carries a deadline (`grpc-timeout`, 800 ms unless set with
@@ -241,8 +242,9 @@ fn outcome_of_status<F>(
 ) -> ProbeOutcome<F> {
     match status.code() {
         Code::NotFound => ProbeOutcome::NotServing,
-        // The server (or the client's own deadline) gave up on the Check.
-        Code::DeadlineExceeded => ProbeOutcome::Failed(ProbeError::TimedOut {
+        // The server gave up on the Check at its deadline, or the client's
+        // transport did (tonic cancels a call whose deadline passed).
+        Code::DeadlineExceeded | Code::Cancelled => ProbeOutcome::Failed(ProbeError::TimedOut {
             endpoint: endpoint.clone(),
             after: request_timeout,
         }),
@@ -314,10 +316,15 @@ mod tests {
             check(tonic::Status::unavailable("gone")),
             ProbeOutcome::Failed(ProbeError::Unreachable { .. })
         ));
-        assert!(matches!(
-            check(tonic::Status::deadline_exceeded("too slow")),
-            ProbeOutcome::Failed(ProbeError::TimedOut { .. })
-        ));
+        for late in [
+            tonic::Status::deadline_exceeded("too slow"),
+            tonic::Status::cancelled("Timeout expired"),
+        ] {
+            assert!(matches!(
+                check(late),
+                ProbeOutcome::Failed(ProbeError::TimedOut { .. })
+            ));
+        }
         assert!(matches!(
             check(tonic::Status::internal("oops")),
             ProbeOutcome::Failed(ProbeError::Protocol { .. })
