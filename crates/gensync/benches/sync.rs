@@ -7,7 +7,10 @@
 //! - the convergence of three replicas after a partition in which each
 //!   wrote 100,000 records, over loopback TCP, beside a raw loopback copy
 //!   of the same number of bytes;
-//! - records replayed per second, from the same run.
+//! - records replayed per second, from the same run;
+//! - the time of a round that sends one record, from a replica whose log
+//!   holds 1,000,000 records, beside the same round from one whose log
+//!   holds 1,000 (goal: within 2x).
 //!
 //! Run with `cargo bench -p flotilla-gensync --bench sync`; the results are
 //! in docs/benchmarks.md.
@@ -20,8 +23,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use flotilla_core_types::DeviceId;
+use flotilla_gensync::wire::{Connection, Message};
 use flotilla_gensync::{
-    Replica, ReplicaConfig, Responder, Storage, SyncConfig, initiate_over, respond_over, sync_with,
+    GenVector, Replica, ReplicaConfig, Responder, Storage, SyncConfig, initiate_over, respond_over,
+    sync_with,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
@@ -34,10 +39,20 @@ fn main() {
         .build()
         .expect("a tokio runtime builds");
     runtime.block_on(async {
-        for missing in [1, 100, 100_000] {
-            wire_ratio(missing).await;
+        if std::env::args().any(|arg| arg == "rounds") {
+            // Only the round figures: `cargo bench --bench sync -- rounds`.
+        } else {
+            for missing in [1, 100, 100_000] {
+                wire_ratio(missing).await;
+            }
+            convergence(100_000).await;
         }
-        convergence(100_000).await;
+        let small = round_cost(1_000).await;
+        let large = round_cost(1_000_000).await;
+        println!(
+            "round: sends 1 record: from a log of 1,000,000 records {large:.2?}; from a log of 1,000 records {small:.2?}; ratio {:.2}x (goal: within 2x; median of {ROUNDS} rounds each)",
+            large.as_secs_f64() / small.as_secs_f64()
+        );
     });
 }
 
@@ -157,6 +172,82 @@ async fn convergence(per_replica: usize) {
         "replay: {applied} records applied in {converged:.2?}: {:.0} records/s",
         applied as f64 / converged.as_secs_f64()
     );
+}
+
+/// Rounds timed per log length.
+const ROUNDS: usize = 21;
+
+/// The median time of a round that sends one record, from a replica whose
+/// log holds `log_len` records: the responder's side, with a scripted peer
+/// that has every record but the newest (so the round's cost is what the
+/// responder reads, not what the peer writes).
+async fn round_cost(log_len: usize) -> Duration {
+    let dir = tempfile::tempdir().expect("a directory");
+    let source = replica("source", &dir);
+    let mut written = 0;
+    while written < log_len - 1 {
+        let batch: Vec<_> = (written..(written + 10_000).min(log_len - 1))
+            .map(|i| (format!("k/{i:08}").into_bytes(), Some(vec![7; 16])))
+            .collect();
+        written += batch.len();
+        source.write_batch(batch).await.expect("writes");
+    }
+    // A first round seals everything so far; the newest record then goes
+    // into a generation of its own, which the peer lacks.
+    let peer = DeviceId::new("peer").expect("valid id");
+    let has_all = round_as(&source, &peer, GenVector::new()).await;
+    assert_eq!(has_all, log_len as u64 - 1);
+    let theirs = source.vector().expect("reads");
+    source
+        .put(b"newest".to_vec(), vec![7; 16])
+        .await
+        .expect("writes");
+    let mut times = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let started = Instant::now();
+        let sent = round_as(&source, &peer, theirs.clone()).await;
+        times.push(started.elapsed());
+        assert_eq!(sent, 1, "one record sent");
+    }
+    times.sort();
+    times[ROUNDS / 2]
+}
+
+/// One round served by `source` to a peer `peer` whose vector is
+/// `theirs`; returns the records it received.
+async fn round_as(source: &Replica, peer: &DeviceId, theirs: GenVector) -> u64 {
+    let (near, far) = tokio::io::duplex(256 * 1024);
+    let serving = {
+        let source = source.clone();
+        tokio::spawn(async move { respond_over(&source, far, &SyncConfig::default()).await })
+    };
+    let mut connection = Connection::new(near);
+    connection
+        .send(&Message::Hello {
+            device: peer.clone(),
+        })
+        .await
+        .expect("sends");
+    let mut records = 0;
+    let mut asked = false;
+    while let Some(message) = connection.recv().await.expect("reads") {
+        match message {
+            Message::Hello { .. } if !asked => {
+                asked = true;
+                connection
+                    .send(&Message::GetDeltas {
+                        vector: theirs.clone(),
+                    })
+                    .await
+                    .expect("sends");
+            }
+            Message::Record(_) => records += 1,
+            Message::Done { .. } => break,
+            other => panic!("unexpected {}", other.kind()),
+        }
+    }
+    serving.await.expect("joins").expect("the round is served");
+    records
 }
 
 /// Copies `bytes` over a loopback TCP connection, 64 KiB at a time.

@@ -278,6 +278,11 @@ impl<'a> Round<'a> {
                 got: format!("generation {} of this replica's own log", record.generation),
             });
         }
+        // Sent twice in this round: the first stays.
+        if writer.has_origin(&record)? {
+            self.stats.duplicates += 1;
+            return Ok(());
+        }
         // Each parent once: a peer may repeat one id thousands of times.
         let mut checked = HashSet::with_capacity(record.parents.len().min(64));
         for parent in &record.parents {

@@ -8,6 +8,7 @@
 //! | `meta` | name | u64: the open generation, its next sequence, the next log index |
 //! | `vector` | device id | newest generation held |
 //! | `log` | log index | a [`LogRecord`], postcard |
+//! | `origin` | (device, generation, sequence) of a record in the log | its log index: a round reads only what it sends |
 //! | `dag` | version id | a [`DagNode`]: parents and the log index of its record |
 //! | `values` | key | a [`Head`]: the key's current version and value |
 //! | `peers` | device id | a [`PeerRecord`]: its last known vector, and when it was heard of |
@@ -42,6 +43,10 @@ use crate::{Error, GenVector, LogRecord, VersionId};
 const META: TableDefinition<'static, &'static str, u64> = TableDefinition::new("meta");
 const VECTOR: TableDefinition<'static, &'static str, u64> = TableDefinition::new("vector");
 const LOG: TableDefinition<'static, u64, &'static [u8]> = TableDefinition::new("log");
+/// The log by where each record comes from: (device, generation,
+/// sequence) to its log index.
+const ORIGIN: TableDefinition<'static, (&'static str, u64, u64), u64> =
+    TableDefinition::new("origin");
 const DAG: TableDefinition<'static, &'static [u8], &'static [u8]> = TableDefinition::new("dag");
 const VALUES: TableDefinition<'static, &'static [u8], &'static [u8]> =
     TableDefinition::new("values");
@@ -58,6 +63,9 @@ const OWNER_DEVICE: &str = "device";
 const OPEN_GENERATION: &str = "open_generation";
 const OPEN_SEQUENCE: &str = "open_sequence";
 const NEXT_LOG_INDEX: &str = "next_log_index";
+/// 1 once `origin` indexes every record of the log (stores written before
+/// it existed are indexed when first opened).
+const ORIGIN_INDEXED: &str = "origin_indexed";
 
 /// The page cache [`Storage::open`] gives a store: enough for the working
 /// set of a sync round, far below redb's own default of 1 GiB, so that a
@@ -244,6 +252,11 @@ impl Storage {
             txn.open_table(PRUNED_VECTOR)?;
             txn.open_table(PENDING)?;
             txn.open_table(OWNER)?;
+            let mut meta_table = txn.open_table(META)?;
+            if meta(&meta_table, ORIGIN_INDEXED)? == 0 {
+                index_origins(&txn.open_table(LOG)?, &mut txn.open_table(ORIGIN)?)?;
+                meta_table.insert(ORIGIN_INDEXED, 1)?;
+            }
         }
         txn.commit()?;
         Ok(Storage {
@@ -422,24 +435,43 @@ impl Reader {
         read_vector(&self.txn.open_table(VECTOR)?)
     }
 
-    pub(crate) fn next_log_index(&self) -> Result<u64, Error> {
-        meta(&self.txn.open_table(META)?, NEXT_LOG_INDEX)
+    /// The log indices, in log order, of the records a peer whose vector
+    /// is `theirs` lacks and `ours` covers: read from the `origin` index,
+    /// so the cost follows what is sent, not the size of the log.
+    pub(crate) fn missing_indices(
+        &self,
+        theirs: &GenVector,
+        ours: &GenVector,
+    ) -> Result<Vec<u64>, Error> {
+        let origin = self.txn.open_table(ORIGIN)?;
+        let mut indices = Vec::new();
+        for (device, newest) in ours.iter() {
+            let from = theirs.get(device).saturating_add(1);
+            if from > newest {
+                continue;
+            }
+            let device = device.as_str();
+            for entry in origin.range((device, from, 0)..=(device, newest, u64::MAX))? {
+                let (_, index) = entry?;
+                indices.push(index.value());
+            }
+        }
+        // Log order: every record after its parents.
+        indices.sort_unstable();
+        Ok(indices)
     }
 
-    /// Up to `limit` records from `from` (a log index) on, below `end`.
-    pub(crate) fn log_batch(
-        &self,
-        from: u64,
-        end: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, LogRecord)>, Error> {
+    /// The records at `indices` that are still in the log, in the order
+    /// given.
+    pub(crate) fn records_at(&self, indices: &[u64]) -> Result<Vec<(u64, LogRecord)>, Error> {
         let table = self.txn.open_table(LOG)?;
-        let mut batch = Vec::with_capacity(limit.min(1024));
-        for entry in table.range(from..end)?.take(limit) {
-            let (index, record) = entry?;
-            batch.push((index.value(), decode("log record", record.value())?));
+        let mut records = Vec::with_capacity(indices.len());
+        for &index in indices {
+            if let Some(record) = table.get(index)? {
+                records.push((index, decode("log record", record.value())?));
+            }
         }
-        Ok(batch)
+        Ok(records)
     }
 
     /// The DAG's heads of every key, for comparing replicas.
@@ -463,11 +495,28 @@ impl Reader {
         let dag = self.txn.open_table(DAG)?;
         let pruned = self.txn.open_table(PRUNED)?;
         let collected = read_vector(&self.txn.open_table(PRUNED_VECTOR)?)?;
+        let origin = self.txn.open_table(ORIGIN)?;
         let mut generations: std::collections::BTreeSet<(DeviceId, u64)> = Default::default();
         for entry in log.iter()? {
-            let (_, record) = entry?;
+            let (index, record) = entry?;
             let record: LogRecord = decode("log record", record.value())?;
+            let indexed = origin.get(origin_of(&record))?.map(|at| at.value());
+            if indexed != Some(index.value()) {
+                return Ok(Err(format!(
+                    "the record at log index {} (generation {} of {}) is indexed at {indexed:?}",
+                    index.value(),
+                    record.generation,
+                    record.device
+                )));
+            }
             generations.insert((record.device, record.generation));
+        }
+        if origin.len()? != log.len()? {
+            return Ok(Err(format!(
+                "the origin index holds {} entries for {} records",
+                origin.len()?,
+                log.len()?
+            )));
         }
         for (device, claimed) in self.vector()?.iter() {
             let from = collected.get(device) + 1;
@@ -622,6 +671,7 @@ impl WriteTxn {
             meta: meta_table,
             vector: self.txn.open_table(VECTOR)?,
             log: self.txn.open_table(LOG)?,
+            origin: self.txn.open_table(ORIGIN)?,
             dag: self.txn.open_table(DAG)?,
             values: self.txn.open_table(VALUES)?,
             peers: self.txn.open_table(PEERS)?,
@@ -664,6 +714,7 @@ pub(crate) struct Writer<'t> {
     meta: Table<'t, &'static str, u64>,
     vector: Table<'t, &'static str, u64>,
     log: Table<'t, u64, &'static [u8]>,
+    origin: Table<'t, (&'static str, u64, u64), u64>,
     dag: Table<'t, &'static [u8], &'static [u8]>,
     values: Table<'t, &'static [u8], &'static [u8]>,
     peers: Table<'t, &'static str, &'static [u8]>,
@@ -702,6 +753,12 @@ impl Writer<'_> {
             .transpose()
     }
 
+    /// Whether the log holds a record from `record`'s origin (its device,
+    /// generation and sequence) already.
+    pub(crate) fn has_origin(&self, record: &LogRecord) -> Result<bool, Error> {
+        Ok(self.origin.get(origin_of(record))?.is_some())
+    }
+
     /// Appends `record` to the log and, unless its version is known
     /// already, to the DAG. Returns its log index, and whether the version
     /// was new.
@@ -709,6 +766,7 @@ impl Writer<'_> {
         let index = self.next_log_index;
         self.next_log_index += 1;
         self.log.insert(index, encode(record).as_slice())?;
+        self.origin.insert(origin_of(record), index)?;
         if self.knows(&record.version)? {
             return Ok((index, false));
         }
@@ -744,13 +802,16 @@ impl Writer<'_> {
             ranges.push(start.value()..end.value());
         }
         for index in ranges.into_iter().flatten() {
-            if let Some(record) = self.record_at(index)?
-                && self
-                    .dag_node(&record.version)?
-                    .is_some_and(|node| node.log_index == index)
+            let Some(record) = self.record_at(index)? else {
+                continue;
+            };
+            if self
+                .dag_node(&record.version)?
+                .is_some_and(|node| node.log_index == index)
             {
                 self.dag.remove(record.version.0.as_slice())?;
             }
+            self.forget_origin(origin_of(&record), index)?;
             self.log.remove(index)?;
         }
         self.clear_pending()
@@ -843,11 +904,13 @@ impl Writer<'_> {
                 .head(&record.key)?
                 .is_some_and(|head| head.version == record.version);
             if !is_head {
-                doomed.push((index.value(), record.version));
+                let origin = (record.device, record.generation, record.sequence);
+                doomed.push((index.value(), record.version, origin));
             }
         }
         let mut versions = 0;
-        for (index, version) in &doomed {
+        for (index, version, (device, generation, sequence)) in &doomed {
+            self.forget_origin((device.as_str(), *generation, *sequence), *index)?;
             self.log.remove(*index)?;
             let node = self.dag_node(version)?;
             if node.is_some_and(|node| node.log_index == *index) {
@@ -858,6 +921,16 @@ impl Writer<'_> {
         }
         self.raise_collected(threshold)?;
         Ok((doomed.len() as u64, versions))
+    }
+
+    /// Drops the entry `key` of the `origin` index, if it points at
+    /// `index` (the log removes the record there).
+    fn forget_origin(&mut self, key: (&str, u64, u64), index: u64) -> Result<(), Error> {
+        let points_here = self.origin.get(key)?.is_some_and(|at| at.value() == index);
+        if points_here {
+            self.origin.remove(key)?;
+        }
+        Ok(())
     }
 
     pub(crate) fn set_vector(&mut self, vector: &GenVector) -> Result<(), Error> {
@@ -902,6 +975,25 @@ impl Writer<'_> {
     }
 }
 
+/// `record`'s key in the `origin` index.
+fn origin_of(record: &LogRecord) -> (&str, u64, u64) {
+    (record.device.as_str(), record.generation, record.sequence)
+}
+
+/// Indexes every record of `log` in `origin`: once, for a store written
+/// before the index existed.
+fn index_origins(
+    log: &impl ReadableTable<u64, &'static [u8]>,
+    origin: &mut Table<'_, (&'static str, u64, u64), u64>,
+) -> Result<(), Error> {
+    for entry in log.iter()? {
+        let (index, record) = entry?;
+        let record: LogRecord = decode("log record", record.value())?;
+        origin.insert(origin_of(&record), index.value())?;
+    }
+    Ok(())
+}
+
 /// The value of the record `head` points at.
 fn head_value(
     log: &impl ReadableTable<u64, &'static [u8]>,
@@ -943,4 +1035,129 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 fn decode<'a, T: Deserialize<'a>>(what: &'static str, bytes: &'a [u8]) -> Result<T, Error> {
     postcard::from_bytes(bytes).map_err(|source| Error::Corrupt { what, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(device: &DeviceId, generation: u64, sequence: u64) -> LogRecord {
+        LogRecord {
+            device: device.clone(),
+            generation,
+            sequence,
+            key: format!("k{generation}-{sequence}").into_bytes(),
+            version: VersionId::of_write(device, generation, sequence),
+            parents: Vec::new(),
+            value: Some(b"v".to_vec()),
+            writer: device.clone(),
+            timestamp_ms: 1,
+        }
+    }
+
+    /// Appends `records` and raises the vector over them, in one commit.
+    fn append(storage: &Storage, records: &[LogRecord]) {
+        let txn = storage.write().expect("a write");
+        let mut writer = txn.tables().expect("tables");
+        let mut vector = GenVector::new();
+        for record in records {
+            writer.append(record).expect("appends");
+            vector.raise(&record.device, record.generation);
+        }
+        writer.set_vector(&vector).expect("the vector");
+        let finished = writer.finish().expect("finishes");
+        txn.commit(finished).expect("commits");
+    }
+
+    #[test]
+    fn a_round_reads_only_the_generations_the_peer_lacks_in_log_order() {
+        let storage = Storage::in_memory().expect("a store");
+        let (a, b) = (
+            DeviceId::new("a").expect("valid"),
+            DeviceId::new("b").expect("valid"),
+        );
+        // Interleaved: a's and b's generations alternate in the log.
+        append(
+            &storage,
+            &[
+                record(&a, 1, 1),
+                record(&b, 1, 1),
+                record(&a, 2, 1),
+                record(&a, 2, 2),
+                record(&b, 2, 1),
+                record(&a, 3, 1),
+            ],
+        );
+        let reader = storage.read().expect("a read");
+        let ours = reader.vector().expect("the vector");
+        let mut theirs = GenVector::new();
+        theirs.raise(&a, 1);
+        assert_eq!(
+            reader.missing_indices(&theirs, &ours).expect("reads"),
+            [1, 2, 3, 4, 5]
+        );
+        theirs.raise(&b, 1);
+        assert_eq!(
+            reader.missing_indices(&theirs, &ours).expect("reads"),
+            [2, 3, 4, 5]
+        );
+        theirs.raise(&a, 3);
+        theirs.raise(&b, 2);
+        assert!(
+            reader
+                .missing_indices(&theirs, &ours)
+                .expect("reads")
+                .is_empty()
+        );
+        // Only what `ours` covers is sent, whatever the log holds beyond.
+        let mut sealed = GenVector::new();
+        sealed.raise(&a, 2);
+        assert_eq!(
+            reader
+                .missing_indices(&GenVector::new(), &sealed)
+                .expect("reads"),
+            [0, 2, 3]
+        );
+        let records = reader.records_at(&[3, 0]).expect("reads");
+        let origins: Vec<_> = records
+            .iter()
+            .map(|(index, record)| (*index, record.generation, record.sequence))
+            .collect();
+        assert_eq!(origins, [(3, 2, 2), (0, 1, 1)]);
+    }
+
+    #[test]
+    fn a_store_written_before_the_origin_index_is_indexed_when_opened() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let path = dir.path().join("old.redb");
+        let a = DeviceId::new("a").expect("valid");
+        let storage = Storage::open(&path).expect("opens");
+        append(
+            &storage,
+            &[record(&a, 1, 1), record(&a, 1, 2), record(&a, 2, 1)],
+        );
+        storage.close();
+        drop(storage);
+        // What a store written before the index looks like.
+        {
+            let db = Database::create(&path).expect("opens raw");
+            let txn = db.begin_write().expect("a write");
+            assert!(txn.delete_table(ORIGIN).expect("deletes"));
+            txn.open_table(META)
+                .expect("meta")
+                .remove(ORIGIN_INDEXED)
+                .expect("removes");
+            txn.commit().expect("commits");
+        }
+        let storage = Storage::open(&path).expect("opens again");
+        let reader = storage.read().expect("a read");
+        assert_eq!(reader.verify().expect("reads"), Ok(()));
+        let ours = reader.vector().expect("the vector");
+        assert_eq!(
+            reader
+                .missing_indices(&GenVector::new(), &ours)
+                .expect("reads"),
+            [0, 1, 2]
+        );
+    }
 }

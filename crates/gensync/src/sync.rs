@@ -623,7 +623,7 @@ async fn respond<T: AsyncRead + AsyncWrite + Unpin>(
     };
     let shared = Arc::clone(&replica.shared);
     let reported = theirs.clone();
-    let (snapshot, end, collected) = blocking(&replica.shared, move || {
+    let (snapshot, collected) = blocking(&replica.shared, move || {
         // Seal, and note what the peer reported, unless this replica is
         // applying a round of its own (see `Shared::round_gate`): the open
         // generation then goes next time.
@@ -638,11 +638,7 @@ async fn respond<T: AsyncRead + AsyncWrite + Unpin>(
         }
         drop(gate);
         let reader = shared.storage.read()?;
-        Ok((
-            reader.vector()?,
-            reader.next_log_index()?,
-            reader.collected()?,
-        ))
+        Ok((reader.vector()?, reader.collected()?))
     })
     .await?;
     if !theirs.dominates(&collected) {
@@ -652,24 +648,25 @@ async fn respond<T: AsyncRead + AsyncWrite + Unpin>(
             .feed(&Message::Collected { vector: collected })
             .await?;
     }
+    // What the peer lacks, found through the origin index: a round reads
+    // what it sends, however long the log.
+    let shared = Arc::clone(&replica.shared);
+    let (wanted, known) = (theirs.clone(), snapshot.clone());
+    let missing = blocking(&replica.shared, move || {
+        shared.storage.read()?.missing_indices(&wanted, &known)
+    })
+    .await?;
     let mut sent = 0;
-    let mut from = 0;
-    while from < end {
+    for indices in missing.chunks(config.batch_records.max(1)) {
         let shared = Arc::clone(&replica.shared);
-        let limit = config.batch_records.max(1);
+        let indices = indices.to_vec();
         let batch = blocking(&replica.shared, move || {
-            shared.storage.read()?.log_batch(from, end, limit)
+            shared.storage.read()?.records_at(&indices)
         })
         .await?;
-        let Some((last, _)) = batch.last() else { break };
-        from = last + 1;
         for (_, record) in batch {
-            let missing = !theirs.covers(&record.device, record.generation)
-                && snapshot.covers(&record.device, record.generation);
-            if missing {
-                connection.feed(&Message::Record(record)).await?;
-                sent += 1;
-            }
+            connection.feed(&Message::Record(record)).await?;
+            sent += 1;
         }
         connection.flush().await?;
     }
