@@ -5,9 +5,14 @@
 //!   1, 100 and 100,000 missing records of 1 KiB, beside a full-state
 //!   transfer of the same store (every key and value, framed alike);
 //! - the convergence of three replicas after a partition in which each
-//!   wrote 100,000 records, over loopback TCP, beside a raw loopback copy
-//!   of the same number of bytes;
-//! - records replayed per second, from the same run;
+//!   wrote 100,000 records, over loopback TCP, with the stores on the disk
+//!   beside the durable floor (the bytes each replica receives copied over
+//!   loopback into a file beside its store, one fsync at the end, three at
+//!   once) and a raw loopback copy, and again with the stores on tmpfs
+//!   (/dev/shm) beside the raw copy: the replay's CPU cost without the
+//!   disk;
+//! - the disk's write rate with an fsync, from the durable floor;
+//! - records replayed per second and the time per record, on each;
 //! - the time of a round that sends one record, from a replica whose log
 //!   holds 1,000,000 records, beside the same round from one whose log
 //!   holds 1,000 (goal: within 2x).
@@ -15,6 +20,7 @@
 //! Run with `cargo bench -p flotilla-gensync --bench sync`; the results are
 //! in docs/benchmarks.md.
 
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +28,7 @@ use std::task::{Context, Poll};
 
 use std::time::{Duration, Instant};
 
-use flotilla_core_types::DeviceId;
+use flotilla_core_types::{DeviceId, Worker};
 use flotilla_gensync::wire::{Connection, Message};
 use flotilla_gensync::{
     GenVector, Replica, ReplicaConfig, Responder, Storage, SyncConfig, initiate_over, respond_over,
@@ -42,10 +48,11 @@ fn main() {
         if std::env::args().any(|arg| arg == "rounds") {
             // Only the round figures: `cargo bench --bench sync -- rounds`.
         } else {
+            let mut ratio = 1.0;
             for missing in [1, 100, 100_000] {
-                wire_ratio(missing).await;
+                ratio = wire_ratio(missing).await;
             }
-            convergence(100_000).await;
+            convergence_with_floors(100_000, ratio).await;
         }
         let small = round_cost(1_000).await;
         let large = round_cost(1_000_000).await;
@@ -85,7 +92,8 @@ async fn fill(replica: &Replica, prefix: &str, records: usize) -> u64 {
     payload
 }
 
-async fn wire_ratio(missing: usize) {
+/// Prints the wire figures for `missing` records; returns the ratio.
+async fn wire_ratio(missing: usize) -> f64 {
     let dir = tempfile::tempdir().expect("a directory");
     let (source, sink) = (replica("source", &dir), replica("sink", &dir));
     let payload = fill(&source, "k", missing).await;
@@ -116,10 +124,22 @@ async fn wire_ratio(missing: usize) {
         wire as f64 / payload as f64,
         full_state as f64 / payload as f64
     );
+    wire as f64 / payload as f64
 }
 
-async fn convergence(per_replica: usize) {
-    let dir = tempfile::tempdir().expect("a directory");
+/// What one convergence run measured.
+struct Converged {
+    time: Duration,
+    applied: u64,
+    /// The bytes of keys and values every replica wrote.
+    payload: u64,
+}
+
+/// Three replicas with their stores in `dir`, each having written
+/// `per_replica` records, converge: each pulls from the next, twice round
+/// the ring (the second pass forwards what arrived second-hand).
+async fn convergence(per_replica: usize, dir: &Path) -> Converged {
+    let dir = tempfile::tempdir_in(dir).expect("a directory");
     let names = ["r0", "r1", "r2"];
     let replicas: Vec<Replica> = names.iter().map(|name| replica(name, &dir)).collect();
     let mut payload = 0;
@@ -138,8 +158,6 @@ async fn convergence(per_replica: usize) {
     let mut config = SyncConfig::default();
     config.round_timeout = Duration::from_secs(600);
     let started = Instant::now();
-    // Each replica pulls from the next; then once more round the ring so
-    // that what arrived second-hand is passed on: three replicas converge.
     let mut applied = 0;
     for _ in 0..2 {
         let pulls = (0..3).map(|i| {
@@ -152,7 +170,7 @@ async fn convergence(per_replica: usize) {
             .into_iter()
             .sum::<u64>();
     }
-    let converged = started.elapsed();
+    let time = started.elapsed();
     for pair in replicas.windows(2) {
         assert_eq!(
             pair[0].heads().expect("heads"),
@@ -160,18 +178,102 @@ async fn convergence(per_replica: usize) {
             "converged"
         );
     }
-    // Every replica received the two others' records: the bytes a raw copy
-    // must move too.
-    let moved = payload * 2;
-    let floor = raw_copy(moved).await;
+    for responder in responders {
+        responder.kill();
+        responder.wait().await.expect("stops");
+    }
+    Converged {
+        time,
+        applied,
+        payload,
+    }
+}
+
+/// The convergence benchmark on the disk and on tmpfs, each beside its
+/// floors from the same run.
+async fn convergence_with_floors(per_replica: usize, wire_ratio: f64) {
+    let disk = std::env::temp_dir();
+    let on_disk = convergence(per_replica, &disk).await;
+    // Every replica received the two others' records: the bytes a copy
+    // must move too, framed as the wire frames them.
+    let moved = (on_disk.payload as f64 * 2.0 * wire_ratio) as u64;
+    let raw = raw_copy(moved).await;
+    let durable = durable_copy(moved / 3, &disk).await;
     println!(
-        "convergence: 3 replicas x {per_replica} records of {VALUE_LEN} B after a partition: {converged:.2?}; floor (raw loopback copy of {moved} B): {floor:.2?}; ratio {:.1}x (goal: within 5x and under 2 s)",
-        converged.as_secs_f64() / floor.as_secs_f64()
+        "convergence: 3 replicas x {per_replica} records of {VALUE_LEN} B after a partition, stores on disk ({}): {:.2?}; durable floor (3 loopback copies of {} B into files beside the stores, one fsync each): {durable:.2?}, ratio {:.1}x (goal: within 2x); raw loopback copy of {moved} B: {raw:.2?}, ratio {:.1}x",
+        disk.display(),
+        on_disk.time,
+        moved / 3,
+        on_disk.time.as_secs_f64() / durable.as_secs_f64(),
+        on_disk.time.as_secs_f64() / raw.as_secs_f64(),
     );
     println!(
-        "replay: {applied} records applied in {converged:.2?}: {:.0} records/s",
-        applied as f64 / converged.as_secs_f64()
+        "disk: {:.0} MB/s written with an fsync at the end, 3 files at once ({} B each, in {})",
+        moved as f64 / durable.as_secs_f64() / 1e6,
+        moved / 3,
+        disk.display()
     );
+    println!(
+        "replay: {} records applied in {:.2?} on disk: {:.0} records/s, {:.2} µs each",
+        on_disk.applied,
+        on_disk.time,
+        on_disk.applied as f64 / on_disk.time.as_secs_f64(),
+        on_disk.time.as_secs_f64() * 1e6 / on_disk.applied as f64
+    );
+    let shm = Path::new("/dev/shm");
+    if !shm.is_dir() {
+        println!("convergence on tmpfs: not measured: /dev/shm is not a directory here");
+        return;
+    }
+    let on_tmpfs = convergence(per_replica, shm).await;
+    let raw = raw_copy(moved).await;
+    println!(
+        "convergence: the same, stores on tmpfs (/dev/shm): {:.2?}; raw loopback copy of {moved} B: {raw:.2?}, ratio {:.1}x (goal: within 10x)",
+        on_tmpfs.time,
+        on_tmpfs.time.as_secs_f64() / raw.as_secs_f64(),
+    );
+    println!(
+        "replay: {} records applied in {:.2?} on tmpfs: {:.2} µs each (goal: at most 4 µs)",
+        on_tmpfs.applied,
+        on_tmpfs.time,
+        on_tmpfs.time.as_secs_f64() * 1e6 / on_tmpfs.applied as f64
+    );
+}
+
+/// Three loopback TCP copies at once, each of `bytes` into its own file in
+/// `dir`, with one fsync at the end of each: what a durable replica's
+/// round cannot beat.
+async fn durable_copy(bytes: u64, dir: &Path) -> Duration {
+    let dir = tempfile::tempdir_in(dir).expect("a directory");
+    let started = Instant::now();
+    let copies = (0..3).map(|i| {
+        let path = dir.path().join(format!("floor-{i}"));
+        async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("binds");
+            let address = listener.local_addr().expect("an address");
+            let receiver = tokio::spawn(async move {
+                let (mut stream, _) = listener.accept().await.expect("accepts");
+                let mut file = tokio::fs::File::create(&path).await.expect("creates");
+                let mut buffer = vec![0; 64 * 1024];
+                let mut total = 0u64;
+                while total < bytes {
+                    let read = stream.read(&mut buffer).await.expect("reads");
+                    if read == 0 {
+                        break;
+                    }
+                    file.write_all(&buffer[..read]).await.expect("writes");
+                    total += read as u64;
+                }
+                file.sync_all().await.expect("syncs");
+            });
+            send(address, bytes).await;
+            receiver.await.expect("the receiver finishes");
+        }
+    });
+    futures_util::future::join_all(copies).await;
+    started.elapsed()
 }
 
 /// Rounds timed per log length.
@@ -269,6 +371,13 @@ async fn raw_copy(bytes: u64) -> Duration {
         }
     });
     let started = Instant::now();
+    send(address, bytes).await;
+    reader.await.expect("the reader finishes");
+    started.elapsed()
+}
+
+/// Sends `bytes` to `address` over TCP, 64 KiB at a time.
+async fn send(address: std::net::SocketAddr, bytes: u64) {
     let mut stream = tokio::net::TcpStream::connect(address)
         .await
         .expect("connects");
@@ -279,8 +388,6 @@ async fn raw_copy(bytes: u64) -> Duration {
         stream.write_all(&chunk[..len]).await.expect("writes");
         sent += len as u64;
     }
-    reader.await.expect("the reader finishes");
-    started.elapsed()
 }
 
 /// Counts the bytes written through it.

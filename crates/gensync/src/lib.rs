@@ -21,9 +21,11 @@
 //!   interval.
 //! - [`wire`]: the frames and messages (see docs/gensync-wire.md).
 //! - [`Replica::collect_garbage`] and the [`Collector`] worker: the log
-//!   records and DAG versions every known device holds are removed; a device
-//!   silent for longer than the eviction time stops holding that back, and
-//!   gets what the log still has (every current value) when it returns.
+//!   records and DAG versions every known device holds are removed (what a
+//!   device holds is learned in rounds with it, or relayed by peers that
+//!   met it); a device silent for longer than the eviction time stops
+//!   holding that back, and gets what the log still has (every current
+//!   value) when it returns.
 //!
 //! # Example
 //!

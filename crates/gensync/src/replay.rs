@@ -38,6 +38,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::replica::{Shared, check_limits};
 use crate::resolver::{Conflict, Resolution, Side};
 use crate::storage::{Head, Writer};
+use crate::wire::KnownPeer;
 use crate::{Error, GenVector, LogRecord, VersionId};
 
 /// What a round did.
@@ -90,6 +91,8 @@ pub(crate) enum Item {
     /// The peer has collected these generations (sent before its records).
     Collected(GenVector),
     Record(LogRecord),
+    /// What the peer knows of other devices (sent after its records).
+    Known(Vec<KnownPeer>),
     /// The round is complete: the peer's vector.
     Done(GenVector),
 }
@@ -110,6 +113,7 @@ pub(crate) fn queue_share(item: &Item) -> u32 {
     let held = match item {
         Item::Collected(vector) => vector_held_len(vector),
         Item::Record(record) => record_held_len(record),
+        Item::Known(peers) => known_held_len(peers),
         Item::Done(_) => 0,
     };
     u32::try_from(held.min(QUEUE_BYTES)).unwrap_or(u32::MAX)
@@ -150,6 +154,7 @@ fn run_round(
             match item {
                 Gathered::Collected(vector) => round.accept_collected(vector),
                 Gathered::Record(record) => round.apply(&mut writer, record)?,
+                Gathered::Known(peers) => round.accept_known(peers),
             }
         }
         let Some(theirs) = done else {
@@ -170,6 +175,7 @@ fn run_round(
 enum Gathered {
     Collected(GenVector),
     Record(LogRecord),
+    Known(Vec<KnownPeer>),
 }
 
 /// Takes items off `queue` into `chunk` until it holds [`CHUNK_RECORDS`]
@@ -187,6 +193,7 @@ fn gather(
         let gathered = match queue.blocking_recv().map(|(item, _share)| item) {
             Some(Item::Collected(vector)) => Gathered::Collected(vector),
             Some(Item::Record(record)) => Gathered::Record(record),
+            Some(Item::Known(peers)) => Gathered::Known(peers),
             Some(Item::Done(vector)) => return Ok(Some(vector)),
             None => return Err(Error::Disconnected),
         };
@@ -202,7 +209,17 @@ fn held_len(item: &Gathered) -> usize {
     match item {
         Gathered::Collected(vector) => vector_held_len(vector),
         Gathered::Record(record) => record_held_len(record),
+        Gathered::Known(peers) => known_held_len(peers),
     }
+}
+
+fn known_held_len(peers: &[KnownPeer]) -> usize {
+    peers
+        .iter()
+        .map(|peer| {
+            size_of::<KnownPeer>() + peer.device.as_str().len() + vector_held_len(&peer.vector)
+        })
+        .sum()
 }
 
 fn vector_held_len(vector: &GenVector) -> usize {
@@ -230,6 +247,8 @@ pub(crate) struct Round<'a> {
     /// parents).
     collected: Option<GenVector>,
     received: BTreeMap<DeviceId, BTreeSet<u64>>,
+    /// What the peer told of other devices, noted when the round ends.
+    known: Vec<KnownPeer>,
     /// Per key touched by the round, the versions nothing known descends
     /// from.
     frontiers: BTreeMap<Vec<u8>, Vec<VersionId>>,
@@ -249,6 +268,7 @@ impl<'a> Round<'a> {
             peer,
             collected: None,
             received: BTreeMap::new(),
+            known: Vec::new(),
             frontiers: BTreeMap::new(),
             moved: Vec::new(),
             stats: RoundStats::default(),
@@ -258,6 +278,11 @@ impl<'a> Round<'a> {
     /// The peer has collected `vector`: accept its log as it is.
     pub(crate) fn accept_collected(&mut self, vector: GenVector) {
         self.collected = Some(vector);
+    }
+
+    /// The peer knows `peers`' vectors: noted when the round ends.
+    pub(crate) fn accept_known(&mut self, peers: Vec<KnownPeer>) {
+        self.known.extend(peers);
     }
 
     pub(crate) fn apply(
@@ -356,6 +381,20 @@ impl<'a> Round<'a> {
         for (device, _) in theirs.iter() {
             if device != &self.shared.device {
                 writer.heard_of(device, None, now_ms)?;
+            }
+        }
+        // Second-hand: a vector only grows, so what the peer heard of a
+        // device is a floor of what that device holds, however old. The
+        // peer says how long ago it heard of it, which our clock turns
+        // into a time, whatever the peer's clock says: a device that falls
+        // silent ages alike everywhere, and is evicted in time.
+        for known in std::mem::take(&mut self.known) {
+            if known.device != self.shared.device && known.device != self.peer {
+                writer.heard_second_hand(
+                    &known.device,
+                    &known.vector,
+                    now_ms.saturating_sub(known.heard_ms_ago),
+                )?;
             }
         }
         writer.clear_pending()?;

@@ -121,8 +121,9 @@ pub struct DeviceInfo {
     /// The device.
     pub device: DeviceId,
     /// What it holds, as far as this replica knows: the vectors it reported
-    /// in rounds with this replica, merged; empty for a device heard of only
-    /// through others (whose records came by way of a third replica).
+    /// in rounds with this replica and those peers relayed of it, merged;
+    /// empty for a device heard of only as the author of records no peer
+    /// has told of yet.
     pub vector: GenVector,
     /// When it was last heard of, by this replica's clock
     /// ([`ReplicaConfig::clock`]), in milliseconds since the Unix epoch.
@@ -332,7 +333,11 @@ impl Replica {
 
     /// Collects garbage: removes the log records, and the DAG versions, that
     /// every known device already holds, keeping each key's current
-    /// version. A device that has not been heard of for longer than
+    /// version. What a device holds is the vector it reported in a round
+    /// with this replica or that a peer relayed of it (a vector only grows,
+    /// so a relayed one is a floor), whichever says more; a device known
+    /// only as an author, never told of, holds everything of its log back.
+    /// A device that has not been heard of for longer than
     /// `evict_after` stops holding collection back; if it comes back, it is
     /// sent what the log still has, which includes every current value (a
     /// full-state transfer) instead of a delta.

@@ -879,6 +879,36 @@ impl Writer<'_> {
         Ok(())
     }
 
+    /// Notes that a peer relayed `vector` as `device`'s, heard of at
+    /// `heard_ms`: the vector is merged in, and the time kept if it is
+    /// newer than what was known.
+    pub(crate) fn heard_second_hand(
+        &mut self,
+        device: &DeviceId,
+        vector: &GenVector,
+        heard_ms: u64,
+    ) -> Result<(), Error> {
+        let known = self
+            .peers
+            .get(device.as_str())?
+            .map(|value| decode::<PeerRecord>("peer", value.value()))
+            .transpose()?;
+        let record = match known {
+            Some(mut known) => {
+                known.vector.merge(vector);
+                known.last_seen_ms = known.last_seen_ms.max(heard_ms);
+                known
+            }
+            None => PeerRecord {
+                vector: vector.clone(),
+                last_seen_ms: heard_ms,
+            },
+        };
+        self.peers
+            .insert(device.as_str(), encode(&record).as_slice())?;
+        Ok(())
+    }
+
     pub(crate) fn peers(&self) -> Result<Vec<(DeviceId, PeerRecord)>, Error> {
         let mut peers = Vec::new();
         for entry in self.peers.iter()? {

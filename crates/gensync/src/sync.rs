@@ -29,7 +29,7 @@ use tracing::Instrument;
 use crate::Error;
 use crate::replay::{Item, Moved, QUEUE_BYTES, Queued, RoundStats, apply_round, queue_share};
 use crate::replica::{Change, Origin, Replica, blocking, joined, start_blocking};
-use crate::wire::{Connection, Message};
+use crate::wire::{Connection, KnownPeer, MAX_KNOWN_PER_MESSAGE, Message};
 
 /// How sync rounds are paced and bounded. Start from [`Default`].
 #[derive(Debug, Clone)]
@@ -270,6 +270,7 @@ async fn receive<T: AsyncRead + AsyncWrite + Unpin>(
     budget: &Arc<tokio::sync::Semaphore>,
 ) -> Result<(), Error> {
     let mut first = true;
+    let mut known = 0;
     loop {
         let item = match connection.recv().await? {
             Some(Message::Record(record)) => Item::Record(record),
@@ -279,6 +280,16 @@ async fn receive<T: AsyncRead + AsyncWrite + Unpin>(
                     expected: "a record or done (collected comes once, before the records)",
                     got: String::from("collected"),
                 });
+            }
+            Some(Message::Known { peers }) => {
+                known += peers.len();
+                if peers.len() > MAX_KNOWN_PER_MESSAGE || known > MAX_KNOWN_PER_ROUND {
+                    return Err(Error::Protocol {
+                        expected: "at most 64 known devices a message, 65,536 a round",
+                        got: format!("{known} known devices"),
+                    });
+                }
+                Item::Known(peers)
             }
             Some(Message::Done { vector }) => Item::Done(vector),
             Some(Message::Abort { reason }) => return Err(peer_aborted(reason)),
@@ -306,6 +317,10 @@ async fn receive<T: AsyncRead + AsyncWrite + Unpin>(
         }
     }
 }
+
+/// The most devices a responder may tell of in one round's
+/// [`Message::Known`]s.
+const MAX_KNOWN_PER_ROUND: usize = 1 << 16;
 
 /// The most of a peer's abort reason kept in the error: enough to read,
 /// too little to flood a log (a frame may carry megabytes of it).
@@ -623,7 +638,7 @@ async fn respond<T: AsyncRead + AsyncWrite + Unpin>(
     };
     let shared = Arc::clone(&replica.shared);
     let reported = theirs.clone();
-    let (snapshot, collected) = blocking(&replica.shared, move || {
+    let (snapshot, collected, known) = blocking(&replica.shared, move || {
         // Seal, and note what the peer reported, unless this replica is
         // applying a round of its own (see `Shared::round_gate`): the open
         // generation then goes next time.
@@ -638,7 +653,18 @@ async fn respond<T: AsyncRead + AsyncWrite + Unpin>(
         }
         drop(gate);
         let reader = shared.storage.read()?;
-        Ok((reader.vector()?, reader.collected()?))
+        let now_ms = (shared.config.clock)();
+        let known: Vec<KnownPeer> = reader
+            .devices()?
+            .into_iter()
+            .filter(|info| info.device != peer)
+            .map(|info| KnownPeer {
+                device: info.device,
+                vector: info.vector,
+                heard_ms_ago: now_ms.saturating_sub(info.last_heard_ms),
+            })
+            .collect();
+        Ok((reader.vector()?, reader.collected()?, known))
     })
     .await?;
     if !theirs.dominates(&collected) {
@@ -651,9 +677,9 @@ async fn respond<T: AsyncRead + AsyncWrite + Unpin>(
     // What the peer lacks, found through the origin index: a round reads
     // what it sends, however long the log.
     let shared = Arc::clone(&replica.shared);
-    let (wanted, known) = (theirs.clone(), snapshot.clone());
+    let (wanted, held) = (theirs.clone(), snapshot.clone());
     let missing = blocking(&replica.shared, move || {
-        shared.storage.read()?.missing_indices(&wanted, &known)
+        shared.storage.read()?.missing_indices(&wanted, &held)
     })
     .await?;
     let mut sent = 0;
@@ -669,6 +695,15 @@ async fn respond<T: AsyncRead + AsyncWrite + Unpin>(
             sent += 1;
         }
         connection.flush().await?;
+    }
+    // What this replica knows of other devices: garbage collection on the
+    // initiator can count devices it never met.
+    for peers in known.chunks(MAX_KNOWN_PER_MESSAGE) {
+        connection
+            .feed(&Message::Known {
+                peers: peers.to_vec(),
+            })
+            .await?;
     }
     connection.send(&Message::Done { vector: snapshot }).await?;
     Ok(sent)

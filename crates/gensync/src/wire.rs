@@ -17,7 +17,7 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use crate::{GenVector, LogRecord};
 
 /// The protocol version this crate speaks, the first byte of every frame.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// The largest frame accepted or sent: room for the largest record
 /// ([`MAX_VALUE_LEN`](crate::MAX_VALUE_LEN) plus its key and bookkeeping),
@@ -26,8 +26,8 @@ pub const MAX_FRAME_LEN: usize = 2 * 1024 * 1024;
 
 /// One message between two replicas. A sync round is: both sides send
 /// [`Message::Hello`]; the initiator sends [`Message::GetDeltas`]; the
-/// responder streams [`Message::Record`]s, oldest first, and ends with
-/// [`Message::Done`].
+/// responder streams [`Message::Record`]s, oldest first, then
+/// [`Message::Known`]s, and ends with [`Message::Done`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Message {
@@ -62,11 +62,36 @@ pub enum Message {
         /// The generations the responder has collected.
         vector: GenVector,
     },
+    /// Sent by a responder after its records: what it knows of other
+    /// devices' vectors, so that garbage collection can count devices the
+    /// initiator never met. At most [`MAX_KNOWN_PER_MESSAGE`] entries;
+    /// there may be several.
+    Known {
+        /// The devices, each with the vector last heard of it.
+        peers: Vec<KnownPeer>,
+    },
+}
+
+/// The most [`KnownPeer`]s one [`Message::Known`] carries.
+pub const MAX_KNOWN_PER_MESSAGE: usize = 64;
+
+/// What a replica knows of another device, relayed to a peer: the
+/// device's vector as last heard (directly or second-hand) and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownPeer {
+    /// The device.
+    pub device: DeviceId,
+    /// The newest vector heard of it: it held at least these generations.
+    pub vector: GenVector,
+    /// How long before this message it was last heard of, in
+    /// milliseconds: an age rather than a time, so that the two replicas'
+    /// clocks need not agree.
+    pub heard_ms_ago: u64,
 }
 
 impl Message {
     /// The message's type, as a short name ("hello", "get-deltas",
-    /// "record", "done", "abort", "collected"): what an error says came
+    /// "record", "done", "abort", "collected", "known"): what an error says came
     /// out of turn, without the message's contents (a record's value may
     /// be a mebibyte).
     ///
@@ -84,6 +109,7 @@ impl Message {
             Message::Done { .. } => "done",
             Message::Abort { .. } => "abort",
             Message::Collected { .. } => "collected",
+            Message::Known { .. } => "known",
         }
     }
 }
@@ -259,12 +285,21 @@ mod tests {
                 vector: vector.clone(),
             },
             Message::Record(record()),
-            Message::Done { vector },
+            Message::Done {
+                vector: vector.clone(),
+            },
             Message::Abort {
                 reason: String::from("no"),
             },
             Message::Collected {
                 vector: GenVector::new(),
+            },
+            Message::Known {
+                peers: vec![KnownPeer {
+                    device: DeviceId::new("c").expect("valid"),
+                    vector: vector.clone(),
+                    heard_ms_ago: 60_000,
+                }],
             },
         ];
         for message in messages {

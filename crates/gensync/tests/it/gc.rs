@@ -14,6 +14,13 @@ use crate::hostile::{record, vector};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
+/// Moves every clock of `nodes` two hours on.
+fn two_hours_on(nodes: &[&Node]) {
+    for node in nodes {
+        node.set_clock(node.clock.load(std::sync::atomic::Ordering::SeqCst) + 2 * 3_600_000);
+    }
+}
+
 async fn updates(node: &Node, key: &str, count: usize) {
     for i in 0..count {
         node.put(key, &format!("{key}={i}")).await;
@@ -68,8 +75,9 @@ async fn a_silent_device_holds_collection_back_until_it_is_evicted() {
     );
     assert_eq!(held_back.records_pruned, 5, "generation 1, all superseded");
 
-    // Two hours on, b has been heard from again; c has not.
-    a.set_clock(a.clock.load(std::sync::atomic::Ordering::SeqCst) + 2 * 3_600_000);
+    // Two hours on (for every clock), b has been heard from again; c has
+    // not. (b tells a when it last heard of c, as an age.)
+    two_hours_on(&[&a, &b, &c]);
     pull(&a, &serve_b).await;
     let evicting = a.replica.collect_garbage(HOUR).await.expect("collects");
     assert_eq!(evicting.evicted, [device("c")]);
@@ -78,6 +86,92 @@ async fn a_silent_device_holds_collection_back_until_it_is_evicted() {
     for responder in [serve_a, serve_b, serve_c] {
         stop(responder).await;
     }
+}
+
+/// a, b and c in a line: a and c never meet, yet each learns the other's
+/// vector through b, and every replica collects what all three hold.
+#[tokio::test]
+async fn replicas_in_a_line_collect_without_the_ends_ever_meeting() {
+    let (a, b, c) = (Node::new("a"), Node::new("b"), Node::new("c"));
+    let (serve_a, serve_b, serve_c) = (a.serve().await, b.serve().await, c.serve().await);
+    updates(&a, "x", 10).await;
+    updates(&c, "y", 10).await;
+    // Twice along the line: the records move end to end, then the vectors.
+    for _ in 0..2 {
+        pull(&b, &serve_a).await;
+        pull(&b, &serve_c).await;
+        pull(&a, &serve_b).await;
+        pull(&c, &serve_b).await;
+    }
+    assert_converged(&a, &c);
+    let everyone = a.replica.vector().expect("reads");
+    let known_of = |node: &Node, other: &str| {
+        node.replica
+            .devices()
+            .expect("reads")
+            .into_iter()
+            .find(|info| info.device == device(other))
+            .map(|info| info.vector)
+    };
+    assert_eq!(
+        known_of(&a, "c"),
+        Some(everyone.clone()),
+        "a knows c's vector through b"
+    );
+    assert_eq!(
+        known_of(&c, "a"),
+        Some(everyone.clone()),
+        "c knows a's vector through b"
+    );
+    for node in [&a, &b, &c] {
+        let stats = node.replica.collect_garbage(HOUR).await.expect("collects");
+        assert_eq!(
+            (stats.records_pruned, stats.collected.clone()),
+            (18, everyone.clone()),
+            "{:?}: all but the current x and y",
+            node.replica.device()
+        );
+        assert!(stats.evicted.is_empty());
+        assert_eq!(node.replica.verify().expect("reads"), Ok(()));
+    }
+    assert_eq!(a.get("y").as_deref(), Some("y=9"));
+    assert_eq!(c.get("x").as_deref(), Some("x=9"));
+    for responder in [serve_a, serve_b, serve_c] {
+        stop(responder).await;
+    }
+}
+
+/// A relay says how long ago it heard of a device, not when: a peer whose
+/// clock runs far ahead cannot keep a silent device from eviction.
+#[tokio::test]
+async fn a_relay_from_a_clock_far_ahead_does_not_keep_a_device_from_eviction() {
+    let (a, b, c) = (Node::new("a"), Node::new("b"), Node::new("c"));
+    let (serve_b, serve_c) = (b.serve().await, c.serve().await);
+    updates(&c, "y", 3).await;
+    let ahead = u64::MAX / 2;
+    b.set_clock(ahead);
+    pull(&b, &serve_c).await; // b hears from c, by its clock in the far future
+    b.set_clock(ahead + 500);
+    pull(&a, &serve_b).await; // and tells a it did 500 ms ago
+    let heard = |node: &Node| {
+        node.replica
+            .devices()
+            .expect("reads")
+            .into_iter()
+            .find(|info| info.device == device("c"))
+            .map(|info| info.last_heard_ms)
+    };
+    assert_eq!(heard(&a), Some(1_000), "a heard of c as an author at 1,000");
+    // Two hours on, by both clocks: a hears from b again, nobody from c.
+    let later = 2 * 3_600_000;
+    a.set_clock(1_000 + later);
+    b.set_clock(ahead + later);
+    pull(&a, &serve_b).await;
+    assert_eq!(heard(&a), Some(1_000), "b heard of c two hours ago");
+    let stats = a.replica.collect_garbage(HOUR).await.expect("collects");
+    assert_eq!(stats.evicted, [device("c")]);
+    stop(serve_b).await;
+    stop(serve_c).await;
 }
 
 #[tokio::test]
@@ -90,7 +184,7 @@ async fn an_evicted_device_that_returns_gets_the_current_state_and_converges() {
     updates(&a, "x", 5).await;
     updates(&a, "y", 3).await;
     pull(&b, &serve_a).await;
-    a.set_clock(a.clock.load(std::sync::atomic::Ordering::SeqCst) + 2 * 3_600_000);
+    two_hours_on(&[&a, &b, &c]);
     pull(&a, &serve_b).await; // b is heard from after the jump; c is not
     let stats = a.replica.collect_garbage(HOUR).await.expect("collects");
     assert_eq!(stats.evicted, [device("c")]);

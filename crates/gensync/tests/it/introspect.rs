@@ -159,7 +159,9 @@ async fn the_device_table_shows_each_peer_s_vector_and_when_it_was_heard_of() {
     assert_eq!(table(&b), [("a".into(), vector(&[("a", 1)]), 4_000)]);
     assert_eq!(table(&a), [("b".into(), vector(&[]), 5_000)]);
 
-    // a learns c's records from c; b then hears of c through a only.
+    // a learns c's records from c; b then hears of c through a only, and
+    // a relays the vector it heard from c (at 6,000 by a's clock; b has
+    // heard of c as an author at 8,000 by its own).
     a.set_clock(6_000);
     pull(&a, &serve_c).await;
     b.set_clock(8_000);
@@ -168,7 +170,7 @@ async fn the_device_table_shows_each_peer_s_vector_and_when_it_was_heard_of() {
         table(&b),
         [
             ("a".into(), vector(&[("a", 1), ("c", 1)]), 8_000),
-            ("c".into(), vector(&[]), 8_000),
+            ("c".into(), vector(&[("c", 1)]), 8_000),
         ]
     );
     assert_eq!(
