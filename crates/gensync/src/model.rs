@@ -158,6 +158,7 @@ pub struct LogRecord {
     /// Its place in the generation, from 1.
     pub sequence: u64,
     /// The key it changes.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// The version it creates.
     pub version: VersionId,
@@ -165,6 +166,7 @@ pub struct LogRecord {
     /// update, two for a merge.
     pub parents: Vec<VersionId>,
     /// The new value, or `None` for a deletion (a tombstone).
+    #[serde(with = "serde_bytes")]
     pub value: Option<Vec<u8>>,
     /// Who wrote the value: `device` for a plain write; for a merge, the
     /// writer of the value the merge kept, so that every replica ranks the

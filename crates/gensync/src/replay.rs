@@ -249,6 +249,11 @@ pub(crate) struct Round<'a> {
     received: BTreeMap<DeviceId, BTreeSet<u64>>,
     /// What the peer told of other devices, noted when the round ends.
     known: Vec<KnownPeer>,
+    /// Per device, the (generation, sequence) of its newest record in this
+    /// round so far.
+    last_origin: HashMap<DeviceId, (u64, u64)>,
+    /// Where this round put each new version in the log.
+    appended_at: HashMap<VersionId, u64>,
     /// Per key touched by the round, the versions nothing known descends
     /// from.
     frontiers: BTreeMap<Vec<u8>, Vec<VersionId>>,
@@ -269,6 +274,8 @@ impl<'a> Round<'a> {
             collected: None,
             received: BTreeMap::new(),
             known: Vec::new(),
+            last_origin: HashMap::new(),
+            appended_at: HashMap::new(),
             frontiers: BTreeMap::new(),
             moved: Vec::new(),
             stats: RoundStats::default(),
@@ -303,8 +310,19 @@ impl<'a> Round<'a> {
                 got: format!("generation {} of this replica's own log", record.generation),
             });
         }
-        // Sent twice in this round: the first stays.
-        if writer.has_origin(&record)? {
+        // Sent twice in this round: the first stays. A responder sends each
+        // device's records in the order of its log, so one after the last
+        // seen of its device is new (records from before this round are
+        // all covered by our vector); only one out of that order is looked
+        // up.
+        let origin = (record.generation, record.sequence);
+        let in_order = self
+            .last_origin
+            .get(&record.device)
+            .is_none_or(|last| origin > *last);
+        if in_order {
+            self.last_origin.insert(record.device.clone(), origin);
+        } else if writer.has_origin(&record)? {
             self.stats.duplicates += 1;
             return Ok(());
         }
@@ -335,6 +353,7 @@ impl<'a> Round<'a> {
             return Ok(());
         }
         self.stats.applied += 1;
+        self.appended_at.insert(record.version, index);
         self.advance_frontier(writer, &record)
     }
 
@@ -622,14 +641,19 @@ impl<'a> Round<'a> {
         key: Vec<u8>,
         version: VersionId,
     ) -> Result<(), Error> {
-        let node = writer.dag_node(&version)?.ok_or(Error::Corrupt {
-            what: "dag (a new head without a node)",
-            source: postcard::Error::DeserializeUnexpectedEnd,
-        })?;
-        let head = Head {
-            version,
-            log_index: node.log_index,
+        let log_index = match self.appended_at.get(&version) {
+            Some(&index) => index,
+            None => {
+                writer
+                    .dag_node(&version)?
+                    .ok_or(Error::Corrupt {
+                        what: "dag (a new head without a node)",
+                        source: postcard::Error::DeserializeUnexpectedEnd,
+                    })?
+                    .log_index
+            }
         };
+        let head = Head { version, log_index };
         writer.set_head(&key, &head)?;
         self.moved.push(Moved { key, head });
         Ok(())

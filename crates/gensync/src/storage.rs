@@ -461,15 +461,24 @@ impl Reader {
         Ok(indices)
     }
 
-    /// The records at `indices` that are still in the log, in the order
-    /// given.
+    /// The records at `indices` (ascending) that are still in the log, in
+    /// that order. Each run of consecutive indices is one range read: a
+    /// peer that lacks much of the log usually lacks long runs of it.
     pub(crate) fn records_at(&self, indices: &[u64]) -> Result<Vec<(u64, LogRecord)>, Error> {
         let table = self.txn.open_table(LOG)?;
         let mut records = Vec::with_capacity(indices.len());
-        for &index in indices {
-            if let Some(record) = table.get(index)? {
-                records.push((index, decode("log record", record.value())?));
+        let mut rest = indices;
+        while let Some(&first) = rest.first() {
+            let run = rest
+                .windows(2)
+                .position(|pair| pair[1] != pair[0] + 1)
+                .map_or(rest.len(), |end| end + 1);
+            let last = rest[run - 1];
+            for entry in table.range(first..=last)? {
+                let (index, record) = entry?;
+                records.push((index.value(), decode("log record", record.value())?));
             }
+            rest = &rest[run..];
         }
         Ok(records)
     }
@@ -1148,12 +1157,16 @@ mod tests {
                 .expect("reads"),
             [0, 2, 3]
         );
-        let records = reader.records_at(&[3, 0]).expect("reads");
+        let records = reader.records_at(&[0, 2, 3, 5]).expect("reads");
         let origins: Vec<_> = records
             .iter()
             .map(|(index, record)| (*index, record.generation, record.sequence))
             .collect();
-        assert_eq!(origins, [(3, 2, 2), (0, 1, 1)]);
+        assert_eq!(origins, [(0, 1, 1), (2, 2, 1), (3, 2, 2), (5, 3, 1)]);
+        assert!(
+            reader.records_at(&[6, 7]).expect("reads").is_empty(),
+            "past the log"
+        );
     }
 
     #[test]
