@@ -223,6 +223,68 @@ mod tests {
         assert!(vector.dominates(&other));
     }
 
+    /// Keys and values encode as byte strings, which postcard writes as
+    /// it wrote them as sequences of bytes: stores and peers written
+    /// before read the same.
+    #[test]
+    fn a_record_encodes_as_it_did_before_byte_strings() {
+        #[derive(Serialize)]
+        struct Before {
+            device: DeviceId,
+            generation: u64,
+            sequence: u64,
+            key: Vec<u8>,
+            version: VersionId,
+            parents: Vec<VersionId>,
+            value: Option<Vec<u8>>,
+            writer: DeviceId,
+            timestamp_ms: u64,
+        }
+        let a = device("a");
+        let record = LogRecord {
+            device: a.clone(),
+            generation: 3,
+            sequence: 300,
+            key: b"some/key".to_vec(),
+            version: VersionId::of_write(&a, 3, 300),
+            parents: vec![VersionId::of_write(&a, 2, 1)],
+            value: Some(vec![0xff; 200]),
+            writer: a.clone(),
+            timestamp_ms: 1_700_000_000_000,
+        };
+        let before = Before {
+            device: a.clone(),
+            generation: 3,
+            sequence: 300,
+            key: record.key.clone(),
+            version: record.version,
+            parents: record.parents.clone(),
+            value: record.value.clone(),
+            writer: a,
+            timestamp_ms: record.timestamp_ms,
+        };
+        let now = postcard::to_allocvec(&record).expect("encodes");
+        assert_eq!(now, postcard::to_allocvec(&before).expect("encodes"));
+        let deleted = LogRecord {
+            value: None,
+            ..record
+        };
+        let before = Before {
+            value: None,
+            ..before
+        };
+        assert_eq!(
+            postcard::to_allocvec(&deleted).expect("encodes"),
+            postcard::to_allocvec(&before).expect("encodes")
+        );
+        assert_eq!(
+            postcard::from_bytes::<LogRecord>(&now)
+                .expect("decodes")
+                .key,
+            b"some/key"
+        );
+    }
+
     #[test]
     fn merge_ids_depend_on_the_merge_and_not_on_who_computes_it() {
         let (a, b) = (device("a"), device("b"));
