@@ -409,9 +409,9 @@ impl<'a> Round<'a> {
         // silent ages alike everywhere, and is evicted in time.
         for known in std::mem::take(&mut self.known) {
             if known.device != self.shared.device && known.device != self.peer {
-                writer.heard_second_hand(
+                writer.heard_of(
                     &known.device,
-                    &known.vector,
+                    Some(&known.vector),
                     now_ms.saturating_sub(known.heard_ms_ago),
                 )?;
             }

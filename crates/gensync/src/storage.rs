@@ -859,7 +859,9 @@ impl Writer<'_> {
     }
 
     /// Notes that `device` reported `vector` (or, with `None`, that we
-    /// heard of it without learning its vector) at `now_ms`.
+    /// heard of it without learning its vector) at `now_ms`; a peer's
+    /// relay of a device it heard of is noted the same way. A known vector
+    /// is merged (vectors only grow), and the time kept if newer.
     pub(crate) fn heard_of(
         &mut self,
         device: &DeviceId,
@@ -881,36 +883,6 @@ impl Writer<'_> {
             (None, vector) => PeerRecord {
                 vector: vector.cloned().unwrap_or_default(),
                 last_seen_ms: now_ms,
-            },
-        };
-        self.peers
-            .insert(device.as_str(), encode(&record).as_slice())?;
-        Ok(())
-    }
-
-    /// Notes that a peer relayed `vector` as `device`'s, heard of at
-    /// `heard_ms`: the vector is merged in, and the time kept if it is
-    /// newer than what was known.
-    pub(crate) fn heard_second_hand(
-        &mut self,
-        device: &DeviceId,
-        vector: &GenVector,
-        heard_ms: u64,
-    ) -> Result<(), Error> {
-        let known = self
-            .peers
-            .get(device.as_str())?
-            .map(|value| decode::<PeerRecord>("peer", value.value()))
-            .transpose()?;
-        let record = match known {
-            Some(mut known) => {
-                known.vector.merge(vector);
-                known.last_seen_ms = known.last_seen_ms.max(heard_ms);
-                known
-            }
-            None => PeerRecord {
-                vector: vector.clone(),
-                last_seen_ms: heard_ms,
             },
         };
         self.peers
