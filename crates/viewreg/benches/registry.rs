@@ -2,8 +2,10 @@
 //!
 //! - `healthy_views(features)` over 10,000 views while probe results keep
 //!   swapping the snapshot (1,000 views flap), from 1 and from 2 threads
-//!   at once, for queries returning 0, 10, 100, 1,000 and 10,000 views,
-//!   cloned (`healthy_views`) and borrowed (`Snapshot::healthy_iter`);
+//!   at once, for queries returning 0, 10, 100, 1,000 and 10,000 views:
+//!   `healthy_views` (its answer shares the snapshot's views), the same
+//!   made into owned views (`to_vec`, a reference count each), and
+//!   borrowed (`Snapshot::healthy_iter`);
 //!   beside a mutex-guarded list of the same views answering the same
 //!   query by a scan, with a writer changing a view's health as often;
 //! - the time from a server's death to its view turning unhealthy, with
@@ -216,6 +218,13 @@ fn healthy_views(c: &mut Criterion) {
                 b.iter_custom(|iters| {
                     contended(threads, iters, &|| {
                         std::hint::black_box(registry.healthy_views(&wanted));
+                    })
+                });
+            });
+            group.bench_function(BenchmarkId::new("registry, to_vec", &id), |b| {
+                b.iter_custom(|iters| {
+                    contended(threads, iters, &|| {
+                        std::hint::black_box(registry.healthy_views(&wanted).to_vec());
                     })
                 });
             });

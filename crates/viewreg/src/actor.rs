@@ -127,7 +127,7 @@ where
         Snapshot {
             stamp: ChangeStamp::ZERO,
             changed_at: Instant::now(),
-            views: Vec::new(),
+            views: Arc::from([]),
             healthy: 0,
             panic: false,
             locator_error: None,
@@ -415,7 +415,7 @@ where
             stamp: self.stamp,
             changed_at: Instant::now(),
             index: FeatureIndex::build(&views),
-            views,
+            views: Arc::from(views),
             healthy,
             panic,
             locator_error: self.locator_error.clone(),

@@ -425,7 +425,7 @@ mod tests {
                 changed_at: Instant::now(),
                 healthy: views.iter().filter(|view| view.is_healthy()).count(),
                 index: crate::index::FeatureIndex::build(&views),
-                views,
+                views: views.into(),
                 panic,
                 locator_error: None,
                 stopped: false,

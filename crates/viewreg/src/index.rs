@@ -155,11 +155,38 @@ impl<F: FeatureSet> FeatureIndex<F> {
     }
 }
 
+/// Up to this many lists are merged by looking at every list's head for
+/// each position (a few compares, no heap); more go through a heap.
+const FEW_LISTS: usize = 8;
+
+/// [`merge`] for a few lists: each step takes the smallest of their heads.
+fn merge_few(lists: &[&[u32]]) -> Vec<u32> {
+    let total = lists.iter().map(|list| list.len()).sum();
+    let mut merged = Vec::with_capacity(total);
+    let mut at = [0usize; FEW_LISTS];
+    loop {
+        let mut smallest: Option<(u32, usize)> = None;
+        for (list, positions) in lists.iter().enumerate() {
+            if let Some(&head) = positions.get(at[list])
+                && smallest.is_none_or(|(least, _)| head < least)
+            {
+                smallest = Some((head, list));
+            }
+        }
+        let Some((position, list)) = smallest else {
+            return merged;
+        };
+        merged.push(position);
+        at[list] += 1;
+    }
+}
+
 /// Sorted lists of positions merged into one sorted list.
 fn merge(lists: &[&[u32]]) -> Vec<u32> {
     match lists {
         [] => Vec::new(),
         [only] => only.to_vec(),
+        _ if lists.len() <= FEW_LISTS => merge_few(lists),
         _ => {
             let total = lists.iter().map(|list| list.len()).sum();
             let mut merged = Vec::with_capacity(total);
@@ -261,5 +288,28 @@ mod tests {
             merge(&[&[1, 4, 9], &[0, 5], &[2, 3, 10]]),
             vec![0, 1, 2, 3, 4, 5, 9, 10]
         );
+        // Past FEW_LISTS the heap merges: the same answer.
+        let many: Vec<Vec<u32>> = (0..20u32).map(|n| vec![n, n + 20, n + 40]).collect();
+        let lists: Vec<&[u32]> = many.iter().map(Vec::as_slice).collect();
+        assert_eq!(merge(&lists), (0..60).collect::<Vec<u32>>());
+        assert_eq!(merge_few(&lists[..FEW_LISTS]).len(), 3 * FEW_LISTS);
+    }
+
+    proptest! {
+        /// Both merges give every position of every list, in order.
+        #[test]
+        fn both_merges_agree_with_a_sort(
+            lists in proptest::collection::vec(
+                proptest::collection::btree_set(0u32..500, 0..40), 0..12)
+        ) {
+            let lists: Vec<Vec<u32>> = lists.into_iter().map(|set| set.into_iter().collect()).collect();
+            let slices: Vec<&[u32]> = lists.iter().map(Vec::as_slice).collect();
+            let mut expected: Vec<u32> = lists.iter().flatten().copied().collect();
+            expected.sort_unstable();
+            prop_assert_eq!(&merge(&slices), &expected);
+            if slices.len() <= FEW_LISTS {
+                prop_assert_eq!(&merge_few(&slices), &expected);
+            }
+        }
     }
 }

@@ -165,4 +165,6 @@ pub use grpc::GrpcProber;
 pub use locator::{EndpointSet, Locator, NameLocator, StaticLocator, StreamLocator};
 pub use prober::{ProbeOutcome, Prober, TcpProber};
 pub use registry::{Registry, WaitLimit};
-pub use view::{ChangeStamp, FeatureSet, Health, Partition, Snapshot, Summary, View};
+pub use view::{
+    ChangeStamp, FeatureSet, Health, HealthyIter, HealthyViews, Partition, Snapshot, Summary, View,
+};

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::actor::Actor;
+use crate::view::HealthyViews;
 use crate::{
     ChangeStamp, Error, FeatureSet, Locator, Prober, RegistryConfig, Snapshot, Summary, View,
 };
@@ -144,7 +145,7 @@ where
     /// The healthy views providing every feature of `features` (the empty
     /// set asks for none), sorted by endpoint; in panic mode, every view
     /// providing them (see [`Snapshot::healthy_views`]).
-    pub fn healthy_views(&self, features: &F) -> Vec<View<F, C>> {
+    pub fn healthy_views(&self, features: &F) -> HealthyViews<F, C> {
         self.snapshot.load().healthy_views(features)
     }
 

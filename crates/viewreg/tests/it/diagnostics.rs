@@ -180,7 +180,7 @@ async fn a_registry_follows_features_partitions_and_draining() -> anyhow::Result
 
     let both =
         until(|snapshot, _, _| snapshot.healthy_views(&features(&["kv"])).len() == 2).await?;
-    let query: Vec<_> = both.healthy_views(&features(&["query"]));
+    let query = both.healthy_views(&features(&["query"])).to_vec();
     assert_eq!(query.len(), 1);
     assert_eq!(query[0].endpoint(), &second_endpoint);
     assert_eq!(query[0].partition(), Partition::new(0, 2));

@@ -273,6 +273,76 @@ async fn a_listing_reads_every_page() -> Result<()> {
     Ok(())
 }
 
+/// Keys that change while a listing pages through them: every page is read
+/// at the first page's revision, so the listing is one state of the
+/// store. A writer moves the first and the last key together, in one
+/// transaction, to a new port each time; a listing that read its pages at
+/// different revisions would show them with different ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_is_one_state_while_keys_change_under_it() -> Result<()> {
+    let cluster = EtcdCluster::single().await?;
+    let mut client = cluster.client().await?;
+    for n in 1..=23u16 {
+        let endpoint = Endpoint::new(&format!("10.0.2.{n}"), 2000)?;
+        put(
+            &mut client,
+            &format!("{PREFIX}{n:03}"),
+            &endpoint.to_string(),
+        )
+        .await?;
+    }
+    let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let (mut client, writing) = (client.clone(), Arc::clone(&writing));
+        tokio::spawn(async move {
+            let mut port = 2000u16;
+            while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                port = port.wrapping_add(1).max(2001);
+                let txn = etcd_client::Txn::new().and_then([
+                    etcd_client::TxnOp::put(
+                        format!("{PREFIX}001"),
+                        format!("10.0.2.1:{port}"),
+                        None,
+                    ),
+                    etcd_client::TxnOp::put(
+                        format!("{PREFIX}023"),
+                        format!("10.0.2.23:{port}"),
+                        None,
+                    ),
+                ]);
+                client.txn(txn).await?;
+            }
+            anyhow::Ok(port)
+        })
+    };
+    let port_of = |endpoints: &BTreeSet<Endpoint>, host: &str| {
+        endpoints
+            .iter()
+            .find(|endpoint| endpoint.host() == host)
+            .map(Endpoint::port)
+    };
+    let mut seen = BTreeSet::new();
+    for _ in 0..5 {
+        let mut locator =
+            EtcdLocator::new(client.clone(), PREFIX, EndpointFrom::Value).with_page_size(1);
+        let listed = next_answer(&mut locator).await??;
+        ensure!(listed.len() == 23, "{listed:?}");
+        let (first, last) = (port_of(&listed, "10.0.2.1"), port_of(&listed, "10.0.2.23"));
+        ensure!(
+            first.is_some() && first == last,
+            "pages from different revisions: {first:?} and {last:?}"
+        );
+        seen.insert(first);
+    }
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    writer.await??;
+    ensure!(
+        seen.len() > 1,
+        "the keys changed between listings: {seen:?}"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_read_from_the_key_after_the_prefix() -> Result<()> {
     let cluster = EtcdCluster::single().await?;
