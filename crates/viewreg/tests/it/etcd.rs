@@ -101,13 +101,19 @@ async fn next_answer(locator: &mut EtcdLocator) -> Result<Result<EndpointSet, Lo
 
 /// Asks the locator until it answers `expected`, asking again after each
 /// error; every answer on the way must be one of `allowed` (or `expected`).
+/// Waits for `locator` to answer `expected`. On the way it may answer only
+/// states of `passage` (the states the store went through before
+/// `expected`, in order), each no earlier than the last it answered: a
+/// catch-up may come in one answer or in several, but never goes back or
+/// invents a state.
 async fn until_set(
     locator: &mut EtcdLocator,
     expected: &EndpointSet,
-    allowed: &[EndpointSet],
+    passage: &[EndpointSet],
 ) -> Result<()> {
     let deadline = Instant::now() + PATIENCE;
     let mut last_error = None;
+    let mut at = 0;
     loop {
         let answer = tokio::time::timeout_at(deadline, locator.next_endpoints())
             .await
@@ -117,10 +123,15 @@ async fn until_set(
             .context("the locator ended")?;
         match answer {
             Ok(answered) if answered == *expected => return Ok(()),
-            Ok(answered) => ensure!(
-                allowed.contains(&answered),
-                "answered {answered:?} on the way to {expected:?}"
-            ),
+            Ok(answered) => {
+                let found = passage[at..].iter().position(|state| *state == answered);
+                let Some(step) = found else {
+                    anyhow::bail!(
+                        "answered {answered:?} on the way to {expected:?}, out of {passage:?} from step {at}"
+                    );
+                };
+                at += step;
+            }
             Err(error) => {
                 last_error = Some(error.to_string());
                 tokio::time::sleep(RETRY_PAUSE).await;
@@ -396,7 +407,9 @@ async fn a_watch_broken_by_a_member_kill_resumes_without_missing_changes() -> Re
     let unchanged = set(&[ep(1), ep(2), ep(3)]);
     cluster.restart(member).await?;
 
-    until_set(&mut locator, &set(&[ep(2), ep(4)]), &[unchanged]).await?;
+    // The catch-up may come in one answer or step by step, in order.
+    let passage = [unchanged, set(&[ep(2), ep(3)]), set(&[ep(2), ep(3), ep(4)])];
+    until_set(&mut locator, &set(&[ep(2), ep(4)]), &passage).await?;
     let seen = status.borrow().clone();
     assert_eq!(seen.listings, 1, "resumed, not listed again: {seen:?}");
     assert!(seen.resumes >= 1, "{seen:?}");
