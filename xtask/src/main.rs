@@ -69,6 +69,7 @@ const BENCHED_CRATES: &[&str] = &[
     "flotilla-depengine",
     "flotilla-publisher",
     "flotilla-presence",
+    "flotilla-viewreg",
     "flotilla-gensync",
 ];
 
@@ -245,6 +246,21 @@ fn ci() -> Result<()> {
             cargo(&root).args([
                 "build",
                 "--locked",
+                "-p",
+                package,
+                "--no-default-features",
+                "--features",
+                features,
+            ]),
+        )?;
+        // Its tests, examples and benches too: code gated on a feature
+        // must compile with that feature and no other.
+        step(
+            &format!("{package}'s tests and benches with feature {features} alone"),
+            cargo(&root).args([
+                "check",
+                "--locked",
+                "--all-targets",
                 "-p",
                 package,
                 "--no-default-features",
