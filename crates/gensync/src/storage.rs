@@ -688,6 +688,7 @@ impl WriteTxn {
             pruned_vector: self.txn.open_table(PRUNED_VECTOR)?,
             pending: self.txn.open_table(PENDING)?,
             pending_range: None,
+            new_nodes: std::collections::BTreeMap::new(),
             next_log_index,
             open_generation,
             open_sequence,
@@ -733,6 +734,8 @@ pub(crate) struct Writer<'t> {
     /// The log indices this transaction marked pending, written as one
     /// range by `finish`.
     pending_range: Option<(u64, u64)>,
+    /// The DAG nodes this transaction added, put by `finish` in key order.
+    new_nodes: std::collections::BTreeMap<VersionId, DagNode>,
     next_log_index: u64,
     open_generation: u64,
     open_sequence: u64,
@@ -750,6 +753,9 @@ impl Writer<'_> {
     }
 
     pub(crate) fn dag_node(&self, version: &VersionId) -> Result<Option<DagNode>, Error> {
+        if let Some(node) = self.new_nodes.get(version) {
+            return Ok(Some(node.clone()));
+        }
         let node = self.dag.get(version.0.as_slice())?;
         node.map(|value| decode("dag node", value.value()))
             .transpose()
@@ -783,9 +789,16 @@ impl Writer<'_> {
             parents: record.parents.clone(),
             log_index: index,
         };
-        self.dag
-            .insert(record.version.0.as_slice(), encode(&node).as_slice())?;
+        self.new_nodes.insert(record.version, node);
         Ok((index, true))
+    }
+
+    /// Removes `version`'s DAG node, whether put before or in this
+    /// transaction.
+    fn remove_node(&mut self, version: &VersionId) -> Result<(), Error> {
+        self.new_nodes.remove(version);
+        self.dag.remove(version.0.as_slice())?;
+        Ok(())
     }
 
     /// Marks the record at `index` as part of a round not yet finished.
@@ -818,7 +831,7 @@ impl Writer<'_> {
                 .dag_node(&record.version)?
                 .is_some_and(|node| node.log_index == index)
             {
-                self.dag.remove(record.version.0.as_slice())?;
+                self.remove_node(&record.version)?;
             }
             self.forget_origin(origin_of(&record), index)?;
             self.log.remove(index)?;
@@ -833,7 +846,9 @@ impl Writer<'_> {
     /// Whether `version` is in the DAG, or was collected from it.
     pub(crate) fn knows(&self, version: &VersionId) -> Result<bool, Error> {
         let id = version.0.as_slice();
-        Ok(self.dag.get(id)?.is_some() || self.pruned.get(id)?.is_some())
+        Ok(self.new_nodes.contains_key(version)
+            || self.dag.get(id)?.is_some()
+            || self.pruned.get(id)?.is_some())
     }
 
     /// The generations collected so far: this log may lack their records.
@@ -925,7 +940,7 @@ impl Writer<'_> {
             self.log.remove(*index)?;
             let node = self.dag_node(version)?;
             if node.is_some_and(|node| node.log_index == *index) {
-                self.dag.remove(version.0.as_slice())?;
+                self.remove_node(version)?;
                 self.pruned.insert(version.0.as_slice(), ())?;
                 versions += 1;
             }
@@ -976,6 +991,11 @@ impl Writer<'_> {
 
     /// Writes the counters back; the transaction may then be committed.
     pub(crate) fn finish(mut self) -> Result<Finished, Error> {
+        // In key order: the versions' ids are hashes, and sorted puts walk
+        // the DAG's tree once instead of jumping about it.
+        for (version, node) in std::mem::take(&mut self.new_nodes) {
+            self.dag.insert(version.0.as_slice(), encode(&node).as_slice())?;
+        }
         if let Some((start, end)) = self.pending_range.take() {
             self.pending.insert(start, end)?;
         }
