@@ -49,6 +49,7 @@ const FACADE_FEATURES: &[&str] = &[
 /// on a dependency feature only another crate turns on. A crate that adds a
 /// feature adds it here.
 const CRATE_FEATURES: &[(&str, &str)] = &[
+    ("flotilla-core-types", "etcd"),
     ("flotilla-viewreg", "tower"),
     ("flotilla-viewreg", "etcd"),
     ("flotilla-viewreg", "grpc"),

@@ -27,6 +27,9 @@ pub struct ReadmeDoctests;
 
 mod delegate;
 mod endpoints;
+#[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
+pub mod etcd;
 mod ids;
 mod panic;
 mod task;

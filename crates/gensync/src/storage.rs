@@ -994,7 +994,8 @@ impl Writer<'_> {
         // In key order: the versions' ids are hashes, and sorted puts walk
         // the DAG's tree once instead of jumping about it.
         for (version, node) in std::mem::take(&mut self.new_nodes) {
-            self.dag.insert(version.0.as_slice(), encode(&node).as_slice())?;
+            self.dag
+                .insert(version.0.as_slice(), encode(&node).as_slice())?;
         }
         if let Some((start, end)) = self.pending_range.take() {
             self.pending.insert(start, end)?;

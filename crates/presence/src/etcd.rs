@@ -13,6 +13,7 @@ use etcd_client::{
     TxnOp, TxnOpResponse, TxnResponse,
 };
 use flotilla_core_types::Name;
+use flotilla_core_types::etcd::{is_connect_failure, prefix_end};
 
 use crate::store::{KeyRecord, PingBatch, PresenceStore, PruneReport, PruneRule};
 use crate::{Config, Incarnation, Slot, StoreError};
@@ -1042,33 +1043,8 @@ fn corrupt(key: &[u8], reason: String) -> StoreError {
     }
 }
 
-/// The end of the range of every key beginning with `prefix` (etcd's
-/// rule: the last byte below 0xff incremented).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
 fn shown(key: &[u8]) -> String {
     String::from_utf8_lossy(key).into_owned()
-}
-
-/// Whether `error` says no member could be reached at all (so the request
-/// never arrived and is worth sending again at once).
-fn is_connect_failure(error: &etcd_client::Error) -> bool {
-    match error {
-        etcd_client::Error::TransportError(_) => true,
-        etcd_client::Error::GRpcStatus(status) => {
-            status.code() == tonic::Code::Unavailable && status.message().contains("connect")
-        }
-        _ => false,
-    }
 }
 
 #[cfg(test)]
@@ -1109,12 +1085,5 @@ mod tests {
         assert_eq!(parse_padded("42"), None);
         assert_eq!(parse_padded("0000000000000000004x"), None);
         assert_eq!(parse_padded("99999999999999999999"), None);
-    }
-
-    #[test]
-    fn prefix_ends_follow_etcds_rule() {
-        assert_eq!(prefix_end(b"a/"), b"a0".to_vec());
-        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
-        assert_eq!(prefix_end(b""), vec![0]);
     }
 }

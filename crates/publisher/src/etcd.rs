@@ -11,6 +11,7 @@ use etcd_client::{
     Client, ConnectOptions, DeleteOptions, GetOptions, KeyValue, LeaseKeepAliveStream, LeaseKeeper,
     PutOptions, Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions, WatchStream,
 };
+use flotilla_core_types::etcd::{is_connect_failure, prefix_end};
 use flotilla_core_types::{
     Endpoint, EndpointSource, EndpointWatch, EndpointsFuture, Name, SourceError,
 };
@@ -1353,19 +1354,6 @@ fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> i64 {
     header.map_or(0, |header| header.revision())
 }
 
-/// The end of the key range of every key beginning with `prefix`: the
-/// prefix with its last byte below 0xff incremented (etcd's own rule).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0] // every key from `prefix` on
-}
-
 fn validate_prefix(prefix: &str) -> Result<(), Error> {
     let fail = |reason: String| {
         Err(Error::InvalidConfig {
@@ -1447,18 +1435,6 @@ fn bad_entry(key: &[u8], reason: String) -> BadEntry {
     BadEntry {
         key: String::from_utf8_lossy(key).into_owned(),
         reason,
-    }
-}
-
-/// Whether the call never reached a member (so sending it again is safe
-/// and may reach another).
-fn is_connect_failure(error: &etcd_client::Error) -> bool {
-    match error {
-        etcd_client::Error::TransportError(_) => true,
-        etcd_client::Error::GRpcStatus(status) => {
-            status.code() == Code::Unavailable && status.message().contains("connect")
-        }
-        _ => false,
     }
 }
 

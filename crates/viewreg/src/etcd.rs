@@ -19,6 +19,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use etcd_client::{Client, GetOptions, KeyValue, WatchOptions, WatchResponse, WatchStream};
+use flotilla_core_types::etcd::{is_connect_failure, prefix_end};
 use flotilla_core_types::{Endpoint, Name};
 use tokio::sync::watch;
 use tonic::Code;
@@ -607,33 +608,8 @@ fn page_limit(entries: usize) -> i64 {
     i64::try_from(entries.max(1)).unwrap_or(i64::MAX)
 }
 
-/// The end of the key range of every key beginning with `prefix`: the
-/// prefix with its last byte below 0xff incremented (etcd's own rule).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0] // every key from `prefix` on
-}
-
 fn shown_key(key: &[u8]) -> String {
     String::from_utf8_lossy(key).into_owned()
-}
-
-/// Whether the call never reached a member (so sending it again is safe
-/// and may reach another).
-fn is_connect_failure(error: &etcd_client::Error) -> bool {
-    match error {
-        etcd_client::Error::TransportError(_) => true,
-        etcd_client::Error::GRpcStatus(status) => {
-            status.code() == Code::Unavailable && status.message().contains("connect")
-        }
-        _ => false,
-    }
 }
 
 /// Whether etcd refused a read at a revision it has compacted away.
@@ -680,14 +656,6 @@ fn classify(error: etcd_client::Error) -> LocatorError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn prefix_ends_follow_etcds_rule() {
-        assert_eq!(prefix_end(b"a/"), b"a0".to_vec());
-        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
-        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
-        assert_eq!(prefix_end(b""), vec![0]);
-    }
 
     #[test]
     fn a_refused_watch_is_rejected_and_other_cancels_unavailable() {
