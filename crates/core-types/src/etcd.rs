@@ -1,5 +1,6 @@
 //! What the crates' etcd backends share (feature `etcd`): the end of a
-//! prefix's key range, and whether a failed request ever reached a member.
+//! prefix's key range, whether a failed request ever reached a member, and
+//! sending such a request again.
 //!
 //! Each backend speaks its own part of etcd's API; these are the small
 //! rules of etcd itself that every one of them needs the same way.
@@ -40,6 +41,39 @@ pub fn is_connect_failure(error: &etcd_client::Error) -> bool {
     }
 }
 
+/// How often [`retry_connect_failures`] sends a request again, and the
+/// pause before each retry: about what a client's balancer needs to mark a
+/// dead member and pick another.
+pub const CONNECT_RETRIES: u32 = 3;
+/// See [`CONNECT_RETRIES`].
+pub const CONNECT_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Sends a request (`attempt` makes it, once per try) and, when it failed
+/// to connect to any member ([`is_connect_failure`]), sends it again, up
+/// to [`CONNECT_RETRIES`] times with [`CONNECT_RETRY_PAUSE`] between.
+/// Any other answer, success or error, is returned as it is.
+///
+/// Only for requests that are safe to repeat: a request that never
+/// arrived is, whatever it does. Bound the whole with a timeout of your
+/// own; this adds at most the pauses.
+pub async fn retry_connect_failures<T, F, Fut>(mut attempt: F) -> Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    let mut retries = 0;
+    loop {
+        match attempt().await {
+            Err(error) if retries < CONNECT_RETRIES && is_connect_failure(&error) => {
+                retries += 1;
+                tracing::debug!(%error, retries, "etcd member unreachable; trying again");
+                tokio::time::sleep(CONNECT_RETRY_PAUSE).await;
+            }
+            result => return result,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,5 +105,45 @@ mod tests {
         assert!(!is_connect_failure(&etcd_client::Error::InvalidArgs(
             String::from("connect")
         )));
+    }
+
+    fn refused() -> etcd_client::Error {
+        etcd_client::Error::GRpcStatus(tonic::Status::unavailable("tcp connect error"))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_never_arrived_is_sent_again_a_few_times() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        // Two connect failures, then an answer.
+        let tries = AtomicU32::new(0);
+        let started = tokio::time::Instant::now();
+        let answer = retry_connect_failures(|| async {
+            match tries.fetch_add(1, Ordering::SeqCst) {
+                0 | 1 => Err(refused()),
+                _ => Ok(7),
+            }
+        })
+        .await;
+        assert_eq!(answer.ok(), Some(7));
+        assert_eq!(tries.load(Ordering::SeqCst), 3);
+        assert_eq!(started.elapsed(), CONNECT_RETRY_PAUSE * 2);
+        // Always refused: the last failure, after CONNECT_RETRIES retries.
+        let tries = AtomicU32::new(0);
+        let answer: Result<(), _> = retry_connect_failures(|| async {
+            tries.fetch_add(1, Ordering::SeqCst);
+            Err(refused())
+        })
+        .await;
+        assert!(answer.is_err_and(|error| is_connect_failure(&error)));
+        assert_eq!(tries.load(Ordering::SeqCst), CONNECT_RETRIES + 1);
+        // Any other error is not retried.
+        let tries = AtomicU32::new(0);
+        let answer: Result<(), _> = retry_connect_failures(|| async {
+            tries.fetch_add(1, Ordering::SeqCst);
+            Err(etcd_client::Error::InvalidArgs(String::from("bad key")))
+        })
+        .await;
+        assert!(answer.is_err());
+        assert_eq!(tries.load(Ordering::SeqCst), 1);
     }
 }

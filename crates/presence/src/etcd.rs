@@ -13,7 +13,7 @@ use etcd_client::{
     TxnOp, TxnOpResponse, TxnResponse,
 };
 use flotilla_core_types::Name;
-use flotilla_core_types::etcd::{is_connect_failure, prefix_end};
+use flotilla_core_types::etcd::{prefix_end, retry_connect_failures};
 
 use crate::store::{KeyRecord, PingBatch, PresenceStore, PruneReport, PruneRule};
 use crate::{Config, Incarnation, Slot, StoreError};
@@ -24,12 +24,6 @@ pub const DEFAULT_PREFIX: &str = "flotilla/presence/";
 
 /// How long one request may take before it counts as failed.
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How often a request is sent again when no member could be connected to,
-/// and the pause before each retry: about what a client's balancer needs to
-/// mark a dead member and pick another.
-const CONNECT_RETRIES: u32 = 3;
-const CONNECT_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// Keys read per page of a range read.
 const PAGE_SIZE: i64 = 1000;
@@ -223,20 +217,10 @@ impl EtcdStore {
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        let attempts = async {
-            let mut retries = 0;
-            loop {
-                self.shared.requests.fetch_add(1, Ordering::Relaxed);
-                match request(self.client.clone()).await {
-                    Err(error) if retries < CONNECT_RETRIES && is_connect_failure(&error) => {
-                        retries += 1;
-                        tracing::debug!(%error, retries, operation, "etcd member unreachable; trying again");
-                        tokio::time::sleep(CONNECT_RETRY_PAUSE).await;
-                    }
-                    result => return result,
-                }
-            }
-        };
+        let attempts = retry_connect_failures(|| {
+            self.shared.requests.fetch_add(1, Ordering::Relaxed);
+            request(self.client.clone())
+        });
         match tokio::time::timeout(self.request_timeout, attempts).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(error)) => Err(StoreError::unavailable(operation, error)),

@@ -11,7 +11,7 @@ use etcd_client::{
     Client, ConnectOptions, DeleteOptions, GetOptions, KeyValue, LeaseKeepAliveStream, LeaseKeeper,
     PutOptions, Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions, WatchStream,
 };
-use flotilla_core_types::etcd::{is_connect_failure, prefix_end};
+use flotilla_core_types::etcd::{prefix_end, retry_connect_failures};
 use flotilla_core_types::{
     Endpoint, EndpointSource, EndpointWatch, EndpointsFuture, Name, SourceError,
 };
@@ -40,12 +40,6 @@ const MAX_ETCD_TTL: Duration = Duration::from_secs(9_000_000_000);
 
 /// How long connecting to an endpoint may take before it counts as down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// How many times one call is sent again after failing to reach a member,
-/// and how long to wait before each: enough for the client to move past a
-/// dead member, little enough to stay well inside an operation timeout.
-const CONNECT_RETRIES: u32 = 3;
-const CONNECT_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// HTTP/2 pings while requests are under way, so that a member killed
 /// without closing its sockets is noticed without waiting for each request's
@@ -468,17 +462,7 @@ impl EtcdNamespace {
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        let mut retries = 0;
-        loop {
-            match call(self.client.clone()).await {
-                Err(error) if retries < CONNECT_RETRIES && is_connect_failure(&error) => {
-                    retries += 1;
-                    tracing::debug!(%error, retries, "etcd member unreachable; trying again");
-                    tokio::time::sleep(CONNECT_RETRY_PAUSE).await;
-                }
-                result => return result,
-            }
-        }
+        retry_connect_failures(|| call(self.client.clone())).await
     }
 
     fn name_prefix(&self, name: &str) -> String {

@@ -19,7 +19,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use etcd_client::{Client, GetOptions, KeyValue, WatchOptions, WatchResponse, WatchStream};
-use flotilla_core_types::etcd::{is_connect_failure, prefix_end};
+use flotilla_core_types::etcd::{prefix_end, retry_connect_failures};
 use flotilla_core_types::{Endpoint, Name};
 use tokio::sync::watch;
 use tonic::Code;
@@ -30,13 +30,6 @@ use crate::{EndpointSet, Locator, LocatorError};
 /// entries are a few hundred bytes at most, so a page stays far below the
 /// client's 4 MiB decode limit, and few round trips list any prefix.
 const DEFAULT_PAGE_SIZE: usize = 1000;
-
-/// How many times one call is sent again after failing to reach a member,
-/// and how long to wait before each: the client balances over every
-/// endpoint and may send a call to a member that just died; a few quick
-/// retries move past it before the registry's slower backoff applies.
-const CONNECT_RETRIES: u32 = 3;
-const CONNECT_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// How many times a listing starts over when etcd compacts the revision it
 /// was reading at between two pages. Compactions are minutes apart, so a
@@ -582,26 +575,19 @@ where
     F: FnMut(Client) -> Fut,
     Fut: Future<Output = Result<T, etcd_client::Error>>,
 {
-    let mut retries = 0;
-    loop {
-        let answer = tokio::time::timeout(limit, call(client.clone()))
-            .await
-            .unwrap_or_else(|_| {
+    retry_connect_failures(|| {
+        let attempt = tokio::time::timeout(limit, call(client.clone()));
+        async move {
+            attempt.await.unwrap_or_else(|_| {
                 Err(etcd_client::Error::GRpcStatus(
                     tonic::Status::deadline_exceeded(format!(
                         "etcd did not answer within {limit:?}"
                     )),
                 ))
-            });
-        match answer {
-            Err(error) if retries < CONNECT_RETRIES && is_connect_failure(&error) => {
-                retries += 1;
-                tracing::debug!(%error, retries, "etcd member unreachable; trying again");
-                tokio::time::sleep(CONNECT_RETRY_PAUSE).await;
-            }
-            result => return result,
+            })
         }
-    }
+    })
+    .await
 }
 
 fn page_limit(entries: usize) -> i64 {

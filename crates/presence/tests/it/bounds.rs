@@ -77,10 +77,7 @@ async fn running_keys_never_die_even_with_jittered_flushes_and_loads() {
         config.seed = Some(seed);
         let parts = Parts::start(config);
         let keys: Vec<_> = (0..20).map(key).collect();
-        let mut pingers = Vec::new();
-        for agent in &keys {
-            pingers.push(parts.pinger(agent).await);
-        }
+        let _pingers = parts.pingers(&keys).await;
         let (mut changes, first) = parts.subscription(&keys).await;
         assert!(first.iter().all(|change| change.alive));
         tokio::time::sleep(Duration::from_secs(60)).await;
@@ -111,10 +108,7 @@ async fn deaths_through_a_write_outage(offset: Duration, outage: Duration) -> us
     let config = fast_config();
     let parts = Parts::start(config.clone());
     let keys: Vec<_> = (0..20).map(key).collect();
-    let mut pingers = Vec::new();
-    for agent in &keys {
-        pingers.push(parts.pinger(agent).await);
-    }
+    let pingers = parts.pingers(&keys).await;
     let (mut changes, first) = parts.subscription(&keys).await;
     assert!(first.iter().all(|change| change.alive));
     let slot = config.slot_length;

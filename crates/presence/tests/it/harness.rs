@@ -154,6 +154,15 @@ impl Parts {
         .expect("the pinger starts")
     }
 
+    /// A running pinger for each of `keys`, in order.
+    pub(crate) async fn pingers(&self, keys: &[Name]) -> Vec<Pinger> {
+        let mut pingers = Vec::with_capacity(keys.len());
+        for key in keys {
+            pingers.push(self.pinger(key).await);
+        }
+        pingers
+    }
+
     /// A subscription watching `keys`, with their first states taken.
     pub(crate) async fn subscription(&self, keys: &[Name]) -> (Subscription, Vec<Change>) {
         let mut subscription = self.watcher.subscribe();
