@@ -6,8 +6,11 @@
 //! Run with `cargo bench -p flotilla-gensync --bench memory`; the result and
 //! its goal (under 64 MiB) are in docs/benchmarks.md.
 
-use flotilla_core_types::DeviceId;
-use flotilla_gensync::{Replica, ReplicaConfig, Storage, SyncConfig, initiate_over, respond_over};
+use flotilla_gensync::{SyncConfig, initiate_over, respond_over};
+
+mod support;
+
+use support::{fill_kib, replica, runtime};
 
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
@@ -17,34 +20,13 @@ const MIB: f64 = 1024.0 * 1024.0;
 
 fn main() {
     let _profiler = dhat::Profiler::builder().testing().build();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime builds");
-    runtime.block_on(measure());
-}
-
-fn replica(dir: &tempfile::TempDir, name: &str) -> Replica {
-    let storage = Storage::open(dir.path().join(format!("{name}.redb"))).expect("opens");
-    let device = DeviceId::new(name).expect("valid id");
-    Replica::open(device, storage, ReplicaConfig::default()).expect("opens")
+    runtime().block_on(measure());
 }
 
 async fn measure() {
     let dir = tempfile::tempdir().expect("a directory");
-    let (source, sink) = (replica(&dir, "source"), replica(&dir, "sink"));
-    for chunk in 0..RECORDS / 1_000 {
-        let batch = (0..1_000)
-            .map(|i| {
-                (
-                    format!("k/{chunk:04}/{i:04}").into_bytes(),
-                    Some(vec![7; 1024]),
-                )
-            })
-            .collect();
-        source.write_batch(batch).await.expect("writes");
-    }
+    let (source, sink) = (replica(dir.path(), "source"), replica(dir.path(), "sink"));
+    fill_kib(&source, RECORDS).await;
     let stats = dhat::HeapStats::get();
     let (before, peak_before) = (stats.curr_bytes, stats.max_bytes);
 

@@ -14,25 +14,16 @@ use std::time::Instant;
 
 use flotilla_core_types::DeviceId;
 use flotilla_gensync::wire::{Connection, Message};
-use flotilla_gensync::{
-    GenVector, Replica, ReplicaConfig, Storage, SyncConfig, initiate_over, respond_over,
-};
+use flotilla_gensync::{GenVector, SyncConfig, initiate_over, respond_over};
 
 const RECORDS: usize = 100_000;
 
-fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime builds");
-    runtime.block_on(measure());
-}
+mod support;
 
-fn replica(dir: &Path, name: &str) -> Replica {
-    let storage = Storage::open(dir.join(format!("{name}.redb"))).expect("opens");
-    let device = DeviceId::new(name).expect("valid id");
-    Replica::open(device, storage, ReplicaConfig::default()).expect("opens")
+use support::{fill_kib, replica, runtime};
+
+fn main() {
+    runtime().block_on(measure());
 }
 
 async fn measure() {
@@ -44,17 +35,7 @@ async fn measure() {
     };
     let dir = tempfile::tempdir_in(&base).expect("a directory");
     let (source, sink) = (replica(dir.path(), "source"), replica(dir.path(), "sink"));
-    for chunk in 0..RECORDS / 1_000 {
-        let batch = (0..1_000)
-            .map(|i| {
-                (
-                    format!("k/{chunk:04}/{i:04}").into_bytes(),
-                    Some(vec![7; 1024]),
-                )
-            })
-            .collect();
-        source.write_batch(batch).await.expect("writes");
-    }
+    fill_kib(&source, RECORDS).await;
 
     // The floor: the responder's side alone.
     let (near, far) = tokio::io::duplex(256 * 1024);

@@ -31,20 +31,18 @@ use std::time::{Duration, Instant};
 use flotilla_core_types::{DeviceId, Worker};
 use flotilla_gensync::wire::{Connection, Message};
 use flotilla_gensync::{
-    GenVector, Replica, ReplicaConfig, Responder, Storage, SyncConfig, initiate_over, respond_over,
-    sync_with,
+    GenVector, Replica, Responder, SyncConfig, initiate_over, respond_over, sync_with,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+mod support;
+
+use support::replica;
 
 const VALUE_LEN: usize = 1024;
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime builds");
-    runtime.block_on(async {
+    support::runtime().block_on(async {
         if std::env::args().any(|arg| arg == "rounds") {
             // Only the round figures: `cargo bench --bench sync -- rounds`.
         } else {
@@ -61,12 +59,6 @@ fn main() {
             large.as_secs_f64() / small.as_secs_f64()
         );
     });
-}
-
-fn replica(name: &str, dir: &tempfile::TempDir) -> Replica {
-    let storage = Storage::open(dir.path().join(format!("{name}.redb"))).expect("opens");
-    let device = DeviceId::new(name).expect("valid id");
-    Replica::open(device, storage, ReplicaConfig::default()).expect("opens")
 }
 
 async fn fill(replica: &Replica, prefix: &str, records: usize) -> u64 {
@@ -95,7 +87,7 @@ async fn fill(replica: &Replica, prefix: &str, records: usize) -> u64 {
 /// Prints the wire figures for `missing` records; returns the ratio.
 async fn wire_ratio(missing: usize) -> f64 {
     let dir = tempfile::tempdir().expect("a directory");
-    let (source, sink) = (replica("source", &dir), replica("sink", &dir));
+    let (source, sink) = (replica(dir.path(), "source"), replica(dir.path(), "sink"));
     let payload = fill(&source, "k", missing).await;
     let (near, far) = tokio::io::duplex(256 * 1024);
     let written = Arc::new(AtomicU64::new(0));
@@ -141,7 +133,7 @@ struct Converged {
 async fn convergence(per_replica: usize, dir: &Path) -> Converged {
     let dir = tempfile::tempdir_in(dir).expect("a directory");
     let names = ["r0", "r1", "r2"];
-    let replicas: Vec<Replica> = names.iter().map(|name| replica(name, &dir)).collect();
+    let replicas: Vec<Replica> = names.iter().map(|name| replica(dir.path(), name)).collect();
     let mut payload = 0;
     for (replica, name) in replicas.iter().zip(names) {
         payload += fill(replica, name, per_replica).await;
@@ -254,18 +246,8 @@ async fn durable_copy(bytes: u64, dir: &Path) -> Duration {
                 .expect("binds");
             let address = listener.local_addr().expect("an address");
             let receiver = tokio::spawn(async move {
-                let (mut stream, _) = listener.accept().await.expect("accepts");
                 let mut file = tokio::fs::File::create(&path).await.expect("creates");
-                let mut buffer = vec![0; 64 * 1024];
-                let mut total = 0u64;
-                while total < bytes {
-                    let read = stream.read(&mut buffer).await.expect("reads");
-                    if read == 0 {
-                        break;
-                    }
-                    file.write_all(&buffer[..read]).await.expect("writes");
-                    total += read as u64;
-                }
+                receive_into(listener, bytes, &mut file).await;
                 file.sync_all().await.expect("syncs");
             });
             send(address, bytes).await;
@@ -285,7 +267,7 @@ const ROUNDS: usize = 21;
 /// responder reads, not what the peer writes).
 async fn round_cost(log_len: usize) -> Duration {
     let dir = tempfile::tempdir().expect("a directory");
-    let source = replica("source", &dir);
+    let source = replica(dir.path(), "source");
     let mut written = 0;
     while written < log_len - 1 {
         let batch: Vec<_> = (written..(written + 10_000).min(log_len - 1))
@@ -358,22 +340,32 @@ async fn raw_copy(bytes: u64) -> Duration {
         .await
         .expect("binds");
     let address = listener.local_addr().expect("an address");
-    let reader = tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.expect("accepts");
-        let mut buffer = vec![0; 64 * 1024];
-        let mut total = 0u64;
-        while total < bytes {
-            let read = stream.read(&mut buffer).await.expect("reads");
-            if read == 0 {
-                break;
-            }
-            total += read as u64;
-        }
-    });
+    let reader =
+        tokio::spawn(async move { receive_into(listener, bytes, &mut tokio::io::sink()).await });
     let started = Instant::now();
     send(address, bytes).await;
     reader.await.expect("the reader finishes");
     started.elapsed()
+}
+
+/// Takes one connection on `listener` and writes the first `bytes` it
+/// reads into `sink`, 64 KiB at a time.
+async fn receive_into<W: AsyncWrite + Unpin>(
+    listener: tokio::net::TcpListener,
+    bytes: u64,
+    sink: &mut W,
+) {
+    let (mut stream, _) = listener.accept().await.expect("accepts");
+    let mut buffer = vec![0; 64 * 1024];
+    let mut total = 0u64;
+    while total < bytes {
+        let read = stream.read(&mut buffer).await.expect("reads");
+        if read == 0 {
+            break;
+        }
+        sink.write_all(&buffer[..read]).await.expect("writes");
+        total += read as u64;
+    }
 }
 
 /// Sends `bytes` to `address` over TCP, 64 KiB at a time.

@@ -1,0 +1,41 @@
+//! What the gensync benchmarks share: their runtime, a replica on a file,
+//! and a store filled with records of 1 KiB.
+
+use std::path::Path;
+
+use flotilla_core_types::DeviceId;
+use flotilla_gensync::{Replica, ReplicaConfig, Storage};
+
+/// The runtime every benchmark runs on: two workers, as the machine has
+/// two cores.
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime builds")
+}
+
+/// A replica of device `name` on the file `name.redb` in `dir`.
+pub(crate) fn replica(dir: &Path, name: &str) -> Replica {
+    let storage = Storage::open(dir.join(format!("{name}.redb"))).expect("opens");
+    let device = DeviceId::new(name).expect("valid id");
+    Replica::open(device, storage, ReplicaConfig::default()).expect("opens")
+}
+
+/// Writes `records` (a multiple of 1,000) keys of 1 KiB values into
+/// `replica`, 1,000 to a transaction.
+#[allow(dead_code, reason = "not every benchmark fills a store this way")]
+pub(crate) async fn fill_kib(replica: &Replica, records: usize) {
+    for chunk in 0..records / 1_000 {
+        let batch = (0..1_000)
+            .map(|i| {
+                (
+                    format!("k/{chunk:04}/{i:04}").into_bytes(),
+                    Some(vec![7; 1024]),
+                )
+            })
+            .collect();
+        replica.write_batch(batch).await.expect("writes");
+    }
+}
