@@ -31,6 +31,10 @@ use crate::{EndpointSet, Locator, LocatorError};
 /// client's 4 MiB decode limit, and few round trips list any prefix.
 const DEFAULT_PAGE_SIZE: usize = 1000;
 
+/// How long an open watch may stay quiet before the locator asks etcd for
+/// its progress (see [`EtcdLocator::with_progress_every`]).
+const DEFAULT_PROGRESS_EVERY: Duration = Duration::from_secs(60);
+
 /// How many times a listing starts over when etcd compacts the revision it
 /// was reading at between two pages. Compactions are minutes apart, so a
 /// second failure in a row means something else is wrong.
@@ -96,7 +100,12 @@ pub struct EtcdLocatorStatus {
 ///   (created and canceled at once) is an error: one for lack of
 ///   permission or authentication is [`LocatorError::Rejected`].
 /// - **After a compaction** of that revision, the watch cannot resume: the
-///   locator lists the prefix again and answers the set it finds.
+///   locator lists the prefix again and answers the set it finds. So that
+///   a quiet prefix's revision does not fall behind the store's, the
+///   locator asks etcd for the open watch's progress every minute
+///   ([`with_progress_every`](Self::with_progress_every)); etcd's answer
+///   carries the revision every change up to which has been sent, and a
+///   later resume starts there.
 /// - **Unreadable entries** (a key or value that is not an endpoint's
 ///   text) are left out of the set, logged with a warning, and shown in
 ///   [`EtcdLocatorStatus::unreadable`]; they never make the locator fail.
@@ -156,6 +165,9 @@ pub struct EtcdLocator {
     from: EndpointFrom,
     page_size: i64,
     request_timeout: Duration,
+    /// How long an open watch may stay quiet before the locator asks etcd
+    /// for its progress.
+    progress_every: Duration,
     /// Every readable entry under the prefix, by key.
     entries: BTreeMap<Vec<u8>, Endpoint>,
     /// The revision `entries` is in step with; `None` until listed, and
@@ -187,6 +199,7 @@ impl EtcdLocator {
             from,
             page_size: page_limit(DEFAULT_PAGE_SIZE),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            progress_every: DEFAULT_PROGRESS_EVERY,
             entries: BTreeMap::new(),
             revision: None,
             watch: None,
@@ -271,6 +284,15 @@ impl EtcdLocator {
         self
     }
 
+    /// Asks etcd for the open watch's progress after `every` without a
+    /// response (default one minute), keeping the revision a resume starts
+    /// from close to the store's even while the prefix is quiet. Each ask is
+    /// one small message on the watch's stream.
+    pub fn with_progress_every(mut self, every: Duration) -> Self {
+        self.progress_every = every;
+        self
+    }
+
     /// The key prefix followed.
     pub fn key_prefix(&self) -> &[u8] {
         &self.key_prefix
@@ -304,7 +326,21 @@ impl EtcdLocator {
             self.watch_created = false;
             return Ok(());
         };
-        match stream.message().await {
+        let message = tokio::select! {
+            message = stream.message() => message,
+            () = tokio::time::sleep(self.progress_every), if self.watch_created => {
+                // Cancel safe: tonic's `message` loses nothing when dropped.
+                return match stream.request_progress().await {
+                    Ok(()) => Ok(()),
+                    Err(error) => {
+                        self.watch = None;
+                        self.watch_created = false;
+                        Err(classify(error))
+                    }
+                };
+            }
+        };
+        match message {
             Ok(Some(response)) if !self.watch_created => self.confirm(&response, revision),
             Ok(Some(response)) => self.apply(response),
             Ok(None) => {
@@ -455,6 +491,12 @@ impl EtcdLocator {
             return self.broken(&response);
         }
         let mut revision = self.revision.unwrap_or(0);
+        if response.events().is_empty() && !response.created() {
+            // A progress report: every change up to its revision was sent.
+            if let Some(header) = response.header() {
+                revision = revision.max(header.revision());
+            }
+        }
         let mut newly_unreadable = Vec::new();
         let mut readable_again = Vec::new();
         for event in response.events() {
@@ -551,6 +593,7 @@ impl fmt::Debug for EtcdLocator {
             .field("key_prefix", &shown_key(&self.key_prefix))
             .field("from", &self.from)
             .field("page_size", &self.page_size)
+            .field("progress_every", &self.progress_every)
             .field("request_timeout", &self.request_timeout)
             .field("revision", &self.revision)
             .field("entries", &self.entries.len())

@@ -99,8 +99,6 @@ async fn next_answer(locator: &mut EtcdLocator) -> Result<Result<EndpointSet, Lo
         .context("the locator ended")
 }
 
-/// Asks the locator until it answers `expected`, asking again after each
-/// error; every answer on the way must be one of `allowed` (or `expected`).
 /// Waits for `locator` to answer `expected`. On the way it may answer only
 /// states of `passage` (the states the store went through before
 /// `expected`, in order), each no earlier than the last it answered: a
@@ -370,6 +368,72 @@ async fn an_endpoint_read_from_the_key_after_the_prefix() -> Result<()> {
     );
     delete(&mut client, "services/kv/10.0.0.1:80").await?;
     assert_eq!(next_answer(&mut locator).await??, set(&[ep(2)]));
+    Ok(())
+}
+
+/// A quiet prefix's revision keeps up with the store through progress
+/// requests, so a watch broken after etcd compacted everything up to the
+/// store's revision still resumes instead of listing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_prefix_keeps_up_with_the_store_and_resumes_after_a_compaction() -> Result<()> {
+    let mut cluster = EtcdCluster::three().await?;
+    let member = a_follower(&cluster).await?;
+    let mut others = others_client(&cluster, member).await?;
+    put(&mut others, "services/kv/a", "10.0.0.1:80").await?;
+    let mut locator = EtcdLocator::new(
+        member_client(&cluster, member).await?,
+        PREFIX,
+        EndpointFrom::Value,
+    )
+    .with_progress_every(Duration::from_millis(200));
+    let mut status = locator.status();
+    assert_eq!(next_answer(&mut locator).await??, set(&[ep(1)]));
+    let listed_at = status.borrow().revision.context("listed")?;
+
+    // The locator is driven as a registry would drive it.
+    let (answers, mut answered) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        while let Some(answer) = locator.next_endpoints().await {
+            if answers.send(answer).is_err() {
+                break;
+            }
+        }
+    });
+    // Writes elsewhere move the store on; the prefix stays quiet.
+    let mut newest = listed_at;
+    for n in 0..5 {
+        newest = put(&mut others, &format!("unrelated/{n}"), "x").await?;
+    }
+    tokio::time::timeout(
+        PATIENCE,
+        status.wait_for(|seen| seen.revision >= Some(newest)),
+    )
+    .await
+    .context("the revision never caught up with the store")??;
+
+    others.compact(newest, None).await?;
+    cluster.kill(member)?;
+    cluster.restart(member).await?;
+    // An error for the broken watch, then the set as it was, once resumed.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let answer = tokio::time::timeout_at(deadline, answered.recv())
+            .await
+            .context("no answer after the restart")?
+            .context("the locator ended")?;
+        if let Ok(set_now) = answer {
+            assert_eq!(set_now, set(&[ep(1)]));
+            break;
+        }
+    }
+    let seen = status.borrow().clone();
+    assert_eq!(
+        (seen.listings, seen.compactions),
+        (1, 0),
+        "resumed past the compaction, not listed again: {seen:?}"
+    );
+    assert!(seen.resumes >= 1, "{seen:?}");
+    driver.abort();
     Ok(())
 }
 
