@@ -83,6 +83,7 @@ const BENCHED_CRATES: &[&str] = &[
 /// is the same on every run.
 const DOC_ORDER: &[(&str, &str)] = &[
     ("flotilla-core-types", "--lib"),
+    ("flotilla-identity", "--lib"),
     ("flotilla-testkit", "--lib"),
     ("flotilla-depengine", "--lib"),
     ("flotilla-publisher", "--lib"),
