@@ -11,6 +11,9 @@
 //! - [`Fingerprint`] names a certificate's public key (SHA-256 of its
 //!   SubjectPublicKeyInfo): what a peer pins to trust a device, as
 //!   Syncthing binds a device id to its certificate.
+//! - [`Trust`] is the devices a peer accepts, each pinned to its key, and
+//!   [`tls`] the rustls configurations (TLS 1.3, both sides presenting
+//!   certificates) that accept only those.
 //!
 //! # Example
 //!
@@ -35,7 +38,10 @@ mod error;
 mod fingerprint;
 mod identity;
 mod stored;
+pub mod tls;
+mod trust;
 
 pub use error::IdentityError;
 pub use fingerprint::{Fingerprint, ParseFingerprintError};
 pub use identity::{DEVICE_URI_SCHEME, Identity, device_of_certificate};
+pub use trust::{Trust, TrustError};

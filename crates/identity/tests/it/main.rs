@@ -1,6 +1,9 @@
 //! An identity kept in a directory: made once and found again, its key
 //! written for its owner only, and every way the directory can be wrong
-//! refused with its own error, leaving the files as they were.
+//! refused with its own error, leaving the files as they were. And, in
+//! `handshake`, real TLS handshakes between identities.
+
+mod handshake;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
