@@ -1,5 +1,5 @@
 //! A device's identity for flotilla's authenticated peers: a private key
-//! and a certificate that names the device's [`DeviceId`], so that a peer
+//! and a certificate that names the device's [`DeviceId`](flotilla_core_types::DeviceId), so that a peer
 //! can prove who it is before it is trusted with anything.
 //!
 //! - [`Identity::generate`] makes a fresh one (rcgen; an ECDSA P-256 key and
