@@ -127,6 +127,36 @@ impl GenVector {
         )
     }
 
+    /// The entries of this vector for devices `bound` has too, each at most
+    /// `bound`'s: what of this vector a replica holding `bound` can vouch
+    /// for.
+    ///
+    /// ```
+    /// use flotilla_gensync::{DeviceId, GenVector};
+    ///
+    /// let (a, b) = (DeviceId::new("a")?, DeviceId::new("b")?);
+    /// let mut claimed = GenVector::new();
+    /// claimed.raise(&a, 9);
+    /// claimed.raise(&b, 2);
+    /// let mut held = GenVector::new();
+    /// held.raise(&a, 5);
+    /// let bounded = claimed.bounded_by(&held);
+    /// assert_eq!((bounded.get(&a), bounded.get(&b)), (5, 0));
+    /// assert_eq!(bounded.iter().count(), 1);
+    /// # Ok::<(), flotilla_gensync::InvalidId>(())
+    /// ```
+    pub fn bounded_by(&self, bound: &GenVector) -> GenVector {
+        GenVector(
+            self.0
+                .iter()
+                .filter_map(|(device, generation)| {
+                    let held = bound.get(device);
+                    (held > 0 && *generation > 0).then(|| (device.clone(), (*generation).min(held)))
+                })
+                .collect(),
+        )
+    }
+
     /// Whether this vector covers the record at `device`'s `generation`.
     pub fn covers(&self, device: &DeviceId, generation: u64) -> bool {
         generation <= self.get(device)

@@ -53,6 +53,10 @@ pub struct RoundStats {
     pub conflicts: u64,
 }
 
+/// The most bytes of [`KnownPeer`]s (as [`known_held_len`] counts them) a
+/// round keeps.
+const MAX_KNOWN_BYTES: usize = 4 * 1024 * 1024;
+
 /// How many items (records, and the one `Collected`) a round writes per
 /// transaction: enough to make commits rare, few enough that a
 /// transaction's dirty pages stay small.
@@ -247,13 +251,13 @@ pub(crate) struct Round<'a> {
     /// parents).
     collected: Option<GenVector>,
     received: BTreeMap<DeviceId, BTreeSet<u64>>,
-    /// What the peer told of other devices, noted when the round ends.
+    /// What the peer told of other devices, noted when the round ends, and
+    /// the bytes it holds (at most [`MAX_KNOWN_BYTES`]).
     known: Vec<KnownPeer>,
+    known_bytes: usize,
     /// Per device, the (generation, sequence) of its newest record in this
     /// round so far.
     last_origin: HashMap<DeviceId, (u64, u64)>,
-    /// Where this round put each new version in the log.
-    appended_at: HashMap<VersionId, u64>,
     /// Per key touched by the round, the versions nothing known descends
     /// from.
     frontiers: BTreeMap<Vec<u8>, Vec<VersionId>>,
@@ -274,8 +278,8 @@ impl<'a> Round<'a> {
             collected: None,
             received: BTreeMap::new(),
             known: Vec::new(),
+            known_bytes: 0,
             last_origin: HashMap::new(),
-            appended_at: HashMap::new(),
             frontiers: BTreeMap::new(),
             moved: Vec::new(),
             stats: RoundStats::default(),
@@ -288,8 +292,20 @@ impl<'a> Round<'a> {
     }
 
     /// The peer knows `peers`' vectors: noted when the round ends.
+    /// The peer knows `peers`' vectors: noted when the round ends. Past
+    /// [`MAX_KNOWN_BYTES`] in a round the rest is dropped: it only lets
+    /// garbage collection count more devices, and a round must not hold
+    /// unbounded memory for it.
     pub(crate) fn accept_known(&mut self, peers: Vec<KnownPeer>) {
-        self.known.extend(peers);
+        for peer in peers {
+            let bytes = known_held_len(std::slice::from_ref(&peer));
+            if self.known_bytes + bytes > MAX_KNOWN_BYTES {
+                tracing::debug!(peer = %self.peer, "more known devices than a round keeps; the rest are dropped");
+                return;
+            }
+            self.known_bytes += bytes;
+            self.known.push(peer);
+        }
     }
 
     pub(crate) fn apply(
@@ -353,7 +369,6 @@ impl<'a> Round<'a> {
             return Ok(());
         }
         self.stats.applied += 1;
-        self.appended_at.insert(record.version, index);
         self.advance_frontier(writer, &record)
     }
 
@@ -403,15 +418,22 @@ impl<'a> Round<'a> {
             }
         }
         // Second-hand: a vector only grows, so what the peer heard of a
-        // device is a floor of what that device holds, however old. The
-        // peer says how long ago it heard of it, which our clock turns
-        // into a time, whatever the peer's clock says: a device that falls
+        // device is a floor of what that device holds, however old. Only
+        // devices whose records we hold count (garbage collection asks of
+        // no other), and of each only what the peer itself holds: a peer
+        // cannot vouch for more than it has, nor add devices to our table.
+        // The peer says how long ago it heard of one, which our clock turns
+        // into a time whatever the peer's clock says: a device that falls
         // silent ages alike everywhere, and is evicted in time.
         for known in std::mem::take(&mut self.known) {
-            if known.device != self.shared.device && known.device != self.peer {
+            let relevant = known.device != self.shared.device
+                && known.device != self.peer
+                && vector.get(&known.device) > 0;
+            if relevant {
+                let vouched = known.vector.bounded_by(theirs).bounded_by(&vector);
                 writer.heard_of(
                     &known.device,
-                    Some(&known.vector),
+                    Some(&vouched),
                     now_ms.saturating_sub(known.heard_ms_ago),
                 )?;
             }
@@ -641,18 +663,13 @@ impl<'a> Round<'a> {
         key: Vec<u8>,
         version: VersionId,
     ) -> Result<(), Error> {
-        let log_index = match self.appended_at.get(&version) {
-            Some(&index) => index,
-            None => {
-                writer
-                    .dag_node(&version)?
-                    .ok_or(Error::Corrupt {
-                        what: "dag (a new head without a node)",
-                        source: postcard::Error::DeserializeUnexpectedEnd,
-                    })?
-                    .log_index
-            }
-        };
+        let log_index = writer
+            .dag_node(&version)?
+            .ok_or(Error::Corrupt {
+                what: "dag (a new head without a node)",
+                source: postcard::Error::DeserializeUnexpectedEnd,
+            })?
+            .log_index;
         let head = Head { version, log_index };
         writer.set_head(&key, &head)?;
         self.moved.push(Moved { key, head });

@@ -29,7 +29,7 @@ use tracing::Instrument;
 use crate::Error;
 use crate::replay::{Item, Moved, QUEUE_BYTES, Queued, RoundStats, apply_round, queue_share};
 use crate::replica::{Change, Origin, Replica, blocking, joined, start_blocking};
-use crate::wire::{Connection, KnownPeer, MAX_KNOWN_PER_MESSAGE, Message};
+use crate::wire::{Connection, KnownPeer, MAX_FRAME_LEN, MAX_KNOWN_PER_MESSAGE, Message};
 
 /// How sync rounds are paced and bounded. Start from [`Default`].
 #[derive(Debug, Clone)]
@@ -316,6 +316,43 @@ async fn receive<T: AsyncRead + AsyncWrite + Unpin>(
             return Ok(());
         }
     }
+}
+
+/// The bytes of entries a responder puts in one [`Message::Known`], well
+/// inside a frame.
+const KNOWN_MESSAGE_BYTES: usize = MAX_FRAME_LEN / 4;
+
+/// `known` in messages of at most [`MAX_KNOWN_PER_MESSAGE`] entries and
+/// about [`KNOWN_MESSAGE_BYTES`] each. An entry too large for a message
+/// alone (a vector of tens of thousands of devices) is left out.
+fn known_messages(known: Vec<KnownPeer>) -> Vec<Vec<KnownPeer>> {
+    let size = |peer: &KnownPeer| {
+        16 + peer.device.as_str().len()
+            + peer
+                .vector
+                .iter()
+                .map(|(device, _)| device.as_str().len() + 11)
+                .sum::<usize>()
+    };
+    let mut messages = Vec::new();
+    let (mut current, mut bytes) = (Vec::new(), 0);
+    for peer in known {
+        let entry = size(&peer);
+        if entry > KNOWN_MESSAGE_BYTES {
+            tracing::warn!(device = %peer.device, bytes = entry, "a known device's vector is too large to relay; left out");
+            continue;
+        }
+        if current.len() == MAX_KNOWN_PER_MESSAGE || bytes + entry > KNOWN_MESSAGE_BYTES {
+            messages.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += entry;
+        current.push(peer);
+    }
+    if !current.is_empty() {
+        messages.push(current);
+    }
+    messages
 }
 
 /// The most devices a responder may tell of in one round's
@@ -654,17 +691,20 @@ async fn respond<T: AsyncRead + AsyncWrite + Unpin>(
         drop(gate);
         let reader = shared.storage.read()?;
         let now_ms = (shared.config.clock)();
+        let vector = reader.vector()?;
+        // What the initiator can use: devices whose records we hold, and
+        // of each what we hold too (it keeps no more than that).
         let known: Vec<KnownPeer> = reader
             .devices()?
             .into_iter()
-            .filter(|info| info.device != peer)
+            .filter(|info| info.device != peer && vector.get(&info.device) > 0)
             .map(|info| KnownPeer {
                 device: info.device,
-                vector: info.vector,
+                vector: info.vector.bounded_by(&vector),
                 heard_ms_ago: now_ms.saturating_sub(info.last_heard_ms),
             })
             .collect();
-        Ok((reader.vector()?, reader.collected()?, known))
+        Ok((vector, reader.collected()?, known))
     })
     .await?;
     if !theirs.dominates(&collected) {
@@ -698,12 +738,8 @@ async fn respond<T: AsyncRead + AsyncWrite + Unpin>(
     }
     // What this replica knows of other devices: garbage collection on the
     // initiator can count devices it never met.
-    for peers in known.chunks(MAX_KNOWN_PER_MESSAGE) {
-        connection
-            .feed(&Message::Known {
-                peers: peers.to_vec(),
-            })
-            .await?;
+    for peers in known_messages(known) {
+        connection.feed(&Message::Known { peers }).await?;
     }
     connection.send(&Message::Done { vector: snapshot }).await?;
     Ok(sent)
@@ -1100,7 +1136,7 @@ impl fmt::Debug for Collector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::VersionId;
+    use crate::{GenVector, VersionId};
     use crate::model::LogRecord;
 
     fn big_record(sequence: u64) -> LogRecord {
@@ -1116,6 +1152,43 @@ mod tests {
             writer,
             timestamp_ms: 1,
         }
+    }
+
+    #[test]
+    fn known_devices_go_in_messages_that_fit_a_frame() {
+        let wide: GenVector = {
+            let mut vector = GenVector::new();
+            for n in 0..20_000 {
+                vector.raise(&DeviceId::new(format!("device-{n:05}")).expect("valid"), 7);
+            }
+            vector
+        };
+        let peer = |n: usize, vector: &GenVector| KnownPeer {
+            device: DeviceId::new(format!("peer-{n}")).expect("valid"),
+            vector: vector.clone(),
+            heard_ms_ago: 0,
+        };
+        let mut narrow = GenVector::new();
+        narrow.raise(&DeviceId::new("a").expect("valid"), 1);
+        // 200 small entries: 64 to a message.
+        let messages = known_messages((0..200).map(|n| peer(n, &narrow)).collect());
+        let sizes: Vec<usize> = messages.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [64, 64, 64, 8]);
+        // Wide vectors: fewer to a message, and every message encodes.
+        let messages = known_messages((0..6).map(|n| peer(n, &wide)).collect());
+        assert!(messages.len() > 1, "{} messages", messages.len());
+        assert_eq!(messages.iter().map(Vec::len).sum::<usize>(), 6);
+        for peers in messages {
+            crate::wire::encode(&Message::Known { peers }).expect("fits in a frame");
+        }
+        // A vector too wide for any message is left out.
+        let mut huge = GenVector::new();
+        for n in 0..200_000 {
+            huge.raise(&DeviceId::new(format!("device-{n:06}")).expect("valid"), 7);
+        }
+        let messages = known_messages(vec![peer(0, &huge), peer(1, &narrow)]);
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0][0].device.as_str(), "peer-1");
     }
 
     #[tokio::test]

@@ -712,3 +712,47 @@ async fn records_with_huge_parent_lists_are_written_a_few_at_a_time() {
     assert_eq!(node.get("k2").as_deref(), Some("v"));
     drop(peer.await.expect("the peer task ends"));
 }
+
+/// What a responder relays of other devices is kept only for devices whose
+/// records the initiator holds, and only up to what the responder itself
+/// holds: it cannot make the initiator collect what nobody vouched for, nor
+/// fill its device table with strangers.
+#[tokio::test]
+async fn relayed_vectors_count_only_as_far_as_the_relay_holds() {
+    use flotilla_gensync::wire::KnownPeer;
+    let node = Node::new("me");
+    let relayed = |name: &'static str, entries: &[(&str, u64)]| KnownPeer {
+        device: device(name),
+        vector: vector(entries),
+        heard_ms_ago: 0,
+    };
+    let messages = vec![
+        Message::Record(record("x", 1, 1, "a", vec![])),
+        Message::Record(record("y", 1, 1, "b", vec![])),
+        Message::Known {
+            peers: vec![
+                // y, whose record came: claims far more than x holds.
+                relayed("y", &[("x", 100), ("y", 100), ("me", 100), ("z", 5)]),
+                // A device nobody has records of: not taken in.
+                relayed("stranger", &[("x", 1)]),
+            ],
+        },
+        Message::Done {
+            vector: vector(&[("x", 1), ("y", 1)]),
+        },
+    ];
+    let (address, _peer) = scripted("x", messages).await;
+    sync_with(&node.replica, address, &SyncConfig::default())
+        .await
+        .expect("the round completes");
+    let devices = node.replica.devices().expect("reads");
+    let of = |name: &str| {
+        devices
+            .iter()
+            .find(|info| info.device == device(name))
+            .map(|info| info.vector.clone())
+    };
+    assert_eq!(of("y"), Some(vector(&[("x", 1), ("y", 1)])));
+    assert_eq!(of("stranger"), None);
+    assert_eq!(of("x"), Some(vector(&[("x", 1), ("y", 1)])));
+}
