@@ -1136,8 +1136,8 @@ impl fmt::Debug for Collector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{GenVector, VersionId};
     use crate::model::LogRecord;
+    use crate::{GenVector, VersionId};
 
     fn big_record(sequence: u64) -> LogRecord {
         let writer = DeviceId::new("peer").expect("valid");

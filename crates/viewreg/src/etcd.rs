@@ -31,9 +31,8 @@ use crate::{EndpointSet, Locator, LocatorError};
 /// client's 4 MiB decode limit, and few round trips list any prefix.
 const DEFAULT_PAGE_SIZE: usize = 1000;
 
-/// How long an open watch may stay quiet before the locator asks etcd for
-/// its progress (see [`EtcdLocator::with_progress_every`]).
-const DEFAULT_PROGRESS_EVERY: Duration = Duration::from_secs(60);
+/// The shortest interval [`EtcdLocator::with_progress_every`] takes.
+const MIN_PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
 /// How many times a listing starts over when etcd compacts the revision it
 /// was reading at between two pages. Compactions are minutes apart, so a
@@ -102,10 +101,10 @@ pub struct EtcdLocatorStatus {
 /// - **After a compaction** of that revision, the watch cannot resume: the
 ///   locator lists the prefix again and answers the set it finds. So that
 ///   a quiet prefix's revision does not fall behind the store's, the
-///   locator asks etcd for the open watch's progress every minute
-///   ([`with_progress_every`](Self::with_progress_every)); etcd's answer
-///   carries the revision every change up to which has been sent, and a
-///   later resume starts there.
+///   locator can ask etcd for the open watch's progress
+///   ([`with_progress_every`](Self::with_progress_every), off by default);
+///   etcd's answer carries the revision every change up to which has been
+///   sent, and a later resume starts there.
 /// - **Unreadable entries** (a key or value that is not an endpoint's
 ///   text) are left out of the set, logged with a warning, and shown in
 ///   [`EtcdLocatorStatus::unreadable`]; they never make the locator fail.
@@ -166,8 +165,8 @@ pub struct EtcdLocator {
     page_size: i64,
     request_timeout: Duration,
     /// How long an open watch may stay quiet before the locator asks etcd
-    /// for its progress.
-    progress_every: Duration,
+    /// for its progress; `None`: never.
+    progress_every: Option<Duration>,
     /// Every readable entry under the prefix, by key.
     entries: BTreeMap<Vec<u8>, Endpoint>,
     /// The revision `entries` is in step with; `None` until listed, and
@@ -199,7 +198,7 @@ impl EtcdLocator {
             from,
             page_size: page_limit(DEFAULT_PAGE_SIZE),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
-            progress_every: DEFAULT_PROGRESS_EVERY,
+            progress_every: None,
             entries: BTreeMap::new(),
             revision: None,
             watch: None,
@@ -285,11 +284,16 @@ impl EtcdLocator {
     }
 
     /// Asks etcd for the open watch's progress after `every` without a
-    /// response (default one minute), keeping the revision a resume starts
-    /// from close to the store's even while the prefix is quiet. Each ask is
-    /// one small message on the watch's stream.
+    /// response (at least 100 ms), keeping the revision a resume starts
+    /// from close to the store's while the prefix is quiet, so that a
+    /// resume after etcd compacted needs no new listing. Each ask is one
+    /// small message on the watch's stream. Off by default.
+    ///
+    /// Needs etcd 3.4.25, 3.5.8 or later: before those, etcd could answer
+    /// a progress request with a revision ahead of events it had not sent
+    /// yet (etcd issue 15220), and a resume from there would miss them.
     pub fn with_progress_every(mut self, every: Duration) -> Self {
-        self.progress_every = every;
+        self.progress_every = Some(every.max(MIN_PROGRESS_EVERY));
         self
     }
 
@@ -326,16 +330,25 @@ impl EtcdLocator {
             self.watch_created = false;
             return Ok(());
         };
+        let progress = self.progress_every.filter(|_| self.watch_created);
         let message = tokio::select! {
             message = stream.message() => message,
-            () = tokio::time::sleep(self.progress_every), if self.watch_created => {
+            () = sleep_or_never(progress) => {
                 // Cancel safe: tonic's `message` loses nothing when dropped.
-                return match stream.request_progress().await {
-                    Ok(()) => Ok(()),
-                    Err(error) => {
+                let asked = tokio::time::timeout(self.request_timeout, stream.request_progress()).await;
+                return match asked {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(error)) => {
                         self.watch = None;
                         self.watch_created = false;
                         Err(classify(error))
+                    }
+                    Err(_elapsed) => {
+                        self.watch = None;
+                        self.watch_created = false;
+                        Err(LocatorError::unavailable(WatchBroken(String::from(
+                            "etcd took no progress request within the request timeout",
+                        ))))
                     }
                 };
             }
@@ -631,6 +644,14 @@ where
         }
     })
     .await
+}
+
+/// Sleeps for `every`, or for ever with `None`.
+async fn sleep_or_never(every: Option<Duration>) {
+    match every {
+        Some(every) => tokio::time::sleep(every).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn page_limit(entries: usize) -> i64 {

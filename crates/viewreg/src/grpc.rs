@@ -42,9 +42,10 @@ const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_millis(800);
 /// | no answer within the request timeout, status `DEADLINE_EXCEEDED` or `CANCELLED` | [`ProbeOutcome::Failed`] with [`ProbeError::TimedOut`] |
 /// | any other status, or a status value not in the protocol | [`ProbeOutcome::Failed`] with [`ProbeError::Protocol`] |
 ///
-/// Each `Check` carries a deadline (`grpc-timeout`, 800 ms unless set with
-/// [`with_request_timeout`](GrpcProber::with_request_timeout)), so the
-/// server can give up on it too; one that passes it is
+/// A probe's `Check`s share one deadline (800 ms unless set with
+/// [`with_request_timeout`](GrpcProber::with_request_timeout)), each sent
+/// to the server as its `grpc-timeout` so the server can give up on it too;
+/// a probe that passes it is
 /// [`ProbeOutcome::Failed`] with [`ProbeError::TimedOut`]. A probe that
 /// takes longer than the registry's
 /// [`probe_timeout`](crate::RegistryConfig::probe_timeout) is cut there
@@ -123,8 +124,8 @@ impl<F: FeatureSet> GrpcProber<F> {
         self
     }
 
-    /// Gives each `Check` a deadline of `timeout` (default 800 ms), sent to
-    /// the server as `grpc-timeout`.
+    /// Gives each probe's `Check`s one deadline, `timeout` (default 800 ms)
+    /// after they start, sent to the server as `grpc-timeout`.
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
         self
@@ -173,7 +174,13 @@ impl<F: FeatureSet> Prober<F> for GrpcProber<F> {
             Err(error) => return ProbeOutcome::Failed(ProbeError::unreachable(endpoint, error)),
         };
         let mut client = HealthClient::new(channel);
-        let mut outcome = match self.check(&mut client, endpoint, &self.service).await {
+        // One deadline for every Check of the probe, so that the checks of
+        // many features take no longer than one.
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let mut outcome = match self
+            .check(&mut client, endpoint, &self.service, deadline)
+            .await
+        {
             Ok(status) => self.outcome_of(endpoint, status),
             Err(outcome) => return outcome,
         };
@@ -182,7 +189,7 @@ impl<F: FeatureSet> Prober<F> for GrpcProber<F> {
             return outcome;
         };
         for (name, more) in &self.feature_services {
-            match self.check(&mut client, endpoint, name).await {
+            match self.check(&mut client, endpoint, name, deadline).await {
                 Ok(status) => match self.outcome_of(endpoint, status) {
                     ProbeOutcome::Serving { .. } => merge(features, more.clone()),
                     ProbeOutcome::Failed(error) => return ProbeOutcome::Failed(error),
@@ -204,12 +211,14 @@ impl<F: FeatureSet> GrpcProber<F> {
         client: &mut HealthClient<tonic::transport::Channel>,
         endpoint: &Endpoint,
         service: &str,
+        deadline: tokio::time::Instant,
     ) -> Result<i32, ProbeOutcome<F>> {
         let mut request = tonic::Request::new(HealthCheckRequest {
             service: service.to_owned(),
         });
-        request.set_timeout(self.request_timeout);
-        match tokio::time::timeout(self.request_timeout, client.check(request)).await {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        request.set_timeout(left.max(Duration::from_millis(1)));
+        match tokio::time::timeout_at(deadline, client.check(request)).await {
             Ok(Ok(response)) => Ok(response.into_inner().status),
             Ok(Err(status)) => Err(outcome_of_status(endpoint, status, self.request_timeout)),
             Err(_elapsed) => Err(ProbeOutcome::Failed(ProbeError::TimedOut {
