@@ -64,8 +64,9 @@ pub enum IdentityError {
         /// The key file.
         path: PathBuf,
     },
-    /// Only one of the two files is there: the identity is incomplete, and
-    /// making a new one would hide that something removed the other.
+    /// The certificate is there without its key: the identity cannot be
+    /// used, and making a new one would hide that something removed the
+    /// key.
     #[error(
         "{}: found, but not {}; restore it, or remove both to make a new identity",
         found.display(),

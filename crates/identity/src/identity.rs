@@ -38,18 +38,45 @@ impl Identity {
     /// [`IdentityError::Generate`] if rcgen fails (it does not for a valid
     /// device id).
     pub fn generate(device: &DeviceId) -> Result<Identity, IdentityError> {
+        let key = KeyPair::generate().map_err(|error| IdentityError::Generate {
+            device: device.clone(),
+            reason: error.to_string(),
+        })?;
+        Identity::certify(device, &key)
+    }
+
+    /// The identity of `device` with the private key `key` and a fresh
+    /// certificate for it: the same fingerprint as any other certificate
+    /// of that key.
+    ///
+    /// # Errors
+    ///
+    /// [`IdentityError::Generate`] if the key is not one rcgen can sign with.
+    pub fn with_key(
+        device: &DeviceId,
+        key: &PrivatePkcs8KeyDer<'_>,
+    ) -> Result<Identity, IdentityError> {
+        let pair = KeyPair::try_from(key).map_err(|error| IdentityError::Generate {
+            device: device.clone(),
+            reason: error.to_string(),
+        })?;
+        Identity::certify(device, &pair)
+    }
+
+    /// A self-signed certificate of `key` naming `device`, and the two as an
+    /// identity.
+    fn certify(device: &DeviceId, key: &KeyPair) -> Result<Identity, IdentityError> {
         let failed = |error: rcgen::Error| IdentityError::Generate {
             device: device.clone(),
             reason: error.to_string(),
         };
-        let key = KeyPair::generate().map_err(failed)?;
         let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();
         name.push(DnType::CommonName, device.as_str());
         params.distinguished_name = name;
         let uri = format!("{DEVICE_URI_SCHEME}:{}", device.as_str());
         params.subject_alt_names = vec![SanType::URI(uri.try_into().map_err(failed)?)];
-        let certificate = params.self_signed(&key).map_err(failed)?;
+        let certificate = params.self_signed(key).map_err(failed)?;
         Identity::from_parts(
             certificate.der().clone(),
             PrivatePkcs8KeyDer::from(key.serialize_der()),

@@ -22,9 +22,15 @@ impl Identity {
     /// by its owner only).
     ///
     /// The key file is written readable and writable by its owner only
-    /// (0600), and each file is written whole before it takes its name, so
-    /// a crash leaves no half identity. A key file that group or others can
-    /// read is refused, as ssh refuses such a key: it may have been copied.
+    /// (0600), and each file is written whole and synced before it takes
+    /// its name, the key first. A key whose certificate is missing (a crash
+    /// between the two) gets a new certificate, with the same fingerprint;
+    /// a certificate without its key is an error. A key file that group or
+    /// others can read is refused, as ssh refuses such a key: it may have
+    /// been copied.
+    ///
+    /// One process at a time may use a directory: two making an identity
+    /// in it at once could each keep a different one.
     ///
     /// Blocks the calling thread on file I/O; in async code run it on
     /// tokio's blocking pool.
@@ -35,7 +41,8 @@ impl Identity {
     ///   others than its owner read it.
     /// - [`IdentityError::OtherDevice`]: the identity there names another
     ///   device.
-    /// - [`IdentityError::Incomplete`]: one file is there without the other.
+    /// - [`IdentityError::Incomplete`]: the certificate is there without the
+    ///   key.
     /// - [`IdentityError::Malformed`] or [`IdentityError::KeyMismatch`]: a
     ///   file holds something else, or the key is not the certificate's.
     /// - [`IdentityError::Io`]: reading or writing failed.
@@ -49,10 +56,7 @@ impl Identity {
                 found: certificate_path,
                 missing: key_path,
             }),
-            (false, true) => Err(IdentityError::Incomplete {
-                found: key_path,
-                missing: certificate_path,
-            }),
+            (false, true) => recertify(dir, &certificate_path, &key_path, device),
         }
     }
 }
@@ -62,19 +66,44 @@ fn exists(path: &Path) -> Result<bool, IdentityError> {
         .map_err(|error| IdentityError::io(path, error))
 }
 
+fn read_key(key_path: &Path) -> Result<PrivatePkcs8KeyDer<'static>, IdentityError> {
+    check_owner_only(key_path)?;
+    let key_pem = fs::read(key_path).map_err(|error| IdentityError::io(key_path, error))?;
+    PrivatePkcs8KeyDer::from_pem_slice(&key_pem).map_err(|error| {
+        IdentityError::malformed(
+            key_path,
+            format!("not a PKCS#8 private key in PEM: {error}"),
+        )
+    })
+}
+
+/// A key without its certificate: a new certificate of the same key.
+fn recertify(
+    dir: &Path,
+    certificate_path: &Path,
+    key_path: &Path,
+    device: &DeviceId,
+) -> Result<Identity, IdentityError> {
+    let key = read_key(key_path)?;
+    let identity = Identity::with_key(device, &key).map_err(|_| {
+        IdentityError::malformed(key_path, "a private key no certificate can be made for")
+    })?;
+    write_whole(
+        certificate_path,
+        pem("CERTIFICATE", identity.certificate()).as_bytes(),
+        0o644,
+    )?;
+    sync_dir(dir)?;
+    tracing::warn!(device = %device, fingerprint = %identity.fingerprint(), dir = %dir.display(), "the identity's certificate was missing; made a new one of its key");
+    Ok(identity)
+}
+
 fn load(
     certificate_path: &Path,
     key_path: &Path,
     device: &DeviceId,
 ) -> Result<Identity, IdentityError> {
-    check_owner_only(key_path)?;
-    let key_pem = fs::read(key_path).map_err(|error| IdentityError::io(key_path, error))?;
-    let key = PrivatePkcs8KeyDer::from_pem_slice(&key_pem).map_err(|error| {
-        IdentityError::malformed(
-            key_path,
-            format!("not a PKCS#8 private key in PEM: {error}"),
-        )
-    })?;
+    let key = read_key(key_path)?;
     let certificate_pem =
         fs::read(certificate_path).map_err(|error| IdentityError::io(certificate_path, error))?;
     let certificate = CertificateDer::from_pem_slice(&certificate_pem).map_err(|error| {
@@ -111,6 +140,7 @@ fn create(
     // looking like an identity.
     write_whole(key_path, key_pem.as_bytes(), 0o600)?;
     write_whole(certificate_path, certificate_pem.as_bytes(), 0o644)?;
+    sync_dir(dir)?;
     tracing::info!(device = %device, fingerprint = %identity.fingerprint(), dir = %dir.display(), "made a new identity");
     Ok(identity)
 }
@@ -153,13 +183,32 @@ fn write_whole(path: &Path, bytes: &[u8], mode: u32) -> Result<(), IdentityError
     })
 }
 
+/// A name beside `path` no other writer uses: the process id, the time
+/// and a counter (a crash may leave one behind; none is ever reused).
 fn temporary_beside(path: &Path) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos());
+    let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut name = path
         .file_name()
         .map(|name| name.to_os_string())
         .unwrap_or_default();
-    name.push(format!(".new-{}", std::process::id()));
+    name.push(format!(".new-{}-{nanos}-{count}", std::process::id()));
     path.with_file_name(name)
+}
+
+/// Syncs `dir`, so that the names given to its files last through a power
+/// loss.
+fn sync_dir(dir: &Path) -> Result<(), IdentityError> {
+    #[cfg(unix)]
+    fs::File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|error| IdentityError::io(dir, error))?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
 }
 
 /// Refuses a key file that group or others may read or write.

@@ -86,20 +86,33 @@ fn another_devices_identity_is_not_taken_over() -> Result<()> {
 }
 
 #[test]
-fn half_an_identity_is_refused_rather_than_replaced() -> Result<()> {
-    for missing in ["identity.crt", "identity.key"] {
-        let dir = tempfile::tempdir()?;
-        Identity::load_or_create(dir.path(), &device("laptop"))?;
-        fs::remove_file(dir.path().join(missing))?;
-        let error = Identity::load_or_create(dir.path(), &device("laptop")).expect_err("refused");
-        match &error {
-            IdentityError::Incomplete { missing: named, .. } => {
-                assert_eq!(named, &dir.path().join(missing));
-            }
-            other => panic!("expected incomplete, got {other:?}"),
+fn a_lost_certificate_is_made_again_and_a_lost_key_is_an_error() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let made = Identity::load_or_create(dir.path(), &device("laptop"))?;
+    // The certificate lost (a crash between the two writes): a new one of
+    // the same key, so the same fingerprint.
+    fs::remove_file(dir.path().join("identity.crt"))?;
+    let again = Identity::load_or_create(dir.path(), &device("laptop"))?;
+    assert_eq!(again.fingerprint(), made.fingerprint());
+    assert!(dir.path().join("identity.crt").exists());
+    assert_eq!(
+        Identity::load_or_create(dir.path(), &device("laptop"))?.fingerprint(),
+        made.fingerprint()
+    );
+    // The key lost: nothing to make the identity from; refused, not
+    // replaced by a new one.
+    fs::remove_file(dir.path().join("identity.key"))?;
+    let error = Identity::load_or_create(dir.path(), &device("laptop")).expect_err("refused");
+    match &error {
+        IdentityError::Incomplete { missing, .. } => {
+            assert_eq!(missing, &dir.path().join("identity.key"));
         }
-        assert!(!dir.path().join(missing).exists(), "nothing was made");
+        other => panic!("expected incomplete, got {other:?}"),
     }
+    assert!(
+        !dir.path().join("identity.key").exists(),
+        "nothing was made"
+    );
     Ok(())
 }
 
