@@ -888,6 +888,14 @@ impl PresenceStore for EtcdStore {
         for writes in written.values_mut() {
             writes.scopes.remove(scope);
         }
+        drop(written);
+        // What a load kept of the scope goes too (the next load would read
+        // it all again anyway; a removed scope should hold no memory).
+        self.shared
+            .beings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(scope);
         Ok(())
     }
 }
