@@ -18,6 +18,12 @@ pub enum IdentityError {
         /// What rcgen said.
         reason: String,
     },
+    /// A cluster CA could not be made, or could not issue a certificate.
+    #[error("cluster CA: {reason}")]
+    Authority {
+        /// What went wrong.
+        reason: String,
+    },
     /// Reading or writing a file of the identity failed.
     #[error("{}: {source}", path.display())]
     Io {

@@ -11,9 +11,9 @@
 //! - [`Fingerprint`] names a certificate's public key (SHA-256 of its
 //!   SubjectPublicKeyInfo): what a peer pins to trust a device, as
 //!   Syncthing binds a device id to its certificate.
-//! - [`Trust`] is the devices a peer accepts, each pinned to its key, and
-//!   [`tls`] the rustls configurations (TLS 1.3, both sides presenting
-//!   certificates) that accept only those.
+//! - [`Trust`] is the devices a peer accepts, each pinned to its key or
+//!   vouched for by a [`ClusterCa`], and [`tls`] the rustls configurations
+//!   (TLS 1.3, both sides presenting certificates) that accept only those.
 //!
 //! # Example
 //!
@@ -34,6 +34,7 @@
 //! # }
 //! ```
 
+mod ca;
 mod error;
 mod fingerprint;
 mod identity;
@@ -41,6 +42,7 @@ mod stored;
 pub mod tls;
 mod trust;
 
+pub use ca::ClusterCa;
 pub use error::IdentityError;
 pub use fingerprint::{Fingerprint, ParseFingerprintError};
 pub use identity::{DEVICE_URI_SCHEME, Identity, device_of_certificate};

@@ -34,6 +34,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
+use crate::trust::Role;
 use crate::{Identity, Trust, TrustError};
 
 /// The name a client sends as its server name (SNI): devices are told
@@ -153,14 +154,23 @@ impl PeerVerifier {
         }
     }
 
-    fn verify(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+    fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        role: Role,
+    ) -> Result<(), rustls::Error> {
         let refused = |error: TrustError| {
             tracing::debug!(%error, "peer refused in the TLS handshake");
             rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
                 Arc::new(error),
             )))
         };
-        let device = self.trust.check(end_entity).map_err(refused)?;
+        let device = self
+            .trust
+            .check_as(end_entity, intermediates, now, Some(role))
+            .map_err(refused)?;
         match &self.expected {
             Some(expected) if *expected != device => {
                 Err(refused(TrustError::NotTheExpectedDevice {
@@ -189,10 +199,10 @@ impl ClientCertVerifier for PeerVerifier {
     fn verify_client_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.verify(end_entity)?;
+        self.verify(end_entity, intermediates, now, Role::Client)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -223,12 +233,12 @@ impl ServerCertVerifier for PeerVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
+        intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
-        _now: UnixTime,
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.verify(end_entity)?;
+        self.verify(end_entity, intermediates, now, Role::Server)?;
         Ok(ServerCertVerified::assertion())
     }
 

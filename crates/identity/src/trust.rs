@@ -3,17 +3,23 @@
 use std::collections::BTreeMap;
 
 use flotilla_core_types::DeviceId;
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, UnixTime};
 
 use crate::{Fingerprint, Identity, device_of_certificate};
 
-/// The devices trusted, each by the fingerprint of its key (Syncthing's
-/// model): a peer is the device its certificate names only if that device
-/// is on the list with that certificate's key.
+/// The devices trusted, two ways, both at once if need be:
 ///
-/// A certificate's validity dates are not consulted: the pin is the trust,
-/// as in Syncthing and ssh's known hosts. To stop trusting a device, take it
-/// off the list; to move it to a new key, pin the new fingerprint.
+/// - **Pinned** (Syncthing's model): a device on the list with the
+///   fingerprint of its key. A pinned device's certificate's validity dates
+///   are not consulted: the pin is the trust, as in Syncthing and ssh's
+///   known hosts. To stop trusting it, unpin it; to move it to a new key,
+///   pin the new fingerprint.
+/// - **By a cluster CA** ([`ClusterCa`](crate::ClusterCa),
+///   [`with_cluster_ca`](Self::with_cluster_ca)): any device whose
+///   certificate the CA signed, within the certificate's validity.
+///
+/// A pin comes first: a pinned device with another key is refused even if
+/// a trusted CA signed that key.
 ///
 /// ```
 /// use flotilla_core_types::DeviceId;
@@ -32,6 +38,8 @@ use crate::{Fingerprint, Identity, device_of_certificate};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Trust {
     pinned: BTreeMap<DeviceId, Fingerprint>,
+    /// The cluster CAs' certificates.
+    authorities: Vec<CertificateDer<'static>>,
 }
 
 /// Why a peer's certificate is not trusted.
@@ -66,6 +74,18 @@ pub enum TrustError {
         /// The key the peer presented.
         presented: Fingerprint,
     },
+    /// The certificate names a device that is not pinned, and no trusted
+    /// cluster CA vouches for it (another CA signed it, or none, or it has
+    /// expired).
+    #[error(
+        "{device} is not pinned, and its certificate is not valid under a trusted cluster CA: {reason}"
+    )]
+    NotSignedByClusterCa {
+        /// The device the certificate names.
+        device: DeviceId,
+        /// What the chain's verification said.
+        reason: String,
+    },
     /// The peer is a trusted device, but not the one asked for.
     #[error("expected {expected}, but the peer is {presented}")]
     NotTheExpectedDevice {
@@ -98,6 +118,13 @@ impl Trust {
         self
     }
 
+    /// The same trust, also trusting every device the cluster CA whose
+    /// certificate is `authority` signed.
+    pub fn with_cluster_ca(mut self, authority: CertificateDer<'static>) -> Trust {
+        self.authorities.push(authority);
+        self
+    }
+
     /// Stops trusting `device`; returns the key it was trusted with.
     pub fn unpin(&mut self, device: &DeviceId) -> Option<Fingerprint> {
         self.pinned.remove(device)
@@ -115,15 +142,28 @@ impl Trust {
             .map(|(device, fingerprint)| (device, *fingerprint))
     }
 
-    /// The device `certificate` proves, if it is trusted with that
-    /// certificate's key. (That the peer holds the key is the handshake's
-    /// part: see [`tls`](crate::tls).)
+    /// The device `certificate` proves now, if it is trusted: pinned with
+    /// that certificate's key, or signed by a trusted cluster CA for either
+    /// use (client or server). (That the peer holds the key is the
+    /// handshake's part: see [`tls`](crate::tls).)
     ///
     /// # Errors
     ///
-    /// [`TrustError::Unreadable`], [`TrustError::UnknownDevice`] or
-    /// [`TrustError::WrongKey`].
+    /// [`TrustError::Unreadable`], [`TrustError::UnknownDevice`],
+    /// [`TrustError::WrongKey`] or [`TrustError::NotSignedByClusterCa`].
     pub fn check(&self, certificate: &CertificateDer<'_>) -> Result<DeviceId, TrustError> {
+        self.check_as(certificate, &[], UnixTime::now(), None)
+    }
+
+    /// [`check`](Self::check), with the chain's `intermediates`, at `now`,
+    /// for the handshake role `role` (`None`: either).
+    pub(crate) fn check_as(
+        &self,
+        certificate: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        role: Option<Role>,
+    ) -> Result<DeviceId, TrustError> {
         let (device, presented) = device_of_certificate(certificate)
             .map_err(|reason| TrustError::Unreadable { reason })?;
         match self.pinned.get(&device) {
@@ -133,10 +173,55 @@ impl Trust {
                 pinned: *pinned,
                 presented,
             }),
-            None => Err(TrustError::UnknownDevice {
+            None if self.authorities.is_empty() => Err(TrustError::UnknownDevice {
                 device,
                 fingerprint: presented,
             }),
+            None => match self.signed_by_authority(certificate, intermediates, now, role) {
+                Ok(()) => Ok(device),
+                Err(reason) => Err(TrustError::NotSignedByClusterCa { device, reason }),
+            },
         }
     }
+
+    /// Whether a trusted cluster CA signed `certificate` for `role`, and it
+    /// is valid at `now`.
+    fn signed_by_authority(
+        &self,
+        certificate: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        role: Option<Role>,
+    ) -> Result<(), String> {
+        let anchors = self
+            .authorities
+            .iter()
+            .map(webpki::anchor_from_trusted_cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| format!("a trusted CA's certificate is unreadable: {error}"))?;
+        let end_entity = webpki::EndEntityCert::try_from(certificate)
+            .map_err(|error| format!("unreadable: {error}"))?;
+        let algorithms = rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .all;
+        let verify = |usage| {
+            end_entity
+                .verify_for_usage(algorithms, &anchors, intermediates, now, usage, None, None)
+                .map(|_| ())
+                .map_err(|error| error.to_string())
+        };
+        match role {
+            Some(Role::Client) => verify(webpki::KeyUsage::client_auth()),
+            Some(Role::Server) => verify(webpki::KeyUsage::server_auth()),
+            None => verify(webpki::KeyUsage::client_auth())
+                .or_else(|_| verify(webpki::KeyUsage::server_auth())),
+        }
+    }
+}
+
+/// Which side of a handshake a certificate is checked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Client,
+    Server,
 }

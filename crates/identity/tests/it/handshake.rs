@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Result, bail};
 use flotilla_core_types::DeviceId;
-use flotilla_identity::{Identity, Trust, TrustError, tls};
+use flotilla_identity::{ClusterCa, Identity, Trust, TrustError, tls};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
@@ -218,4 +218,91 @@ fn the_trust_names_why_it_refuses() -> Result<()> {
 
 fn rustls_pki_types_der(bytes: &[u8]) -> rustls::pki_types::CertificateDer<'static> {
     rustls::pki_types::CertificateDer::from(bytes.to_vec())
+}
+
+fn a_day_from_now() -> std::ops::Range<std::time::SystemTime> {
+    let now = std::time::SystemTime::now();
+    now - std::time::Duration::from_secs(60)..now + std::time::Duration::from_secs(86_400)
+}
+
+#[tokio::test]
+async fn devices_a_cluster_ca_issued_trust_each_other_through_it() -> Result<()> {
+    let ca = ClusterCa::generate("cluster")?;
+    let (a, b) = (
+        ca.issue(&device("a"), a_day_from_now())?,
+        ca.issue(&device("b"), a_day_from_now())?,
+    );
+    let trust = || Trust::new().with_cluster_ca(ca.certificate().clone());
+    let outcome = handshake(&a, trust(), &b, trust(), Some(device("a"))).await?;
+    assert_eq!(outcome.server.ok(), Some(device("b")));
+    assert_eq!(outcome.client.ok(), Some(device("a")));
+    Ok(())
+}
+
+#[tokio::test]
+async fn another_cas_device_an_expired_one_and_a_self_signed_one_are_refused() -> Result<()> {
+    let ca = ClusterCa::generate("cluster")?;
+    let other_ca = ClusterCa::generate("elsewhere")?;
+    let server = ca.issue(&device("a"), a_day_from_now())?;
+    let trust = || Trust::new().with_cluster_ca(ca.certificate().clone());
+    let year_2001 = std::time::UNIX_EPOCH + std::time::Duration::from_secs(978_307_200);
+    let clients = [
+        (
+            "another CA's",
+            other_ca.issue(&device("b"), a_day_from_now())?,
+        ),
+        (
+            "an expired",
+            ca.issue(
+                &device("b"),
+                year_2001..year_2001 + std::time::Duration::from_secs(86_400),
+            )?,
+        ),
+        ("a self-signed", Identity::generate(&device("b"))?),
+    ];
+    for (which, client) in clients {
+        let outcome = handshake(&server, trust(), &client, trust(), None).await?;
+        let Err(Failure::Refused(TrustError::NotSignedByClusterCa { device: named, .. })) =
+            outcome.server
+        else {
+            bail!(
+                "{which} certificate was not refused for it: {:?}",
+                outcome.server
+            );
+        };
+        assert_eq!(named, device("b"), "{which}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pin_comes_before_the_cluster_ca() -> Result<()> {
+    let ca = ClusterCa::generate("cluster")?;
+    let server = ca.issue(&device("a"), a_day_from_now())?;
+    let pinned_b = Identity::generate(&device("b"))?;
+    let ca_signed_b = ca.issue(&device("b"), a_day_from_now())?;
+    let mut server_trust = Trust::new().with_cluster_ca(ca.certificate().clone());
+    server_trust.pin(device("b"), pinned_b.fingerprint());
+    let client_trust = Trust::new().with_cluster_ca(ca.certificate().clone());
+    // The CA signed this b, but b is pinned to another key.
+    let outcome = handshake(
+        &server,
+        server_trust.clone(),
+        &ca_signed_b,
+        client_trust.clone(),
+        None,
+    )
+    .await?;
+    assert!(
+        matches!(
+            outcome.server,
+            Err(Failure::Refused(TrustError::WrongKey { .. }))
+        ),
+        "{:?}",
+        outcome.server
+    );
+    // The pinned b, self-signed, is accepted.
+    let outcome = handshake(&server, server_trust, &pinned_b, client_trust, None).await?;
+    assert_eq!(outcome.server.ok(), Some(device("b")));
+    Ok(())
 }
