@@ -32,7 +32,7 @@ use crate::{DEVICE_URI_SCHEME, Identity, IdentityError};
 /// let ca = ClusterCa::generate("cluster-1")?;
 /// let now = SystemTime::now();
 /// let laptop = ca.issue(&DeviceId::new("laptop")?, now..now + Duration::from_secs(86_400))?;
-/// let trust = Trust::new().with_cluster_ca(ca.certificate().clone());
+/// let trust = Trust::new().with_cluster_ca(ca.certificate().clone())?;
 /// assert_eq!(trust.check(laptop.certificate())?, *laptop.device());
 /// # Ok(())
 /// # }

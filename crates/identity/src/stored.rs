@@ -30,7 +30,10 @@ impl Identity {
     /// been copied.
     ///
     /// One process at a time may use a directory: two making an identity
-    /// in it at once could each keep a different one.
+    /// in it at once could each keep a different one. The key's owner is
+    /// not checked (only its permission bits), nor is the directory's:
+    /// keep the directory writable by its owner only. A key found without
+    /// its certificate is taken as `device`'s.
     ///
     /// Blocks the calling thread on file I/O; in async code run it on
     /// tokio's blocking pool.
@@ -66,9 +69,43 @@ fn exists(path: &Path) -> Result<bool, IdentityError> {
         .map_err(|error| IdentityError::io(path, error))
 }
 
+/// The most bytes an identity's file is read to: far more than a key or a
+/// certificate takes, so that a file that is neither cannot fill memory.
+const MAX_FILE_BYTES: u64 = 64 * 1024;
+
+/// `path`'s bytes, read through one handle whose metadata is checked: a
+/// regular file, at most [`MAX_FILE_BYTES`], and with `owner_only`, no
+/// permission for group or others (checked on the file opened, so it
+/// cannot be swapped between the check and the read).
+fn read_file(path: &Path, owner_only: bool) -> Result<Vec<u8>, IdentityError> {
+    use std::io::Read;
+    let io = |error| IdentityError::io(path, error);
+    let file = fs::File::open(path).map_err(io)?;
+    let metadata = file.metadata().map_err(io)?;
+    if !metadata.is_file() {
+        return Err(IdentityError::malformed(path, "not a regular file"));
+    }
+    if owner_only {
+        check_owner_only(path, &metadata)?;
+    }
+    if metadata.len() > MAX_FILE_BYTES {
+        return Err(IdentityError::malformed(
+            path,
+            format!(
+                "{} bytes, more than an identity's file holds",
+                metadata.len()
+            ),
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    Ok(bytes)
+}
+
 fn read_key(key_path: &Path) -> Result<PrivatePkcs8KeyDer<'static>, IdentityError> {
-    check_owner_only(key_path)?;
-    let key_pem = fs::read(key_path).map_err(|error| IdentityError::io(key_path, error))?;
+    let key_pem = read_file(key_path, true)?;
     PrivatePkcs8KeyDer::from_pem_slice(&key_pem).map_err(|error| {
         IdentityError::malformed(
             key_path,
@@ -104,8 +141,7 @@ fn load(
     device: &DeviceId,
 ) -> Result<Identity, IdentityError> {
     let key = read_key(key_path)?;
-    let certificate_pem =
-        fs::read(certificate_path).map_err(|error| IdentityError::io(certificate_path, error))?;
+    let certificate_pem = read_file(certificate_path, false)?;
     let certificate = CertificateDer::from_pem_slice(&certificate_pem).map_err(|error| {
         IdentityError::malformed(
             certificate_path,
@@ -211,16 +247,13 @@ fn sync_dir(dir: &Path) -> Result<(), IdentityError> {
     Ok(())
 }
 
-/// Refuses a key file that group or others may read or write.
-fn check_owner_only(path: &Path) -> Result<(), IdentityError> {
+/// Refuses a key file that group or others may read or write. (On other
+/// systems than Unix there are no such bits to check, and none is.)
+fn check_owner_only(path: &Path, metadata: &fs::Metadata) -> Result<(), IdentityError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(path)
-            .map_err(|error| IdentityError::io(path, error))?
-            .permissions()
-            .mode()
-            & 0o777;
+        let mode = metadata.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(IdentityError::KeyReadableByOthers {
                 path: path.to_path_buf(),
@@ -229,7 +262,7 @@ fn check_owner_only(path: &Path) -> Result<(), IdentityError> {
         }
     }
     #[cfg(not(unix))]
-    let _ = path;
+    let _ = (path, metadata);
     Ok(())
 }
 

@@ -3,11 +3,14 @@
 //! [`Identity`] and accept only a peer its [`Trust`] pins.
 //!
 //! Both sides present certificates. A peer is accepted when its
-//! certificate names a device the trust pins with that certificate's key,
-//! and the handshake proved it holds the key (rustls checks its signature
-//! over the handshake with the certificate's key, by ring). Anything else
-//! fails the handshake with a TLS alert, before any application byte is
-//! read; [`peer_device`] then names the device on the connection.
+//! certificate names a device the trust accepts (pinned with that
+//! certificate's key, or signed by a trusted cluster CA for the peer's
+//! role and within its validity), and the handshake proved it holds the
+//! key (rustls checks its signature over the handshake with the
+//! certificate's key, by ring). Anything else fails the handshake with a
+//! TLS alert, before any application byte is read; [`peer_device`] then
+//! names the device on the connection. Sessions are never resumed: every
+//! connection is checked by a full handshake against the trust as it is.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -47,7 +50,8 @@ pub const SERVER_NAME: &str = "flotilla.invalid";
 pub struct TlsConfigError(#[from] rustls::Error);
 
 /// The configuration for accepting connections: presents `identity`, asks
-/// every client for its certificate, and accepts only those `trust` pins.
+/// every client for its certificate, and accepts only those `trust`
+/// accepts.
 ///
 /// # Errors
 ///
@@ -62,12 +66,17 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(vec![identity.certificate().clone()], key_of(identity))?;
+    let mut config = config;
+    // No resumption: a resumed session is not checked against the trust
+    // again.
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(config)
 }
 
 /// The configuration for dialling a peer: presents `identity` and accepts
-/// a server only if `trust` pins it, and if `expected` is given, only if
-/// it is that device.
+/// a server only if `trust` accepts it, and if `expected` is given, only
+/// if it is that device.
 ///
 /// # Errors
 ///
@@ -84,6 +93,8 @@ pub fn client_config(
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(vec![identity.certificate().clone()], key_of(identity))?;
+    let mut config = config;
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
 }
 

@@ -86,6 +86,12 @@ pub enum TrustError {
         /// What the chain's verification said.
         reason: String,
     },
+    /// A certificate given as a cluster CA's is not one.
+    #[error("not a cluster CA's certificate: {reason}")]
+    NotAnAuthority {
+        /// Why.
+        reason: String,
+    },
     /// The peer is a trusted device, but not the one asked for.
     #[error("expected {expected}, but the peer is {presented}")]
     NotTheExpectedDevice {
@@ -120,9 +126,24 @@ impl Trust {
 
     /// The same trust, also trusting every device the cluster CA whose
     /// certificate is `authority` signed.
-    pub fn with_cluster_ca(mut self, authority: CertificateDer<'static>) -> Trust {
+    ///
+    /// Only the CA's subject and key are kept as the trust anchor: the
+    /// CA's own validity dates and path length are not enforced, so keep
+    /// a CA's key to device certificates only (as [`ClusterCa`](crate::ClusterCa) does).
+    ///
+    /// # Errors
+    ///
+    /// [`TrustError::NotAnAuthority`] if `authority` is not a CA's
+    /// certificate: not readable, not marked a CA, without the right to
+    /// sign certificates, or naming a device (a device's certificate taken
+    /// for a CA would let its key vouch for every other device).
+    pub fn with_cluster_ca(
+        mut self,
+        authority: CertificateDer<'static>,
+    ) -> Result<Trust, TrustError> {
+        check_authority(&authority).map_err(|reason| TrustError::NotAnAuthority { reason })?;
         self.authorities.push(authority);
-        self
+        Ok(self)
     }
 
     /// Stops trusting `device`; returns the key it was trusted with.
@@ -217,6 +238,31 @@ impl Trust {
                 .or_else(|_| verify(webpki::KeyUsage::server_auth())),
         }
     }
+}
+
+/// Why `certificate` cannot be a cluster CA's, if it cannot.
+fn check_authority(certificate: &CertificateDer<'_>) -> Result<(), String> {
+    if device_of_certificate(certificate).is_ok() {
+        return Err(String::from("it names a device"));
+    }
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate)
+        .map_err(|error| format!("not a certificate: {error}"))?;
+    let is_ca = parsed
+        .basic_constraints()
+        .map_err(|error| format!("unreadable basic constraints: {error}"))?
+        .is_some_and(|constraints| constraints.value.ca);
+    if !is_ca {
+        return Err(String::from("it is not marked a CA (basic constraints)"));
+    }
+    let usage = parsed
+        .key_usage()
+        .map_err(|error| format!("unreadable key usage: {error}"))?;
+    if usage.is_some_and(|usage| !usage.value.key_cert_sign()) {
+        return Err(String::from(
+            "its key may not sign certificates (key usage)",
+        ));
+    }
+    Ok(())
 }
 
 /// Which side of a handshake a certificate is checked for.

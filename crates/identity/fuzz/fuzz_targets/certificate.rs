@@ -17,7 +17,9 @@ fn trust() -> &'static Trust {
     static TRUST: OnceLock<Trust> = OnceLock::new();
     TRUST.get_or_init(|| {
         let ca = ClusterCa::generate("fuzz").expect("a CA");
-        Trust::new().with_cluster_ca(ca.certificate().clone())
+        Trust::new()
+            .with_cluster_ca(ca.certificate().clone())
+            .expect("a CA's certificate")
     })
 }
 

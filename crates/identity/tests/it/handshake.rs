@@ -232,7 +232,11 @@ async fn devices_a_cluster_ca_issued_trust_each_other_through_it() -> Result<()>
         ca.issue(&device("a"), a_day_from_now())?,
         ca.issue(&device("b"), a_day_from_now())?,
     );
-    let trust = || Trust::new().with_cluster_ca(ca.certificate().clone());
+    let trust = || {
+        Trust::new()
+            .with_cluster_ca(ca.certificate().clone())
+            .expect("a CA's certificate")
+    };
     let outcome = handshake(&a, trust(), &b, trust(), Some(device("a"))).await?;
     assert_eq!(outcome.server.ok(), Some(device("b")));
     assert_eq!(outcome.client.ok(), Some(device("a")));
@@ -244,7 +248,11 @@ async fn another_cas_device_an_expired_one_and_a_self_signed_one_are_refused() -
     let ca = ClusterCa::generate("cluster")?;
     let other_ca = ClusterCa::generate("elsewhere")?;
     let server = ca.issue(&device("a"), a_day_from_now())?;
-    let trust = || Trust::new().with_cluster_ca(ca.certificate().clone());
+    let trust = || {
+        Trust::new()
+            .with_cluster_ca(ca.certificate().clone())
+            .expect("a CA's certificate")
+    };
     let year_2001 = std::time::UNIX_EPOCH + std::time::Duration::from_secs(978_307_200);
     let clients = [
         (
@@ -281,9 +289,9 @@ async fn a_pin_comes_before_the_cluster_ca() -> Result<()> {
     let server = ca.issue(&device("a"), a_day_from_now())?;
     let pinned_b = Identity::generate(&device("b"))?;
     let ca_signed_b = ca.issue(&device("b"), a_day_from_now())?;
-    let mut server_trust = Trust::new().with_cluster_ca(ca.certificate().clone());
+    let mut server_trust = Trust::new().with_cluster_ca(ca.certificate().clone())?;
     server_trust.pin(device("b"), pinned_b.fingerprint());
-    let client_trust = Trust::new().with_cluster_ca(ca.certificate().clone());
+    let client_trust = Trust::new().with_cluster_ca(ca.certificate().clone())?;
     // The CA signed this b, but b is pinned to another key.
     let outcome = handshake(
         &server,
@@ -377,5 +385,28 @@ async fn a_client_without_a_certificate_is_refused() -> Result<()> {
         !matches!(dialled, Ok(n) if n > 0),
         "the server sent data: {dialled:?}"
     );
+    Ok(())
+}
+
+#[test]
+fn only_a_cas_certificate_can_be_a_cluster_ca() -> Result<()> {
+    let ca = ClusterCa::generate("cluster")?;
+    Trust::new().with_cluster_ca(ca.certificate().clone())?;
+    // A device's certificate, self-signed or issued, is not a CA's: taken
+    // for one, its key could vouch for every other device.
+    let own = Identity::generate(&device("a"))?;
+    let issued = ca.issue(&device("b"), a_day_from_now())?;
+    for certificate in [own.certificate(), issued.certificate()] {
+        let refused = Trust::new().with_cluster_ca(certificate.clone());
+        assert!(
+            matches!(refused, Err(TrustError::NotAnAuthority { .. })),
+            "{refused:?}"
+        );
+    }
+    let garbage = rustls_pki_types_der(b"not a certificate");
+    assert!(matches!(
+        Trust::new().with_cluster_ca(garbage),
+        Err(TrustError::NotAnAuthority { .. })
+    ));
     Ok(())
 }

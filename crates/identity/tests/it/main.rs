@@ -157,3 +157,18 @@ fn files_that_are_not_an_identity_are_named_errors() -> Result<()> {
     Identity::load_or_create(dir.path(), &device("laptop"))?;
     Ok(())
 }
+
+#[test]
+fn a_key_that_is_not_a_regular_file_is_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    Identity::load_or_create(dir.path(), &device("laptop"))?;
+    let key = dir.path().join("identity.key");
+    fs::remove_file(&key)?;
+    fs::create_dir(&key)?;
+    let error = Identity::load_or_create(dir.path(), &device("laptop")).expect_err("refused");
+    assert!(
+        matches!(&error, IdentityError::Malformed { path, .. } | IdentityError::Io { path, .. } if path == &key),
+        "{error:?}"
+    );
+    Ok(())
+}
