@@ -1203,19 +1203,7 @@ mod tests {
                 .expect("removes");
             txn.commit().expect("commits");
         }
-        let storage = Storage::open(&path).expect("opens again");
-        let reader = storage.read().expect("a read");
-        assert_eq!(reader.verify().expect("reads"), Ok(()));
-        let ours = reader.vector().expect("the vector");
-        assert_eq!(
-            reader
-                .missing_indices(&GenVector::new(), &ours)
-                .expect("reads"),
-            [0, 1, 2]
-        );
-        drop(reader);
-        storage.close();
-        drop(storage);
+        assert_eq!(indexed_after_opening(&path), [0, 1, 2]);
 
         // Records appended by a version that kept no index (as after a
         // rollback): their entries and the mark are missing; the next open
@@ -1234,15 +1222,21 @@ mod tests {
             }
             txn.commit().expect("commits");
         }
-        let storage = Storage::open(&path).expect("opens a third time");
+        assert_eq!(indexed_after_opening(&path), [0, 1, 2, 3]);
+    }
+
+    /// Opens the store at `path`, checks it, and gives the log indices a
+    /// peer with nothing would be sent; closes it again.
+    fn indexed_after_opening(path: &Path) -> Vec<u64> {
+        let storage = Storage::open(path).expect("opens");
         let reader = storage.read().expect("a read");
         assert_eq!(reader.verify().expect("reads"), Ok(()));
         let ours = reader.vector().expect("the vector");
-        assert_eq!(
-            reader
-                .missing_indices(&GenVector::new(), &ours)
-                .expect("reads"),
-            [0, 1, 2, 3]
-        );
+        let indices = reader
+            .missing_indices(&GenVector::new(), &ours)
+            .expect("reads");
+        drop(reader);
+        storage.close();
+        indices
     }
 }
