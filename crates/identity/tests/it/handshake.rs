@@ -204,6 +204,11 @@ fn the_trust_names_why_it_refuses() -> Result<()> {
     // Moving b to its new key.
     trust.pin(device("b"), other_b.fingerprint());
     assert_eq!(trust.check(other_b.certificate()), Ok(device("b")));
+    assert_eq!(trust.pinned(&device("b")), Some(other_b.fingerprint()));
+    assert_eq!(
+        trust.devices().collect::<Vec<_>>(),
+        [(&device("b"), other_b.fingerprint())]
+    );
     assert_eq!(trust.unpin(&device("b")), Some(other_b.fingerprint()));
     assert!(matches!(
         trust.check(other_b.certificate()),

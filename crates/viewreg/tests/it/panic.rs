@@ -33,6 +33,25 @@ async fn too_few_healthy_views_is_a_panic_and_spreads_over_every_view() {
         "every view providing kv, with its last features"
     );
     assert_eq!(spread.iter().filter(|v| v.is_healthy()).count(), 1);
+    // The answer reads alike every way: by position, first, iterated, owned.
+    let endpoints: Vec<_> = spread.iter().map(|view| view.endpoint().clone()).collect();
+    assert_eq!(
+        endpoints,
+        [ep(1), ep(2), ep(3), ep(4)],
+        "sorted by endpoint"
+    );
+    assert_eq!(spread.first().map(|view| view.endpoint()), Some(&ep(1)));
+    assert_eq!(spread.get(3).map(|view| view.endpoint()), Some(&ep(4)));
+    assert!(spread.get(4).is_none());
+    assert_eq!(spread[2].endpoint(), &ep(3));
+    let owned: Vec<_> = spread
+        .to_vec()
+        .iter()
+        .map(|view| view.endpoint().clone())
+        .collect();
+    assert_eq!(owned, endpoints);
+    assert_eq!((&spread).into_iter().len(), 4);
+    assert_eq!(spread.clone().len(), 4);
     assert!(registry.healthy_views(&features(&["sql"])).is_empty());
 
     prober.set(&ep(3), serve(&["kv"]));
