@@ -335,40 +335,38 @@ impl EtcdLocator {
             message = stream.message() => message,
             () = sleep_or_never(progress) => {
                 // Cancel safe: tonic's `message` loses nothing when dropped.
-                let asked = tokio::time::timeout(self.request_timeout, stream.request_progress()).await;
-                return match asked {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(error)) => {
-                        self.watch = None;
-                        self.watch_created = false;
-                        Err(classify(error))
-                    }
-                    Err(_elapsed) => {
-                        self.watch = None;
-                        self.watch_created = false;
-                        Err(LocatorError::unavailable(WatchBroken(String::from(
-                            "etcd took no progress request within the request timeout",
-                        ))))
-                    }
+                let asked = match tokio::time::timeout(self.request_timeout, stream.request_progress()).await {
+                    Ok(asked) => asked.map_err(classify),
+                    Err(_elapsed) => Err(LocatorError::unavailable(WatchBroken(String::from(
+                        "etcd took no progress request within the request timeout",
+                    )))),
                 };
+                if asked.is_err() {
+                    self.close_watch();
+                }
+                return asked;
             }
         };
         match message {
             Ok(Some(response)) if !self.watch_created => self.confirm(&response, revision),
             Ok(Some(response)) => self.apply(response),
             Ok(None) => {
-                self.watch = None;
-                self.watch_created = false;
+                self.close_watch();
                 Err(LocatorError::unavailable(WatchBroken(String::from(
                     "etcd ended the watch stream",
                 ))))
             }
             Err(error) => {
-                self.watch = None;
-                self.watch_created = false;
+                self.close_watch();
                 Err(classify(error))
             }
         }
+    }
+
+    /// Forgets the open watch: the next step opens a new one.
+    fn close_watch(&mut self) {
+        self.watch = None;
+        self.watch_created = false;
     }
 
     /// Reads every entry under the prefix, in pages at the revision of the
@@ -401,8 +399,7 @@ impl EtcdLocator {
             tracing::warn!(%key, %reason, "unreadable entry under the watched prefix; skipped");
         }
         self.revision = Some(revision);
-        self.watch = None;
-        self.watch_created = false;
+        self.close_watch();
         self.resuming = false;
         self.status.send_modify(|status| {
             status.revision = Some(revision);
@@ -477,8 +474,7 @@ impl EtcdLocator {
     /// the watch (or one that should have been the created response and
     /// is not).
     fn broken(&mut self, response: &WatchResponse) -> Result<(), LocatorError> {
-        self.watch = None;
-        self.watch_created = false;
+        self.close_watch();
         if response.compact_revision() > 0 {
             // The revision to resume from is gone: only a listing can
             // bring the set back in step.
