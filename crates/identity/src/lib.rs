@@ -14,6 +14,9 @@
 //! - [`Trust`] is the devices a peer accepts, each pinned to its key or
 //!   vouched for by a [`ClusterCa`], and [`tls`] the rustls configurations
 //!   (TLS 1.3, both sides presenting certificates) that accept only those.
+//! - [`Transport`] secures a connection with them (or, loudly named, does
+//!   not: [`Transport::insecure_plaintext`]), and its [`Secured`] stream
+//!   names the device on the other end.
 //!
 //! # Example
 //!
@@ -40,10 +43,12 @@ mod fingerprint;
 mod identity;
 mod stored;
 pub mod tls;
+mod transport;
 mod trust;
 
 pub use ca::ClusterCa;
 pub use error::IdentityError;
 pub use fingerprint::{Fingerprint, ParseFingerprintError};
 pub use identity::{DEVICE_URI_SCHEME, Identity, device_of_certificate};
+pub use transport::{Secured, Transport, TransportError};
 pub use trust::{Trust, TrustError};

@@ -4,6 +4,7 @@
 //! `handshake`, real TLS handshakes between identities.
 
 mod handshake;
+mod transport;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
