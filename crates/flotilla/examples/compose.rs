@@ -4,7 +4,9 @@
 //! embedded mount table, a gensync replica on a file, the replica's sync
 //! responder on a loopback port, and a publisher that advertises the
 //! responder under a name. A second replica, outside the engine, finds the
-//! responder by that name and syncs. Then the replica is bounced (its file
+//! responder by that name and syncs over TLS: each device has an identity
+//! (the engine's is kept in its data directory), and each trusts the
+//! other's key. Then the replica is bounced (its file
 //! opens again at once, and the responder and publisher follow it), and
 //! the engine stops, dependents first.
 //!
@@ -12,11 +14,13 @@
 //! (`RUST_LOG=info` shows the engine at work). CI runs it too.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, ensure};
 use flotilla::core_types::{DeviceId, Endpoint, Name, Worker};
 use flotilla::depengine::{Engine, EngineConfig, Input, Manifold, Started};
 use flotilla::gensync::{Replica, ReplicaConfig, Responder, Storage, SyncConfig, sync_with};
+use flotilla::identity::{Identity, Transport, Trust};
 use flotilla::publisher::{MountTable, Namespace, Publisher, PublisherConfig};
 
 /// The typed keys of the graph: each names a manifold and what it offers.
@@ -39,9 +43,22 @@ async fn main() -> Result<()> {
     let data = tempfile::tempdir().context("a data directory")?;
     let store = data.path().join("replica.redb");
 
+    // Two devices, each with an identity, trusting each other's key.
+    let engine_key =
+        Identity::load_or_create(&data.path().join("identity"), &DeviceId::new("engine")?)?;
+    let visitor_key = Identity::generate(&DeviceId::new("visitor")?)?;
+    let trust = Arc::new(Trust::of([&engine_key, &visitor_key]));
+    let ours_transport = Transport::tls(&engine_key, Arc::clone(&trust))?;
+    let visiting = Transport::tls(&visitor_key, trust)?;
+
     let engine = Engine::start(EngineConfig::default())?;
     engine
-        .install_group([table(), replica(store.clone()), responder(), publisher()])
+        .install_group([
+            table(),
+            replica(store.clone()),
+            responder(ours_transport),
+            publisher(),
+        ])
         .await?;
 
     // The publisher says when the responder's address is mounted: no
@@ -64,7 +81,7 @@ async fn main() -> Result<()> {
         ReplicaConfig::default(),
     )?;
     let address = resolve(&table).await?;
-    let stats = sync_with(&theirs, address, &SyncConfig::default()).await?;
+    let stats = sync_with(&theirs, &visiting, address, &SyncConfig::default()).await?;
     let got = theirs.get(b"greeting")?;
     println!(
         "2. the visitor resolved {SERVICE} to {address} and synced {} records: greeting = {:?}",
@@ -92,7 +109,7 @@ async fn main() -> Result<()> {
     again
         .put(b"second".to_vec(), b"after the bounce".to_vec())
         .await?;
-    sync_with(&theirs, address, &SyncConfig::default()).await?;
+    sync_with(&theirs, &visiting, address, &SyncConfig::default()).await?;
     println!(
         "3. after a bounce of the replica, the visitor synced again from {address}: second = {:?}",
         theirs
@@ -141,14 +158,18 @@ fn replica(store: std::path::PathBuf) -> Manifold {
     .offers::<Replica>()
 }
 
-/// The replica's sync responder, offering its address.
-fn responder() -> Manifold {
-    Manifold::new(RESPONDER.name(), |ctx| async move {
-        let replica = ctx.get(&REPLICA)?;
-        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-        let responder = Responder::bind(replica, loopback, SyncConfig::default()).await?;
-        let address = responder.local_addr();
-        Ok(Started::new(responder).with_resource(address))
+/// The replica's sync responder over `transport`, offering its address.
+fn responder(transport: Transport) -> Manifold {
+    Manifold::new(RESPONDER.name(), move |ctx| {
+        let transport = transport.clone();
+        async move {
+            let replica = ctx.get(&REPLICA)?;
+            let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+            let responder =
+                Responder::bind(replica, transport, loopback, SyncConfig::default()).await?;
+            let address = responder.local_addr();
+            Ok(Started::new(responder).with_resource(address))
+        }
     })
     .input(&REPLICA)
     .offers::<SocketAddr>()

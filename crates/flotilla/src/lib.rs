@@ -9,6 +9,7 @@
 //! | `presence` | `presence` | liveness of arbitrary keys: batched pings, watchers, pruning |
 //! | `gensync` | `gensync` | replicates a key/value store between peers by generation vectors |
 //! | `viewreg` | `viewreg` | a client-side registry of servers, health-checked, filtered by features |
+//! | `identity` | `identity` (with `gensync`) | devices' identities, whom they trust, and TLS between them |
 //!
 //! `full` enables every crate. `etcd` adds the etcd backend of each enabled
 //! crate that has one (building it needs `protoc`): publisher's namespace,
@@ -55,6 +56,10 @@ pub use flotilla_publisher as publisher;
 #[cfg(feature = "gensync")]
 #[cfg_attr(docsrs, doc(cfg(feature = "gensync")))]
 pub use flotilla_gensync as gensync;
+
+#[cfg(feature = "identity")]
+#[cfg_attr(docsrs, doc(cfg(feature = "identity")))]
+pub use flotilla_identity as identity;
 
 #[cfg(feature = "viewreg")]
 #[cfg_attr(docsrs, doc(cfg(feature = "viewreg")))]

@@ -1,7 +1,7 @@
 //! Peak memory growth while a replica catches up 100,000 records of 1 KiB
 //! (100 MiB) in one round, measured with dhat's heap statistics. Both ends
-//! run in this process, over an in-memory pipe, so the figure covers the
-//! responder streaming too: an upper bound for the catching-up side.
+//! run in this process, over TLS on an in-memory pipe, so the figure covers
+//! the responder streaming too: an upper bound for the catching-up side.
 //!
 //! Run with `cargo bench -p flotilla-gensync --bench memory`; the result and
 //! its goal (under 64 MiB) are in docs/benchmarks.md.
@@ -10,7 +10,7 @@ use flotilla_gensync::{SyncConfig, initiate_over, respond_over};
 
 mod support;
 
-use support::{fill_kib, replica, runtime};
+use support::{fill_kib, replica, runtime, secure, tls_transports};
 
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
@@ -30,7 +30,9 @@ async fn measure() {
     let stats = dhat::HeapStats::get();
     let (before, peak_before) = (stats.curr_bytes, stats.max_bytes);
 
+    let [at_sink, at_source] = tls_transports(["sink", "source"]);
     let (near, far) = tokio::io::duplex(256 * 1024);
+    let (near, far) = secure(&at_sink, near, &at_source, far).await;
     let config = SyncConfig::default();
     let (pulled, served) = tokio::join!(
         initiate_over(&sink, near),

@@ -1,7 +1,7 @@
 //! The replay's cost per record, apart from the network and the disk: one
 //! round in which a replica catches up 100,000 records of 1 KiB from
-//! another, both in this process over an in-memory pipe, with the stores on
-//! tmpfs (/dev/shm) when there is one. Prints the round's time, the time
+//! another, both in this process over TLS on an in-memory pipe, with the
+//! stores on tmpfs (/dev/shm) when there is one. Prints the round's time, the time
 //! per record applied, and the same round's responder alone (the records
 //! read and framed, sent to a reader that drops them) as its floor.
 //!
@@ -14,13 +14,13 @@ use std::time::Instant;
 
 use flotilla_core_types::DeviceId;
 use flotilla_gensync::wire::{Connection, Message};
-use flotilla_gensync::{GenVector, SyncConfig, initiate_over, respond_over};
+use flotilla_gensync::{GenVector, Secured, SyncConfig, initiate_over, respond_over};
 
 const RECORDS: usize = 100_000;
 
 mod support;
 
-use support::{fill_kib, replica, runtime};
+use support::{fill_kib, replica, runtime, secure, tls_transports};
 
 fn main() {
     runtime().block_on(measure());
@@ -37,8 +37,10 @@ async fn measure() {
     let (source, sink) = (replica(dir.path(), "source"), replica(dir.path(), "sink"));
     fill_kib(&source, RECORDS).await;
 
+    let [at_drain, at_sink, at_source] = tls_transports(["drain", "sink", "source"]);
     // The floor: the responder's side alone.
     let (near, far) = tokio::io::duplex(256 * 1024);
+    let (near, far) = secure(&at_drain, near, &at_source, far).await;
     let started = Instant::now();
     let config = SyncConfig::default();
     let (read, served) = tokio::join!(drain(near), respond_over(&source, far, &config));
@@ -47,6 +49,7 @@ async fn measure() {
     assert_eq!(read, RECORDS as u64);
 
     let (near, far) = tokio::io::duplex(256 * 1024);
+    let (near, far) = secure(&at_sink, near, &at_source, far).await;
     let started = Instant::now();
     let (pulled, served) = tokio::join!(
         initiate_over(&sink, near),
@@ -66,7 +69,7 @@ async fn measure() {
 
 /// A peer with nothing that takes a whole round and drops it; returns the
 /// records it was sent.
-async fn drain(io: tokio::io::DuplexStream) -> u64 {
+async fn drain(io: Secured<tokio::io::DuplexStream>) -> u64 {
     let mut connection = Connection::new(io);
     connection
         .send(&Message::Hello {

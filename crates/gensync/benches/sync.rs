@@ -1,5 +1,7 @@
 //! Sync figures, printed one per line, each beside its baseline from the
-//! same run:
+//! same run. Every round runs over TLS, as peers do; the wire and
+//! convergence figures are measured again over plaintext, to show what TLS
+//! costs (goal: under 10% on each).
 //!
 //! - bytes on the wire per byte of missing records (keys and values), for
 //!   1, 100 and 100,000 missing records of 1 KiB, beside a full-state
@@ -31,13 +33,13 @@ use std::time::{Duration, Instant};
 use flotilla_core_types::{DeviceId, Worker};
 use flotilla_gensync::wire::{Connection, Message};
 use flotilla_gensync::{
-    GenVector, Replica, Responder, SyncConfig, initiate_over, respond_over, sync_with,
+    GenVector, Replica, Responder, SyncConfig, Transport, initiate_over, respond_over, sync_with,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 mod support;
 
-use support::replica;
+use support::{replica, secure, tls_transports};
 
 const VALUE_LEN: usize = 1024;
 
@@ -48,8 +50,13 @@ fn main() {
         } else {
             let mut ratio = 1.0;
             for missing in [1, 100, 100_000] {
-                ratio = wire_ratio(missing).await;
+                ratio = wire_ratio(missing, Secure::Tls).await;
             }
+            let plaintext = wire_ratio(100_000, Secure::Plaintext).await;
+            println!(
+                "tls: wire ratio for 100000 missing records {ratio:.3} over TLS, {plaintext:.3} over plaintext: TLS adds {:.1}% (goal: under 10%)",
+                (ratio / plaintext - 1.0) * 100.0
+            );
             convergence_with_floors(100_000, ratio).await;
         }
         let small = round_cost(1_000).await;
@@ -84,8 +91,34 @@ async fn fill(replica: &Replica, prefix: &str, records: usize) -> u64 {
     payload
 }
 
-/// Prints the wire figures for `missing` records; returns the ratio.
-async fn wire_ratio(missing: usize) -> f64 {
+/// How a benchmark's connections are secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Secure {
+    Tls,
+    Plaintext,
+}
+
+impl Secure {
+    /// A transport for each of `names`.
+    fn transports<const N: usize>(self, names: [&str; N]) -> [Transport; N] {
+        match self {
+            Secure::Tls => tls_transports(names),
+            Secure::Plaintext => names.map(|_| Transport::insecure_plaintext()),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Secure::Tls => "TLS",
+            Secure::Plaintext => "plaintext",
+        }
+    }
+}
+
+/// Prints the wire figures for `missing` records over `secure` (every
+/// byte the responder writes counted, TLS's own included); returns the
+/// ratio.
+async fn wire_ratio(missing: usize, secure_by: Secure) -> f64 {
     let dir = tempfile::tempdir().expect("a directory");
     let (source, sink) = (replica(dir.path(), "source"), replica(dir.path(), "sink"));
     let payload = fill(&source, "k", missing).await;
@@ -95,6 +128,8 @@ async fn wire_ratio(missing: usize) -> f64 {
         inner: far,
         written: Arc::clone(&written),
     };
+    let [at_sink, at_source] = secure_by.transports(["sink", "source"]);
+    let (near, counted) = secure(&at_sink, near, &at_source, counted).await;
     let config = SyncConfig::default();
     let (pulled, served) = tokio::join!(
         initiate_over(&sink, near),
@@ -112,7 +147,8 @@ async fn wire_ratio(missing: usize) -> f64 {
         .map(|entry| 5 + postcard::to_allocvec(entry).expect("encodes").len() as u64)
         .sum();
     println!(
-        "wire: {missing} missing records of {VALUE_LEN} B: {wire} B on the wire for {payload} B of records: ratio {:.3} (goal: at most 1.1 for large deltas); a full-state transfer of the same store: {full_state} B ({:.3})",
+        "wire: {missing} missing records of {VALUE_LEN} B over {}: {wire} B on the wire for {payload} B of records: ratio {:.3} (goal: at most 1.1 for large deltas); a full-state transfer of the same store: {full_state} B ({:.3})",
+        secure_by.name(),
         wire as f64 / payload as f64,
         full_state as f64 / payload as f64
     );
@@ -128,11 +164,13 @@ struct Converged {
 }
 
 /// Three replicas with their stores in `dir`, each having written
-/// `per_replica` records, converge: each pulls from the next, twice round
-/// the ring (the second pass forwards what arrived second-hand).
-async fn convergence(per_replica: usize, dir: &Path) -> Converged {
+/// `per_replica` records, converge over `secure_by`: each pulls from the
+/// next, twice round the ring (the second pass forwards what arrived
+/// second-hand).
+async fn convergence(per_replica: usize, dir: &Path, secure_by: Secure) -> Converged {
     let dir = tempfile::tempdir_in(dir).expect("a directory");
     let names = ["r0", "r1", "r2"];
+    let transports = secure_by.transports(names);
     let replicas: Vec<Replica> = names.iter().map(|name| replica(dir.path(), name)).collect();
     let mut payload = 0;
     for (replica, name) in replicas.iter().zip(names) {
@@ -140,11 +178,16 @@ async fn convergence(per_replica: usize, dir: &Path) -> Converged {
     }
     let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("an address");
     let mut responders = Vec::new();
-    for replica in &replicas {
+    for (replica, transport) in replicas.iter().zip(&transports) {
         responders.push(
-            Responder::bind(replica.clone(), any, SyncConfig::default())
-                .await
-                .expect("binds"),
+            Responder::bind(
+                replica.clone(),
+                transport.clone(),
+                any,
+                SyncConfig::default(),
+            )
+            .await
+            .expect("binds"),
         );
     }
     let mut config = SyncConfig::default();
@@ -154,8 +197,13 @@ async fn convergence(per_replica: usize, dir: &Path) -> Converged {
     for _ in 0..2 {
         let pulls = (0..3).map(|i| {
             let (into, from) = (&replicas[i], responders[(i + 1) % 3].local_addr());
-            let config = config.clone();
-            async move { sync_with(into, from, &config).await.expect("round").applied }
+            let (transport, config) = (&transports[i], config.clone());
+            async move {
+                sync_with(into, transport, from, &config)
+                    .await
+                    .expect("round")
+                    .applied
+            }
         });
         applied += futures_util::future::join_all(pulls)
             .await
@@ -185,7 +233,8 @@ async fn convergence(per_replica: usize, dir: &Path) -> Converged {
 /// floors from the same run.
 async fn convergence_with_floors(per_replica: usize, wire_ratio: f64) {
     let disk = std::env::temp_dir();
-    let on_disk = convergence(per_replica, &disk).await;
+    let on_disk = convergence(per_replica, &disk, Secure::Tls).await;
+    let on_disk_plain = convergence(per_replica, &disk, Secure::Plaintext).await;
     // Every replica received the two others' records: the bytes a copy
     // must move too, framed as the wire frames them.
     let moved = (on_disk.payload as f64 * 2.0 * wire_ratio) as u64;
@@ -198,6 +247,12 @@ async fn convergence_with_floors(per_replica: usize, wire_ratio: f64) {
         moved / 3,
         on_disk.time.as_secs_f64() / durable.as_secs_f64(),
         on_disk.time.as_secs_f64() / raw.as_secs_f64(),
+    );
+    println!(
+        "tls: convergence on disk {:.2?} over TLS, {:.2?} over plaintext: TLS adds {:.1}% (goal: under 10%)",
+        on_disk.time,
+        on_disk_plain.time,
+        (on_disk.time.as_secs_f64() / on_disk_plain.time.as_secs_f64() - 1.0) * 100.0
     );
     println!(
         "disk: {:.0} MB/s written with an fsync at the end, 3 files at once ({} B each, in {})",
@@ -217,8 +272,15 @@ async fn convergence_with_floors(per_replica: usize, wire_ratio: f64) {
         println!("convergence on tmpfs: not measured: /dev/shm is not a directory here");
         return;
     }
-    let on_tmpfs = convergence(per_replica, shm).await;
+    let on_tmpfs = convergence(per_replica, shm, Secure::Tls).await;
+    let on_tmpfs_plain = convergence(per_replica, shm, Secure::Plaintext).await;
     let raw = raw_copy(moved).await;
+    println!(
+        "tls: convergence on tmpfs {:.2?} over TLS, {:.2?} over plaintext: TLS adds {:.1}% (goal: under 10%)",
+        on_tmpfs.time,
+        on_tmpfs_plain.time,
+        (on_tmpfs.time.as_secs_f64() / on_tmpfs_plain.time.as_secs_f64() - 1.0) * 100.0
+    );
     println!(
         "convergence: the same, stores on tmpfs (/dev/shm): {:.2?}; raw loopback copy of {moved} B: {raw:.2?}, ratio {:.1}x (goal: within 10x)",
         on_tmpfs.time,
@@ -279,7 +341,8 @@ async fn round_cost(log_len: usize) -> Duration {
     // A first round seals everything so far; the newest record then goes
     // into a generation of its own, which the peer lacks.
     let peer = DeviceId::new("peer").expect("valid id");
-    let has_all = round_as(&source, &peer, GenVector::new()).await;
+    let transports = tls_transports(["peer", "source"]);
+    let has_all = round_as(&source, &peer, GenVector::new(), &transports).await;
     assert_eq!(has_all, log_len as u64 - 1);
     let theirs = source.vector().expect("reads");
     source
@@ -289,7 +352,7 @@ async fn round_cost(log_len: usize) -> Duration {
     let mut times = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {
         let started = Instant::now();
-        let sent = round_as(&source, &peer, theirs.clone()).await;
+        let sent = round_as(&source, &peer, theirs.clone(), &transports).await;
         times.push(started.elapsed());
         assert_eq!(sent, 1, "one record sent");
     }
@@ -298,9 +361,15 @@ async fn round_cost(log_len: usize) -> Duration {
 }
 
 /// One round served by `source` to a peer `peer` whose vector is
-/// `theirs`; returns the records it received.
-async fn round_as(source: &Replica, peer: &DeviceId, theirs: GenVector) -> u64 {
+/// `theirs`, its TLS handshake included; returns the records it received.
+async fn round_as(
+    source: &Replica,
+    peer: &DeviceId,
+    theirs: GenVector,
+    [at_peer, at_source]: &[Transport; 2],
+) -> u64 {
     let (near, far) = tokio::io::duplex(256 * 1024);
+    let (near, far) = secure(at_peer, near, at_source, far).await;
     let serving = {
         let source = source.clone();
         tokio::spawn(async move { respond_over(&source, far, &SyncConfig::default()).await })

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use flotilla_core_types::{DeviceId, Endpoint, InvalidId, WorkerError};
+use flotilla_identity::{TransportError, TrustError};
 
 use crate::VersionId;
 use crate::wire::WireError;
@@ -63,6 +64,35 @@ pub enum Error {
         claimed: DeviceId,
         /// Why it may not.
         reason: &'static str,
+    },
+    /// The peer proved, by its certificate, to be one device, and claimed
+    /// in its hello to be another: refused before anything it sent is read.
+    #[error("peer claims device {claimed}, but its certificate names {certified}")]
+    NotCertified {
+        /// The id it claimed.
+        claimed: DeviceId,
+        /// The id its certificate names, which the handshake checked.
+        certified: DeviceId,
+    },
+    /// The connection could not be secured: this side refused the peer
+    /// ([`Error::refusal`] says why), the peer refused this side, or it
+    /// does not speak TLS.
+    #[error("securing the connection{} failed: {source}", with_peer(.peer.as_ref()))]
+    Handshake {
+        /// The peer's address, if known.
+        peer: Option<std::net::SocketAddr>,
+        /// What failed.
+        #[source]
+        source: Arc<TransportError>,
+    },
+    /// The transport presents another device than the replica's own: each
+    /// replica syncs under its own identity.
+    #[error("the transport presents device {identity}, but the replica is {replica}")]
+    IdentityMismatch {
+        /// The replica's device.
+        replica: DeviceId,
+        /// The device the transport's identity names.
+        identity: DeviceId,
     },
     /// The peer sent a message out of turn.
     #[error("protocol violation: expected {expected}, got {got}")]
@@ -148,6 +178,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// Why this side refused its peer's certificate, if that is what
+    /// ended the round.
+    pub fn refusal(&self) -> Option<&TrustError> {
+        match self {
+            Error::Handshake { source, .. } => source.refusal(),
+            _ => None,
+        }
+    }
+
     /// This error, naming `path` if it is a storage error that names no
     /// file yet.
     pub(crate) fn located(self, path: Option<&Arc<Path>>) -> Error {
@@ -176,6 +215,11 @@ impl From<WireError> for WorkerError {
     fn from(error: WireError) -> Self {
         WorkerError::new(error)
     }
+}
+
+/// " with ADDRESS", or nothing when the address is not known.
+fn with_peer(peer: Option<&std::net::SocketAddr>) -> String {
+    peer.map(|peer| format!(" with {peer}")).unwrap_or_default()
 }
 
 /// " on PATH", or nothing for a store in memory.

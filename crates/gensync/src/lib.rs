@@ -19,6 +19,13 @@
 //!   [`Responder`]: serves rounds over TCP; [`Initiator`]: rounds with a
 //!   set of peers ([`Peers`]: fixed, or from a sync or async source) on an
 //!   interval.
+//! - Peers are authenticated: every connection is secured by a
+//!   [`Transport`], TLS 1.3 where both sides prove by a certificate which
+//!   device they are and accept only devices their [`Trust`] names (each
+//!   pinned by its key, or vouched for by a cluster CA). A peer that is
+//!   not trusted, or whose hello claims another device than its
+//!   certificate, is refused before anything it sent is read.
+//!   docs/threat-model.md says what a trusted peer can still do.
 //! - [`wire`]: the frames and messages (see docs/gensync-wire.md).
 //! - [`Replica::collect_garbage`] and the [`Collector`] worker: the log
 //!   records and DAG versions every known device holds are removed (what a
@@ -30,22 +37,31 @@
 //! # Example
 //!
 //! ```
+//! use std::sync::Arc;
 //! use flotilla_core_types::{DeviceId, Worker};
-//! use flotilla_gensync::{Replica, ReplicaConfig, Responder, Storage, SyncConfig, sync_with};
+//! use flotilla_gensync::{
+//!     Identity, Replica, ReplicaConfig, Responder, Storage, SyncConfig, Transport, Trust,
+//!     sync_with,
+//! };
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), flotilla_gensync::Error> {
-//! let open = |name: &str| {
-//!     let device = DeviceId::new(name).expect("valid id");
-//!     Replica::open(device, Storage::in_memory()?, ReplicaConfig::default())
-//! };
-//! let (laptop, phone) = (open("laptop")?, open("phone")?);
+//! # async fn main() -> anyhow::Result<()> {
+//! let (laptop_id, phone_id) = (DeviceId::new("laptop")?, DeviceId::new("phone")?);
+//! // Each device has an identity (`Identity::load_or_create` keeps one in a
+//! // directory); both trust the two.
+//! let (laptop_key, phone_key) = (Identity::generate(&laptop_id)?, Identity::generate(&phone_id)?);
+//! let trust = Arc::new(Trust::of([&laptop_key, &phone_key]));
+//!
+//! let laptop = Replica::open(laptop_id, Storage::in_memory()?, ReplicaConfig::default())?;
+//! let phone = Replica::open(phone_id, Storage::in_memory()?, ReplicaConfig::default())?;
 //! laptop.put(b"todo/1".to_vec(), b"buy milk".to_vec()).await?;
 //!
 //! // The laptop serves; the phone fetches what it lacks.
-//! let address = "127.0.0.1:0".parse().expect("an address");
-//! let responder = Responder::bind(laptop.clone(), address, SyncConfig::default()).await?;
-//! sync_with(&phone, responder.local_addr(), &SyncConfig::default()).await?;
+//! let address = "127.0.0.1:0".parse()?;
+//! let serving = Transport::tls(&laptop_key, Arc::clone(&trust))?;
+//! let responder = Responder::bind(laptop.clone(), serving, address, SyncConfig::default()).await?;
+//! let dialling = Transport::tls(&phone_key, trust)?;
+//! sync_with(&phone, &dialling, responder.local_addr(), &SyncConfig::default()).await?;
 //! assert_eq!(phone.get(b"todo/1")?, Some(b"buy milk".to_vec()));
 //!
 //! responder.kill();
@@ -73,6 +89,10 @@ pub use error::Error;
 /// users need not name `flotilla-core-types` themselves.
 #[doc(no_inline)]
 pub use flotilla_core_types::{DeviceId, Endpoint, InvalidId, Worker, WorkerError, WorkerResult};
+/// The transport and identities a sync round is secured with, re-exported
+/// so that users need not name `flotilla-identity` themselves.
+#[doc(no_inline)]
+pub use flotilla_identity::{Identity, Secured, Transport, TransportError, Trust, TrustError};
 pub use model::{GenVector, LogRecord, VersionId};
 /// The storage engine, re-exported because [`Error::Storage`] carries its
 /// errors (and this crate's `From` impls name them).

@@ -2,6 +2,12 @@
 //! [`Responder`] serves rounds to peers, and [`Initiator`] runs rounds with
 //! a set of peers on a jittered interval.
 //!
+//! Every connection is secured by a [`Transport`] before a byte of the
+//! protocol passes: with [`Transport::tls`], both sides prove by their
+//! certificates which device they are, each refuses a peer its trust does
+//! not accept, and a peer whose hello claims another device than its
+//! certificate names is refused before anything it sent is read.
+//!
 //! A round: both sides say who they are ([`Message::Hello`]), the initiator
 //! sends its vector ([`Message::GetDeltas`]), the responder seals its open
 //! generation and streams every record of its log the initiator's vector
@@ -18,6 +24,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use flotilla_core_types::{DeviceId, Endpoint, ReportFuture, TaskWorker, delegate_worker};
+use flotilla_identity::{Secured, Transport};
 use futures_util::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -59,23 +66,29 @@ impl Default for SyncConfig {
     }
 }
 
-/// Runs one sync round with the responder at `peer`: fetches and applies
-/// everything this replica lacks of what the peer has.
+/// Runs one sync round with the responder at `peer`, over a connection
+/// `transport` secures: fetches and applies everything this replica lacks
+/// of what the peer has.
 ///
 /// # Errors
 ///
-/// [`Error::Connect`], or any error of the round (bad input, an impostor,
-/// a missing parent, an unbacked claim, a timeout as
-/// [`Error::Disconnected`]); the replica is then as it was.
+/// [`Error::IdentityMismatch`] when `transport` presents another device
+/// than the replica's; [`Error::Connect`]; [`Error::Handshake`] when the
+/// connection cannot be secured (the peer is not trusted, or does not
+/// trust us); or any error of the round (bad input, an impostor, a
+/// missing parent, an unbacked claim, a timeout as
+/// [`Error::Disconnected`]). The replica is then as it was.
 ///
 /// # Cancel safety
 ///
 /// Dropping the future abandons the round; nothing of it is committed.
 pub async fn sync_with(
     replica: &Replica,
+    transport: &Transport,
     peer: SocketAddr,
     config: &SyncConfig,
 ) -> Result<RoundStats, Error> {
+    check_transport(replica, transport)?;
     let round = async {
         let stream = TcpStream::connect(peer)
             .await
@@ -83,9 +96,7 @@ pub async fn sync_with(
                 peer,
                 source: Arc::new(source),
             })?;
-        // Records are small and many; do not wait to fill packets.
-        let _ = stream.set_nodelay(true);
-        initiate(replica, Connection::new(stream)).await
+        initiate(replica, dial(transport, stream, peer).await?).await
     };
     match tokio::time::timeout(config.round_timeout, round).await {
         Ok(result) => result,
@@ -109,13 +120,14 @@ pub async fn sync_with(
 /// Dropping the future abandons the round; nothing of it is committed.
 pub async fn sync_with_endpoint(
     replica: &Replica,
+    transport: &Transport,
     endpoint: &Endpoint,
     config: &SyncConfig,
 ) -> Result<RoundStats, Error> {
+    check_transport(replica, transport)?;
     let round = async {
-        let stream = connect_endpoint(endpoint).await?;
-        let _ = stream.set_nodelay(true);
-        initiate(replica, Connection::new(stream)).await
+        let (stream, address) = connect_endpoint(endpoint).await?;
+        initiate(replica, dial(transport, stream, address).await?).await
     };
     match tokio::time::timeout(config.round_timeout, round).await {
         Ok(result) => result,
@@ -123,8 +135,37 @@ pub async fn sync_with_endpoint(
     }
 }
 
-/// A connection to the first of `endpoint`'s addresses that takes one.
-async fn connect_endpoint(endpoint: &Endpoint) -> Result<TcpStream, Error> {
+/// Secures a connection this side dialled.
+async fn dial(
+    transport: &Transport,
+    stream: TcpStream,
+    address: SocketAddr,
+) -> Result<Secured<TcpStream>, Error> {
+    // Records are small and many; do not wait to fill packets.
+    let _ = stream.set_nodelay(true);
+    transport
+        .connect(stream, None)
+        .await
+        .map_err(|source| Error::Handshake {
+            peer: Some(address),
+            source: Arc::new(source),
+        })
+}
+
+/// A replica syncs under its own identity, or under none (plaintext).
+fn check_transport(replica: &Replica, transport: &Transport) -> Result<(), Error> {
+    match transport.device() {
+        Some(identity) if identity != replica.device() => Err(Error::IdentityMismatch {
+            replica: replica.device().clone(),
+            identity: identity.clone(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A connection to the first of `endpoint`'s addresses that takes one,
+/// and that address.
+async fn connect_endpoint(endpoint: &Endpoint) -> Result<(TcpStream, SocketAddr), Error> {
     let resolve_error = |source| Error::Resolve {
         endpoint: endpoint.clone(),
         source: Arc::new(source),
@@ -141,7 +182,7 @@ async fn connect_endpoint(endpoint: &Endpoint) -> Result<TcpStream, Error> {
 async fn connect_first(
     endpoint: &Endpoint,
     addresses: Vec<SocketAddr>,
-) -> Result<TcpStream, Error> {
+) -> Result<(TcpStream, SocketAddr), Error> {
     let resolve_error = |source| Error::Resolve {
         endpoint: endpoint.clone(),
         source: Arc::new(source),
@@ -149,7 +190,7 @@ async fn connect_first(
     let mut last_error = None;
     for address in addresses {
         match TcpStream::connect(address).await {
-            Ok(stream) => return Ok(stream),
+            Ok(stream) => return Ok((stream, address)),
             Err(source) => {
                 last_error = Some(Error::Connect {
                     peer: address,
@@ -167,7 +208,8 @@ async fn connect_first(
 }
 
 /// Runs one sync round as the initiator over `io`, any byte stream to a
-/// responder (a TLS stream, an in-memory pipe). The caller bounds its time.
+/// responder (a TCP connection, an in-memory pipe) that a [`Transport`]
+/// secured. The caller bounds its time.
 ///
 /// # Errors
 ///
@@ -178,15 +220,17 @@ async fn connect_first(
 /// Dropping the future abandons the round; nothing of it is committed.
 pub async fn initiate_over<T: AsyncRead + AsyncWrite + Unpin>(
     replica: &Replica,
-    io: T,
+    io: Secured<T>,
 ) -> Result<RoundStats, Error> {
-    initiate(replica, Connection::new(io)).await
+    initiate(replica, io).await
 }
 
 async fn initiate<T: AsyncRead + AsyncWrite + Unpin>(
     replica: &Replica,
-    mut connection: Connection<T>,
+    io: Secured<T>,
 ) -> Result<RoundStats, Error> {
+    let certified = io.peer().cloned();
+    let mut connection = Connection::new(io);
     let ours = replica.device().clone();
     connection
         .send(&Message::Hello {
@@ -195,6 +239,7 @@ async fn initiate<T: AsyncRead + AsyncWrite + Unpin>(
         .await?;
     let peer = expect_hello(&mut connection).await?;
     check_not_ours(&peer, &ours)?;
+    check_certified(&peer, certified.as_ref())?;
     // The round's gate is held from before the request goes out, so a
     // peer that has our request knows we are busy.
     let gate = Arc::clone(&replica.shared.round_gate).lock_owned().await;
@@ -400,14 +445,18 @@ where
 /// accepts connections and serves each on a task of its own, all stopped
 /// and awaited by [`kill`](crate::Worker::kill) and [`wait`](crate::Worker::wait).
 ///
-/// A peer may not claim this replica's device id, nor one that is connected
-/// already from another IP address: it is refused with a
+/// Each connection is secured by the responder's [`Transport`] first: a
+/// peer its trust does not accept fails the handshake, and is counted as
+/// a failed round. A peer may not claim another device than its
+/// certificate names, nor this replica's device id, nor one that is
+/// connected already from another IP address: it is refused with a
 /// [`Message::Abort`] saying why, and nothing it sent is used.
 ///
 /// Its [`report`](crate::Worker::report) is a JSON object: `state` (as a
 /// [`TaskWorker`]'s), `local_addr`, `rounds_served` and `rounds_failed`
-/// (timeouts included), and `connected_peers` (the device ids connected
-/// now, in order).
+/// (timeouts and refused peers included), `last_failure` (why the last
+/// failed round failed, or null), and `connected_peers` (the device ids
+/// connected now, in order).
 pub struct Responder {
     worker: TaskWorker,
     local_addr: SocketAddr,
@@ -420,40 +469,60 @@ pub struct Responder {
 struct ServedCounts {
     served: AtomicU64,
     failed: AtomicU64,
+    last_failure: Mutex<Option<String>>,
+}
+
+impl ServedCounts {
+    fn failed(&self, why: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        *self
+            .last_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(why);
+    }
 }
 
 impl Responder {
-    /// Binds `address` and starts serving `replica`. Does not block the
-    /// thread.
+    /// Binds `address` and starts serving `replica` over connections
+    /// `transport` secures. Does not block the thread.
     ///
     /// # Errors
     ///
-    /// [`Error::Connect`] when the address cannot be bound.
+    /// [`Error::IdentityMismatch`] when `transport` presents another
+    /// device than the replica's; [`Error::Connect`] when the address
+    /// cannot be bound.
     pub async fn bind(
         replica: Replica,
+        transport: Transport,
         address: SocketAddr,
         config: SyncConfig,
     ) -> Result<Responder, Error> {
+        check_transport(&replica, &transport)?;
         let listener = TcpListener::bind(address)
             .await
             .map_err(|source| Error::Connect {
                 peer: address,
                 source: Arc::new(source),
             })?;
-        Responder::start(replica, listener, config)
+        Responder::start(replica, transport, listener, config)
     }
 
-    /// Starts serving `replica` on `listener`. Does not block the thread:
-    /// it spawns the task that serves.
+    /// Starts serving `replica` on `listener`, over connections
+    /// `transport` secures. Does not block the thread: it spawns the task
+    /// that serves.
     ///
     /// # Errors
     ///
-    /// [`Error::Connect`] when the listener's address cannot be read.
+    /// [`Error::IdentityMismatch`] when `transport` presents another
+    /// device than the replica's; [`Error::Connect`] when the listener's
+    /// address cannot be read.
     pub fn start(
         replica: Replica,
+        transport: Transport,
         listener: TcpListener,
         config: SyncConfig,
     ) -> Result<Responder, Error> {
+        check_transport(&replica, &transport)?;
         let local_addr = listener.local_addr().map_err(|source| Error::Connect {
             peer: SocketAddr::from(([0, 0, 0, 0], 0)),
             source: Arc::new(source),
@@ -462,6 +531,7 @@ impl Responder {
         let counts = Arc::new(ServedCounts::default());
         let connected = Connected::default();
         let served = Served {
+            transport,
             counts: Arc::clone(&counts),
             connected: Arc::clone(&connected),
         };
@@ -495,6 +565,12 @@ impl Responder {
             "local_addr": self.local_addr.to_string(),
             "rounds_served": self.counts.served.load(Ordering::Relaxed),
             "rounds_failed": self.counts.failed.load(Ordering::Relaxed),
+            "last_failure": self
+                .counts
+                .last_failure
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
             "connected_peers": connected,
         });
         Some(Box::pin(async move { report }))
@@ -505,6 +581,7 @@ delegate_worker!(Responder, worker, report = Responder::report_json);
 
 /// What a [`Responder`]'s task shares with its handle.
 struct Served {
+    transport: Transport,
     counts: Arc<ServedCounts>,
     connected: Connected,
 }
@@ -528,7 +605,11 @@ async fn accept_loop(
     stop: CancellationToken,
 ) -> Result<(), flotilla_core_types::WorkerError> {
     let tracker = TaskTracker::new();
-    let Served { counts, connected } = served;
+    let Served {
+        transport,
+        counts,
+        connected,
+    } = served;
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => break,
@@ -544,8 +625,9 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let (replica, config, connected, counts, stop) = (
+        let (replica, transport, config, connected, counts, stop) = (
             replica.clone(),
+            transport.clone(),
             config.clone(),
             Arc::clone(&connected),
             Arc::clone(&counts),
@@ -557,24 +639,23 @@ async fn accept_loop(
                     () = stop.cancelled() => return,
                     served = tokio::time::timeout(
                         config.round_timeout,
-                        serve(&replica, Connection::new(stream), address, &config, &connected),
+                        serve(&replica, &transport, stream, address, &config, &connected),
                     ) => served,
                 };
-                let count = match served {
+                match served {
                     Ok(Ok(sent)) => {
                         tracing::debug!(%address, sent, "round served");
-                        &counts.served
+                        counts.served.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(Err(error)) => {
                         tracing::warn!(%address, %error, "round failed");
-                        &counts.failed
+                        counts.failed(error.to_string());
                     }
                     Err(_) => {
                         tracing::warn!(%address, "round timed out");
-                        &counts.failed
+                        counts.failed(String::from("the round timed out"));
                     }
-                };
-                count.fetch_add(1, Ordering::Relaxed);
+                }
             }
             .in_current_span(),
         );
@@ -585,9 +666,10 @@ async fn accept_loop(
 }
 
 /// Serves one sync round as the responder over `io`, any byte stream from
-/// an initiator, and returns how many records it sent. Refuses a peer that
-/// claims this replica's id; a [`Responder`] also refuses a device connected
-/// from two addresses. The caller bounds its time.
+/// an initiator that a [`Transport`] secured, and returns how many records
+/// it sent. Refuses a peer that claims this replica's id, or another
+/// device than its certificate names; a [`Responder`] also refuses a
+/// device connected from two addresses. The caller bounds its time.
 ///
 /// # Errors
 ///
@@ -599,12 +681,15 @@ async fn accept_loop(
 /// Dropping the future abandons the round (the initiator then discards it).
 pub async fn respond_over<T: AsyncRead + AsyncWrite + Unpin>(
     replica: &Replica,
-    io: T,
+    io: Secured<T>,
     config: &SyncConfig,
 ) -> Result<u64, Error> {
+    let certified = io.peer().cloned();
     let mut connection = Connection::new(io);
     let peer = expect_hello(&mut connection).await?;
-    if let Err(error) = check_not_ours(&peer, replica.device()) {
+    let accepted = check_not_ours(&peer, replica.device())
+        .and_then(|()| check_certified(&peer, certified.as_ref()));
+    if let Err(error) = accepted {
         return refuse(&mut connection, error).await;
     }
     respond(replica, connection, config, peer).await
@@ -613,12 +698,25 @@ pub async fn respond_over<T: AsyncRead + AsyncWrite + Unpin>(
 /// Serves one round for a [`Responder`]; returns how many records it sent.
 async fn serve(
     replica: &Replica,
-    mut connection: Connection<TcpStream>,
+    transport: &Transport,
+    stream: TcpStream,
     address: SocketAddr,
     config: &SyncConfig,
     connected: &Connected,
 ) -> Result<u64, Error> {
+    let secured = transport
+        .accept(stream)
+        .await
+        .map_err(|source| Error::Handshake {
+            peer: Some(address),
+            source: Arc::new(source),
+        })?;
+    let certified = secured.peer().cloned();
+    let mut connection = Connection::new(secured);
     let peer = expect_hello(&mut connection).await?;
+    if let Err(error) = check_certified(&peer, certified.as_ref()) {
+        return refuse(&mut connection, error).await;
+    }
     let _registration = match Registration::claim(connected, &peer, address.ip(), replica.device())
     {
         Ok(registration) => registration,
@@ -638,6 +736,18 @@ async fn refuse<T: AsyncRead + AsyncWrite + Unpin>(
         })
         .await;
     Err(error)
+}
+
+/// A peer that proved a device by its certificate must claim that device.
+/// (Over plaintext it proved nothing, and this checks nothing.)
+fn check_certified(claimed: &DeviceId, certified: Option<&DeviceId>) -> Result<(), Error> {
+    match certified {
+        Some(certified) if certified != claimed => Err(Error::NotCertified {
+            claimed: claimed.clone(),
+            certified: certified.clone(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn check_not_ours(claimed: &DeviceId, ours: &DeviceId) -> Result<(), Error> {
@@ -876,10 +986,17 @@ enum Target {
 }
 
 impl Target {
-    async fn sync(&self, replica: &Replica, config: &SyncConfig) -> Result<RoundStats, Error> {
+    async fn sync(
+        &self,
+        replica: &Replica,
+        transport: &Transport,
+        config: &SyncConfig,
+    ) -> Result<RoundStats, Error> {
         match self {
-            Target::Address(address) => sync_with(replica, *address, config).await,
-            Target::Endpoint(endpoint) => sync_with_endpoint(replica, endpoint, config).await,
+            Target::Address(address) => sync_with(replica, transport, *address, config).await,
+            Target::Endpoint(endpoint) => {
+                sync_with_endpoint(replica, transport, endpoint, config).await
+            }
         }
     }
 }
@@ -929,13 +1046,21 @@ fn round_outcome(round: &Result<RoundStats, Error>) -> serde_json::Value {
 }
 
 impl Initiator {
-    /// Starts syncing `replica` with `peers`. Does not block the thread:
-    /// it spawns the task that syncs.
+    /// Starts syncing `replica` with `peers`, over connections `transport`
+    /// secures. Does not block the thread: it spawns the task that syncs.
+    /// A transport presenting another device than the replica's fails
+    /// every round with [`Error::IdentityMismatch`], which the report
+    /// shows.
     ///
     /// # Panics
     ///
     /// Panics when called outside a tokio runtime with a timer.
-    pub fn start(replica: Replica, peers: Peers, config: SyncConfig) -> Initiator {
+    pub fn start(
+        replica: Replica,
+        transport: Transport,
+        peers: Peers,
+        config: SyncConfig,
+    ) -> Initiator {
         let (rounds_tx, rounds) = tokio::sync::watch::channel(0);
         let span = tracing::info_span!("initiator", device = %replica.device());
         let outcomes = Arc::new(Mutex::new(PassOutcomes::default()));
@@ -962,7 +1087,7 @@ impl Initiator {
                     for peer in current {
                         let round = tokio::select! {
                             () = stop.cancelled() => return Ok(()),
-                            round = peer.sync(&replica, &config) => round,
+                            round = peer.sync(&replica, &transport, &config) => round,
                         };
                         let outcome = round_outcome(&round);
                         record(&|outcomes| {
@@ -1210,10 +1335,11 @@ mod tests {
             spare.local_addr().expect("bound")
         };
         // The closed address first, then the open one: the second is used.
-        let stream = connect_first(&endpoint, vec![closed, open])
+        let (stream, address) = connect_first(&endpoint, vec![closed, open])
             .await
             .expect("connects");
         assert_eq!(stream.peer_addr().expect("connected"), open);
+        assert_eq!(address, open);
         let refused = connect_first(&endpoint, vec![closed])
             .await
             .expect_err("refused");

@@ -235,6 +235,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         match self.frames.next().await {
             None => Ok(None),
             Some(Ok(frame)) => decode(&frame).map(Some),
+            // A TLS peer that went away without closing its session: at a
+            // frame boundary that is a close like any other (the protocol
+            // says itself when it is done), inside a frame a truncation.
+            Some(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                if self.frames.read_buffer().is_empty() {
+                    Ok(None)
+                } else {
+                    Err(WireError::Truncated)
+                }
+            }
             Some(Err(error)) => Err(classify_io(error)),
         }
     }

@@ -1,10 +1,14 @@
 //! What the gensync benchmarks share: their runtime, a replica on a file,
-//! and a store filled with records of 1 KiB.
+//! a store filled with records of 1 KiB, and the TLS every round runs over.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use flotilla_core_types::DeviceId;
-use flotilla_gensync::{Replica, ReplicaConfig, Storage};
+use flotilla_gensync::{Replica, ReplicaConfig, Secured, Storage, Transport, Trust};
+use flotilla_identity::ClusterCa;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// The runtime every benchmark runs on: two workers, as the machine has
 /// two cores.
@@ -38,4 +42,42 @@ pub(crate) async fn fill_kib(replica: &Replica, records: usize) {
             .collect();
         replica.write_batch(batch).await.expect("writes");
     }
+}
+
+/// A TLS transport for each of `names`, their identities issued by a
+/// cluster CA made for the run, so that they all trust each other.
+pub(crate) fn tls_transports<const N: usize>(names: [&str; N]) -> [Transport; N] {
+    let ca = ClusterCa::generate("benchmarks").expect("a CA");
+    let trust = Arc::new(
+        Trust::new()
+            .with_cluster_ca(ca.certificate().clone())
+            .expect("a CA's certificate"),
+    );
+    let now = SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    names.map(|name| {
+        let device = DeviceId::new(name).expect("valid id");
+        let identity = ca.issue(&device, now - day..now + day).expect("issues");
+        Transport::tls(&identity, Arc::clone(&trust)).expect("a TLS configuration")
+    })
+}
+
+/// `near` and `far`, the two ends of one connection, secured: `dialler`
+/// dials from `near`, `acceptor` accepts on `far`.
+#[allow(dead_code, reason = "not every benchmark speaks over a pipe")]
+pub(crate) async fn secure<A, B>(
+    dialler: &Transport,
+    near: A,
+    acceptor: &Transport,
+    far: B,
+) -> (Secured<A>, Secured<B>)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (dialled, accepted) = tokio::join!(dialler.connect(near, None), acceptor.accept(far));
+    (
+        dialled.expect("the run's devices trust each other"),
+        accepted.expect("the run's devices trust each other"),
+    )
 }

@@ -57,9 +57,14 @@ async fn the_resolver_gets_the_newest_common_ancestor_whatever_the_ids() {
             ],
         )
         .await;
-        sync_with(&node.replica, address, &SyncConfig::default())
-            .await
-            .expect("the first round completes");
+        sync_with(
+            &node.replica,
+            &node.transport,
+            address,
+            &SyncConfig::default(),
+        )
+        .await
+        .expect("the first round completes");
         node.put("k", "ours").await;
 
         let branch = record(name, 1, 1, "k", vec![old.version]);
@@ -77,9 +82,14 @@ async fn the_resolver_gets_the_newest_common_ancestor_whatever_the_ids() {
             ],
         )
         .await;
-        let stats = sync_with(&node.replica, address, &SyncConfig::default())
-            .await
-            .expect("the second round completes");
+        let stats = sync_with(
+            &node.replica,
+            &node.transport,
+            address,
+            &SyncConfig::default(),
+        )
+        .await
+        .expect("the second round completes");
         assert_eq!(stats.conflicts, 1, "{name}");
         let ancestors = resolver
             .ancestors
@@ -128,9 +138,14 @@ async fn a_lattice_of_criss_cross_merges_costs_a_bounded_number_of_resolutions()
             });
             let node = Node::with_config(name, config);
             let (address, _peer) = scripted("x", messages.clone()).await;
-            let stats = sync_with(&node.replica, address, &SyncConfig::default())
-                .await
-                .expect("the round completes");
+            let stats = sync_with(
+                &node.replica,
+                &node.transport,
+                address,
+                &SyncConfig::default(),
+            )
+            .await
+            .expect("the round completes");
             assert_eq!(stats.conflicts, 1, "the top level conflicts");
             let calls = calls.load(Ordering::SeqCst);
             assert!(

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use flotilla_gensync::{Replica, ReplicaConfig, Storage, SyncConfig, initiate_over, respond_over};
 
-use crate::harness::device;
+use crate::harness::{device, pipe, transport};
 
 /// Set in the child's environment to the directory of its stores.
 const CHILD_DIR: &str = "FLOTILLA_GENSYNC_CRASH_DIR";
@@ -29,7 +29,12 @@ fn open(dir: &Path, name: &str) -> Replica {
 }
 
 async fn sync(into: &Replica, from: &Replica) {
-    let (near, far) = tokio::io::duplex(64 * 1024);
+    let (near, far) = pipe(
+        &transport(into.device().as_str()),
+        &transport(from.device().as_str()),
+        64 * 1024,
+    )
+    .await;
     let config = SyncConfig::default();
     let (pulled, served) =
         tokio::join!(initiate_over(into, near), respond_over(from, far, &config));

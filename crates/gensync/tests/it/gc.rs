@@ -9,7 +9,7 @@ use flotilla_core_types::Worker;
 use flotilla_gensync::wire::{Connection, Message};
 use flotilla_gensync::{Collector, Error, initiate_over};
 
-use crate::harness::{Node, assert_converged, device, pull, stop};
+use crate::harness::{Node, assert_converged, device, pipe, pull, stop, transport};
 use crate::hostile::{record, vector};
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -247,7 +247,7 @@ async fn a_collector_worker_collects_on_its_interval_and_stops() {
 #[tokio::test]
 async fn collection_does_not_wait_behind_a_round_whose_peer_stalls() {
     let node = Node::new("me");
-    let (near, far) = tokio::io::duplex(1 << 16);
+    let (near, far) = pipe(&node.transport, &transport("x"), 1 << 16).await;
     let (requested, request_seen) = tokio::sync::oneshot::channel::<()>();
     let (release, released) = tokio::sync::oneshot::channel::<()>();
     // A peer that takes our request (the round holds its gate from before

@@ -1,20 +1,94 @@
-//! Replicas and responders for tests.
+//! Replicas and responders for tests, every one of them speaking TLS
+//! under an identity a test cluster CA issued, so that any two trust each
+//! other (as nodes of one cluster do).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
 
 use flotilla_core_types::{DeviceId, Worker};
-use flotilla_gensync::{Replica, ReplicaConfig, Responder, Storage, SyncConfig};
+use flotilla_gensync::{
+    Identity, Replica, ReplicaConfig, Responder, Secured, Storage, SyncConfig, Transport, Trust,
+};
+use flotilla_identity::ClusterCa;
+use tokio::io::DuplexStream;
 
 pub(crate) fn device(name: &str) -> DeviceId {
     DeviceId::new(name).expect("test device ids are valid")
+}
+
+/// The test cluster: its CA, and the trust of every device it issued.
+struct Cluster {
+    ca: ClusterCa,
+    trust: Arc<Trust>,
+}
+
+fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let ca = ClusterCa::generate("gensync tests").expect("a test CA");
+        let trust = Trust::new()
+            .with_cluster_ca(ca.certificate().clone())
+            .expect("a CA's certificate");
+        Cluster {
+            ca,
+            trust: Arc::new(trust),
+        }
+    })
+}
+
+/// An identity for `name` the test cluster CA issued, valid for a day.
+pub(crate) fn identity(name: &str) -> Identity {
+    let now = SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    issue(&device(name), now - day..now + day)
+}
+
+/// An identity for `device` the test cluster CA issued, valid over `valid`.
+pub(crate) fn issue(device: &DeviceId, valid: std::ops::Range<SystemTime>) -> Identity {
+    cluster().ca.issue(device, valid).expect("issues")
+}
+
+/// The trust of every test node: the test cluster's CA.
+pub(crate) fn cluster_trust() -> Arc<Trust> {
+    Arc::clone(&cluster().trust)
+}
+
+/// TLS as `name`, trusting every device of the test cluster.
+pub(crate) fn transport(name: &str) -> Transport {
+    Transport::tls(&identity(name), cluster_trust()).expect("a TLS configuration")
+}
+
+/// An in-memory pipe of `capacity` bytes from `dialler` (the initiator's
+/// end, first) to `acceptor`, secured by each side's transport.
+pub(crate) async fn pipe(
+    dialler: &Transport,
+    acceptor: &Transport,
+    capacity: usize,
+) -> (Secured<DuplexStream>, Secured<DuplexStream>) {
+    let (near, far) = tokio::io::duplex(capacity);
+    let (dialled, accepted) = tokio::join!(dialler.connect(near, None), acceptor.accept(far));
+    (
+        dialled.expect("the test cluster's devices trust each other"),
+        accepted.expect("the test cluster's devices trust each other"),
+    )
+}
+
+/// An in-memory pipe from `into` (the initiator's end, first) to `from`,
+/// secured by TLS between the two.
+pub(crate) async fn tls_pipe(
+    into: &Node,
+    from: &Node,
+) -> (Secured<DuplexStream>, Secured<DuplexStream>) {
+    pipe(&into.transport, &from.transport, 64 * 1024).await
 }
 
 /// A replica in memory whose clock is a counter the test controls.
 pub(crate) struct Node {
     pub(crate) replica: Replica,
     pub(crate) clock: Arc<AtomicU64>,
+    pub(crate) transport: Transport,
 }
 
 impl Node {
@@ -28,7 +102,11 @@ impl Node {
         config.clock = Arc::new(move || ticks.load(Ordering::SeqCst));
         let storage = Storage::in_memory().expect("an in-memory store");
         let replica = Replica::open(device(name), storage, config).expect("opens");
-        Node { replica, clock }
+        Node {
+            replica,
+            clock,
+            transport: transport(name),
+        }
     }
 
     pub(crate) fn set_clock(&self, ms: u64) {
@@ -51,17 +129,27 @@ impl Node {
 
     pub(crate) async fn serve(&self) -> Responder {
         let address: SocketAddr = "127.0.0.1:0".parse().expect("an address");
-        Responder::bind(self.replica.clone(), address, SyncConfig::default())
-            .await
-            .expect("binds")
+        Responder::bind(
+            self.replica.clone(),
+            self.transport.clone(),
+            address,
+            SyncConfig::default(),
+        )
+        .await
+        .expect("binds")
     }
 }
 
 /// Syncs `from` into `into` (one round, `into` initiating).
 pub(crate) async fn pull(into: &Node, from: &Responder) -> flotilla_gensync::RoundStats {
-    flotilla_gensync::sync_with(&into.replica, from.local_addr(), &SyncConfig::default())
-        .await
-        .expect("the round completes")
+    flotilla_gensync::sync_with(
+        &into.replica,
+        &into.transport,
+        from.local_addr(),
+        &SyncConfig::default(),
+    )
+    .await
+    .expect("the round completes")
 }
 
 pub(crate) async fn stop(responder: Responder) {

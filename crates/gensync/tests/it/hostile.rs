@@ -7,26 +7,49 @@ use std::net::SocketAddr;
 use flotilla_gensync::wire::{Connection, Message, WireError};
 use flotilla_gensync::{
     Conflict, Error, GenVector, LogRecord, MAX_KEY_LEN, MAX_VALUE_LEN, ReplicaConfig, Resolution,
-    Resolver, SyncConfig, VersionId, initiate_over, sync_with,
+    Resolver, Secured, SyncConfig, VersionId, initiate_over, sync_with,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-use crate::harness::{Node, device, pull, stop};
+use crate::harness::{Node, device, pipe, pull, stop, transport};
 
-/// A responder played by `script` for one connection.
-async fn fake_responder<F, Fut>(script: F) -> (SocketAddr, tokio::task::JoinHandle<()>)
+/// A responder played by `script` for one connection, a trusted device of
+/// the test cluster (`as_device`, by its certificate) that lies in the
+/// protocol. A connection that fails its handshake ends it.
+pub(crate) async fn fake_responder<F, Fut>(
+    as_device: &'static str,
+    script: F,
+) -> (SocketAddr, tokio::task::JoinHandle<()>)
 where
-    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    F: FnOnce(Secured<TcpStream>) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send,
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
     let address = listener.local_addr().expect("an address");
+    let transport = transport(as_device);
     let task = tokio::spawn(async move {
         let (stream, _) = listener.accept().await.expect("a connection");
-        script(stream).await;
+        if let Ok(secured) = transport.accept(stream).await {
+            script(secured).await;
+        }
     });
     (address, task)
+}
+
+/// A connection to `address` as `name`, by a certificate of the test
+/// cluster, for a test that then speaks the protocol itself.
+pub(crate) async fn dial_as(name: &str, address: SocketAddr) -> Connection<Secured<TcpStream>> {
+    let stream = TcpStream::connect(address).await.expect("connects");
+    dial_stream_as(name, stream).await
+}
+
+async fn dial_stream_as(name: &str, stream: TcpStream) -> Connection<Secured<TcpStream>> {
+    let secured = transport(name)
+        .connect(stream, None)
+        .await
+        .expect("the test cluster's devices trust each other");
+    Connection::new(secured)
 }
 
 /// A fake responder that greets as `device`, reads the request, and then
@@ -35,7 +58,7 @@ pub(crate) async fn scripted(
     device_name: &'static str,
     messages: Vec<Message>,
 ) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    fake_responder(move |stream| async move {
+    fake_responder(device_name, move |stream| async move {
         let mut connection = Connection::new(stream);
         let _hello = connection.recv().await;
         let _ = connection
@@ -82,14 +105,19 @@ pub(crate) fn vector(entries: &[(&str, u64)]) -> GenVector {
 
 /// Runs one round against `address` and checks that it failed and left
 /// `node` untouched.
-async fn refused(node: &Node, address: SocketAddr) -> Error {
+pub(crate) async fn refused(node: &Node, address: SocketAddr) -> Error {
     let before = (
         node.replica.vector().expect("reads"),
         node.replica.log_len().expect("reads"),
     );
-    let error = sync_with(&node.replica, address, &SyncConfig::default())
-        .await
-        .expect_err("the round fails");
+    let error = sync_with(
+        &node.replica,
+        &node.transport,
+        address,
+        &SyncConfig::default(),
+    )
+    .await
+    .expect_err("the round fails");
     let after = (
         node.replica.vector().expect("reads"),
         node.replica.log_len().expect("reads"),
@@ -227,7 +255,7 @@ async fn oversized_truncated_and_unknown_frames_are_typed_errors() {
     ];
     for (bytes, expected) in cases {
         let node = Node::new("me");
-        let (address, _peer) = fake_responder(move |mut stream| async move {
+        let (address, _peer) = fake_responder("x", move |mut stream| async move {
             // Take the initiator's hello, answer with the bad bytes, and
             // close only the sending side, so that they all arrive.
             let mut hello = [0; 64];
@@ -257,11 +285,8 @@ async fn the_responder_refuses_its_own_id_and_survives_garbage() {
         .write_all(&[0, 0, 0, 3, 1, 0xff, 0xff])
         .await
         .expect("writes");
-    let mut impostor = Connection::new(
-        TcpStream::connect(responder.local_addr())
-            .await
-            .expect("connects"),
-    );
+    // A device of the cluster with a certificate of its own for "me".
+    let mut impostor = dial_as("me", responder.local_addr()).await;
     impostor
         .send(&Message::Hello {
             device: device("me"),
@@ -282,11 +307,7 @@ async fn the_responder_refuses_its_own_id_and_survives_garbage() {
 async fn one_device_cannot_be_connected_from_two_addresses() {
     let node = Node::new("me");
     let responder = node.serve().await;
-    let mut first = Connection::new(
-        TcpStream::connect(responder.local_addr())
-            .await
-            .expect("connects"),
-    );
+    let mut first = dial_as("x", responder.local_addr()).await;
     first
         .send(&Message::Hello {
             device: device("x"),
@@ -307,7 +328,7 @@ async fn one_device_cannot_be_connected_from_two_addresses() {
         .connect(responder.local_addr())
         .await
         .expect("connects");
-    let mut second = Connection::new(stream);
+    let mut second = dial_stream_as("x", stream).await;
     second
         .send(&Message::Hello {
             device: device("x"),
@@ -334,9 +355,14 @@ async fn a_record_delivered_twice_in_a_round_is_applied_once() {
         },
     ];
     let (address, _peer) = scripted("x", messages).await;
-    let round = sync_with(&node.replica, address, &SyncConfig::default())
-        .await
-        .expect("the round completes");
+    let round = sync_with(
+        &node.replica,
+        &node.transport,
+        address,
+        &SyncConfig::default(),
+    )
+    .await
+    .expect("the round completes");
     assert_eq!((round.applied, round.duplicates), (1, 1));
     assert_eq!(node.get("k").as_deref(), Some("v"));
     assert_eq!(node.replica.verify().expect("reads"), Ok(()));
@@ -366,9 +392,14 @@ async fn a_round_failing_after_several_chunks_leaves_nothing_behind() {
         vector: vector(&[("x", 1)]),
     });
     let (address, _peer) = scripted("x", messages).await;
-    let error = sync_with(&node.replica, address, &SyncConfig::default())
-        .await
-        .expect_err("the orphan ends the round");
+    let error = sync_with(
+        &node.replica,
+        &node.transport,
+        address,
+        &SyncConfig::default(),
+    )
+    .await
+    .expect_err("the orphan ends the round");
     assert!(matches!(error, Error::MissingParent { .. }), "{error}");
     let after = (
         node.replica.vector().expect("reads"),
@@ -409,7 +440,7 @@ pub(crate) async fn within(
 #[tokio::test]
 async fn a_peer_that_stalls_mid_round_does_not_hold_up_local_writes() {
     let node = Node::new("me");
-    let (near, far) = tokio::io::duplex(1 << 20);
+    let (near, far) = pipe(&node.transport, &transport("x"), 1 << 20).await;
     let (release, released) = tokio::sync::oneshot::channel::<()>();
     // More than one chunk of records, then a stall with the connection
     // open, then `Done`.
@@ -480,7 +511,7 @@ async fn a_responder_that_refuses_the_hello_is_reported_as_aborting_with_its_rea
 
     // A scripted one that answers the hello with an abort.
     let node = Node::new("me");
-    let (address, _peer) = fake_responder(|stream| async move {
+    let (address, _peer) = fake_responder("x", |stream| async move {
         let mut connection = Connection::new(stream);
         let _hello = connection.recv().await;
         let _ = connection
@@ -575,7 +606,7 @@ async fn a_message_out_of_turn_is_named_by_its_kind_not_printed_whole() {
 
     // A record where the responder's hello belongs.
     let node = Node::new("me");
-    let (address, _peer) = fake_responder({
+    let (address, _peer) = fake_responder("x", {
         let big = big.clone();
         move |stream| async move {
             let mut connection = Connection::new(stream);
@@ -601,7 +632,7 @@ async fn a_message_out_of_turn_is_named_by_its_kind_not_printed_whole() {
     );
 
     // A record where the initiator's request belongs.
-    let (near, far) = tokio::io::duplex(1 << 16);
+    let (far, near) = pipe(&transport("x"), &node.transport, 1 << 16).await;
     let initiator = tokio::spawn(async move {
         let mut connection = Connection::new(far);
         let _ = connection
@@ -649,9 +680,14 @@ async fn collected_comes_once_before_the_records_or_the_round_ends() {
     // One, first, is the full-state transfer.
     let node = Node::new("me");
     let (address, _peer) = scripted("x", vec![collected(), Message::Record(first), done()]).await;
-    let stats = sync_with(&node.replica, address, &SyncConfig::default())
-        .await
-        .expect("the round completes");
+    let stats = sync_with(
+        &node.replica,
+        &node.transport,
+        address,
+        &SyncConfig::default(),
+    )
+    .await
+    .expect("the round completes");
     assert_eq!(stats.applied, 1);
 }
 
@@ -663,7 +699,7 @@ async fn records_with_huge_parent_lists_are_written_a_few_at_a_time() {
     const HEAVY: u64 = 8;
     let node = Node::new("me");
     let root = record("x", 1, 1, "root", vec![]);
-    let (near, far) = tokio::io::duplex(1 << 20);
+    let (near, far) = pipe(&node.transport, &transport("x"), 1 << 20).await;
     let (release, released) = tokio::sync::oneshot::channel::<()>();
     let peer = tokio::spawn(async move {
         let mut connection = Connection::new(far);
@@ -742,9 +778,14 @@ async fn relayed_vectors_count_only_as_far_as_the_relay_holds() {
         },
     ];
     let (address, _peer) = scripted("x", messages).await;
-    sync_with(&node.replica, address, &SyncConfig::default())
-        .await
-        .expect("the round completes");
+    sync_with(
+        &node.replica,
+        &node.transport,
+        address,
+        &SyncConfig::default(),
+    )
+    .await
+    .expect("the round completes");
     let devices = node.replica.devices().expect("reads");
     let of = |name: &str| {
         devices

@@ -5,7 +5,7 @@
 use flotilla_core_types::Worker;
 use flotilla_gensync::{Error, Replica, ReplicaConfig, Storage, SyncConfig};
 
-use crate::harness::device;
+use crate::harness::{device, transport};
 
 fn open_file(path: &std::path::Path, name: &str) -> Replica {
     let storage = Storage::open(path).expect("opens");
@@ -24,10 +24,14 @@ async fn after_wait_the_file_opens_again_at_once_and_old_clones_get_closed() {
     let clone = replica.clone();
     // A responder holds a clone too, and is left running.
     let address = "127.0.0.1:0".parse().expect("an address");
-    let responder =
-        flotilla_gensync::Responder::bind(clone.clone(), address, SyncConfig::default())
-            .await
-            .expect("binds");
+    let responder = flotilla_gensync::Responder::bind(
+        clone.clone(),
+        transport("a"),
+        address,
+        SyncConfig::default(),
+    )
+    .await
+    .expect("binds");
 
     replica.kill();
     replica.wait().await.expect("ends cleanly");

@@ -13,3 +13,4 @@ mod peers;
 mod replica;
 mod reports;
 mod sync;
+mod trust;

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use flotilla_gensync::{SyncConfig, VersionId, initiate_over, respond_over};
 use proptest::prelude::*;
 
-use crate::harness::{Node, assert_converged};
+use crate::harness::{Node, assert_converged, tls_pipe};
 
 const REPLICAS: usize = 3;
 const KEYS: [&str; 4] = ["a", "b", "c", "d/e"];
@@ -56,7 +56,7 @@ fn step() -> impl Strategy<Value = Step> {
 
 /// One round, `into` initiating, over an in-memory pipe.
 async fn sync(into: &Node, from: &Node) {
-    let (near, far) = tokio::io::duplex(64 * 1024);
+    let (near, far) = tls_pipe(into, from).await;
     let config = SyncConfig::default();
     let (pulled, served) = tokio::join!(
         initiate_over(&into.replica, near),

@@ -32,7 +32,7 @@ async fn an_initiator_syncs_with_localhost_endpoints_from_an_async_source() {
             Ok::<_, flotilla_core_types::InvalidId>(vec![Endpoint::new("localhost", port)?])
         }
     });
-    let initiator = Initiator::start(b.replica.clone(), peers, quick());
+    let initiator = Initiator::start(b.replica.clone(), b.transport.clone(), peers, quick());
     let mut passes = initiator.passes();
     passes
         .wait_for(|&done| done >= 2)
@@ -51,7 +51,8 @@ async fn a_peer_source_that_hangs_or_fails_does_not_stall_the_initiator() {
     let hanging = Peers::resolved(std::future::pending::<Result<Vec<Endpoint>, Error>>);
     let failing = Peers::resolved(|| async { Err::<Vec<Endpoint>, _>("registry down") });
     for peers in [hanging, failing] {
-        let initiator = Initiator::start(node.replica.clone(), peers, quick());
+        let initiator =
+            Initiator::start(node.replica.clone(), node.transport.clone(), peers, quick());
         let mut passes = initiator.passes();
         // On the paused clock, the source's timeout and the interval pass
         // as soon as everything waits on time.

@@ -158,9 +158,13 @@ async fn a_killed_replica_refuses_writes_and_syncs_but_still_reads_until_waited_
     assert_eq!(node.get("k").as_deref(), Some("v"));
     let other = Node::new("b");
     let responder = other.serve().await;
-    let refused =
-        flotilla_gensync::sync_with(&node.replica, responder.local_addr(), &Default::default())
-            .await;
+    let refused = flotilla_gensync::sync_with(
+        &node.replica,
+        &node.transport,
+        responder.local_addr(),
+        &Default::default(),
+    )
+    .await;
     assert!(matches!(refused, Err(Error::Closed)));
     crate::harness::stop(responder).await;
     node.replica.wait().await.expect("ends cleanly");

@@ -49,7 +49,11 @@ async fn a_responder_reports_its_address_rounds_served_and_connected_peers() {
     let stream = tokio::net::TcpStream::connect(serve_a.local_addr())
         .await
         .expect("connects");
-    let mut peer = Connection::new(stream);
+    let secured = crate::harness::transport("c")
+        .connect(stream, None)
+        .await
+        .expect("c is of the cluster");
+    let mut peer = Connection::new(secured);
     peer.send(&Message::Hello {
         device: device("c"),
     })
@@ -73,6 +77,7 @@ async fn a_responder_reports_its_address_rounds_served_and_connected_peers() {
     assert_eq!(report["local_addr"], serve_a.local_addr().to_string());
     assert_eq!(report["rounds_served"], 1);
     assert_eq!(report["rounds_failed"], 0);
+    assert_eq!(report["last_failure"], json!(null));
     assert_eq!(report["connected_peers"], json!(["c"]));
     drop(peer);
     stop(serve_a).await;
@@ -93,6 +98,7 @@ async fn an_initiator_reports_its_passes_and_each_peers_last_round() {
     config.interval = Duration::from_secs(3600);
     let initiator = Initiator::start(
         b.replica.clone(),
+        b.transport.clone(),
         Peers::Fixed(vec![serve_a.local_addr(), gone_address]),
         config,
     );

@@ -137,6 +137,7 @@ async fn an_initiator_keeps_a_replica_in_step_with_its_peers() {
     config.interval = Duration::from_millis(50);
     let initiator = Initiator::start(
         b.replica.clone(),
+        b.transport.clone(),
         Peers::Fixed(vec![serve_a.local_addr()]),
         config,
     );
@@ -176,7 +177,11 @@ async fn a_replica_busy_with_its_own_round_still_serves_its_sealed_generations()
     let (requested, request_seen) = tokio::sync::oneshot::channel::<()>();
     let peer = tokio::spawn(async move {
         let (stream, _) = stalling.accept().await.expect("a connection");
-        let mut connection = Connection::new(stream);
+        let secured = crate::harness::transport("x")
+            .accept(stream)
+            .await
+            .expect("a is of the cluster");
+        let mut connection = Connection::new(secured);
         let _ = connection.recv().await;
         let _ = connection
             .send(&Message::Hello {
@@ -187,9 +192,15 @@ async fn a_replica_busy_with_its_own_round_still_serves_its_sealed_generations()
         let _ = requested.send(());
         let _ = released.await;
     });
-    let busy = a.replica.clone();
+    let (busy, busy_transport) = (a.replica.clone(), a.transport.clone());
     let stalled_round = tokio::spawn(async move {
-        flotilla_gensync::sync_with(&busy, stalling_address, &SyncConfig::default()).await
+        flotilla_gensync::sync_with(
+            &busy,
+            &busy_transport,
+            stalling_address,
+            &SyncConfig::default(),
+        )
+        .await
     });
     // a's round is under way, holding a's store, once its peer has the
     // request.
@@ -201,9 +212,10 @@ async fn a_replica_busy_with_its_own_round_still_serves_its_sealed_generations()
     // generation, so it sends nothing new.
     let mut config = SyncConfig::default();
     config.round_timeout = Duration::from_secs(10);
-    let round = flotilla_gensync::sync_with(&b.replica, serve_a.local_addr(), &config)
-        .await
-        .expect("served while a is busy");
+    let round =
+        flotilla_gensync::sync_with(&b.replica, &b.transport, serve_a.local_addr(), &config)
+            .await
+            .expect("served while a is busy");
     assert_eq!(round.applied, 0);
 
     let _ = release.send(());

@@ -100,7 +100,8 @@ async fn plaintext_proves_nobody_and_a_tls_side_refuses_it() -> Result<()> {
     assert!(!plain.is_authenticated());
     assert_eq!(plain.device(), None);
     let (near, far) = tokio::io::duplex(1024);
-    let (dialled, accepted) = tokio::join!(plain.connect(near, Some(a.device())), plain.accept(far));
+    let (dialled, accepted) =
+        tokio::join!(plain.connect(near, Some(a.device())), plain.accept(far));
     assert_eq!((dialled?.peer(), accepted?.peer()), (None, None));
 
     // A plaintext client speaks its protocol at a TLS side: refused as a
