@@ -14,6 +14,8 @@
 //! - [`Trust`] is the devices a peer accepts, each pinned to its key or
 //!   vouched for by a [`ClusterCa`], and [`tls`] the rustls configurations
 //!   (TLS 1.3, both sides presenting certificates) that accept only those.
+//! - [`LocalCluster`] is the devices of one process trusting each other
+//!   through a CA in memory, with no setup.
 //! - [`Transport`] secures a connection with them (or, loudly named, does
 //!   not: [`Transport::insecure_plaintext`]), and its [`Secured`] stream
 //!   names the device on the other end.
@@ -41,6 +43,7 @@ mod ca;
 mod error;
 mod fingerprint;
 mod identity;
+mod local;
 mod stored;
 pub mod tls;
 mod transport;
@@ -50,5 +53,6 @@ pub use ca::ClusterCa;
 pub use error::IdentityError;
 pub use fingerprint::{Fingerprint, ParseFingerprintError};
 pub use identity::{DEVICE_URI_SCHEME, Identity, device_of_certificate};
+pub use local::LocalCluster;
 pub use transport::{Secured, Transport, TransportError};
 pub use trust::{Trust, TrustError};

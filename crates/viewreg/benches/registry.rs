@@ -281,7 +281,10 @@ async fn silenceable() -> Silenceable {
             } else {
                 let status = status.clone();
                 tokio::spawn(async move {
-                    let _ = serve_diagnostics_over(stream, &status, Duration::from_secs(5)).await;
+                    if let Ok(stream) = transport("server").accept(stream).await {
+                        let _ =
+                            serve_diagnostics_over(stream, &status, Duration::from_secs(5)).await;
+                    }
                 });
             }
         }
@@ -291,6 +294,17 @@ async fn silenceable() -> Silenceable {
         silent,
         task,
     }
+}
+
+/// TLS as the device `name` of one cluster made for the run: probes are
+/// secured as a registry's are.
+fn transport(name: &str) -> flotilla_identity::Transport {
+    static CLUSTER: std::sync::OnceLock<flotilla_identity::LocalCluster> =
+        std::sync::OnceLock::new();
+    let cluster = CLUSTER
+        .get_or_init(|| flotilla_identity::LocalCluster::new("benchmarks").expect("a cluster"));
+    let device = flotilla_core_types::DeviceId::new(name).expect("a valid id");
+    cluster.transport(&device).expect("a TLS configuration")
 }
 
 fn death_to_unhealthy(c: &mut Criterion) {
@@ -338,7 +352,7 @@ async fn one_death(config: &RegistryConfig, silent: bool) -> Duration {
     let endpoint: Endpoint = server.address.try_into().expect("an endpoint");
     let registry = Registry::start(
         StaticLocator::new([endpoint.clone()]),
-        DiagnosticsProber::new(),
+        DiagnosticsProber::new(transport("registry")),
         |_: &Endpoint| (),
         config.clone(),
     )
@@ -403,6 +417,7 @@ fn health_round(c: &mut Criterion) {
         config.max_connections = 1_024;
         let server = DiagnosticsServer::start(
             listener,
+            transport("server"),
             DiagnosticsStatus::serving(BTreeSet::from(["kv".to_owned()])),
             config,
         )
@@ -415,7 +430,7 @@ fn health_round(c: &mut Criterion) {
             .collect();
         (server, endpoints)
     });
-    let diagnostics = DiagnosticsProber::new();
+    let diagnostics = DiagnosticsProber::new(transport("registry"));
     let tcp = TcpProber::with_features(BTreeSet::from(["kv".to_owned()]));
     let mut group = c.benchmark_group("health round of 1,000 endpoints, CPU time");
     group.sample_size(10);

@@ -134,6 +134,18 @@ pub enum ProbeError {
         /// The limit.
         after: Duration,
     },
+    /// The connection could not be secured: the server is not a device
+    /// this side trusts ([`ProbeError::refusal`] says why), it does not
+    /// trust this side, or it does not speak TLS. A server that has not
+    /// proved who it is is never reported healthy.
+    #[error("cannot secure the connection to {endpoint}: {source}")]
+    Handshake {
+        /// The endpoint probed.
+        endpoint: Endpoint,
+        /// What failed.
+        #[source]
+        source: Arc<flotilla_identity::TransportError>,
+    },
     /// The server answered something the prober could not read.
     #[error("health check of {endpoint} got an unreadable answer: {reason}")]
     Protocol {
@@ -145,6 +157,15 @@ pub enum ProbeError {
 }
 
 impl ProbeError {
+    /// Why this side refused the server's certificate, if that is what
+    /// failed the check.
+    pub fn refusal(&self) -> Option<&flotilla_identity::TrustError> {
+        match self {
+            ProbeError::Handshake { source, .. } => source.refusal(),
+            _ => None,
+        }
+    }
+
     /// A [`ProbeError::Unreachable`] from any transport error.
     pub fn unreachable(endpoint: &Endpoint, source: impl StdError + Send + Sync + 'static) -> Self {
         ProbeError::Unreachable {

@@ -27,7 +27,9 @@
 //!
 //! Probers: [`TcpProber`] (a connection opens), [`DiagnosticsProber`] (the
 //! server's [`DiagnosticsServer`] answers its status, features and
-//! partition over the flotilla [diagnostics] protocol), with the `grpc`
+//! partition over the flotilla [diagnostics] protocol, over TLS between
+//! devices that trust each other: a server that does not prove to be one
+//! is never healthy), with the `grpc`
 //! feature `GrpcProber` (the standard `grpc.health.v1` Check, which etcd
 //! members answer too), or your own [`Prober`].
 //!

@@ -2,12 +2,10 @@
 //! a store filled with records of 1 KiB, and the TLS every round runs over.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use flotilla_core_types::DeviceId;
-use flotilla_gensync::{Replica, ReplicaConfig, Secured, Storage, Transport, Trust};
-use flotilla_identity::ClusterCa;
+use flotilla_gensync::{Replica, ReplicaConfig, Secured, Storage, Transport};
+use flotilla_identity::LocalCluster;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// The runtime every benchmark runs on: two workers, as the machine has
@@ -45,20 +43,12 @@ pub(crate) async fn fill_kib(replica: &Replica, records: usize) {
 }
 
 /// A TLS transport for each of `names`, their identities issued by a
-/// cluster CA made for the run, so that they all trust each other.
+/// cluster made for the run, so that they all trust each other.
 pub(crate) fn tls_transports<const N: usize>(names: [&str; N]) -> [Transport; N] {
-    let ca = ClusterCa::generate("benchmarks").expect("a CA");
-    let trust = Arc::new(
-        Trust::new()
-            .with_cluster_ca(ca.certificate().clone())
-            .expect("a CA's certificate"),
-    );
-    let now = SystemTime::now();
-    let day = Duration::from_secs(86_400);
+    let cluster = LocalCluster::new("benchmarks").expect("a cluster");
     names.map(|name| {
         let device = DeviceId::new(name).expect("valid id");
-        let identity = ca.issue(&device, now - day..now + day).expect("issues");
-        Transport::tls(&identity, Arc::clone(&trust)).expect("a TLS configuration")
+        cluster.transport(&device).expect("a TLS configuration")
     })
 }
 

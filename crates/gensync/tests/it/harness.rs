@@ -5,59 +5,44 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use flotilla_core_types::{DeviceId, Worker};
 use flotilla_gensync::{
     Identity, Replica, ReplicaConfig, Responder, Secured, Storage, SyncConfig, Transport, Trust,
 };
-use flotilla_identity::ClusterCa;
+use flotilla_identity::LocalCluster;
 use tokio::io::DuplexStream;
 
 pub(crate) fn device(name: &str) -> DeviceId {
     DeviceId::new(name).expect("test device ids are valid")
 }
 
-/// The test cluster: its CA, and the trust of every device it issued.
-struct Cluster {
-    ca: ClusterCa,
-    trust: Arc<Trust>,
+fn cluster() -> &'static LocalCluster {
+    static CLUSTER: OnceLock<LocalCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| LocalCluster::new("gensync tests").expect("a test cluster"))
 }
 
-fn cluster() -> &'static Cluster {
-    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| {
-        let ca = ClusterCa::generate("gensync tests").expect("a test CA");
-        let trust = Trust::new()
-            .with_cluster_ca(ca.certificate().clone())
-            .expect("a CA's certificate");
-        Cluster {
-            ca,
-            trust: Arc::new(trust),
-        }
-    })
-}
-
-/// An identity for `name` the test cluster CA issued, valid for a day.
+/// An identity for `name` the test cluster issued.
 pub(crate) fn identity(name: &str) -> Identity {
-    let now = SystemTime::now();
-    let day = Duration::from_secs(86_400);
-    issue(&device(name), now - day..now + day)
+    cluster().identity(&device(name)).expect("issues")
 }
 
 /// An identity for `device` the test cluster CA issued, valid over `valid`.
 pub(crate) fn issue(device: &DeviceId, valid: std::ops::Range<SystemTime>) -> Identity {
-    cluster().ca.issue(device, valid).expect("issues")
+    cluster().ca().issue(device, valid).expect("issues")
 }
 
 /// The trust of every test node: the test cluster's CA.
 pub(crate) fn cluster_trust() -> Arc<Trust> {
-    Arc::clone(&cluster().trust)
+    cluster().trust()
 }
 
 /// TLS as `name`, trusting every device of the test cluster.
 pub(crate) fn transport(name: &str) -> Transport {
-    Transport::tls(&identity(name), cluster_trust()).expect("a TLS configuration")
+    cluster()
+        .transport(&device(name))
+        .expect("a TLS configuration")
 }
 
 /// An in-memory pipe of `capacity` bytes from `dialler` (the initiator's

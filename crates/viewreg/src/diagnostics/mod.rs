@@ -11,8 +11,15 @@
 //!
 //! # Example
 //!
+//! Both sides speak over a [`Transport`](flotilla_identity::Transport):
+//! with TLS, a registry checks only servers that prove to be devices it
+//! trusts (any other is [`ProbeError::Handshake`](crate::ProbeError::Handshake),
+//! never healthy), and a server answers only probers it trusts.
+//!
 //! ```
 //! use std::collections::BTreeSet;
+//! use flotilla_core_types::DeviceId;
+//! use flotilla_identity::LocalCluster;
 //! use flotilla_viewreg::{
 //!     DiagnosticsConfig, DiagnosticsProber, DiagnosticsServer, DiagnosticsStatus, ProbeOutcome,
 //!     Prober,
@@ -20,15 +27,19 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> anyhow::Result<()> {
+//! // Two devices of one process; elsewhere each has its own identity and
+//! // trusts the other's key or the cluster's CA.
+//! let cluster = LocalCluster::new("example")?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let server = DiagnosticsServer::start(
 //!     listener,
+//!     cluster.transport(&DeviceId::new("server")?)?,
 //!     DiagnosticsStatus::serving(BTreeSet::from(["kv".to_owned()])),
 //!     DiagnosticsConfig::default(),
 //! )?;
 //! let endpoint = server.local_addr().try_into()?;
 //!
-//! let prober = DiagnosticsProber::new();
+//! let prober = DiagnosticsProber::new(cluster.transport(&DeviceId::new("registry")?)?);
 //! let ProbeOutcome::Serving { features, .. } = prober.probe(&endpoint).await else {
 //!     anyhow::bail!("the server is serving");
 //! };

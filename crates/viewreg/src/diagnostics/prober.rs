@@ -7,6 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use flotilla_core_types::Endpoint;
+use flotilla_identity::Transport;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -20,9 +21,10 @@ type FeatureMap<F> = dyn Fn(&BTreeSet<String>) -> F + Send + Sync;
 /// Checks a server by asking its [`DiagnosticsServer`](crate::DiagnosticsServer)
 /// for its status: serving with features and partition, or not serving.
 ///
-/// Each check opens a connection, asks once and closes it. A prober holds
-/// no connection between checks, so it keeps nothing for an endpoint that
-/// has left the locator, and a check is exactly as fresh as its connection.
+/// Each check opens a connection, secures it with the prober's
+/// [`Transport`], asks once and closes it. A prober holds no connection
+/// between checks, so it keeps nothing for an endpoint that has left the
+/// locator, and a check is exactly as fresh as its connection.
 ///
 /// What a check answers:
 /// - serving → [`ProbeOutcome::Serving`], features made by the prober's map
@@ -31,39 +33,44 @@ type FeatureMap<F> = dyn Fn(&BTreeSet<String>) -> F + Send + Sync;
 /// - a server of the protocol that cannot answer this version, or a server
 ///   that answered in another protocol → [`ProbeOutcome::NoHealthService`];
 /// - no connection → [`ProbeOutcome::Failed`] with
-///   [`ProbeError::Unreachable`]; a broken answer, or the connection closed
-///   without one → [`ProbeError::Protocol`].
+///   [`ProbeError::Unreachable`]; a server that is not trusted (or does
+///   not trust this side, or speaks no TLS) → [`ProbeError::Handshake`];
+///   a broken answer, or the connection closed without one →
+///   [`ProbeError::Protocol`].
 ///
 /// See the [module docs](crate::diagnostics) for an example.
 pub struct DiagnosticsProber<F> {
+    transport: Transport,
     map: Arc<FeatureMap<F>>,
 }
 
 impl DiagnosticsProber<BTreeSet<String>> {
-    /// A prober whose views' features are the names the servers send.
-    pub fn new() -> Self {
-        DiagnosticsProber::with_features(BTreeSet::clone)
-    }
-}
-
-impl Default for DiagnosticsProber<BTreeSet<String>> {
-    fn default() -> Self {
-        DiagnosticsProber::new()
+    /// A prober over `transport` whose views' features are the names the
+    /// servers send.
+    pub fn new(transport: Transport) -> Self {
+        DiagnosticsProber::with_features(transport, BTreeSet::clone)
     }
 }
 
 impl<F: FeatureSet> DiagnosticsProber<F> {
-    /// A prober that makes each view's features with `map` from the names
-    /// its server sent: an enum set of your own, say, leaving out names it
-    /// does not know.
-    pub fn with_features(map: impl Fn(&BTreeSet<String>) -> F + Send + Sync + 'static) -> Self {
-        DiagnosticsProber { map: Arc::new(map) }
+    /// A prober over `transport` that makes each view's features with
+    /// `map` from the names its server sent: an enum set of your own, say,
+    /// leaving out names it does not know.
+    pub fn with_features(
+        transport: Transport,
+        map: impl Fn(&BTreeSet<String>) -> F + Send + Sync + 'static,
+    ) -> Self {
+        DiagnosticsProber {
+            transport,
+            map: Arc::new(map),
+        }
     }
 }
 
 impl<F> Clone for DiagnosticsProber<F> {
     fn clone(&self) -> Self {
         DiagnosticsProber {
+            transport: self.transport.clone(),
             map: Arc::clone(&self.map),
         }
     }
@@ -71,7 +78,9 @@ impl<F> Clone for DiagnosticsProber<F> {
 
 impl<F> fmt::Debug for DiagnosticsProber<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DiagnosticsProber").finish_non_exhaustive()
+        f.debug_struct("DiagnosticsProber")
+            .field("transport", &self.transport)
+            .finish_non_exhaustive()
     }
 }
 
@@ -83,7 +92,16 @@ impl<F: FeatureSet> Prober<F> for DiagnosticsProber<F> {
             Err(error) => return ProbeOutcome::Failed(ProbeError::unreachable(endpoint, error)),
         };
         let _ = stream.set_nodelay(true);
-        match ask_status_over(stream).await {
+        let secured = match self.transport.connect(stream, None).await {
+            Ok(secured) => secured,
+            Err(error) => {
+                return ProbeOutcome::Failed(ProbeError::Handshake {
+                    endpoint: endpoint.clone(),
+                    source: Arc::new(error),
+                });
+            }
+        };
+        match ask_status_over(secured).await {
             Ok(Answer::Status(status)) if status.is_serving() => ProbeOutcome::Serving {
                 features: (self.map)(status.features()),
                 partition: status.partition(),

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use flotilla_core_types::{ReportFuture, TaskWorker, WorkerError, delegate_worker};
+use flotilla_identity::Transport;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -69,12 +70,18 @@ impl DiagnosticsConfig {
 /// set its status as the service's changes, and registries with a
 /// [`DiagnosticsProber`](crate::DiagnosticsProber) see it.
 ///
+/// Every connection is secured by the server's [`Transport`] before a
+/// request is read: a prober its trust does not accept is refused in the
+/// handshake, and learns nothing of the status.
+///
 /// It is a [`Worker`](flotilla_core_types::Worker): `kill` stops accepting
 /// and closes every connection, and `wait` returns once every connection's
 /// task has ended. Its report holds `state`, `local_addr`, `serving`,
-/// `connections` (open now), `answered` and `refused` (connections closed
+/// `connections` (open now), `answered`, `refused` (connections closed
 /// at once because [`max_connections`](DiagnosticsConfig::max_connections)
-/// were open, and requests that were not of the protocol).
+/// were open, and requests that were not of the protocol) and `untrusted`
+/// (connections whose handshake failed: a prober not trusted, or not
+/// speaking TLS).
 ///
 /// See the [module docs](crate::diagnostics) for an example.
 #[derive(Clone)]
@@ -90,10 +97,12 @@ struct Counts {
     open: AtomicU64,
     answered: AtomicU64,
     refused: AtomicU64,
+    untrusted: AtomicU64,
 }
 
 impl DiagnosticsServer {
-    /// Starts serving `status` on `listener`. Does not block.
+    /// Starts serving `status` on `listener`, over connections `transport`
+    /// secures. Does not block.
     ///
     /// # Errors
     ///
@@ -106,6 +115,7 @@ impl DiagnosticsServer {
     /// Outside a tokio runtime, as `tokio::spawn` does.
     pub fn start(
         listener: TcpListener,
+        transport: Transport,
         status: DiagnosticsStatus,
         config: DiagnosticsConfig,
     ) -> Result<DiagnosticsServer, Error> {
@@ -119,7 +129,7 @@ impl DiagnosticsServer {
         let served = Arc::clone(&counts);
         let span = tracing::info_span!("diagnostics", %local_addr);
         let worker = TaskWorker::spawn(move |stop| {
-            accept_loop(listener, receiver, config, served, stop).instrument(span)
+            accept_loop(listener, transport, receiver, config, served, stop).instrument(span)
         });
         Ok(DiagnosticsServer {
             worker,
@@ -159,6 +169,7 @@ impl DiagnosticsServer {
             "connections": self.counts.open.load(Ordering::Relaxed),
             "answered": self.counts.answered.load(Ordering::Relaxed),
             "refused": self.counts.refused.load(Ordering::Relaxed),
+            "untrusted": self.counts.untrusted.load(Ordering::Relaxed),
         });
         Some(Box::pin(async move { report }))
     }
@@ -181,6 +192,7 @@ impl fmt::Debug for DiagnosticsServer {
 
 async fn accept_loop(
     listener: TcpListener,
+    transport: Transport,
     status: watch::Receiver<DiagnosticsStatus>,
     config: DiagnosticsConfig,
     counts: Arc<Counts>,
@@ -210,7 +222,8 @@ async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (status, counts, stop, idle) = (
+        let (transport, status, counts, stop, idle) = (
+            transport.clone(),
             status.clone(),
             Arc::clone(&counts),
             stop.clone(),
@@ -220,18 +233,22 @@ async fn accept_loop(
             async move {
                 counts.open.fetch_add(1, Ordering::Relaxed);
                 let served = tokio::select! {
-                    () = stop.cancelled() => Ok(0),
-                    served = serve_diagnostics_over(stream, &status, idle) => served,
+                    () = stop.cancelled() => Ok(Ok(0)),
+                    served = secure_and_serve(&transport, stream, &status, idle) => served,
                 };
                 counts.open.fetch_sub(1, Ordering::Relaxed);
                 drop(slot);
                 match served {
-                    Ok(answered) => {
+                    Ok(Ok(answered)) => {
                         counts.answered.fetch_add(answered, Ordering::Relaxed);
                     }
-                    Err(error) => {
+                    Ok(Err(error)) => {
                         counts.refused.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(%peer, %error, "connection closed");
+                    }
+                    Err(why) => {
+                        counts.untrusted.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(%peer, error = %why, "prober refused in the handshake");
                     }
                 }
             }
@@ -241,6 +258,23 @@ async fn accept_loop(
     tracker.close();
     tracker.wait().await;
     Ok(())
+}
+
+/// Secures `stream` (its handshake bounded by `idle_timeout` too, so a
+/// peer that never completes it cannot hold a slot), then serves it. The
+/// outer error is the handshake's.
+async fn secure_and_serve(
+    transport: &Transport,
+    stream: tokio::net::TcpStream,
+    status: &watch::Receiver<DiagnosticsStatus>,
+    idle_timeout: Duration,
+) -> Result<Result<u64, WireError>, String> {
+    let secured = match tokio::time::timeout(idle_timeout, transport.accept(stream)).await {
+        Ok(Ok(secured)) => secured,
+        Ok(Err(error)) => return Err(error.to_string()),
+        Err(_) => return Err(String::from("the handshake did not finish in time")),
+    };
+    Ok(serve_diagnostics_over(secured, status, idle_timeout).await)
 }
 
 /// Answers diagnostics requests on `io`, any byte stream from a prober,
@@ -269,6 +303,14 @@ pub async fn serve_diagnostics_over<T: AsyncRead + AsyncWrite + Unpin>(
     loop {
         let frame = match tokio::time::timeout(idle_timeout, frames.next()).await {
             Err(_) | Ok(None) => return Ok(answered),
+            // A TLS prober that went away without closing its session,
+            // between requests: a close like any other.
+            Ok(Some(Err(error)))
+                if error.kind() == std::io::ErrorKind::UnexpectedEof
+                    && frames.read_buffer().is_empty() =>
+            {
+                return Ok(answered);
+            }
             Ok(Some(frame)) => frame.map_err(io_error)?,
         };
         let answer = match wire::decode_request(&frame)? {

@@ -1,6 +1,7 @@
-//! The diagnostics protocol end to end: a real `DiagnosticsServer` on
-//! loopback checked by `DiagnosticsProber` alone and under a registry;
-//! servers that answer wrongly; the server's limits and its shutdown. Real
+//! The diagnostics protocol end to end, over TLS: a real
+//! `DiagnosticsServer` on loopback checked by `DiagnosticsProber` alone and
+//! under a registry; servers that answer wrongly; servers and probers that
+//! are not trusted; the server's limits and its shutdown. Real
 //! clock where real sockets are used (no timing is asserted; every wait has
 //! a deadline), the paused clock for the idle timeout over an in-memory
 //! stream.
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_core_types::{Endpoint, Worker};
+use flotilla_identity::{Identity, Secured, Transport, Trust, TrustError};
 use flotilla_viewreg::diagnostics::wire::{self, Answer, WireError};
 use flotilla_viewreg::{
     DiagnosticsConfig, DiagnosticsProber, DiagnosticsServer, DiagnosticsStatus, Error, Health,
@@ -19,7 +21,7 @@ use flotilla_viewreg::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::harness::{Features, features};
+use crate::harness::{Features, cluster_trust, features, transport};
 
 /// How long any condition of these tests may take to hold before the test
 /// fails: far beyond what loopback needs, short enough to fail visibly.
@@ -38,14 +40,14 @@ async fn server_with(
     config: DiagnosticsConfig,
 ) -> anyhow::Result<(DiagnosticsServer, Endpoint)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let server = DiagnosticsServer::start(listener, status, config)?;
+    let server = DiagnosticsServer::start(listener, transport("server"), status, config)?;
     let endpoint = server.local_addr().try_into()?;
     Ok((server, endpoint))
 }
 
 /// A prober into the tests' feature type: names it knows, others dropped.
 fn prober() -> DiagnosticsProber<Features> {
-    DiagnosticsProber::with_features(|sent: &BTreeSet<String>| {
+    DiagnosticsProber::with_features(transport("registry"), |sent: &BTreeSet<String>| {
         ["kv", "query"]
             .into_iter()
             .filter(|known| sent.contains(*known))
@@ -53,19 +55,42 @@ fn prober() -> DiagnosticsProber<Features> {
     })
 }
 
-/// A loopback server that answers every connection with `reply` (after
-/// reading whatever the client sent first), then closes it.
+/// A loopback server, a trusted device, that answers every connection
+/// with `reply` (after reading whatever the client sent first), then
+/// closes it.
 async fn answering_with(reply: Vec<u8>) -> anyhow::Result<Endpoint> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let endpoint = listener.local_addr()?.try_into()?;
+    let transport = transport("liar");
     tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
+        while let Ok((stream, _)) = listener.accept().await {
+            let Ok(mut stream) = transport.accept(stream).await else {
+                continue;
+            };
             let mut request = [0u8; 64];
             let _ = stream.read(&mut request).await;
             let _ = stream.write_all(&reply).await;
+            let _ = stream.shutdown().await;
         }
     });
     Ok(endpoint)
+}
+
+/// What is left to read on `stream` until the server closes it, with or
+/// without closing its TLS session first.
+async fn rest_of(stream: &mut Secured<TcpStream>) -> std::io::Result<Vec<u8>> {
+    let mut rest = Vec::new();
+    match stream.read_to_end(&mut rest).await {
+        Ok(_) => Ok(rest),
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => Ok(rest),
+        Err(error) => Err(error),
+    }
+}
+
+/// A connection to `address`, secured as a trusted prober.
+async fn dial(address: std::net::SocketAddr) -> anyhow::Result<Secured<TcpStream>> {
+    let stream = TcpStream::connect(address).await?;
+    Ok(transport("prober").connect(stream, None).await?)
 }
 
 fn frame(body: &[u8]) -> Vec<u8> {
@@ -135,7 +160,7 @@ async fn a_server_answers_its_status_as_it_changes() -> anyhow::Result<()> {
     );
 
     server.set_status(DiagnosticsStatus::serving(names(&["kv"])))?;
-    let plain = DiagnosticsProber::new();
+    let plain = DiagnosticsProber::new(transport("registry"));
     assert!(matches!(
         plain.probe(&endpoint).await,
         ProbeOutcome::Serving { features: provided, partition: None } if provided == names(&["kv"])
@@ -285,13 +310,14 @@ async fn a_server_drops_strangers_answers_later_versions_and_keeps_serving() -> 
     let (server, endpoint) = server(DiagnosticsStatus::serving(names(&["kv"]))).await?;
     let address = server.local_addr();
 
-    let mut stranger = TcpStream::connect(address).await?;
+    let mut stranger = dial(address).await?;
     stranger.write_all(&frame(b"GET / HTTP/1.1")).await?;
-    let mut rest = Vec::new();
-    stranger.read_to_end(&mut rest).await?;
-    assert!(rest.is_empty(), "a stranger is closed unanswered");
+    assert!(
+        rest_of(&mut stranger).await?.is_empty(),
+        "a stranger is closed unanswered"
+    );
 
-    let mut later = TcpStream::connect(address).await?;
+    let mut later = dial(address).await?;
     later.write_all(&frame(b"FLDG\x02\x01")).await?;
     let mut length = [0u8; 4];
     later.read_exact(&mut length).await?;
@@ -305,7 +331,7 @@ async fn a_server_drops_strangers_answers_later_versions_and_keeps_serving() -> 
     );
 
     // One connection, many requests.
-    let mut kept = TcpStream::connect(address).await?;
+    let mut kept = dial(address).await?;
     for _ in 0..3 {
         assert!(matches!(
             ask_status_over(&mut kept).await?,
@@ -329,15 +355,19 @@ async fn connections_beyond_the_limit_are_closed_at_once() -> anyhow::Result<()>
     let (server, endpoint) =
         server_with(DiagnosticsStatus::serving(names(&["kv"])), config).await?;
 
-    let mut held = TcpStream::connect(server.local_addr()).await?;
+    let mut held = dial(server.local_addr()).await?;
     assert!(matches!(
         ask_status_over(&mut held).await?,
         Answer::Status(_)
     ));
-    // Closed before or after the request arrived: no answer either way.
+    // Closed as soon as accepted: during the handshake, or (TLS 1.3
+    // clients finish theirs first) before the answer.
     let outcome = prober().probe(&endpoint).await;
     assert!(
-        matches!(&outcome, ProbeOutcome::Failed(ProbeError::Protocol { .. })),
+        matches!(
+            &outcome,
+            ProbeOutcome::Failed(ProbeError::Protocol { .. } | ProbeError::Handshake { .. })
+        ),
         "{outcome:?}"
     );
     let report = until_report(&server, |report| report["refused"] == 1).await;
@@ -357,15 +387,14 @@ async fn connections_beyond_the_limit_are_closed_at_once() -> anyhow::Result<()>
 #[tokio::test]
 async fn kill_closes_open_connections_and_wait_returns() -> anyhow::Result<()> {
     let (server, _) = server(DiagnosticsStatus::serving(names(&["kv"]))).await?;
-    let mut held = TcpStream::connect(server.local_addr()).await?;
+    let mut held = dial(server.local_addr()).await?;
     assert!(matches!(
         ask_status_over(&mut held).await?,
         Answer::Status(_)
     ));
     server.kill();
     tokio::time::timeout(PATIENCE, server.wait()).await??;
-    let mut rest = Vec::new();
-    tokio::time::timeout(PATIENCE, held.read_to_end(&mut rest)).await??;
+    let rest = tokio::time::timeout(PATIENCE, rest_of(&mut held)).await??;
     assert!(rest.is_empty());
     let report = server.report().expect("reports").await;
     assert_eq!(report["state"], "stopped");
@@ -384,7 +413,12 @@ async fn bad_limits_are_refused() -> anyhow::Result<()> {
     no_idle.idle_timeout = Duration::ZERO;
     for config in [no_connections, no_idle] {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let refused = DiagnosticsServer::start(listener, DiagnosticsStatus::not_serving(), config);
+        let refused = DiagnosticsServer::start(
+            listener,
+            transport("server"),
+            DiagnosticsStatus::not_serving(),
+            config,
+        );
         assert!(
             matches!(refused, Err(Error::InvalidConfig { .. })),
             "{refused:?}"
@@ -468,5 +502,100 @@ async fn a_request_trickled_byte_by_byte_is_cut_off() -> anyhow::Result<()> {
     assert_eq!(served?, 0);
     assert_eq!(after, Duration::from_secs(30));
     assert!(sent < request.len() - 1, "{sent} bytes went through");
+    Ok(())
+}
+
+/// A server that proves to be no device the registry trusts is never
+/// healthy, whatever it would answer: it is refused in the handshake, with
+/// why.
+#[tokio::test]
+async fn a_server_that_is_not_trusted_is_never_reported_healthy() -> anyhow::Result<()> {
+    let stranger = Identity::generate(&flotilla_core_types::DeviceId::new("stranger")?)?;
+    // It trusts the registry, so that the refusal is the registry's.
+    let registry_key = Identity::generate(&flotilla_core_types::DeviceId::new("registry")?)?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let server = DiagnosticsServer::start(
+        listener,
+        Transport::tls(&stranger, Arc::new(Trust::of([&registry_key])))?,
+        DiagnosticsStatus::serving(names(&["kv"])),
+        DiagnosticsConfig::default(),
+    )?;
+    let endpoint: Endpoint = server.local_addr().try_into()?;
+    let outcome = prober().probe(&endpoint).await;
+    match &outcome {
+        ProbeOutcome::Failed(error @ ProbeError::Handshake { .. }) => {
+            assert!(
+                matches!(error.refusal(), Some(TrustError::NotSignedByClusterCa { device, .. }) if device.as_str() == "stranger"),
+                "{error}"
+            );
+        }
+        other => panic!("an untrusted server was not refused: {other:?}"),
+    }
+
+    let mut config = RegistryConfig::default();
+    config.probe_interval = Duration::from_millis(20);
+    let registry = Registry::start(
+        StaticLocator::new([endpoint.clone()]),
+        prober(),
+        |endpoint: &Endpoint| endpoint.clone(),
+        config,
+    )?;
+    // Checked and failed several times over: it never turned healthy, and
+    // it never had the features it would have said it has. (In panic mode,
+    // which a registry of one unhealthy view is in, a question that asks
+    // for no feature at all is answered with every view, this one too.)
+    let mut snapshot = registry.snapshot();
+    let limit = WaitLimit::timeout(PATIENCE);
+    while snapshot
+        .view(&endpoint)
+        .is_none_or(|view| view.health() != Health::Unhealthy)
+    {
+        assert!(
+            snapshot
+                .view(&endpoint)
+                .is_none_or(|view| !view.is_healthy())
+        );
+        assert!(snapshot.healthy_views(&features(&["kv"])).is_empty());
+        snapshot = registry.wait_for_change(snapshot.stamp(), &limit).await?;
+    }
+    let error = snapshot
+        .view(&endpoint)
+        .and_then(|view| view.last_error())
+        .expect("why it is unhealthy");
+    assert!(error.contains("cannot secure"), "{error}");
+    assert_eq!(server.report().expect("reports").await["answered"], 0);
+    registry.kill();
+    registry.wait().await?;
+    server.kill();
+    server.wait().await?;
+    Ok(())
+}
+
+/// A prober the server does not trust, or one that speaks no TLS, learns
+/// nothing of the status; the server counts it as untrusted.
+#[tokio::test]
+async fn a_prober_that_is_not_trusted_gets_no_answer() -> anyhow::Result<()> {
+    let (server, endpoint) = server(DiagnosticsStatus::serving(names(&["kv"]))).await?;
+    let stranger = Identity::generate(&flotilla_core_types::DeviceId::new("stranger")?)?;
+    // The stranger trusts the server, so that the refusal is the server's.
+    let probers = [
+        ("a self-signed", Transport::tls(&stranger, cluster_trust())?),
+        ("a plaintext", Transport::insecure_plaintext()),
+    ];
+    for (count, (which, transport)) in probers.into_iter().enumerate() {
+        let prober = DiagnosticsProber::new(transport);
+        let outcome = prober.probe(&endpoint).await;
+        assert!(
+            !matches!(
+                outcome,
+                ProbeOutcome::Serving { .. } | ProbeOutcome::NotServing
+            ),
+            "{which} prober was answered: {outcome:?}"
+        );
+        let report = until_report(&server, |report| report["untrusted"] == count + 1).await;
+        assert_eq!(report["answered"], 0, "{which}");
+    }
+    server.kill();
+    server.wait().await?;
     Ok(())
 }

@@ -23,6 +23,25 @@ use tokio::time::Instant;
 
 pub(crate) type Features = BTreeSet<&'static str>;
 
+/// The test cluster: every device it issued trusts every other.
+fn cluster() -> &'static flotilla_identity::LocalCluster {
+    static CLUSTER: std::sync::OnceLock<flotilla_identity::LocalCluster> =
+        std::sync::OnceLock::new();
+    CLUSTER
+        .get_or_init(|| flotilla_identity::LocalCluster::new("viewreg tests").expect("a cluster"))
+}
+
+/// The trust of every device of the test cluster.
+pub(crate) fn cluster_trust() -> std::sync::Arc<flotilla_identity::Trust> {
+    cluster().trust()
+}
+
+/// TLS as the device `name` of the test cluster.
+pub(crate) fn transport(name: &str) -> flotilla_identity::Transport {
+    let device = flotilla_core_types::DeviceId::new(name).expect("a valid id");
+    cluster().transport(&device).expect("a TLS configuration")
+}
+
 pub(crate) fn features(names: &[&'static str]) -> Features {
     names.iter().copied().collect()
 }
