@@ -3,7 +3,13 @@
 //! sending such a request again.
 //!
 //! Each backend speaks its own part of etcd's API; these are the small
-//! rules of etcd itself that every one of them needs the same way.
+//! rules of etcd itself that every one of them needs the same way, and
+//! [`EtcdOptions`], how every one of them connects (TLS, a client
+//! certificate, a user and password).
+
+mod options;
+
+pub use options::{Access, EtcdConnectError, EtcdOptions};
 
 /// The end of the range of every key that begins with `prefix`, by etcd's
 /// rule: the prefix with its last byte below `0xff` incremented and what

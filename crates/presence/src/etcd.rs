@@ -13,7 +13,9 @@ use etcd_client::{
     TxnOp, TxnOpResponse, TxnResponse,
 };
 use flotilla_core_types::Name;
-use flotilla_core_types::etcd::{prefix_end, retry_connect_failures};
+use flotilla_core_types::etcd::{
+    Access, EtcdConnectError, EtcdOptions, prefix_end, retry_connect_failures,
+};
 
 use crate::store::{KeyRecord, PingBatch, PresenceStore, PruneReport, PruneRule};
 use crate::{Config, Incarnation, Slot, StoreError};
@@ -177,6 +179,26 @@ impl EtcdStore {
                 beings: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// A store under `prefix` on the etcd cluster `options` name (TLS, a
+    /// client certificate, a user and password, as the cluster needs),
+    /// after checking that etcd lets this client read and write the keys
+    /// under `prefix`. Otherwise as [`new`](Self::new) and
+    /// [`with_prefix`](Self::with_prefix).
+    ///
+    /// # Errors
+    ///
+    /// [`EtcdConnectError`] when connecting fails (no member answers, TLS
+    /// fails, the user is refused) or the user may not use the prefix.
+    pub async fn connect(
+        options: &EtcdOptions,
+        config: &Config,
+        prefix: impl Into<Vec<u8>>,
+    ) -> Result<EtcdStore, EtcdConnectError> {
+        let prefix = prefix.into();
+        let client = options.connect(&prefix, Access::ReadWrite).await?;
+        Ok(EtcdStore::new(client, config).with_prefix(prefix))
     }
 
     /// The same store with its keys under `prefix` (add a trailing `/` to

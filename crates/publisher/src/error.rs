@@ -29,6 +29,12 @@ pub enum Error {
     /// The publisher has been stopped; nothing more will be mounted.
     #[error("the publisher is stopped")]
     Stopped,
+    /// Connecting to etcd failed, or etcd does not let this client use
+    /// the prefix ([`EtcdNamespace::connect_with`](crate::EtcdNamespace::connect_with)).
+    #[cfg(feature = "etcd")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
+    #[error(transparent)]
+    Etcd(#[from] flotilla_core_types::etcd::EtcdConnectError),
     /// The pair waited for is not published: its name or its server was
     /// never added, or was removed while
     /// [`wait_mounted`](crate::Publisher::wait_mounted) or

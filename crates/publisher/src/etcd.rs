@@ -8,10 +8,10 @@ use std::sync::{Mutex as SyncMutex, MutexGuard};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, ConnectOptions, DeleteOptions, GetOptions, KeyValue, LeaseKeepAliveStream, LeaseKeeper,
-    PutOptions, Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions, WatchStream,
+    Client, DeleteOptions, GetOptions, KeyValue, LeaseKeepAliveStream, LeaseKeeper, PutOptions,
+    Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions, WatchStream,
 };
-use flotilla_core_types::etcd::{prefix_end, retry_connect_failures};
+use flotilla_core_types::etcd::{Access, EtcdOptions, prefix_end, retry_connect_failures};
 use flotilla_core_types::{
     Endpoint, EndpointSource, EndpointWatch, EndpointsFuture, Name, SourceError,
 };
@@ -37,16 +37,6 @@ const MAX_TXN_OPS: usize = 128;
 
 /// The longest TTL etcd grants (its `MaxLeaseTTL`).
 const MAX_ETCD_TTL: Duration = Duration::from_secs(9_000_000_000);
-
-/// How long connecting to an endpoint may take before it counts as down.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// HTTP/2 pings while requests are under way, so that a member killed
-/// without closing its sockets is noticed without waiting for each request's
-/// own timeout. Not faster, and never on an idle connection: etcd closes
-/// connections that ping more often than every 5 s, or with no stream open
-/// (`--grpc-keepalive-min-time`), which cancels every call on them.
-const HTTP2_KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(10), Duration::from_secs(5));
 
 /// The naming backend on etcd.
 ///
@@ -349,9 +339,7 @@ impl EtcdNamespace {
             });
         };
         validate_prefix(prefix)?;
-        let options = ConnectOptions::new()
-            .with_connect_timeout(CONNECT_TIMEOUT)
-            .with_keep_alive(HTTP2_KEEP_ALIVE.0, HTTP2_KEEP_ALIVE.1);
+        let options = EtcdOptions::new(endpoints.iter().copied()).connect_options();
         let client = Client::connect(endpoints, Some(options))
             .await
             .map_err(|error| Error::InvalidConfig {
@@ -359,17 +347,44 @@ impl EtcdNamespace {
                 reason: error.to_string(),
             })?;
         let host = first.split_once("://").map_or(*first, |(_, rest)| rest);
-        Ok(EtcdNamespace {
-            client,
-            root: format!("etcd://{host}/{prefix}"),
-            prefix: prefix.to_owned(),
-            lease: Mutex::new(None),
-            keeper: Mutex::new(None),
-            owned: SyncMutex::default(),
-            removals: Mutex::new(None),
-            removal_recorded: Notify::new(),
-            page_size: DEFAULT_PAGE_SIZE,
-        })
+        Ok(
+            EtcdNamespace::from_client(client, prefix)?
+                .with_root(format!("etcd://{host}/{prefix}")),
+        )
+    }
+
+    /// Connects to the etcd cluster `options` name (TLS, a client
+    /// certificate, a user and password, as the cluster needs), checks
+    /// that etcd lets this client read and write the keys under `prefix`,
+    /// and keeps names there.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for an empty or malformed prefix;
+    /// [`Error::Etcd`] when connecting fails (no member answers, TLS
+    /// fails, the user is refused) or the user may not use the prefix.
+    /// Nothing is retried but a request that reached no member, a few
+    /// times.
+    pub async fn connect_with(options: &EtcdOptions, prefix: &str) -> Result<EtcdNamespace, Error> {
+        validate_prefix(prefix)?;
+        let checked = format!("{prefix}/");
+        let client = options
+            .connect(checked.as_bytes(), Access::ReadWrite)
+            .await?;
+        let host = options.endpoints().first().map_or("", |first| {
+            first
+                .split_once("://")
+                .map_or(first.as_str(), |(_, rest)| rest)
+        });
+        Ok(
+            EtcdNamespace::from_client(client, prefix)?
+                .with_root(format!("etcd://{host}/{prefix}")),
+        )
+    }
+
+    fn with_root(mut self, root: String) -> EtcdNamespace {
+        self.root = root;
+        self
     }
 
     /// A backend on an existing client, keeping names under `prefix`.

@@ -7,6 +7,14 @@
 //! data. Dropping the cluster kills every process and removes every
 //! directory, also when the test panics.
 //!
+//! [`EtcdCluster::with_tls`] starts one that speaks only TLS, to clients
+//! and between members, with client certificates required
+//! (`--client-cert-auth`), every certificate made for it by a CA of its
+//! own ([`EtcdTls`]); [`EtcdCluster::with_tls_and_auth`] also enables
+//! etcd's authentication, with a root user, a user [`USER`] whose role may
+//! use only the keys under [`PREFIX`], and a user [`OUTSIDER`] whose role
+//! may use only other keys.
+//!
 //! The etcd binary is `$ETCD_BIN` when set, else `etcd` on `PATH` (Debian's
 //! `etcd-server` package). When it is missing, starting a cluster fails
 //! with [`TestkitError::EtcdNotFound`], which says what to install: tests
@@ -34,7 +42,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions};
+use etcd_client::{Client, ConnectOptions, Permission};
 use tokio::time::Instant;
 
 /// How long a member (or a cluster) may take to answer and elect a leader.
@@ -48,6 +56,20 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// a loaded machine; half makes a lost leader replaced in about a second.
 const HEARTBEAT_MS: u32 = 50;
 const ELECTION_TIMEOUT_MS: u32 = 500;
+
+/// The user of a cluster with authentication whose role may read and
+/// write the keys under [`PREFIX`], and nothing else.
+pub const USER: &str = "flotilla";
+/// The user of a cluster with authentication whose role may read and
+/// write only the keys under `elsewhere/`: it has no permission on
+/// [`PREFIX`].
+pub const OUTSIDER: &str = "outsider";
+/// The password of [`USER`] and of [`OUTSIDER`].
+pub const PASSWORD: &str = "test-password";
+/// The prefix [`USER`] may use.
+pub const PREFIX: &str = "flotilla/";
+/// The root user's password.
+const ROOT_PASSWORD: &str = "root-password";
 
 /// What can go wrong starting or driving a test cluster.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +125,106 @@ pub enum TestkitError {
     /// The etcd client failed.
     #[error("etcd client: {0}")]
     Client(#[from] etcd_client::Error),
+    /// A certificate could not be made.
+    #[error("making a test certificate: {0}")]
+    Certificate(#[from] rcgen::Error),
+}
+
+/// The certificates of a cluster started [`with_tls`](EtcdCluster::with_tls):
+/// a CA of its own, which signed each member's certificate (for
+/// 127.0.0.1 and localhost, to serve clients and to dial peers) and
+/// signs clients' certificates on request.
+pub struct EtcdTls {
+    ca_params: rcgen::CertificateParams,
+    ca_key: rcgen::KeyPair,
+    ca_pem: String,
+    /// The root user's client certificate and key, which the cluster's
+    /// own client uses.
+    root: (String, String),
+}
+
+impl EtcdTls {
+    fn new() -> Result<EtcdTls, TestkitError> {
+        let ca_key = rcgen::KeyPair::generate()?;
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "flotilla-testkit etcd CA");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_pem = ca_params.self_signed(&ca_key)?.pem();
+        let mut tls = EtcdTls {
+            ca_params,
+            ca_key,
+            ca_pem,
+            root: (String::new(), String::new()),
+        };
+        tls.root = tls.client_certificate("root")?;
+        Ok(tls)
+    }
+
+    /// The CA's certificate, PEM: what a client trusts the members by.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// A new client certificate and its key (PEM, PKCS#8) whose common
+    /// name is `user`: etcd takes the common name as the user when no
+    /// password is given.
+    ///
+    /// # Errors
+    ///
+    /// [`TestkitError::Certificate`] if rcgen fails.
+    pub fn client_certificate(&self, user: &str) -> Result<(String, String), TestkitError> {
+        self.issue(&[], user, &[rcgen::ExtendedKeyUsagePurpose::ClientAuth])
+    }
+
+    /// A member's certificate: for loopback, to serve and to dial peers.
+    fn member_certificate(&self, name: &str) -> Result<(String, String), TestkitError> {
+        self.issue(
+            &["127.0.0.1", "localhost"],
+            name,
+            &[
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        )
+    }
+
+    fn issue(
+        &self,
+        names: &[&str],
+        common_name: &str,
+        usages: &[rcgen::ExtendedKeyUsagePurpose],
+    ) -> Result<(String, String), TestkitError> {
+        let key = rcgen::KeyPair::generate()?;
+        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+        let mut params = rcgen::CertificateParams::new(names)?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        params.extended_key_usages = usages.to_vec();
+        let issuer = rcgen::Issuer::from_params(&self.ca_params, &self.ca_key);
+        let certificate = params.signed_by(&key, &issuer)?;
+        Ok((certificate.pem(), key.serialize_pem()))
+    }
+
+    /// Client options that trust the cluster's CA and present the root
+    /// user's certificate.
+    fn root_options(&self) -> etcd_client::TlsOptions {
+        etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(&self.ca_pem))
+            .identity(etcd_client::Identity::from_pem(&self.root.0, &self.root.1))
+    }
+}
+
+impl fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdTls").finish_non_exhaustive()
+    }
 }
 
 /// One etcd process or a cluster of them, on loopback, torn down on drop.
@@ -111,8 +233,18 @@ pub struct EtcdCluster {
     members: Vec<Member>,
     initial_cluster: String,
     token: String,
+    tls: Option<EtcdTls>,
+    /// The member certificates' files, when the cluster speaks TLS.
+    tls_files: Option<TlsFiles>,
     // Dropped last: the directories outlive the processes.
     _dir: tempfile::TempDir,
+}
+
+/// Where a TLS cluster's certificate files are.
+struct TlsFiles {
+    ca: PathBuf,
+    /// Each member's certificate and key.
+    members: Vec<(PathBuf, PathBuf)>,
 }
 
 struct Member {
@@ -151,6 +283,58 @@ impl EtcdCluster {
     ///
     /// As for [`single`](Self::single).
     pub async fn start(size: usize) -> Result<EtcdCluster, TestkitError> {
+        EtcdCluster::start_as(size, None).await
+    }
+
+    /// A cluster of `size` members that speaks TLS only, to clients and
+    /// between members, and requires a client certificate signed by its
+    /// CA ([`tls`](Self::tls)). Its [`client`](Self::client) presents the
+    /// root user's.
+    ///
+    /// # Errors
+    ///
+    /// As for [`single`](Self::single), and
+    /// [`TestkitError::Certificate`].
+    pub async fn with_tls(size: usize) -> Result<EtcdCluster, TestkitError> {
+        EtcdCluster::start_as(size, Some(EtcdTls::new()?)).await
+    }
+
+    /// [`with_tls`](Self::with_tls), with etcd's authentication enabled:
+    /// a root user, [`USER`] (password [`PASSWORD`]) with read and write
+    /// on the keys under [`PREFIX`] only, and [`OUTSIDER`] (the same
+    /// password) with read and write on `elsewhere/` only. Set up through
+    /// etcd's API before authentication is turned on.
+    ///
+    /// # Errors
+    ///
+    /// As for [`with_tls`](Self::with_tls), and [`TestkitError::Client`]
+    /// when setting up the users fails.
+    pub async fn with_tls_and_auth(size: usize) -> Result<EtcdCluster, TestkitError> {
+        let cluster = EtcdCluster::with_tls(size).await?;
+        let mut client = cluster.client().await?;
+        client.user_add("root", ROOT_PASSWORD, None).await?;
+        client.user_grant_role("root", "root").await?;
+        for (user, role, prefix) in [
+            (USER, "flotilla-prefix", PREFIX),
+            (OUTSIDER, "elsewhere-prefix", "elsewhere/"),
+        ] {
+            client.user_add(user, PASSWORD, None).await?;
+            client.role_add(role).await?;
+            client
+                .role_grant_permission(role, Permission::read_write(prefix).with_prefix())
+                .await?;
+            client.user_grant_role(user, role).await?;
+        }
+        client.auth_enable().await?;
+        Ok(cluster)
+    }
+
+    /// The certificates of a cluster started [`with_tls`](Self::with_tls).
+    pub fn tls(&self) -> Option<&EtcdTls> {
+        self.tls.as_ref()
+    }
+
+    async fn start_as(size: usize, tls: Option<EtcdTls>) -> Result<EtcdCluster, TestkitError> {
         let binary = etcd_binary();
         let dir = temp_dir()?;
         let ports = free_ports(size * 2)?;
@@ -167,11 +351,16 @@ impl EtcdCluster {
                 }
             })
             .collect();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let initial_cluster = members
             .iter()
-            .map(|member| format!("{}=http://127.0.0.1:{}", member.name, member.peer_port))
+            .map(|member| format!("{}={scheme}://127.0.0.1:{}", member.name, member.peer_port))
             .collect::<Vec<_>>()
             .join(",");
+        let tls_files = match &tls {
+            Some(tls) => Some(write_tls_files(tls, dir.path(), &members)?),
+            None => None,
+        };
         let token = dir.path().file_name().map_or_else(
             || String::from("flotilla"),
             |n| n.to_string_lossy().into_owned(),
@@ -181,6 +370,8 @@ impl EtcdCluster {
             members,
             initial_cluster,
             token,
+            tls,
+            tls_files,
             _dir: dir,
         };
         for index in 0..size {
@@ -197,13 +388,22 @@ impl EtcdCluster {
         self.members.len()
     }
 
-    /// The client URL of member `index`, such as `http://127.0.0.1:41234`.
+    /// The client URL of member `index`, such as `http://127.0.0.1:41234`
+    /// (`https://` for a cluster [`with_tls`](Self::with_tls)).
     ///
     /// # Panics
     ///
     /// Panics when `index` is out of range (a bug in the test).
     pub fn endpoint(&self, index: usize) -> String {
-        format!("http://127.0.0.1:{}", self.members[index].client_port)
+        format!(
+            "{}://127.0.0.1:{}",
+            self.scheme(),
+            self.members[index].client_port
+        )
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 
     /// Every member's client URL, running or not.
@@ -211,16 +411,20 @@ impl EtcdCluster {
         (0..self.members.len()).map(|i| self.endpoint(i)).collect()
     }
 
-    /// A client of the whole cluster.
+    /// A client of the whole cluster (with TLS, as the root user, by its
+    /// certificate).
     ///
     /// # Errors
     ///
     /// [`TestkitError::Client`] when it cannot be built.
     pub async fn client(&self) -> Result<Client, TestkitError> {
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             // etcd drops connections that ping more often than every 5 s.
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        if let Some(tls) = &self.tls {
+            options = options.with_tls(tls.root_options());
+        }
         Ok(Client::connect(self.endpoints(), Some(options)).await?)
     }
 
@@ -241,7 +445,7 @@ impl EtcdCluster {
     pub async fn leader(&self) -> Result<usize, TestkitError> {
         let mut seen = Vec::new();
         for index in (0..self.members.len()).filter(|&i| self.is_running(i)) {
-            let status = match member_client(&self.endpoint(index)).await {
+            let status = match member_client(&self.endpoint(index), self.tls.as_ref()).await {
                 Ok(mut client) => client.status().await,
                 Err(error) => Err(error),
             };
@@ -316,9 +520,24 @@ impl EtcdCluster {
             what: String::from("duplicating the log file handle"),
             source,
         })?;
-        let client_url = format!("http://127.0.0.1:{}", member.client_port);
-        let peer_url = format!("http://127.0.0.1:{}", member.peer_port);
-        let process = Command::new(&binary)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client_url = format!("{scheme}://127.0.0.1:{}", member.client_port);
+        let peer_url = format!("{scheme}://127.0.0.1:{}", member.peer_port);
+        let mut command = Command::new(&binary);
+        if let Some(files) = &self.tls_files {
+            let (certificate, key) = &files.members[index];
+            for side in ["", "peer-"] {
+                command
+                    .arg(format!("--{side}cert-file"))
+                    .arg(certificate)
+                    .arg(format!("--{side}key-file"))
+                    .arg(key)
+                    .arg(format!("--{side}trusted-ca-file"))
+                    .arg(&files.ca)
+                    .arg(format!("--{side}client-cert-auth"));
+            }
+        }
+        let process = command
             .arg("--name")
             .arg(&member.name)
             .arg("--data-dir")
@@ -357,6 +576,7 @@ impl EtcdCluster {
     async fn wait_ready(&mut self, index: usize) -> Result<(), TestkitError> {
         let started = Instant::now();
         let endpoint = self.endpoint(index);
+        let tls = self.tls.as_ref();
         let mut last_error = String::from("no answer yet");
         while started.elapsed() < READY_TIMEOUT {
             if let Some(process) = self.members[index].process.as_mut()
@@ -366,7 +586,7 @@ impl EtcdCluster {
                 last_error = format!("the process exited: {exit}");
                 break;
             }
-            match member_client(&endpoint).await {
+            match member_client(&endpoint, tls).await {
                 Ok(mut client) => match client.status().await {
                     Ok(status) if status.leader() != 0 => return Ok(()),
                     Ok(_) => last_error = String::from("answers, but knows no leader yet"),
@@ -410,11 +630,47 @@ impl fmt::Debug for EtcdCluster {
 }
 
 /// A client of one member only, with short timeouts for polling.
-async fn member_client(endpoint: &str) -> Result<Client, etcd_client::Error> {
-    let options = ConnectOptions::new()
+async fn member_client(
+    endpoint: &str,
+    tls: Option<&EtcdTls>,
+) -> Result<Client, etcd_client::Error> {
+    let mut options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_millis(500))
         .with_timeout(Duration::from_secs(2));
+    if let Some(tls) = tls {
+        options = options.with_tls(tls.root_options());
+    }
     Client::connect([endpoint], Some(options)).await
+}
+
+/// Writes the CA's certificate and each member's certificate and key into
+/// `dir`, the keys readable by their owner only.
+fn write_tls_files(
+    tls: &EtcdTls,
+    dir: &Path,
+    members: &[Member],
+) -> Result<TlsFiles, TestkitError> {
+    use std::os::unix::fs::PermissionsExt;
+    let write = |path: &Path, text: &str, mode: u32| {
+        std::fs::write(path, text)
+            .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)))
+            .map_err(|source| TestkitError::Io {
+                what: format!("writing {}", path.display()),
+                source,
+            })
+    };
+    let ca = dir.join("ca.pem");
+    write(&ca, tls.ca_pem(), 0o644)?;
+    let mut files = Vec::with_capacity(members.len());
+    for member in members {
+        let (certificate, key) = tls.member_certificate(&member.name)?;
+        let certificate_path = dir.join(format!("{}.pem", member.name));
+        let key_path = dir.join(format!("{}-key.pem", member.name));
+        write(&certificate_path, &certificate, 0o644)?;
+        write(&key_path, &key, 0o600)?;
+        files.push((certificate_path, key_path));
+    }
+    Ok(TlsFiles { ca, members: files })
 }
 
 fn kill_and_reap(process: &mut Child) -> std::io::Result<()> {

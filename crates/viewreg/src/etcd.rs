@@ -19,7 +19,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use etcd_client::{Client, GetOptions, KeyValue, WatchOptions, WatchResponse, WatchStream};
-use flotilla_core_types::etcd::{prefix_end, retry_connect_failures};
+use flotilla_core_types::etcd::{
+    Access, EtcdConnectError, EtcdOptions, prefix_end, retry_connect_failures,
+};
 use flotilla_core_types::{Endpoint, Name};
 use tokio::sync::watch;
 use tonic::Code;
@@ -207,6 +209,25 @@ impl EtcdLocator {
             answered: None,
             status: watch::Sender::new(EtcdLocatorStatus::default()),
         }
+    }
+
+    /// Follows the entries under `key_prefix` on the etcd cluster `options`
+    /// name (TLS, a client certificate, a user and password, as the
+    /// cluster needs), after checking that etcd lets this client read
+    /// them. Otherwise as [`new`](Self::new).
+    ///
+    /// # Errors
+    ///
+    /// [`EtcdConnectError`] when connecting fails (no member answers, TLS
+    /// fails, the user is refused) or the user may not read the prefix.
+    pub async fn connect(
+        options: &EtcdOptions,
+        key_prefix: impl Into<Vec<u8>>,
+        from: EndpointFrom,
+    ) -> Result<Self, EtcdConnectError> {
+        let key_prefix = key_prefix.into();
+        let client = options.connect(&key_prefix, Access::Read).await?;
+        Ok(EtcdLocator::new(client, key_prefix, from))
     }
 
     /// Follows the servers a flotilla-publisher publishes under `name`

@@ -551,3 +551,38 @@ async fn a_lost_leader_and_a_returning_member_cause_no_false_deaths() -> Result<
     process.stop().await?;
     Ok(())
 }
+
+/// On a cluster with TLS and authentication, a store made with the shared
+/// options works as any other for the user whose role covers its prefix;
+/// one whose role does not is refused when connecting, with why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_connects_over_tls_as_a_user_held_to_its_role() -> Result<()> {
+    use flotilla_core_types::etcd::{EtcdConnectError, EtcdOptions};
+    use flotilla_testkit::{OUTSIDER, PASSWORD, PREFIX, USER};
+    let cluster = EtcdCluster::with_tls_and_auth(1).await?;
+    let tls = cluster.tls().context("a TLS cluster")?;
+    let options = |user: &str| -> Result<EtcdOptions> {
+        let (certificate, key) = tls.client_certificate(user)?;
+        Ok(EtcdOptions::new(cluster.endpoints())
+            .with_ca_pem(tls.ca_pem())
+            .with_client_pem(certificate, key)
+            .with_user(user, PASSWORD))
+    };
+    let prefix = format!("{PREFIX}presence/");
+    let store = EtcdStore::connect(&options(USER)?, &fast_config(), prefix.clone()).await?;
+    let scope = name("secure");
+    let incarnation = store.begin(&scope, &key(1), Slot(10)).await?;
+    let mut batch = PingBatch::new();
+    batch.add(&scope, Slot(11), incarnation);
+    store.write_pings(&batch).await?;
+    let loaded = store.load(&scope, &[key(1)], Slot(10)).await?;
+    assert!(loaded.contains_key(&key(1)), "{loaded:?}");
+
+    let refused = EtcdStore::connect(&options(OUTSIDER)?, &fast_config(), prefix).await;
+    assert!(
+        matches!(&refused, Err(EtcdConnectError::PermissionDenied { .. })),
+        "{:?}",
+        refused.err()
+    );
+    Ok(())
+}

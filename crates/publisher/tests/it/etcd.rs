@@ -6,6 +6,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
+use flotilla_core_types::etcd::{EtcdConnectError, EtcdOptions};
 use flotilla_core_types::{Endpoint, Name, Worker};
 use flotilla_publisher::{
     Error, EtcdNamespace, MountFlags, MountState, NameChange, Namespace, NamespaceError, Publisher,
@@ -1062,5 +1063,107 @@ async fn wait_mounted_returns_once_another_client_resolves_the_pair() -> Result<
     ensure!(matches!(stopped, Err(Error::Stopped)), "{stopped:?}");
     publisher.wait().await?;
     assert_eq!(servers(&reader, &name("api")).await?, []);
+    Ok(())
+}
+
+/// Options for a TLS cluster: its CA, and a client certificate for
+/// `user` unless `None`.
+fn tls_options(cluster: &EtcdCluster, user: Option<&str>) -> Result<EtcdOptions> {
+    let tls = cluster.tls().context("a TLS cluster")?;
+    let options = EtcdOptions::new(cluster.endpoints()).with_ca_pem(tls.ca_pem());
+    Ok(match user {
+        Some(user) => {
+            let (certificate, key) = tls.client_certificate(user)?;
+            options.with_client_pem(certificate, key)
+        }
+        None => options,
+    })
+}
+
+/// The prefix the test users of a cluster with authentication may use
+/// (`flotilla_testkit::PREFIX`, less its slash: the namespace adds it).
+const SECURE_PREFIX: &str = "flotilla";
+
+#[tokio::test]
+async fn a_publisher_mounts_and_a_name_resolves_over_tls_with_client_certificates() -> Result<()> {
+    let cluster = EtcdCluster::with_tls(3).await?;
+    let etcd =
+        EtcdNamespace::connect_with(&tls_options(&cluster, Some("publisher"))?, PREFIX).await?;
+    let publisher = publishing(&etcd, &["a"], &[1]).await?;
+    // Another client, with a certificate of its own, resolves the name.
+    let reader =
+        EtcdNamespace::connect_with(&tls_options(&cluster, Some("reader"))?, PREFIX).await?;
+    assert_eq!(servers(&reader, &name("a")).await?, [server(1)]);
+    publisher.stop().await;
+    publisher.wait().await?;
+    assert!(servers(&reader, &name("a")).await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_without_a_certificate_or_trusting_another_ca_gets_a_clear_error() -> Result<()> {
+    let cluster = EtcdCluster::with_tls(1).await?;
+    let started = Instant::now();
+    let refused = EtcdNamespace::connect_with(&tls_options(&cluster, None)?, PREFIX).await;
+    assert!(
+        matches!(&refused, Err(Error::Etcd(EtcdConnectError::Tls { .. }))),
+        "{refused:?}"
+    );
+    // Trusting a CA that did not sign the members' certificates.
+    let other = EtcdCluster::with_tls(1).await?;
+    let (certificate, key) = cluster.tls().context("TLS")?.client_certificate("x")?;
+    let options = EtcdOptions::new(cluster.endpoints())
+        .with_ca_pem(other.tls().context("TLS")?.ca_pem())
+        .with_client_pem(certificate, key);
+    let refused = EtcdNamespace::connect_with(&options, PREFIX).await;
+    assert!(
+        matches!(&refused, Err(Error::Etcd(EtcdConnectError::Tls { .. }))),
+        "{refused:?}"
+    );
+    // Each came back once, after a few retries at most: no loop.
+    ensure!(started.elapsed() < PATIENCE, "connecting kept retrying");
+    Ok(())
+}
+
+#[tokio::test]
+async fn users_are_held_to_their_roles_and_their_passwords() -> Result<()> {
+    let cluster = EtcdCluster::with_tls_and_auth(1).await?;
+    let as_user = |user: &str, password: &str| -> Result<EtcdOptions> {
+        Ok(tls_options(&cluster, Some(user))?.with_user(user, password))
+    };
+    // The user whose role covers the prefix publishes.
+    let etcd = EtcdNamespace::connect_with(
+        &as_user(flotilla_testkit::USER, flotilla_testkit::PASSWORD)?,
+        SECURE_PREFIX,
+    )
+    .await?;
+    let publisher = publishing(&etcd, &["a"], &[1]).await?;
+    assert_eq!(servers(&etcd, &name("a")).await?, [server(1)]);
+    publisher.stop().await;
+    publisher.wait().await?;
+
+    // One whose role covers other keys only is refused, at once.
+    let refused = EtcdNamespace::connect_with(
+        &as_user(flotilla_testkit::OUTSIDER, flotilla_testkit::PASSWORD)?,
+        SECURE_PREFIX,
+    )
+    .await;
+    match &refused {
+        Err(Error::Etcd(EtcdConnectError::PermissionDenied { prefix, .. })) => {
+            assert_eq!(prefix, "flotilla/");
+        }
+        other => bail!("the outsider was not refused for its role: {other:?}"),
+    }
+    // A wrong password.
+    let refused =
+        EtcdNamespace::connect_with(&as_user(flotilla_testkit::USER, "wrong")?, SECURE_PREFIX)
+            .await;
+    assert!(
+        matches!(
+            &refused,
+            Err(Error::Etcd(EtcdConnectError::Unauthenticated { .. }))
+        ),
+        "{refused:?}"
+    );
     Ok(())
 }
