@@ -282,6 +282,7 @@ impl<IO> fmt::Debug for Secured<IO> {
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Secured<IO> {
+    /// Reads what the peer sent (decrypted, with TLS).
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -295,6 +296,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Secured<IO> {
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Secured<IO> {
+    /// Writes to the peer (encrypted, with TLS).
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -306,6 +308,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Secured<IO> {
         }
     }
 
+    /// Writes several buffers to the peer at once.
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -317,6 +320,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Secured<IO> {
         }
     }
 
+    /// Whether the stream writes several buffers at once efficiently.
     fn is_write_vectored(&self) -> bool {
         match &self.stream {
             Stream::Plain(io) => io.is_write_vectored(),
@@ -324,6 +328,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Secured<IO> {
         }
     }
 
+    /// Sends what is buffered.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().stream {
             Stream::Plain(io) => Pin::new(io).poll_flush(cx),
@@ -331,6 +336,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Secured<IO> {
         }
     }
 
+    /// Closes the sending side (with TLS, the session: a close_notify).
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().stream {
             Stream::Plain(io) => Pin::new(io).poll_shutdown(cx),
