@@ -155,7 +155,7 @@ impl EtcdTls {
             rcgen::KeyUsagePurpose::KeyCertSign,
             rcgen::KeyUsagePurpose::DigitalSignature,
         ];
-        let ca_pem = ca_params.self_signed(&ca_key)?.pem();
+        let ca_pem = pem_of("CERTIFICATE", ca_params.self_signed(&ca_key)?.der());
         let mut tls = EtcdTls {
             ca_params,
             ca_key,
@@ -209,7 +209,10 @@ impl EtcdTls {
         params.extended_key_usages = usages.to_vec();
         let issuer = rcgen::Issuer::from_params(&self.ca_params, &self.ca_key);
         let certificate = params.signed_by(&key, &issuer)?;
-        Ok((certificate.pem(), key.serialize_pem()))
+        Ok((
+            pem_of("CERTIFICATE", certificate.der()),
+            pem_of("PRIVATE KEY", &key.serialize_der()),
+        ))
     }
 
     /// Client options that trust the cluster's CA and present the root
@@ -641,6 +644,11 @@ async fn member_client(
         options = options.with_tls(tls.root_options());
     }
     Client::connect([endpoint], Some(options)).await
+}
+
+/// `der` in PEM under `label`.
+fn pem_of(label: &str, der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new(label, der.to_vec()))
 }
 
 /// Writes the CA's certificate and each member's certificate and key into
