@@ -45,6 +45,13 @@ const VALUE_LEN: usize = 1024;
 
 fn main() {
     support::runtime().block_on(async {
+        if std::env::args().any(|arg| arg == "tls") {
+            // Only what TLS costs, on tmpfs where the disk hides nothing:
+            // `cargo bench --bench sync -- tls`. Each transport twice, in
+            // turn, so that neither always runs on a warmer machine.
+            tls_cost_on_tmpfs(100_000).await;
+            return;
+        }
         if std::env::args().any(|arg| arg == "rounds") {
             // Only the round figures: `cargo bench --bench sync -- rounds`.
         } else {
@@ -291,6 +298,36 @@ async fn convergence_with_floors(per_replica: usize, wire_ratio: f64) {
         on_tmpfs.applied,
         on_tmpfs.time,
         on_tmpfs.time.as_secs_f64() * 1e6 / on_tmpfs.applied as f64
+    );
+}
+
+/// Convergence on tmpfs over TLS and over plaintext, each twice, in turn.
+async fn tls_cost_on_tmpfs(per_replica: usize) {
+    let shm = Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    let mut times = [Vec::new(), Vec::new()];
+    for _ in 0..2 {
+        for (i, secure_by) in [Secure::Tls, Secure::Plaintext].into_iter().enumerate() {
+            let converged = convergence(per_replica, &dir, secure_by).await;
+            println!(
+                "tls: convergence in {} over {}: {:.2?}",
+                dir.display(),
+                secure_by.name(),
+                converged.time
+            );
+            times[i].push(converged.time);
+        }
+    }
+    let best = |runs: &[Duration]| runs.iter().min().copied().unwrap_or_default();
+    let (tls, plain) = (best(&times[0]), best(&times[1]));
+    println!(
+        "tls: convergence in {}, best of 2 each: {tls:.2?} over TLS, {plain:.2?} over plaintext: TLS adds {:.1}% (goal: under 10%)",
+        dir.display(),
+        (tls.as_secs_f64() / plain.as_secs_f64() - 1.0) * 100.0
     );
 }
 
