@@ -9,7 +9,7 @@
 //! | `presence` | `presence` | liveness of arbitrary keys: batched pings, watchers, pruning |
 //! | `gensync` | `gensync` | replicates a key/value store between peers by generation vectors |
 //! | `viewreg` | `viewreg` | a client-side registry of servers, health-checked, filtered by features |
-//! | `identity` | `identity` (with `gensync`) | devices' identities, whom they trust, and TLS between them |
+//! | `identity` | `identity` (with `gensync` or `viewreg`) | devices' identities, whom they trust, and TLS between them |
 //!
 //! `full` enables every crate. `etcd` adds the etcd backend of each enabled
 //! crate that has one (building it needs `protoc`): publisher's namespace,

@@ -152,11 +152,7 @@ impl Transport {
             .connect(tls::server_name(), io)
             .await
             .map_err(TransportError::from_handshake)?;
-        let peer = tls::peer_device(stream.get_ref().1)?;
-        Ok(Secured {
-            stream: Stream::Tls(Box::new(stream.into())),
-            peer: Some(peer),
-        })
+        Secured::tls(stream.into())
     }
 
     /// Secures `io` as the side that accepted.
@@ -181,11 +177,7 @@ impl Transport {
             .accept(io)
             .await
             .map_err(TransportError::from_handshake)?;
-        let peer = tls::peer_device(stream.get_ref().1)?;
-        Ok(Secured {
-            stream: Stream::Tls(Box::new(stream.into())),
-            peer: Some(peer),
-        })
+        Secured::tls(stream.into())
     }
 }
 
@@ -249,6 +241,15 @@ enum Stream<IO> {
 }
 
 impl<IO> Secured<IO> {
+    /// An established TLS stream, naming the device its handshake proved.
+    fn tls(stream: tokio_rustls::TlsStream<IO>) -> Result<Secured<IO>, TransportError> {
+        let peer = tls::peer_device(stream.get_ref().1)?;
+        Ok(Secured {
+            stream: Stream::Tls(Box::new(stream)),
+            peer: Some(peer),
+        })
+    }
+
     fn plain(io: IO) -> Secured<IO> {
         Secured {
             stream: Stream::Plain(io),

@@ -1,4 +1,6 @@
-//! Test harness for Flotilla: real etcd servers on loopback.
+//! Test harness for Flotilla: real etcd servers on loopback, and
+//! [`anonymous_tls_client`], a TLS client that presents no certificate,
+//! for tests that a server refuses one.
 //!
 //! [`EtcdCluster`] starts one etcd process, or a three-member cluster, on
 //! free loopback ports, each member with its own temporary data directory,
@@ -43,6 +45,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions, Permission};
+use flotilla_core_types::etcd::EtcdOptions;
 use tokio::time::Instant;
 
 /// How long a member (or a cluster) may take to answer and elect a leader.
@@ -224,6 +227,60 @@ impl EtcdTls {
     }
 }
 
+/// A TLS 1.3 client that presents no certificate of its own and takes any
+/// server's: what a stranger without credentials dials with.
+pub fn anonymous_tls_client() -> tokio_rustls::TlsConnector {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let algorithms = provider.signature_verification_algorithms;
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("ring offers TLS 1.3")
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AnyServer(algorithms)))
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+/// Accepts any server certificate; checks only that the server holds its
+/// key.
+#[derive(Debug)]
+struct AnyServer(rustls::crypto::WebPkiSupportedAlgorithms);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}
+
 impl fmt::Debug for EtcdTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EtcdTls").finish_non_exhaustive()
@@ -237,6 +294,8 @@ pub struct EtcdCluster {
     initial_cluster: String,
     token: String,
     tls: Option<EtcdTls>,
+    /// Whether etcd's authentication is on.
+    auth: bool,
     /// The member certificates' files, when the cluster speaks TLS.
     tls_files: Option<TlsFiles>,
     // Dropped last: the directories outlive the processes.
@@ -313,7 +372,7 @@ impl EtcdCluster {
     /// As for [`with_tls`](Self::with_tls), and [`TestkitError::Client`]
     /// when setting up the users fails.
     pub async fn with_tls_and_auth(size: usize) -> Result<EtcdCluster, TestkitError> {
-        let cluster = EtcdCluster::with_tls(size).await?;
+        let mut cluster = EtcdCluster::with_tls(size).await?;
         let mut client = cluster.client().await?;
         client.user_add("root", ROOT_PASSWORD, None).await?;
         client.user_grant_role("root", "root").await?;
@@ -329,12 +388,42 @@ impl EtcdCluster {
             client.user_grant_role(user, role).await?;
         }
         client.auth_enable().await?;
+        cluster.auth = true;
         Ok(cluster)
     }
 
     /// The certificates of a cluster started [`with_tls`](Self::with_tls).
     pub fn tls(&self) -> Option<&EtcdTls> {
         self.tls.as_ref()
+    }
+
+    /// The options a backend connects to this cluster with: its endpoints,
+    /// and for a cluster [`with_tls`](Self::with_tls) its CA and, when
+    /// `user` is given, a client certificate for `user` and, with
+    /// authentication on, its password ([`PASSWORD`]).
+    ///
+    /// # Errors
+    ///
+    /// [`TestkitError::Certificate`] if the client certificate cannot be
+    /// made.
+    pub fn options_as(&self, user: Option<&str>) -> Result<EtcdOptions, TestkitError> {
+        let options = EtcdOptions::new(self.endpoints());
+        let Some(tls) = &self.tls else {
+            return Ok(options);
+        };
+        let options = options.with_ca_pem(tls.ca_pem());
+        Ok(match user {
+            Some(user) => {
+                let (certificate, key) = tls.client_certificate(user)?;
+                let options = options.with_client_pem(certificate, key);
+                if self.auth {
+                    options.with_user(user, PASSWORD)
+                } else {
+                    options
+                }
+            }
+            None => options,
+        })
     }
 
     async fn start_as(size: usize, tls: Option<EtcdTls>) -> Result<EtcdCluster, TestkitError> {
@@ -374,6 +463,7 @@ impl EtcdCluster {
             initial_cluster,
             token,
             tls,
+            auth: false,
             tls_files,
             _dir: dir,
         };

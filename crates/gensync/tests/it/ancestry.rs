@@ -6,9 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use flotilla_gensync::wire::Message;
-use flotilla_gensync::{
-    Conflict, ReplicaConfig, Resolution, Resolver, SyncConfig, VersionId, sync_with,
-};
+use flotilla_gensync::{Conflict, ReplicaConfig, Resolution, Resolver, VersionId};
 
 use crate::harness::Node;
 use crate::hostile::{record, scripted, vector};
@@ -57,14 +55,9 @@ async fn the_resolver_gets_the_newest_common_ancestor_whatever_the_ids() {
             ],
         )
         .await;
-        sync_with(
-            &node.replica,
-            &node.transport,
-            address,
-            &SyncConfig::default(),
-        )
-        .await
-        .expect("the first round completes");
+        node.pull_from(address)
+            .await
+            .expect("the first round completes");
         node.put("k", "ours").await;
 
         let branch = record(name, 1, 1, "k", vec![old.version]);
@@ -82,14 +75,10 @@ async fn the_resolver_gets_the_newest_common_ancestor_whatever_the_ids() {
             ],
         )
         .await;
-        let stats = sync_with(
-            &node.replica,
-            &node.transport,
-            address,
-            &SyncConfig::default(),
-        )
-        .await
-        .expect("the second round completes");
+        let stats = node
+            .pull_from(address)
+            .await
+            .expect("the second round completes");
         assert_eq!(stats.conflicts, 1, "{name}");
         let ancestors = resolver
             .ancestors
@@ -138,14 +127,7 @@ async fn a_lattice_of_criss_cross_merges_costs_a_bounded_number_of_resolutions()
             });
             let node = Node::with_config(name, config);
             let (address, _peer) = scripted("x", messages.clone()).await;
-            let stats = sync_with(
-                &node.replica,
-                &node.transport,
-                address,
-                &SyncConfig::default(),
-            )
-            .await
-            .expect("the round completes");
+            let stats = node.pull_from(address).await.expect("the round completes");
             assert_eq!(stats.conflicts, 1, "the top level conflicts");
             let calls = calls.load(Ordering::SeqCst);
             assert!(

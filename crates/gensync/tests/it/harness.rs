@@ -112,6 +112,20 @@ impl Node {
             .map(|value| String::from_utf8(value).expect("test values are text"))
     }
 
+    /// One round with the responder at `address`, this node initiating.
+    pub(crate) async fn pull_from(
+        &self,
+        address: SocketAddr,
+    ) -> Result<flotilla_gensync::RoundStats, flotilla_gensync::Error> {
+        flotilla_gensync::sync_with(
+            &self.replica,
+            &self.transport,
+            address,
+            &SyncConfig::default(),
+        )
+        .await
+    }
+
     pub(crate) async fn serve(&self) -> Responder {
         let address: SocketAddr = "127.0.0.1:0".parse().expect("an address");
         Responder::bind(
@@ -127,14 +141,9 @@ impl Node {
 
 /// Syncs `from` into `into` (one round, `into` initiating).
 pub(crate) async fn pull(into: &Node, from: &Responder) -> flotilla_gensync::RoundStats {
-    flotilla_gensync::sync_with(
-        &into.replica,
-        &into.transport,
-        from.local_addr(),
-        &SyncConfig::default(),
-    )
-    .await
-    .expect("the round completes")
+    into.pull_from(from.local_addr())
+        .await
+        .expect("the round completes")
 }
 
 pub(crate) async fn stop(responder: Responder) {

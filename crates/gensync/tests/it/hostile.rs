@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use flotilla_gensync::wire::{Connection, Message, WireError};
 use flotilla_gensync::{
     Conflict, Error, GenVector, LogRecord, MAX_KEY_LEN, MAX_VALUE_LEN, ReplicaConfig, Resolution,
-    Resolver, Secured, SyncConfig, VersionId, initiate_over, sync_with,
+    Resolver, Secured, SyncConfig, VersionId, initiate_over,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -110,14 +110,7 @@ pub(crate) async fn refused(node: &Node, address: SocketAddr) -> Error {
         node.replica.vector().expect("reads"),
         node.replica.log_len().expect("reads"),
     );
-    let error = sync_with(
-        &node.replica,
-        &node.transport,
-        address,
-        &SyncConfig::default(),
-    )
-    .await
-    .expect_err("the round fails");
+    let error = node.pull_from(address).await.expect_err("the round fails");
     let after = (
         node.replica.vector().expect("reads"),
         node.replica.log_len().expect("reads"),
@@ -355,14 +348,7 @@ async fn a_record_delivered_twice_in_a_round_is_applied_once() {
         },
     ];
     let (address, _peer) = scripted("x", messages).await;
-    let round = sync_with(
-        &node.replica,
-        &node.transport,
-        address,
-        &SyncConfig::default(),
-    )
-    .await
-    .expect("the round completes");
+    let round = node.pull_from(address).await.expect("the round completes");
     assert_eq!((round.applied, round.duplicates), (1, 1));
     assert_eq!(node.get("k").as_deref(), Some("v"));
     assert_eq!(node.replica.verify().expect("reads"), Ok(()));
@@ -392,14 +378,10 @@ async fn a_round_failing_after_several_chunks_leaves_nothing_behind() {
         vector: vector(&[("x", 1)]),
     });
     let (address, _peer) = scripted("x", messages).await;
-    let error = sync_with(
-        &node.replica,
-        &node.transport,
-        address,
-        &SyncConfig::default(),
-    )
-    .await
-    .expect_err("the orphan ends the round");
+    let error = node
+        .pull_from(address)
+        .await
+        .expect_err("the orphan ends the round");
     assert!(matches!(error, Error::MissingParent { .. }), "{error}");
     let after = (
         node.replica.vector().expect("reads"),
@@ -680,14 +662,7 @@ async fn collected_comes_once_before_the_records_or_the_round_ends() {
     // One, first, is the full-state transfer.
     let node = Node::new("me");
     let (address, _peer) = scripted("x", vec![collected(), Message::Record(first), done()]).await;
-    let stats = sync_with(
-        &node.replica,
-        &node.transport,
-        address,
-        &SyncConfig::default(),
-    )
-    .await
-    .expect("the round completes");
+    let stats = node.pull_from(address).await.expect("the round completes");
     assert_eq!(stats.applied, 1);
 }
 
@@ -778,14 +753,7 @@ async fn relayed_vectors_count_only_as_far_as_the_relay_holds() {
         },
     ];
     let (address, _peer) = scripted("x", messages).await;
-    sync_with(
-        &node.replica,
-        &node.transport,
-        address,
-        &SyncConfig::default(),
-    )
-    .await
-    .expect("the round completes");
+    node.pull_from(address).await.expect("the round completes");
     let devices = node.replica.devices().expect("reads");
     let of = |name: &str| {
         devices

@@ -162,7 +162,7 @@ async fn a_client_without_a_certificate_is_refused_before_it_is_read() {
     let stream = tokio::net::TcpStream::connect(responder.local_addr())
         .await
         .expect("connects");
-    let mut anonymous = anonymous_client()
+    let mut anonymous = flotilla_testkit::anonymous_tls_client()
         .connect(flotilla_identity::tls::server_name(), stream)
         .await
         .expect("a TLS 1.3 client's handshake ends before the server checks it");
@@ -176,57 +176,6 @@ async fn a_client_without_a_certificate_is_refused_before_it_is_read() {
     assert!(why.contains("certificate"), "{why}");
     assert_eq!(kept(&node), before);
     stop(responder).await;
-}
-
-/// A TLS 1.3 client that presents no certificate and takes any server's.
-fn anonymous_client() -> tokio_rustls::TlsConnector {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let algorithms = provider.signature_verification_algorithms;
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("TLS 1.3")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer(algorithms)))
-        .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-}
-
-#[derive(Debug)]
-struct AnyServer(rustls::crypto::WebPkiSupportedAlgorithms);
-
-impl rustls::client::danger::ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.supported_schemes()
-    }
 }
 
 #[tokio::test]

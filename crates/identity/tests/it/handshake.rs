@@ -320,57 +320,11 @@ async fn a_pin_comes_before_the_cluster_ca() -> Result<()> {
     Ok(())
 }
 
-/// A client that takes any server and presents no certificate of its own.
-#[derive(Debug)]
-struct AnyServer(rustls::crypto::WebPkiSupportedAlgorithms);
-
-impl rustls::client::danger::ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.supported_schemes()
-    }
-}
-
 #[tokio::test]
 async fn a_client_without_a_certificate_is_refused() -> Result<()> {
     let a = Identity::generate(&device("a"))?;
     let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(&a, Arc::new(Trust::new()))?));
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let algorithms = provider.signature_verification_algorithms;
-    let anonymous = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer(algorithms)))
-        .with_no_client_auth();
-    let connector = TlsConnector::from(Arc::new(anonymous));
+    let connector = flotilla_testkit::anonymous_tls_client();
     let (near, far) = tokio::io::duplex(64 * 1024);
     let serving = async move { acceptor.accept(far).await.map(|_| ()) };
     let dialling = async move {

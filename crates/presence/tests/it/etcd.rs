@@ -557,17 +557,10 @@ async fn a_lost_leader_and_a_returning_member_cause_no_false_deaths() -> Result<
 /// one whose role does not is refused when connecting, with why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_connects_over_tls_as_a_user_held_to_its_role() -> Result<()> {
-    use flotilla_core_types::etcd::{EtcdConnectError, EtcdOptions};
-    use flotilla_testkit::{OUTSIDER, PASSWORD, PREFIX, USER};
+    use flotilla_core_types::etcd::EtcdConnectError;
+    use flotilla_testkit::{OUTSIDER, PREFIX, USER};
     let cluster = EtcdCluster::with_tls_and_auth(1).await?;
-    let tls = cluster.tls().context("a TLS cluster")?;
-    let options = |user: &str| -> Result<EtcdOptions> {
-        let (certificate, key) = tls.client_certificate(user)?;
-        Ok(EtcdOptions::new(cluster.endpoints())
-            .with_ca_pem(tls.ca_pem())
-            .with_client_pem(certificate, key)
-            .with_user(user, PASSWORD))
-    };
+    let options = |user: &str| cluster.options_as(Some(user));
     let prefix = format!("{PREFIX}presence/");
     let store = EtcdStore::connect(&options(USER)?, &fast_config(), prefix.clone()).await?;
     let scope = name("secure");

@@ -1069,15 +1069,7 @@ async fn wait_mounted_returns_once_another_client_resolves_the_pair() -> Result<
 /// Options for a TLS cluster: its CA, and a client certificate for
 /// `user` unless `None`.
 fn tls_options(cluster: &EtcdCluster, user: Option<&str>) -> Result<EtcdOptions> {
-    let tls = cluster.tls().context("a TLS cluster")?;
-    let options = EtcdOptions::new(cluster.endpoints()).with_ca_pem(tls.ca_pem());
-    Ok(match user {
-        Some(user) => {
-            let (certificate, key) = tls.client_certificate(user)?;
-            options.with_client_pem(certificate, key)
-        }
-        None => options,
-    })
+    Ok(cluster.options_as(user)?)
 }
 
 /// The prefix the test users of a cluster with authentication may use
@@ -1131,6 +1123,7 @@ async fn users_are_held_to_their_roles_and_their_passwords() -> Result<()> {
     let as_user = |user: &str, password: &str| -> Result<EtcdOptions> {
         Ok(tls_options(&cluster, Some(user))?.with_user(user, password))
     };
+    // (`options_as` gives the right password; `with_user` here replaces it.)
     // The user whose role covers the prefix publishes.
     let etcd = EtcdNamespace::connect_with(
         &as_user(flotilla_testkit::USER, flotilla_testkit::PASSWORD)?,

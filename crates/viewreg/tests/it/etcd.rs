@@ -735,17 +735,10 @@ async fn a_registry_follows_published_servers_through_a_leader_kill() -> Result<
 /// without a certificate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locator_connects_over_tls_as_a_user_held_to_its_role() -> Result<()> {
-    use flotilla_core_types::etcd::{EtcdConnectError, EtcdOptions};
+    use flotilla_core_types::etcd::EtcdConnectError;
     use flotilla_testkit::{OUTSIDER, PASSWORD, PREFIX as ALLOWED, USER};
     let cluster = EtcdCluster::with_tls_and_auth(1).await?;
-    let tls = cluster.tls().context("a TLS cluster")?;
-    let options = |user: &str| -> Result<EtcdOptions> {
-        let (certificate, key) = tls.client_certificate(user)?;
-        Ok(EtcdOptions::new(cluster.endpoints())
-            .with_ca_pem(tls.ca_pem())
-            .with_client_pem(certificate, key)
-            .with_user(user, PASSWORD))
-    };
+    let options = |user: &str| cluster.options_as(Some(user));
     let prefix = format!("{ALLOWED}services/");
     let mut root = cluster.client().await?;
     put(&mut root, &format!("{prefix}a"), "10.0.0.1:80").await?;
@@ -760,9 +753,7 @@ async fn a_locator_connects_over_tls_as_a_user_held_to_its_role() -> Result<()> 
         "{:?}",
         refused.err()
     );
-    let anonymous = EtcdOptions::new(cluster.endpoints())
-        .with_ca_pem(tls.ca_pem())
-        .with_user(USER, PASSWORD);
+    let anonymous = cluster.options_as(None)?.with_user(USER, PASSWORD);
     let refused = EtcdLocator::connect(&anonymous, prefix, EndpointFrom::Value).await;
     assert!(
         matches!(&refused, Err(EtcdConnectError::Tls { .. })),
