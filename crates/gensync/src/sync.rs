@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use flotilla_core_types::{DeviceId, Endpoint, ReportFuture, TaskWorker, delegate_worker};
-use flotilla_identity::{Secured, Transport};
+use flotilla_identity::{Secured, Transport, TransportError};
 use futures_util::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -53,6 +53,15 @@ pub struct SyncConfig {
     /// How many log records a responder reads at a time while streaming.
     /// Default: 512.
     pub batch_records: usize,
+    /// How long a [`Responder`] gives a connection to complete its TLS
+    /// handshake: a peer that connects and says nothing is dropped then,
+    /// long before the round's timeout. Default: 10 s.
+    pub handshake_timeout: Duration,
+    /// The most connections a [`Responder`] serves at once. One beyond is
+    /// closed as soon as it is accepted, so that a flood of connections
+    /// (which anyone who reaches the port can open, trusted or not) costs
+    /// no more than this many tasks. Default: 64.
+    pub max_connections: usize,
 }
 
 impl Default for SyncConfig {
@@ -62,6 +71,8 @@ impl Default for SyncConfig {
             jitter: 0.2,
             round_timeout: Duration::from_secs(60),
             batch_records: 512,
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 64,
         }
     }
 }
@@ -452,11 +463,17 @@ where
 /// connected already from another IP address: it is refused with a
 /// [`Message::Abort`] saying why, and nothing it sent is used.
 ///
+/// A connection must complete its handshake within
+/// [`SyncConfig::handshake_timeout`], and at most
+/// [`SyncConfig::max_connections`] are served at once; one beyond is
+/// closed at once.
+///
 /// Its [`report`](crate::Worker::report) is a JSON object: `state` (as a
 /// [`TaskWorker`]'s), `local_addr`, `rounds_served` and `rounds_failed`
 /// (timeouts and refused peers included), `last_failure` (why the last
-/// failed round failed, or null), and `connected_peers` (the device ids
-/// connected now, in order).
+/// failed round failed, or null), `connections_refused` (closed at once,
+/// over the limit), and `connected_peers` (the device ids connected now,
+/// in order).
 pub struct Responder {
     worker: TaskWorker,
     local_addr: SocketAddr,
@@ -469,6 +486,7 @@ pub struct Responder {
 struct ServedCounts {
     served: AtomicU64,
     failed: AtomicU64,
+    refused: AtomicU64,
     last_failure: Mutex<Option<String>>,
 }
 
@@ -571,6 +589,7 @@ impl Responder {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
+            "connections_refused": self.counts.refused.load(Ordering::Relaxed),
             "connected_peers": connected,
         });
         Some(Box::pin(async move { report }))
@@ -610,6 +629,7 @@ async fn accept_loop(
         counts,
         connected,
     } = served;
+    let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => break,
@@ -624,6 +644,11 @@ async fn accept_loop(
                 continue;
             }
         };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            counts.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%address, "connection refused: too many open");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let (replica, transport, config, connected, counts, stop) = (
             replica.clone(),
@@ -635,6 +660,7 @@ async fn accept_loop(
         );
         tracker.spawn(
             async move {
+                let _slot = slot;
                 let served = tokio::select! {
                     () = stop.cancelled() => return,
                     served = tokio::time::timeout(
@@ -704,13 +730,25 @@ async fn serve(
     config: &SyncConfig,
     connected: &Connected,
 ) -> Result<u64, Error> {
-    let secured = transport
-        .accept(stream)
-        .await
-        .map_err(|source| Error::Handshake {
+    let handshake = tokio::time::timeout(config.handshake_timeout, transport.accept(stream));
+    let secured = match handshake.await {
+        Ok(secured) => secured.map_err(|source| Error::Handshake {
             peer: Some(address),
             source: Arc::new(source),
-        })?;
+        })?,
+        Err(_) => {
+            return Err(Error::Handshake {
+                peer: Some(address),
+                source: Arc::new(TransportError::Handshake(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "not completed within {} ms",
+                        config.handshake_timeout.as_millis()
+                    ),
+                ))),
+            });
+        }
+    };
     let certified = secured.peer().cloned();
     let mut connection = Connection::new(secured);
     let peer = expect_hello(&mut connection).await?;

@@ -347,3 +347,42 @@ async fn devices_trusted_by_pinned_keys_sync_and_others_are_unknown() {
     );
     stop(serve_a).await;
 }
+
+/// Anyone who reaches the port can open connections: one that says
+/// nothing is dropped when its handshake time is up, and connections
+/// beyond the limit are closed at once, so neither holds the responder.
+#[tokio::test]
+async fn silent_and_surplus_connections_do_not_hold_the_responder() {
+    let node = Node::new("me");
+    node.put("mine", "v").await;
+    let mut config = SyncConfig::default();
+    // Long enough that the surplus connection surely comes while the
+    // silent one holds the slot.
+    config.handshake_timeout = Duration::from_secs(2);
+    config.max_connections = 1;
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("an address");
+    let responder = Responder::bind(node.replica.clone(), node.transport.clone(), any, config)
+        .await
+        .expect("binds");
+    let address = responder.local_addr();
+    // Holds the only slot, and never starts a handshake.
+    let silent = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connects");
+    let mut surplus = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connects");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), surplus.read_to_end(&mut rest))
+        .await
+        .expect("the surplus connection is closed");
+    assert!(closed.is_err() || rest.is_empty(), "{closed:?} {rest:?}");
+    let report = failures(&responder, 1).await;
+    let why = report["last_failure"].as_str().expect("a failure");
+    assert!(why.contains("not completed within 2000 ms"), "{why}");
+    assert_eq!(report["connections_refused"], 1);
+    // The slot is free again.
+    assert_eq!(pull(&Node::new("friend"), &responder).await.applied, 1);
+    drop(silent);
+    stop(responder).await;
+}
