@@ -36,7 +36,9 @@ use tracing::Instrument;
 use crate::Error;
 use crate::replay::{Item, Moved, QUEUE_BYTES, Queued, RoundStats, apply_round, queue_share};
 use crate::replica::{Change, Origin, Replica, blocking, joined, start_blocking};
-use crate::wire::{Connection, KnownPeer, MAX_FRAME_LEN, MAX_KNOWN_PER_MESSAGE, Message};
+use crate::wire::{
+    Connection, KnownPeer, MAX_FRAME_LEN, MAX_KNOWN_PER_MESSAGE, Message, WireError,
+};
 
 /// How sync rounds are paced and bounded. Start from [`Default`].
 #[derive(Debug, Clone)]
@@ -55,12 +57,20 @@ pub struct SyncConfig {
     pub batch_records: usize,
     /// How long a [`Responder`] gives a connection to complete its TLS
     /// handshake: a peer that connects and says nothing is dropped then,
-    /// long before the round's timeout. Default: 10 s.
+    /// long before the round's timeout. Default: 5 s.
     pub handshake_timeout: Duration,
-    /// The most connections a [`Responder`] serves at once. One beyond is
-    /// closed as soon as it is accepted, so that a flood of connections
-    /// (which anyone who reaches the port can open, trusted or not) costs
-    /// no more than this many tasks. Default: 64.
+    /// The most connections a [`Responder`] lets wait in their handshake
+    /// at once (default 64), and the most of them from one IP address
+    /// (default 8). One beyond is closed as soon as it is accepted. Anyone
+    /// who reaches the port can open such connections; these limits keep
+    /// them from taking more than this many tasks, and keep strangers at
+    /// one address from crowding out peers at others.
+    pub max_handshakes: usize,
+    /// See [`max_handshakes`](Self::max_handshakes).
+    pub max_handshakes_per_address: usize,
+    /// The most rounds a [`Responder`] serves at once, to peers that
+    /// proved who they are (default 64); a peer beyond is closed once its
+    /// handshake is done.
     pub max_connections: usize,
 }
 
@@ -71,7 +81,9 @@ impl Default for SyncConfig {
             jitter: 0.2,
             round_timeout: Duration::from_secs(60),
             batch_records: 512,
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
+            max_handshakes: 64,
+            max_handshakes_per_address: 8,
             max_connections: 64,
         }
     }
@@ -107,7 +119,7 @@ pub async fn sync_with(
                 peer,
                 source: Arc::new(source),
             })?;
-        initiate(replica, dial(transport, stream, peer).await?).await
+        initiate(replica, dial(transport, stream, peer).await?, Some(peer)).await
     };
     match tokio::time::timeout(config.round_timeout, round).await {
         Ok(result) => result,
@@ -138,7 +150,12 @@ pub async fn sync_with_endpoint(
     check_transport(replica, transport)?;
     let round = async {
         let (stream, address) = connect_endpoint(endpoint).await?;
-        initiate(replica, dial(transport, stream, address).await?).await
+        initiate(
+            replica,
+            dial(transport, stream, address).await?,
+            Some(address),
+        )
+        .await
     };
     match tokio::time::timeout(config.round_timeout, round).await {
         Ok(result) => result,
@@ -233,12 +250,15 @@ pub async fn initiate_over<T: AsyncRead + AsyncWrite + Unpin>(
     replica: &Replica,
     io: Secured<T>,
 ) -> Result<RoundStats, Error> {
-    initiate(replica, io).await
+    initiate(replica, io, None).await
 }
 
+/// The initiator's round over `io`, to the responder at `address` if
+/// known.
 async fn initiate<T: AsyncRead + AsyncWrite + Unpin>(
     replica: &Replica,
     io: Secured<T>,
+    address: Option<SocketAddr>,
 ) -> Result<RoundStats, Error> {
     let certified = io.peer().cloned();
     let mut connection = Connection::new(io);
@@ -248,7 +268,23 @@ async fn initiate<T: AsyncRead + AsyncWrite + Unpin>(
             device: ours.clone(),
         })
         .await?;
-    let peer = expect_hello(&mut connection).await?;
+    let peer = match expect_hello(&mut connection).await {
+        // In TLS 1.3 a responder that does not trust us says so only now,
+        // with an alert on our first read.
+        Err(Error::Wire(wire)) => match &*wire {
+            WireError::Io(io) if flotilla_identity::tls::refused_by_peer(io) => {
+                return Err(Error::Handshake {
+                    peer: address,
+                    source: Arc::new(TransportError::Handshake(std::io::Error::new(
+                        io.kind(),
+                        format!("the peer refused this side: {io}"),
+                    ))),
+                });
+            }
+            _ => return Err(Error::Wire(wire)),
+        },
+        hello => hello?,
+    };
     check_not_ours(&peer, &ours)?;
     check_certified(&peer, certified.as_ref())?;
     // The round's gate is held from before the request goes out, so a
@@ -464,16 +500,17 @@ where
 /// [`Message::Abort`] saying why, and nothing it sent is used.
 ///
 /// A connection must complete its handshake within
-/// [`SyncConfig::handshake_timeout`], and at most
-/// [`SyncConfig::max_connections`] are served at once; one beyond is
-/// closed at once.
+/// [`SyncConfig::handshake_timeout`]; the limits on connections waiting in
+/// their handshake and on rounds served at once are in [`SyncConfig`].
 ///
 /// Its [`report`](crate::Worker::report) is a JSON object: `state` (as a
 /// [`TaskWorker`]'s), `local_addr`, `rounds_served` and `rounds_failed`
-/// (timeouts and refused peers included), `last_failure` (why the last
-/// failed round failed, or null), `connections_refused` (closed at once,
-/// over the limit), and `connected_peers` (the device ids connected now,
-/// in order).
+/// (of peers that proved who they are), `last_failure` (why the last
+/// failed round failed, or null), `handshakes_failed` and
+/// `last_handshake_failure` (connections that did not prove themselves:
+/// untrusted, silent, not TLS), `connections_refused` (closed at once,
+/// over a limit), and `connected_peers` (the device ids connected now, in
+/// order).
 pub struct Responder {
     worker: TaskWorker,
     local_addr: SocketAddr,
@@ -488,6 +525,8 @@ struct ServedCounts {
     failed: AtomicU64,
     refused: AtomicU64,
     last_failure: Mutex<Option<String>>,
+    handshakes_failed: AtomicU64,
+    last_handshake_failure: Mutex<Option<String>>,
 }
 
 impl ServedCounts {
@@ -495,6 +534,14 @@ impl ServedCounts {
         self.failed.fetch_add(1, Ordering::Relaxed);
         *self
             .last_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(why);
+    }
+
+    fn handshake_failed(&self, why: String) {
+        self.handshakes_failed.fetch_add(1, Ordering::Relaxed);
+        *self
+            .last_handshake_failure
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(why);
     }
@@ -589,6 +636,13 @@ impl Responder {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
+            "handshakes_failed": self.counts.handshakes_failed.load(Ordering::Relaxed),
+            "last_handshake_failure": self
+                .counts
+                .last_handshake_failure
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
             "connections_refused": self.counts.refused.load(Ordering::Relaxed),
             "connected_peers": connected,
         });
@@ -629,6 +683,10 @@ async fn accept_loop(
         counts,
         connected,
     } = served;
+    let pending = flotilla_identity::PendingHandshakes::new(
+        config.max_handshakes,
+        config.max_handshakes_per_address,
+    );
     let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
     loop {
         let accepted = tokio::select! {
@@ -644,28 +702,47 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+        let Some(place) = pending.try_start(address.ip()) else {
             counts.refused.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%address, "connection refused: too many open");
+            tracing::debug!(%address, "connection refused: too many handshakes under way");
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (replica, transport, config, connected, counts, stop) = (
+        let (replica, transport, config, connected, counts, stop, slots) = (
             replica.clone(),
             transport.clone(),
             config.clone(),
             Arc::clone(&connected),
             Arc::clone(&counts),
             stop.clone(),
+            Arc::clone(&slots),
         );
         tracker.spawn(
             async move {
-                let _slot = slot;
+                let secured = tokio::select! {
+                    () = stop.cancelled() => return,
+                    secured = secure_accepted(&transport, stream, address, config.handshake_timeout) => secured,
+                };
+                drop(place);
+                let secured = match secured {
+                    Ok(secured) => secured,
+                    Err(error) => {
+                        // Strangers can make many of these: not a warning.
+                        tracing::debug!(%address, %error, "handshake failed");
+                        counts.handshake_failed(error.to_string());
+                        return;
+                    }
+                };
+                let Ok(_slot) = slots.try_acquire_owned() else {
+                    counts.refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%address, "connection refused: too many rounds under way");
+                    return;
+                };
                 let served = tokio::select! {
                     () = stop.cancelled() => return,
                     served = tokio::time::timeout(
                         config.round_timeout,
-                        serve(&replica, &transport, stream, address, &config, &connected),
+                        serve(&replica, secured, address, &config, &connected),
                     ) => served,
                 };
                 match served {
@@ -724,31 +801,11 @@ pub async fn respond_over<T: AsyncRead + AsyncWrite + Unpin>(
 /// Serves one round for a [`Responder`]; returns how many records it sent.
 async fn serve(
     replica: &Replica,
-    transport: &Transport,
-    stream: TcpStream,
+    secured: Secured<TcpStream>,
     address: SocketAddr,
     config: &SyncConfig,
     connected: &Connected,
 ) -> Result<u64, Error> {
-    let handshake = tokio::time::timeout(config.handshake_timeout, transport.accept(stream));
-    let secured = match handshake.await {
-        Ok(secured) => secured.map_err(|source| Error::Handshake {
-            peer: Some(address),
-            source: Arc::new(source),
-        })?,
-        Err(_) => {
-            return Err(Error::Handshake {
-                peer: Some(address),
-                source: Arc::new(TransportError::Handshake(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!(
-                        "not completed within {} ms",
-                        config.handshake_timeout.as_millis()
-                    ),
-                ))),
-            });
-        }
-    };
     let certified = secured.peer().cloned();
     let mut connection = Connection::new(secured);
     let peer = expect_hello(&mut connection).await?;
@@ -761,6 +818,33 @@ async fn serve(
         Err(error) => return refuse(&mut connection, error).await,
     };
     respond(replica, connection, config, peer).await
+}
+
+/// Secures a connection a [`Responder`] accepted, within the handshake's
+/// time.
+async fn secure_accepted(
+    transport: &Transport,
+    stream: TcpStream,
+    address: SocketAddr,
+    timeout: Duration,
+) -> Result<Secured<TcpStream>, Error> {
+    let handshake = tokio::time::timeout(timeout, transport.accept(stream));
+    let secured = match handshake.await {
+        Ok(secured) => secured.map_err(|source| Error::Handshake {
+            peer: Some(address),
+            source: Arc::new(source),
+        })?,
+        Err(_) => {
+            return Err(Error::Handshake {
+                peer: Some(address),
+                source: Arc::new(TransportError::Handshake(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("not completed within {} ms", timeout.as_millis()),
+                ))),
+            });
+        }
+    };
+    Ok(secured)
 }
 
 /// Tells the peer why it is refused, and fails with that.

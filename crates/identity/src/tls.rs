@@ -126,15 +126,32 @@ pub fn peer_device(connection: &rustls::CommonState) -> Result<DeviceId, TrustEr
 /// tokio-rustls wraps it in. `None` for any other failure (including the
 /// peer refusing us: that arrives as a TLS alert, without its reason).
 pub fn refusal<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a TrustError> {
-    if let Some(io) = error.downcast_ref::<std::io::Error>() {
-        return io.get_ref().and_then(|inner| refusal(inner));
-    }
-    match error.downcast_ref::<rustls::Error>()? {
+    /// rustls refuses a client that sends no certificate before any
+    /// verifier is asked; it is refused for that all the same.
+    static NO_CERTIFICATE: TrustError = TrustError::NoCertificate;
+    match rustls_error(error)? {
         rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
             other.0.downcast_ref::<TrustError>()
         }
+        rustls::Error::NoCertificatesPresented => Some(&NO_CERTIFICATE),
         _ => None,
     }
+}
+
+/// Whether `error` is the peer refusing this side: a TLS alert it sent
+/// (in TLS 1.3 a client learns of a server's refusal that way, on its
+/// first read after a handshake that seemed to succeed).
+pub fn refused_by_peer(error: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(rustls_error(error), Some(rustls::Error::AlertReceived(_)))
+}
+
+/// The rustls error in `error`, itself or inside the I/O error that
+/// tokio-rustls wraps it in.
+fn rustls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(io) = error.downcast_ref::<std::io::Error>() {
+        return io.get_ref().and_then(|inner| rustls_error(inner));
+    }
+    error.downcast_ref::<rustls::Error>()
 }
 
 /// The cipher suites, key exchanges and signature checks the

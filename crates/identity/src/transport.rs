@@ -111,7 +111,8 @@ impl Transport {
     }
 
     /// Secures `io` as the side that dialled. With `expected`, the peer
-    /// must be that device, not just any trusted one.
+    /// must be that device, not just any trusted one (and over plaintext,
+    /// where that cannot be checked, the call fails).
     ///
     /// # Errors
     ///
@@ -133,9 +134,14 @@ impl Transport {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let tls = match &self.kind {
-            Kind::Tls(tls) => tls,
-            Kind::InsecurePlaintext => return Ok(Secured::plain(io)),
+        let tls = match (&self.kind, expected) {
+            (Kind::Tls(tls), _) => tls,
+            (Kind::InsecurePlaintext, None) => return Ok(Secured::plain(io)),
+            (Kind::InsecurePlaintext, Some(expected)) => {
+                return Err(TransportError::Unverifiable {
+                    expected: expected.clone(),
+                });
+            }
         };
         let connector = match expected {
             None => tls.connector.clone(),
@@ -209,6 +215,13 @@ pub enum TransportError {
     /// A configuration for this connection could not be made.
     #[error(transparent)]
     Config(#[from] TlsConfigError),
+    /// A particular device was asked for over
+    /// [`Transport::insecure_plaintext`], where no peer proves who it is.
+    #[error("cannot check that the peer is {expected}: the transport is plaintext")]
+    Unverifiable {
+        /// The device asked for.
+        expected: DeviceId,
+    },
 }
 
 impl TransportError {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
 
-use super::{is_connect_failure, prefix_end, retry_connect_failures};
+use super::{prefix_end, retry_connect_failures};
 
 /// How long connecting to a member may take before it counts as down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -226,8 +226,11 @@ impl EtcdOptions {
     /// A client of the cluster, checked: it can reach a member, TLS and
     /// authentication succeed, and the user may use `prefix` for `access`
     /// (a read of the prefix's keys, counted only, and for
-    /// [`Access::ReadWrite`] a transaction that would write a key under it
-    /// but whose condition never holds, so that nothing is written).
+    /// [`Access::ReadWrite`] a transaction that would write the key
+    /// `prefix` itself but whose condition never holds, so that nothing is
+    /// written). Write permission is checked on that one key: a role that
+    /// may write some keys of the range but not that one is refused, and
+    /// one that may write only that key passes.
     ///
     /// # Errors
     ///
@@ -239,20 +242,55 @@ impl EtcdOptions {
                 reason: String::from("no endpoints"),
             });
         }
+        if prefix.is_empty() {
+            return Err(EtcdConnectError::InvalidOptions {
+                reason: String::from("an empty prefix (a backend keeps its keys under one)"),
+            });
+        }
         let tls = self.ca_pem.is_some() || self.client_pem.is_some();
-        let client = Client::connect(self.endpoints.clone(), Some(self.connect_options()))
-            .await
-            .map_err(|error| classify(&error, prefix, access, tls))?;
-        let checked = tokio::time::timeout(CHECK_TIMEOUT, check_access(&client, prefix, access))
-            .await
-            .map_err(|_| EtcdConnectError::Unreachable {
-                reason: format!(
+        match self.connect_once(prefix, access).await {
+            Ok(client) => Ok(client),
+            // Over TLS, a member that refuses the client's certificate
+            // closes the connection once the client's handshake is done
+            // (TLS 1.3): the client sees its request cancelled, as it
+            // would if the member had just gone away. A second try on a
+            // fresh connection tells them apart: a member gone refuses
+            // the connection then, a refusing one closes it again.
+            Err(error) if tls && closed_after_connecting(&error) => {
+                match self.connect_once(prefix, access).await {
+                    Ok(client) => Ok(client),
+                    Err(again) if closed_after_connecting(&again) => Err(EtcdConnectError::Tls {
+                        reason: format!(
+                            "twice in a row, the member closed the connection right after the \
+                             TLS handshake, as one does that refuses the client's certificate \
+                             (or its lack of one): {}",
+                            chain(&again)
+                        ),
+                    }),
+                    Err(again) => Err(classify(&again, prefix, access)),
+                }
+            }
+            Err(error) => Err(classify(&error, prefix, access)),
+        }
+    }
+
+    /// One client and one access check, or the error either ended with
+    /// (the check's time bounded).
+    async fn connect_once(
+        &self,
+        prefix: &[u8],
+        access: Access,
+    ) -> Result<Client, etcd_client::Error> {
+        let client = Client::connect(self.endpoints.clone(), Some(self.connect_options())).await?;
+        match tokio::time::timeout(CHECK_TIMEOUT, check_access(&client, prefix, access)).await {
+            Ok(checked) => checked.map(|()| client),
+            Err(_) => Err(etcd_client::Error::GRpcStatus(
+                tonic::Status::deadline_exceeded(format!(
                     "the access check did not answer within {} s",
                     CHECK_TIMEOUT.as_secs()
-                ),
-            })?;
-        checked.map_err(|error| classify(&error, prefix, access, tls))?;
-        Ok(client)
+                )),
+            )),
+        }
     }
 }
 
@@ -302,14 +340,31 @@ async fn check_access(
     Ok(())
 }
 
-/// Sorts an error of connecting or of the access check, made over TLS
-/// when `tls`.
-fn classify(
-    error: &etcd_client::Error,
-    prefix: &[u8],
-    access: Access,
-    tls: bool,
-) -> EtcdConnectError {
+/// Whether `error` is a connection closed under a request once it was
+/// made (not a connection refused, not a timeout).
+fn closed_after_connecting(error: &etcd_client::Error) -> bool {
+    let lower = chain(error).to_lowercase();
+    // tonic reports a connection that broke under a request as cancelled,
+    // unknown or unavailable, by what broke first.
+    let broke = matches!(error, etcd_client::Error::GRpcStatus(status)
+        if matches!(status.code(), tonic::Code::Cancelled | tonic::Code::Unknown | tonic::Code::Unavailable))
+        || matches!(error, etcd_client::Error::TransportError(_));
+    broke
+        && !lower.contains("timeout")
+        && !lower.contains("tcp connect")
+        && [
+            "connection closed",
+            "broken pipe",
+            "reset",
+            "canceled",
+            "cancelled",
+        ]
+        .iter()
+        .any(|word| lower.contains(word))
+}
+
+/// Sorts an error of connecting or of the access check.
+fn classify(error: &etcd_client::Error, prefix: &[u8], access: Access) -> EtcdConnectError {
     let reason = chain(error);
     let lower = reason.to_lowercase();
     if let etcd_client::Error::GRpcStatus(status) = error {
@@ -330,26 +385,18 @@ fn classify(
             _ => {}
         }
     }
-    if ["certificate", "tls", "handshake", "alert"]
-        .iter()
-        .any(|word| lower.contains(word))
+    // rustls's own words for what failed: a certificate it could not
+    // verify, an alert from the member.
+    if [
+        "invalid peer certificate",
+        "certificate",
+        "received fatal alert",
+        "handshake",
+    ]
+    .iter()
+    .any(|word| lower.contains(word))
     {
         return EtcdConnectError::Tls { reason };
-    }
-    // In TLS 1.3 the client's handshake ends before the server has checked
-    // the client's certificate: a server that refuses it just closes the
-    // connection, which the client then sees as its first request
-    // cancelled. A member that is down refuses the TCP connection instead.
-    let closed = ["connection closed", "cancel", "broken pipe", "reset"]
-        .iter()
-        .any(|word| lower.contains(word));
-    if tls && closed && !is_connect_failure(error) {
-        return EtcdConnectError::Tls {
-            reason: format!(
-                "the member closed the connection after the TLS handshake, as one does that \
-                 refuses the client's certificate (or its lack of one): {reason}"
-            ),
-        };
     }
     match error {
         etcd_client::Error::InvalidArgs(_) | etcd_client::Error::InvalidUri(_) => {
@@ -398,7 +445,7 @@ mod tests {
     fn errors_are_sorted_by_what_failed() {
         let status =
             |code, message: &str| etcd_client::Error::GRpcStatus(tonic::Status::new(code, message));
-        let sorted = |error| classify(&error, b"p/", Access::Read, true);
+        let sorted = |error| classify(&error, b"p/", Access::Read);
         assert!(matches!(
             sorted(status(tonic::Code::PermissionDenied, "etcdserver: permission denied")),
             EtcdConnectError::PermissionDenied { prefix, access: Access::Read, .. } if prefix == "p/"
@@ -413,17 +460,56 @@ mod tests {
         assert!(matches!(
             sorted(status(
                 tonic::Code::Unavailable,
-                "error trying to connect: tls handshake eof"
+                "error trying to connect: invalid peer certificate: UnknownIssuer"
             )),
             EtcdConnectError::Tls { .. }
         ));
-        assert!(matches!(
-            sorted(status(
+        for down in [
+            status(
                 tonic::Code::Unavailable,
-                "tcp connect error: Connection refused"
-            )),
-            EtcdConnectError::Unreachable { .. }
-        ));
+                "tcp connect error: Connection refused",
+            ),
+            status(tonic::Code::Cancelled, "Timeout expired"),
+            status(
+                tonic::Code::Cancelled,
+                "operation was canceled: connection closed",
+            ),
+            status(
+                tonic::Code::DeadlineExceeded,
+                "the access check did not answer",
+            ),
+        ] {
+            assert!(
+                matches!(sorted(down), EtcdConnectError::Unreachable { .. }),
+                "a member down or slow is unreachable"
+            );
+        }
+    }
+
+    #[test]
+    fn only_a_connection_closed_under_a_request_is_worth_a_second_look() {
+        let status =
+            |code, message: &str| etcd_client::Error::GRpcStatus(tonic::Status::new(code, message));
+        assert!(closed_after_connecting(&status(
+            tonic::Code::Cancelled,
+            "operation was canceled: connection closed"
+        )));
+        assert!(!closed_after_connecting(&status(
+            tonic::Code::Cancelled,
+            "Timeout expired"
+        )));
+        assert!(!closed_after_connecting(&status(
+            tonic::Code::Unavailable,
+            "tcp connect error: Connection refused"
+        )));
+        assert!(!closed_after_connecting(&status(
+            tonic::Code::PermissionDenied,
+            "connection closed"
+        )));
+        assert!(closed_after_connecting(&status(
+            tonic::Code::Unknown,
+            "transport error: stream closed because of a broken pipe"
+        )));
     }
 
     #[test]
@@ -445,6 +531,11 @@ mod tests {
         assert!(matches!(
             none.connect(b"p/", Access::Read).await,
             Err(EtcdConnectError::InvalidOptions { .. })
+        ));
+        let some = EtcdOptions::new(["http://127.0.0.1:1"]);
+        assert!(matches!(
+            some.connect(b"", Access::ReadWrite).await,
+            Err(EtcdConnectError::InvalidOptions { reason }) if reason.contains("empty prefix")
         ));
         let missing = EtcdOptions::new(["https://127.0.0.1:1"])
             .with_tls_files(Path::new("/nonexistent/ca.pem"), None);

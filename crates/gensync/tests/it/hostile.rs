@@ -278,6 +278,19 @@ async fn the_responder_refuses_its_own_id_and_survives_garbage() {
         .write_all(&[0, 0, 0, 3, 1, 0xff, 0xff])
         .await
         .expect("writes");
+    // The same garbage from a device that proved who it is.
+    let stream = TcpStream::connect(responder.local_addr())
+        .await
+        .expect("connects");
+    let mut inside = transport("garbler")
+        .connect(stream, None)
+        .await
+        .expect("a trusted responder");
+    inside
+        .write_all(&[0, 0, 0, 3, 1, 0xff, 0xff])
+        .await
+        .expect("writes");
+    inside.flush().await.expect("flushes");
     // A device of the cluster with a certificate of its own for "me".
     let mut impostor = dial_as("me", responder.local_addr()).await;
     impostor

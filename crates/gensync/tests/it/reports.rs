@@ -78,6 +78,8 @@ async fn a_responder_reports_its_address_rounds_served_and_connected_peers() {
     assert_eq!(report["rounds_served"], 1);
     assert_eq!(report["rounds_failed"], 0);
     assert_eq!(report["last_failure"], json!(null));
+    assert_eq!(report["handshakes_failed"], 0);
+    assert_eq!(report["connections_refused"], 0);
     assert_eq!(report["connected_peers"], json!(["c"]));
     drop(peer);
     stop(serve_a).await;

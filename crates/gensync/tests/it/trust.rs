@@ -125,11 +125,16 @@ async fn an_untrusted_initiator_is_refused_and_not_even_heard_of() {
         )
         .await
         .expect_err("refused");
-        // The stranger learns only that the connection failed.
-        assert_eq!(error.refusal(), None, "{which}: {error:?}");
+        // The stranger learns that it was refused, not why.
+        assert!(
+            matches!(&error, Error::Handshake { source, .. } if source.refusal().is_none()),
+            "{which}: {error:?}"
+        );
         assert_eq!(stranger.get("mine"), None, "{which}: nothing is sent");
-        let report = failures(&responder, round + 1).await;
-        let why = report["last_failure"].as_str().expect("a failure");
+        let report = handshake_failures(&responder, round + 1).await;
+        let why = report["last_handshake_failure"]
+            .as_str()
+            .expect("a failure");
         assert!(
             why.contains("stranger") && why.contains("not valid under a trusted cluster CA"),
             "{which}: {why}"
@@ -142,10 +147,19 @@ async fn an_untrusted_initiator_is_refused_and_not_even_heard_of() {
 
 /// The responder's report once it has counted `failed` failed rounds.
 async fn failures(responder: &Responder, failed: usize) -> serde_json::Value {
+    report_when(responder, "rounds_failed", failed).await
+}
+
+/// The responder's report once it has counted `failed` failed handshakes.
+async fn handshake_failures(responder: &Responder, failed: usize) -> serde_json::Value {
+    report_when(responder, "handshakes_failed", failed).await
+}
+
+async fn report_when(responder: &Responder, field: &str, count: usize) -> serde_json::Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let report = responder.report().expect("reports").await;
-        if report["rounds_failed"] == failed {
+        if report[field] == count {
             return report;
         }
         assert!(tokio::time::Instant::now() < deadline, "{report}");
@@ -171,9 +185,11 @@ async fn a_client_without_a_certificate_is_refused_before_it_is_read() {
     let mut answer = Vec::new();
     let read = anonymous.read_to_end(&mut answer).await;
     assert!(read.is_err() || answer.is_empty(), "sent {answer:?}");
-    let report = failures(&responder, 1).await;
-    let why = report["last_failure"].as_str().expect("a failure");
-    assert!(why.contains("certificate"), "{why}");
+    let report = handshake_failures(&responder, 1).await;
+    let why = report["last_handshake_failure"]
+        .as_str()
+        .expect("a failure");
+    assert!(why.contains("the peer presented no certificate"), "{why}");
     assert_eq!(kept(&node), before);
     stop(responder).await;
 }
@@ -257,8 +273,10 @@ async fn plaintext_and_tls_do_not_speak_to_each_other() {
         !matches!(error, Error::Handshake { .. }),
         "it has no handshake: {error:?}"
     );
-    let report = failures(&responder, 1).await;
-    let why = report["last_failure"].as_str().expect("a failure");
+    let report = handshake_failures(&responder, 1).await;
+    let why = report["last_handshake_failure"]
+        .as_str()
+        .expect("a failure");
     assert!(why.contains("TLS handshake failed"), "{why}");
     assert_eq!(kept(&node), before);
     assert_eq!(plain.get("mine"), None);
@@ -338,9 +356,14 @@ async fn devices_trusted_by_pinned_keys_sync_and_others_are_unknown() {
     outsider.transport =
         Transport::tls(&identity("c"), Arc::new(Trust::of([&a_key]))).expect("a configuration");
     let error = refused(&outsider, serve_a.local_addr()).await;
-    assert_eq!(error.refusal(), None, "refused by a: {error:?}");
-    let report = failures(&serve_a, 1).await;
-    let why = report["last_failure"].as_str().expect("a failure");
+    assert!(
+        matches!(&error, Error::Handshake { source, .. } if source.refusal().is_none()),
+        "refused by a: {error:?}"
+    );
+    let report = handshake_failures(&serve_a, 1).await;
+    let why = report["last_handshake_failure"]
+        .as_str()
+        .expect("a failure");
     assert!(
         why.contains("c (key") && why.contains("not a trusted device"),
         "{why}"
@@ -359,7 +382,7 @@ async fn silent_and_surplus_connections_do_not_hold_the_responder() {
     // Long enough that the surplus connection surely comes while the
     // silent one holds the slot.
     config.handshake_timeout = Duration::from_secs(2);
-    config.max_connections = 1;
+    config.max_handshakes = 1;
     let any: SocketAddr = "127.0.0.1:0".parse().expect("an address");
     let responder = Responder::bind(node.replica.clone(), node.transport.clone(), any, config)
         .await
@@ -377,12 +400,59 @@ async fn silent_and_surplus_connections_do_not_hold_the_responder() {
         .await
         .expect("the surplus connection is closed");
     assert!(closed.is_err() || rest.is_empty(), "{closed:?} {rest:?}");
-    let report = failures(&responder, 1).await;
-    let why = report["last_failure"].as_str().expect("a failure");
+    let report = handshake_failures(&responder, 1).await;
+    let why = report["last_handshake_failure"]
+        .as_str()
+        .expect("a failure");
     assert!(why.contains("not completed within 2000 ms"), "{why}");
     assert_eq!(report["connections_refused"], 1);
     // The slot is free again.
     assert_eq!(pull(&Node::new("friend"), &responder).await.applied, 1);
     drop(silent);
+    stop(responder).await;
+}
+
+/// Strangers at one address cannot take the places peers at others need
+/// to prove themselves.
+#[tokio::test]
+async fn handshakes_from_one_address_are_limited_apart() {
+    let node = Node::new("me");
+    node.put("mine", "v").await;
+    let mut config = SyncConfig::default();
+    config.max_handshakes_per_address = 1;
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("an address");
+    let responder = Responder::bind(node.replica.clone(), node.transport.clone(), any, config)
+        .await
+        .expect("binds");
+    let address = responder.local_addr();
+    // 127.0.0.1 holds its one place with a silent connection.
+    let _silent = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connects");
+    let mut surplus = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connects");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), surplus.read_to_end(&mut rest))
+        .await
+        .expect("closed at once");
+    assert!(closed.is_err() || rest.is_empty());
+    report_when(&responder, "connections_refused", 1).await;
+    // A peer from another loopback address is served meanwhile.
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind("127.0.0.2:0".parse().expect("an address"))
+        .expect("binds 127.0.0.2");
+    let stream = socket.connect(address).await.expect("connects");
+    let friend = Node::new("friend");
+    let secured = friend
+        .transport
+        .connect(stream, None)
+        .await
+        .expect("a trusted responder");
+    let stats = flotilla_gensync::initiate_over(&friend.replica, secured)
+        .await
+        .expect("served");
+    assert_eq!(stats.applied, 1);
     stop(responder).await;
 }

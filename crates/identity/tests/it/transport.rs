@@ -64,7 +64,11 @@ async fn a_peer_refused_by_the_trust_is_a_typed_refusal_on_that_side() -> Result
     let mut dialled = dialled?;
     let mut byte = [0u8; 1];
     let read = dialled.read(&mut byte).await;
-    assert!(read.is_err(), "the stranger reads nothing: {read:?}");
+    let refused = read.expect_err("the stranger reads nothing");
+    assert!(
+        flotilla_identity::tls::refused_by_peer(&refused),
+        "the stranger can tell it was refused: {refused}"
+    );
     Ok(())
 }
 
@@ -100,9 +104,14 @@ async fn plaintext_proves_nobody_and_a_tls_side_refuses_it() -> Result<()> {
     assert!(!plain.is_authenticated());
     assert_eq!(plain.device(), None);
     let (near, far) = tokio::io::duplex(1024);
-    let (dialled, accepted) =
-        tokio::join!(plain.connect(near, Some(a.device())), plain.accept(far));
+    let (dialled, accepted) = tokio::join!(plain.connect(near, None), plain.accept(far));
     assert_eq!((dialled?.peer(), accepted?.peer()), (None, None));
+    // Asking for a device is asking for proof, which plaintext has not.
+    let (near, _far) = tokio::io::duplex(1024);
+    assert!(matches!(
+        plain.connect(near, Some(a.device())).await,
+        Err(TransportError::Unverifiable { expected }) if expected == *a.device()
+    ));
 
     // A plaintext client speaks its protocol at a TLS side: refused as a
     // failed handshake, within the handshake.

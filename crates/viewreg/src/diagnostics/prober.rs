@@ -101,7 +101,26 @@ impl<F: FeatureSet> Prober<F> for DiagnosticsProber<F> {
                 });
             }
         };
-        match ask_status_over(secured).await {
+        let answer = match ask(secured).await {
+            Ok(answer) => Ok(answer),
+            // In TLS 1.3 a server that does not trust this prober says so
+            // only now, with an alert on the first read.
+            Err(Asked::Io(error)) if flotilla_identity::tls::refused_by_peer(&error) => {
+                return ProbeOutcome::Failed(ProbeError::Handshake {
+                    endpoint: endpoint.clone(),
+                    source: Arc::new(flotilla_identity::TransportError::Handshake(error)),
+                });
+            }
+            Err(other) => Err(other.into_wire()),
+        };
+        self.outcome(endpoint, answer)
+    }
+}
+
+impl<F: FeatureSet> DiagnosticsProber<F> {
+    /// What an answer, or a broken one, says of the server.
+    fn outcome(&self, endpoint: &Endpoint, answer: Result<Answer, WireError>) -> ProbeOutcome<F> {
+        match answer {
             Ok(Answer::Status(status)) if status.is_serving() => ProbeOutcome::Serving {
                 features: (self.map)(status.features()),
                 partition: status.partition(),
@@ -134,15 +153,35 @@ impl<F: FeatureSet> Prober<F> for DiagnosticsProber<F> {
 pub async fn ask_status_over<T: AsyncRead + AsyncWrite + Unpin>(
     io: T,
 ) -> Result<Answer, WireError> {
+    ask(io).await.map_err(Asked::into_wire)
+}
+
+/// Why asking failed: the connection (kept whole, so that a TLS alert can
+/// be told apart), or the answer.
+enum Asked {
+    Io(std::io::Error),
+    Wire(WireError),
+}
+
+impl Asked {
+    fn into_wire(self) -> WireError {
+        match self {
+            Asked::Io(error) => io_error(error),
+            Asked::Wire(error) => error,
+        }
+    }
+}
+
+async fn ask<T: AsyncRead + AsyncWrite + Unpin>(io: T) -> Result<Answer, Asked> {
     let mut frames = framed(io);
     frames
         .send(wire::encode_status_request())
         .await
-        .map_err(io_error)?;
+        .map_err(Asked::Io)?;
     match frames.next().await {
-        Some(frame) => wire::decode_answer(&frame.map_err(io_error)?),
-        None => Err(WireError::Transport(
+        Some(frame) => wire::decode_answer(&frame.map_err(Asked::Io)?).map_err(Asked::Wire),
+        None => Err(Asked::Wire(WireError::Transport(
             "the server closed the connection without answering".to_owned(),
-        )),
+        ))),
     }
 }

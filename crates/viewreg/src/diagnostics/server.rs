@@ -37,6 +37,17 @@ pub struct DiagnosticsConfig {
     /// How long a connection may wait between requests, or take to send
     /// one, before the server closes it (default 30 s).
     pub idle_timeout: Duration,
+    /// How long a connection may take to complete its TLS handshake
+    /// (default 5 s).
+    pub handshake_timeout: Duration,
+    /// The most connections waiting in their handshake at once (default
+    /// 64), and the most of them from one IP address (default 8); one
+    /// beyond is closed at once. They do not count against
+    /// [`max_connections`](Self::max_connections), which counts probers
+    /// that proved who they are, so strangers cannot take their places.
+    pub max_handshakes: usize,
+    /// See [`max_handshakes`](Self::max_handshakes).
+    pub max_handshakes_per_address: usize,
 }
 
 impl Default for DiagnosticsConfig {
@@ -44,6 +55,9 @@ impl Default for DiagnosticsConfig {
         DiagnosticsConfig {
             max_connections: 256,
             idle_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(5),
+            max_handshakes: 64,
+            max_handshakes_per_address: 8,
         }
     }
 }
@@ -56,10 +70,21 @@ impl DiagnosticsConfig {
                 reason: "must be at least 1".to_owned(),
             });
         }
-        if self.idle_timeout.is_zero() {
+        for (field, timeout) in [
+            ("idle_timeout", self.idle_timeout),
+            ("handshake_timeout", self.handshake_timeout),
+        ] {
+            if timeout.is_zero() {
+                return Err(Error::InvalidConfig {
+                    field,
+                    reason: "must be longer than zero".to_owned(),
+                });
+            }
+        }
+        if self.max_handshakes == 0 || self.max_handshakes_per_address == 0 {
             return Err(Error::InvalidConfig {
-                field: "idle_timeout",
-                reason: "must be longer than zero".to_owned(),
+                field: "max_handshakes",
+                reason: "must be at least 1, and so must max_handshakes_per_address".to_owned(),
             });
         }
         Ok(())
@@ -80,8 +105,10 @@ impl DiagnosticsConfig {
 /// `connections` (open now), `answered`, `refused` (connections closed
 /// at once because [`max_connections`](DiagnosticsConfig::max_connections)
 /// were open, and requests that were not of the protocol) and `untrusted`
-/// (connections whose handshake failed: a prober not trusted, or not
-/// speaking TLS).
+/// (connections whose handshake failed or did not finish in time: a
+/// prober not trusted, or not speaking TLS). Connections in their
+/// handshake are limited apart from those answered (see
+/// [`DiagnosticsConfig`]).
 ///
 /// See the [module docs](crate::diagnostics) for an example.
 #[derive(Clone)]
@@ -200,6 +227,10 @@ async fn accept_loop(
 ) -> Result<(), WorkerError> {
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(config.max_connections));
+    let pending = flotilla_identity::PendingHandshakes::new(
+        config.max_handshakes,
+        config.max_handshakes_per_address,
+    );
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => break,
@@ -216,39 +247,59 @@ async fn accept_loop(
                 }
             }
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+        let Some(place) = pending.try_start(peer.ip()) else {
             counts.refused.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%peer, "connection refused: too many open");
+            tracing::debug!(%peer, "connection refused: too many handshakes under way");
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (transport, status, counts, stop, idle) = (
+        let (transport, status, counts, stop, slots) = (
             transport.clone(),
             status.clone(),
             Arc::clone(&counts),
             stop.clone(),
-            config.idle_timeout,
+            Arc::clone(&slots),
         );
+        let (idle, handshake) = (config.idle_timeout, config.handshake_timeout);
         tracker.spawn(
             async move {
+                let secured = tokio::select! {
+                    () = stop.cancelled() => return,
+                    secured = tokio::time::timeout(handshake, transport.accept(stream)) => secured,
+                };
+                drop(place);
+                let secured = match secured {
+                    Ok(Ok(secured)) => secured,
+                    Ok(Err(error)) => {
+                        counts.untrusted.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%peer, %error, "prober refused in the handshake");
+                        return;
+                    }
+                    Err(_) => {
+                        counts.untrusted.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%peer, "handshake not completed in time");
+                        return;
+                    }
+                };
+                let Ok(slot) = slots.try_acquire_owned() else {
+                    counts.refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, "connection refused: too many open");
+                    return;
+                };
                 counts.open.fetch_add(1, Ordering::Relaxed);
                 let served = tokio::select! {
-                    () = stop.cancelled() => Ok(Ok(0)),
-                    served = secure_and_serve(&transport, stream, &status, idle) => served,
+                    () = stop.cancelled() => Ok(0),
+                    served = serve_diagnostics_over(secured, &status, idle) => served,
                 };
                 counts.open.fetch_sub(1, Ordering::Relaxed);
                 drop(slot);
                 match served {
-                    Ok(Ok(answered)) => {
+                    Ok(answered) => {
                         counts.answered.fetch_add(answered, Ordering::Relaxed);
                     }
-                    Ok(Err(error)) => {
+                    Err(error) => {
                         counts.refused.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(%peer, %error, "connection closed");
-                    }
-                    Err(why) => {
-                        counts.untrusted.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(%peer, error = %why, "prober refused in the handshake");
                     }
                 }
             }
@@ -258,23 +309,6 @@ async fn accept_loop(
     tracker.close();
     tracker.wait().await;
     Ok(())
-}
-
-/// Secures `stream` (its handshake bounded by `idle_timeout` too, so a
-/// peer that never completes it cannot hold a slot), then serves it. The
-/// outer error is the handshake's.
-async fn secure_and_serve(
-    transport: &Transport,
-    stream: tokio::net::TcpStream,
-    status: &watch::Receiver<DiagnosticsStatus>,
-    idle_timeout: Duration,
-) -> Result<Result<u64, WireError>, String> {
-    let secured = match tokio::time::timeout(idle_timeout, transport.accept(stream)).await {
-        Ok(Ok(secured)) => secured,
-        Ok(Err(error)) => return Err(error.to_string()),
-        Err(_) => return Err(String::from("the handshake did not finish in time")),
-    };
-    Ok(serve_diagnostics_over(secured, status, idle_timeout).await)
 }
 
 /// Answers diagnostics requests on `io`, any byte stream from a prober,

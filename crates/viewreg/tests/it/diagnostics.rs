@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_core_types::{Endpoint, Worker};
-use flotilla_identity::{Identity, Secured, Transport, Trust, TrustError};
+use flotilla_identity::{Identity, Secured, Transport, TrustError};
 use flotilla_viewreg::diagnostics::wire::{self, Answer, WireError};
 use flotilla_viewreg::{
     DiagnosticsConfig, DiagnosticsProber, DiagnosticsServer, DiagnosticsStatus, Error, Health,
@@ -511,12 +511,12 @@ async fn a_request_trickled_byte_by_byte_is_cut_off() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_server_that_is_not_trusted_is_never_reported_healthy() -> anyhow::Result<()> {
     let stranger = Identity::generate(&flotilla_core_types::DeviceId::new("stranger")?)?;
-    // It trusts the registry, so that the refusal is the registry's.
-    let registry_key = Identity::generate(&flotilla_core_types::DeviceId::new("registry")?)?;
+    // It trusts the registry's cluster, so that the refusal is the
+    // registry's.
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let server = DiagnosticsServer::start(
         listener,
-        Transport::tls(&stranger, Arc::new(Trust::of([&registry_key])))?,
+        Transport::tls(&stranger, cluster_trust())?,
         DiagnosticsStatus::serving(names(&["kv"])),
         DiagnosticsConfig::default(),
     )?;
@@ -583,6 +583,7 @@ async fn a_prober_that_is_not_trusted_gets_no_answer() -> anyhow::Result<()> {
         ("a plaintext", Transport::insecure_plaintext()),
     ];
     for (count, (which, transport)) in probers.into_iter().enumerate() {
+        let authenticated = transport.is_authenticated();
         let prober = DiagnosticsProber::new(transport);
         let outcome = prober.probe(&endpoint).await;
         assert!(
@@ -592,9 +593,44 @@ async fn a_prober_that_is_not_trusted_gets_no_answer() -> anyhow::Result<()> {
             ),
             "{which} prober was answered: {outcome:?}"
         );
+        if authenticated {
+            // It can tell it was refused (though not why).
+            assert!(
+                matches!(&outcome, ProbeOutcome::Failed(error @ ProbeError::Handshake { .. }) if error.refusal().is_none()),
+                "{outcome:?}"
+            );
+        }
         let report = until_report(&server, |report| report["untrusted"] == count + 1).await;
         assert_eq!(report["answered"], 0, "{which}");
     }
+    server.kill();
+    server.wait().await?;
+    Ok(())
+}
+
+/// Connections that never start their handshake are dropped when its time
+/// is up, and those beyond the handshake limit at once: strangers do not
+/// take the places of probers that prove themselves.
+#[tokio::test]
+async fn silent_connections_do_not_hold_the_server() -> anyhow::Result<()> {
+    let mut config = DiagnosticsConfig::default();
+    config.handshake_timeout = Duration::from_secs(2);
+    config.max_handshakes = 1;
+    let (server, endpoint) =
+        server_with(DiagnosticsStatus::serving(names(&["kv"])), config).await?;
+    let silent = TcpStream::connect(server.local_addr()).await?;
+    let mut surplus = TcpStream::connect(server.local_addr()).await?;
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(PATIENCE, surplus.read_to_end(&mut rest)).await?;
+    assert!(closed.is_err() || rest.is_empty());
+    until_report(&server, |report| report["refused"] == 1).await;
+    // The silent one's time runs out, and its place is free again.
+    until_report(&server, |report| report["untrusted"] == 1).await;
+    assert!(matches!(
+        prober().probe(&endpoint).await,
+        ProbeOutcome::Serving { .. }
+    ));
+    drop(silent);
     server.kill();
     server.wait().await?;
     Ok(())
