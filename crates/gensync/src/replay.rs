@@ -32,6 +32,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
+use bytes::Bytes;
 use flotilla_core_types::DeviceId;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -94,7 +95,8 @@ pub(crate) struct Moved {
 pub(crate) enum Item {
     /// The peer has collected these generations (sent before its records).
     Collected(GenVector),
-    Record(LogRecord),
+    /// A record, and its encoding as it came (the store's), when known.
+    Record(LogRecord, Option<Bytes>),
     /// What the peer knows of other devices (sent after its records).
     Known(Vec<KnownPeer>),
     /// The round is complete: the peer's vector.
@@ -116,7 +118,7 @@ pub(crate) type Queued = (Item, OwnedSemaphorePermit);
 pub(crate) fn queue_share(item: &Item) -> u32 {
     let held = match item {
         Item::Collected(vector) => vector_held_len(vector),
-        Item::Record(record) => record_held_len(record),
+        Item::Record(record, encoded) => record_held_len(record, encoded.as_ref()),
         Item::Known(peers) => known_held_len(peers),
         Item::Done(_) => 0,
     };
@@ -157,7 +159,9 @@ fn run_round(
         for item in chunk.drain(..) {
             match item {
                 Gathered::Collected(vector) => round.accept_collected(vector),
-                Gathered::Record(record) => round.apply(&mut writer, record)?,
+                Gathered::Record(record, encoded) => {
+                    round.apply(&mut writer, record, encoded.as_deref())?;
+                }
                 Gathered::Known(peers) => round.accept_known(peers),
             }
         }
@@ -178,7 +182,7 @@ fn run_round(
 /// An item of a chunk, in the order it came.
 enum Gathered {
     Collected(GenVector),
-    Record(LogRecord),
+    Record(LogRecord, Option<Bytes>),
     Known(Vec<KnownPeer>),
 }
 
@@ -196,7 +200,7 @@ fn gather(
         // into the chunk, which counts it from here.
         let gathered = match queue.blocking_recv().map(|(item, _share)| item) {
             Some(Item::Collected(vector)) => Gathered::Collected(vector),
-            Some(Item::Record(record)) => Gathered::Record(record),
+            Some(Item::Record(record, encoded)) => Gathered::Record(record, encoded),
             Some(Item::Known(peers)) => Gathered::Known(peers),
             Some(Item::Done(vector)) => return Ok(Some(vector)),
             None => return Err(Error::Disconnected),
@@ -212,7 +216,7 @@ fn gather(
 fn held_len(item: &Gathered) -> usize {
     match item {
         Gathered::Collected(vector) => vector_held_len(vector),
-        Gathered::Record(record) => record_held_len(record),
+        Gathered::Record(record, encoded) => record_held_len(record, encoded.as_ref()),
         Gathered::Known(peers) => known_held_len(peers),
     }
 }
@@ -233,8 +237,9 @@ fn vector_held_len(vector: &GenVector) -> usize {
         .sum()
 }
 
-fn record_held_len(record: &LogRecord) -> usize {
-    size_of::<LogRecord>()
+fn record_held_len(record: &LogRecord, encoded: Option<&Bytes>) -> usize {
+    encoded.map_or(0, Bytes::len)
+        + size_of::<LogRecord>()
         + record.payload_len()
         + record.parents.len() * size_of::<VersionId>()
         + record.device.as_str().len()
@@ -308,10 +313,13 @@ impl<'a> Round<'a> {
         }
     }
 
+    /// Applies one record of the round; `encoded` is its encoding as it
+    /// came, kept as it is in the log (it decoded to `record`).
     pub(crate) fn apply(
         &mut self,
         writer: &mut Writer<'_>,
         record: LogRecord,
+        encoded: Option<&[u8]>,
     ) -> Result<(), Error> {
         // A record this replica could not have written locally could not be
         // overwritten or deleted here either: it is bad input.
@@ -361,7 +369,7 @@ impl<'a> Round<'a> {
             .entry(record.device.clone())
             .or_default()
             .insert(record.generation);
-        let (index, new) = writer.append(&record)?;
+        let (index, new) = writer.append_encoded(&record, encoded)?;
         writer.mark_pending(index);
         if !new {
             // A version we have already (the same merge, made here too).

@@ -788,9 +788,23 @@ impl Writer<'_> {
     /// already, to the DAG. Returns its log index, and whether the version
     /// was new.
     pub(crate) fn append(&mut self, record: &LogRecord) -> Result<(u64, bool), Error> {
+        self.append_encoded(record, None)
+    }
+
+    /// [`append`](Self::append), keeping `encoded` in the log when given:
+    /// `record`'s encoding as it came from a peer (it decoded to `record`),
+    /// so that it is not encoded again.
+    pub(crate) fn append_encoded(
+        &mut self,
+        record: &LogRecord,
+        encoded: Option<&[u8]>,
+    ) -> Result<(u64, bool), Error> {
         let index = self.next_log_index;
         self.next_log_index += 1;
-        self.log.insert(index, encode(record).as_slice())?;
+        match encoded {
+            Some(encoded) => self.log.insert(index, encoded)?,
+            None => self.log.insert(index, encode(record).as_slice())?,
+        };
         self.origin.insert(origin_of(record), index)?;
         if self.knows(&record.version)? {
             return Ok((index, false));

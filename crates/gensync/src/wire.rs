@@ -232,9 +232,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     ///
     /// Cancel safe: a partly read frame stays buffered for the next call.
     pub async fn recv(&mut self) -> Result<Option<Message>, WireError> {
+        Ok(self.recv_frame().await?.map(|(message, _)| message))
+    }
+
+    /// [`recv`](Self::recv), with the frame the message came in: a record's
+    /// encoding is in it as the store keeps it, so that it need not be
+    /// encoded again.
+    pub(crate) async fn recv_frame(&mut self) -> Result<Option<(Message, Bytes)>, WireError> {
         match self.frames.next().await {
             None => Ok(None),
-            Some(Ok(frame)) => decode(&frame).map(Some),
+            Some(Ok(frame)) => {
+                let frame = frame.freeze();
+                decode(&frame).map(|message| Some((message, frame)))
+            }
             // A TLS peer that went away without closing its session: at a
             // frame boundary that is a close like any other (the protocol
             // says itself when it is done), inside a frame a truncation.
