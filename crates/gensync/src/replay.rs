@@ -340,13 +340,20 @@ impl<'a> Round<'a> {
         // all covered by our vector); only one out of that order is looked
         // up.
         let origin = (record.generation, record.sequence);
-        let in_order = self
-            .last_origin
-            .get(&record.device)
-            .is_none_or(|last| origin > *last);
-        if in_order {
-            self.last_origin.insert(record.device.clone(), origin);
-        } else if writer.has_origin(&record)? {
+        // (Looked up before it is inserted, so that the device's id is
+        // copied once a round, not once a record.)
+        let in_order = match self.last_origin.get_mut(&record.device) {
+            Some(last) if origin > *last => {
+                *last = origin;
+                true
+            }
+            Some(_) => false,
+            None => {
+                self.last_origin.insert(record.device.clone(), origin);
+                true
+            }
+        };
+        if !in_order && writer.has_origin(&record)? {
             self.stats.duplicates += 1;
             return Ok(());
         }
@@ -365,10 +372,15 @@ impl<'a> Round<'a> {
             // Collected by the peer before we had it.
             writer.mark_collected(parent)?;
         }
-        self.received
-            .entry(record.device.clone())
-            .or_default()
-            .insert(record.generation);
+        match self.received.get_mut(&record.device) {
+            Some(generations) => {
+                generations.insert(record.generation);
+            }
+            None => {
+                self.received
+                    .insert(record.device.clone(), BTreeSet::from([record.generation]));
+            }
+        }
         let (index, new) = writer.append_encoded(&record, encoded)?;
         writer.mark_pending(index);
         if !new {
@@ -377,7 +389,7 @@ impl<'a> Round<'a> {
             return Ok(());
         }
         self.stats.applied += 1;
-        self.advance_frontier(writer, &record)
+        self.advance_frontier(writer, record)
     }
 
     /// Checks the peer's claims, moves the heads and the vector, and keeps
@@ -453,7 +465,7 @@ impl<'a> Round<'a> {
     /// Adds `record`'s version to its key's frontier, dropping what it
     /// descends from. Records arrive parents first and are new to us, so
     /// nothing known descends from them.
-    fn advance_frontier(&mut self, writer: &Writer<'_>, record: &LogRecord) -> Result<(), Error> {
+    fn advance_frontier(&mut self, writer: &Writer<'_>, record: LogRecord) -> Result<(), Error> {
         let frontier = match self.frontiers.remove(&record.key) {
             Some(frontier) => frontier,
             None => writer
@@ -470,7 +482,7 @@ impl<'a> Round<'a> {
             }
         }
         kept.push(record.version);
-        self.frontiers.insert(record.key.clone(), kept);
+        self.frontiers.insert(record.key, kept);
         Ok(())
     }
 
