@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 /// use flotilla_identity::PendingHandshakes;
 ///
 /// let pending = PendingHandshakes::new(2, 1);
-/// let here = "10.0.0.1".parse().unwrap();
-/// let there = "10.0.0.2".parse().unwrap();
+/// let here = "10.0.0.1".parse().expect("an address");
+/// let there = "10.0.0.2".parse().expect("an address");
 /// let first = pending.try_start(here).expect("a place");
 /// assert!(pending.try_start(here).is_none(), "one per address");
 /// let _second = pending.try_start(there).expect("another address");
