@@ -504,7 +504,7 @@ where
 ///
 /// Each connection is secured by the responder's [`Transport`] first: a
 /// peer its trust does not accept fails the handshake, and is counted as
-/// a failed round. A peer may not claim another device than its
+/// a failed handshake. A peer may not claim another device than its
 /// certificate names, nor this replica's device id, nor one that is
 /// connected already from another IP address: it is refused with a
 /// [`Message::Abort`] saying why, and nothing it sent is used.
@@ -797,13 +797,9 @@ pub async fn respond_over<T: AsyncRead + AsyncWrite + Unpin>(
     io: Secured<T>,
     config: &SyncConfig,
 ) -> Result<u64, Error> {
-    let certified = io.peer().cloned();
-    let mut connection = Connection::new(io);
-    let peer = expect_hello(&mut connection).await?;
-    let accepted = check_not_ours(&peer, replica.device())
-        .and_then(|()| check_certified(&peer, certified.as_ref()));
-    if let Err(error) = accepted {
-        return refuse(&mut connection, error).await;
+    let (mut connection, peer) = certified_hello(io).await?;
+    if let Err(error) = check_not_ours(&peer, replica.device()) {
+        return Err(refuse(&mut connection, error).await);
     }
     respond(replica, connection, config, peer).await
 }
@@ -816,18 +812,28 @@ async fn serve(
     config: &SyncConfig,
     connected: &Connected,
 ) -> Result<u64, Error> {
-    let certified = secured.peer().cloned();
-    let mut connection = Connection::new(secured);
-    let peer = expect_hello(&mut connection).await?;
-    if let Err(error) = check_certified(&peer, certified.as_ref()) {
-        return refuse(&mut connection, error).await;
-    }
+    let (mut connection, peer) = certified_hello(secured).await?;
     let _registration = match Registration::claim(connected, &peer, address.ip(), replica.device())
     {
         Ok(registration) => registration,
-        Err(error) => return refuse(&mut connection, error).await,
+        Err(error) => return Err(refuse(&mut connection, error).await),
     };
     respond(replica, connection, config, peer).await
+}
+
+/// The initiator's hello on a secured connection, and the connection: a
+/// peer that claims another device than its certificate names is refused
+/// (told why in an `Abort`) before anything else it sent is read.
+async fn certified_hello<T: AsyncRead + AsyncWrite + Unpin>(
+    io: Secured<T>,
+) -> Result<(Connection<Secured<T>>, DeviceId), Error> {
+    let certified = io.peer().cloned();
+    let mut connection = Connection::new(io);
+    let peer = expect_hello(&mut connection).await?;
+    if let Err(error) = check_certified(&peer, certified.as_ref()) {
+        return Err(refuse(&mut connection, error).await);
+    }
+    Ok((connection, peer))
 }
 
 /// Secures a connection a [`Responder`] accepted, within the handshake's
@@ -838,36 +844,31 @@ async fn secure_accepted(
     address: SocketAddr,
     timeout: Duration,
 ) -> Result<Secured<TcpStream>, Error> {
-    let handshake = tokio::time::timeout(timeout, transport.accept(stream));
-    let secured = match handshake.await {
-        Ok(secured) => secured.map_err(|source| Error::Handshake {
-            peer: Some(address),
-            source: Arc::new(source),
-        })?,
-        Err(_) => {
-            return Err(Error::Handshake {
-                peer: Some(address),
-                source: Arc::new(TransportError::Handshake(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("not completed within {} ms", timeout.as_millis()),
-                ))),
-            });
-        }
+    let failed = match tokio::time::timeout(timeout, transport.accept(stream)).await {
+        Ok(Ok(secured)) => return Ok(secured),
+        Ok(Err(error)) => error,
+        Err(_) => TransportError::Handshake(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("not completed within {} ms", timeout.as_millis()),
+        )),
     };
-    Ok(secured)
+    Err(Error::Handshake {
+        peer: Some(address),
+        source: Arc::new(failed),
+    })
 }
 
-/// Tells the peer why it is refused, and fails with that.
+/// Tells the peer why it is refused; returns that, to fail with.
 async fn refuse<T: AsyncRead + AsyncWrite + Unpin>(
     connection: &mut Connection<T>,
     error: Error,
-) -> Result<u64, Error> {
+) -> Error {
     let _ = connection
         .send(&Message::Abort {
             reason: error.to_string(),
         })
         .await;
-    Err(error)
+    error
 }
 
 /// A peer that proved a device by its certificate must claim that device.
