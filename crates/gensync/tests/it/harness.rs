@@ -127,12 +127,17 @@ impl Node {
     }
 
     pub(crate) async fn serve(&self) -> Responder {
+        self.serve_with(SyncConfig::default()).await
+    }
+
+    /// A responder of this node on a loopback port, under `config`.
+    pub(crate) async fn serve_with(&self, config: SyncConfig) -> Responder {
         let address: SocketAddr = "127.0.0.1:0".parse().expect("an address");
         Responder::bind(
             self.replica.clone(),
             self.transport.clone(),
             address,
-            SyncConfig::default(),
+            config,
         )
         .await
         .expect("binds")

@@ -383,23 +383,9 @@ async fn silent_and_surplus_connections_do_not_hold_the_responder() {
     // silent one holds the slot.
     config.handshake_timeout = Duration::from_secs(2);
     config.max_handshakes = 1;
-    let any: SocketAddr = "127.0.0.1:0".parse().expect("an address");
-    let responder = Responder::bind(node.replica.clone(), node.transport.clone(), any, config)
-        .await
-        .expect("binds");
-    let address = responder.local_addr();
+    let responder = node.serve_with(config).await;
     // Holds the only slot, and never starts a handshake.
-    let silent = tokio::net::TcpStream::connect(address)
-        .await
-        .expect("connects");
-    let mut surplus = tokio::net::TcpStream::connect(address)
-        .await
-        .expect("connects");
-    let mut rest = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(10), surplus.read_to_end(&mut rest))
-        .await
-        .expect("the surplus connection is closed");
-    assert!(closed.is_err() || rest.is_empty(), "{closed:?} {rest:?}");
+    let silent = crowded_out(responder.local_addr()).await;
     let report = handshake_failures(&responder, 1).await;
     let why = report["last_handshake_failure"]
         .as_str()
@@ -412,21 +398,11 @@ async fn silent_and_surplus_connections_do_not_hold_the_responder() {
     stop(responder).await;
 }
 
-/// Strangers at one address cannot take the places peers at others need
-/// to prove themselves.
-#[tokio::test]
-async fn handshakes_from_one_address_are_limited_apart() {
-    let node = Node::new("me");
-    node.put("mine", "v").await;
-    let mut config = SyncConfig::default();
-    config.max_handshakes_per_address = 1;
-    let any: SocketAddr = "127.0.0.1:0".parse().expect("an address");
-    let responder = Responder::bind(node.replica.clone(), node.transport.clone(), any, config)
-        .await
-        .expect("binds");
-    let address = responder.local_addr();
-    // 127.0.0.1 holds its one place with a silent connection.
-    let _silent = tokio::net::TcpStream::connect(address)
+/// Opens a connection to `address` that never starts its handshake, then
+/// another that the responder closes at once, as it has no place for it;
+/// returns the first, still open.
+async fn crowded_out(address: SocketAddr) -> tokio::net::TcpStream {
+    let silent = tokio::net::TcpStream::connect(address)
         .await
         .expect("connects");
     let mut surplus = tokio::net::TcpStream::connect(address)
@@ -435,8 +411,23 @@ async fn handshakes_from_one_address_are_limited_apart() {
     let mut rest = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(10), surplus.read_to_end(&mut rest))
         .await
-        .expect("closed at once");
-    assert!(closed.is_err() || rest.is_empty());
+        .expect("the surplus connection is closed");
+    assert!(closed.is_err() || rest.is_empty(), "{closed:?} {rest:?}");
+    silent
+}
+
+/// Strangers at one address cannot take the places peers at others need
+/// to prove themselves.
+#[tokio::test]
+async fn handshakes_from_one_address_are_limited_apart() {
+    let node = Node::new("me");
+    node.put("mine", "v").await;
+    let mut config = SyncConfig::default();
+    config.max_handshakes_per_address = 1;
+    let responder = node.serve_with(config).await;
+    let address = responder.local_addr();
+    // 127.0.0.1 holds its one place with a silent connection.
+    let _silent = crowded_out(address).await;
     report_when(&responder, "connections_refused", 1).await;
     // A peer from another loopback address is served meanwhile.
     let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
