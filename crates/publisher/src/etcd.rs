@@ -346,11 +346,7 @@ impl EtcdNamespace {
                 field: "endpoints",
                 reason: error.to_string(),
             })?;
-        let host = first.split_once("://").map_or(*first, |(_, rest)| rest);
-        Ok(
-            EtcdNamespace::from_client(client, prefix)?
-                .with_root(format!("etcd://{host}/{prefix}")),
-        )
+        Ok(EtcdNamespace::from_client(client, prefix)?.with_root(first, prefix))
     }
 
     /// Connects to the etcd cluster `options` name (TLS, a client
@@ -371,19 +367,14 @@ impl EtcdNamespace {
         let client = options
             .connect(checked.as_bytes(), Access::ReadWrite)
             .await?;
-        let host = options.endpoints().first().map_or("", |first| {
-            first
-                .split_once("://")
-                .map_or(first.as_str(), |(_, rest)| rest)
-        });
-        Ok(
-            EtcdNamespace::from_client(client, prefix)?
-                .with_root(format!("etcd://{host}/{prefix}")),
-        )
+        let first = options.endpoints().first().map_or("", String::as_str);
+        Ok(EtcdNamespace::from_client(client, prefix)?.with_root(first, prefix))
     }
 
-    fn with_root(mut self, root: String) -> EtcdNamespace {
-        self.root = root;
+    /// The same backend, its root naming the endpoint `first` (a URL).
+    fn with_root(mut self, first: &str, prefix: &str) -> EtcdNamespace {
+        let host = first.split_once("://").map_or(first, |(_, rest)| rest);
+        self.root = format!("etcd://{host}/{prefix}");
         self
     }
 

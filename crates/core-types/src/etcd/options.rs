@@ -210,7 +210,7 @@ impl EtcdOptions {
         if let Some((name, password)) = &self.user {
             options = options.with_user(name.clone(), password.clone());
         }
-        if self.ca_pem.is_some() || self.client_pem.is_some() {
+        if self.uses_tls() {
             let mut tls = etcd_client::TlsOptions::new();
             if let Some(ca) = &self.ca_pem {
                 tls = tls.ca_certificate(etcd_client::Certificate::from_pem(ca));
@@ -247,7 +247,6 @@ impl EtcdOptions {
                 reason: String::from("an empty prefix (a backend keeps its keys under one)"),
             });
         }
-        let tls = self.ca_pem.is_some() || self.client_pem.is_some();
         match self.connect_once(prefix, access).await {
             Ok(client) => Ok(client),
             // Over TLS, a member that refuses the client's certificate
@@ -256,7 +255,7 @@ impl EtcdOptions {
             // would if the member had just gone away. A second try on a
             // fresh connection tells them apart: a member gone refuses
             // the connection then, a refusing one closes it again.
-            Err(error) if tls && closed_after_connecting(&error) => {
+            Err(error) if self.uses_tls() && closed_after_connecting(&error) => {
                 match self.connect_once(prefix, access).await {
                     Ok(client) => Ok(client),
                     Err(again) if closed_after_connecting(&again) => Err(EtcdConnectError::Tls {
@@ -272,6 +271,11 @@ impl EtcdOptions {
             }
             Err(error) => Err(classify(&error, prefix, access)),
         }
+    }
+
+    /// Whether the client speaks TLS: it was given a CA or a certificate.
+    fn uses_tls(&self) -> bool {
+        self.ca_pem.is_some() || self.client_pem.is_some()
     }
 
     /// One client and one access check, or the error either ended with
@@ -441,10 +445,12 @@ fn read_pem(path: &Path) -> Result<Vec<u8>, EtcdConnectError> {
 mod tests {
     use super::*;
 
+    fn status(code: tonic::Code, message: &str) -> etcd_client::Error {
+        etcd_client::Error::GRpcStatus(tonic::Status::new(code, message))
+    }
+
     #[test]
     fn errors_are_sorted_by_what_failed() {
-        let status =
-            |code, message: &str| etcd_client::Error::GRpcStatus(tonic::Status::new(code, message));
         let sorted = |error| classify(&error, b"p/", Access::Read);
         assert!(matches!(
             sorted(status(tonic::Code::PermissionDenied, "etcdserver: permission denied")),
@@ -488,8 +494,6 @@ mod tests {
 
     #[test]
     fn only_a_connection_closed_under_a_request_is_worth_a_second_look() {
-        let status =
-            |code, message: &str| etcd_client::Error::GRpcStatus(tonic::Status::new(code, message));
         assert!(closed_after_connecting(&status(
             tonic::Code::Cancelled,
             "operation was canceled: connection closed"
