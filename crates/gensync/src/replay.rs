@@ -255,6 +255,12 @@ pub(crate) struct Round<'a> {
     /// (its records of those generations may be missing, and so may
     /// parents).
     collected: Option<GenVector>,
+    /// Whether this replica's own history has gaps: it collected garbage,
+    /// or took a peer's collected log. A parent it does not know may then
+    /// be one collected before it ever saw it (a full-state round brings
+    /// the current values, not the ids of every version collected before
+    /// them), so an unknown parent is taken as collected, not refused.
+    history_cut: bool,
     received: BTreeMap<DeviceId, BTreeSet<u64>>,
     /// What the peer told of other devices, noted when the round ends, and
     /// the bytes it holds (at most [`MAX_KNOWN_BYTES`]).
@@ -275,12 +281,15 @@ pub(crate) struct Round<'a> {
 impl<'a> Round<'a> {
     /// A round with `peer`, against what the store holds now.
     pub(crate) fn begin(shared: &'a Shared, peer: DeviceId) -> Result<Round<'a>, Error> {
-        let ours = shared.storage.read()?.vector()?;
+        let reader = shared.storage.read()?;
+        let ours = reader.vector()?;
+        let history_cut = reader.collected()? != GenVector::new();
         Ok(Round {
             shared,
             ours,
             peer,
             collected: None,
+            history_cut,
             received: BTreeMap::new(),
             known: Vec::new(),
             known_bytes: 0,
@@ -363,13 +372,16 @@ impl<'a> Round<'a> {
             if !checked.insert(parent) || writer.knows(parent)? {
                 continue;
             }
-            if self.collected.is_none() {
+            // An honest peer sends parents before what descends from them,
+            // unless they were collected (by it, or before this replica's
+            // history was cut).
+            if self.collected.is_none() && !self.history_cut {
                 return Err(Error::MissingParent {
                     version: record.version,
                     parent: *parent,
                 });
             }
-            // Collected by the peer before we had it.
+            // Collected before we had it.
             writer.mark_collected(parent)?;
         }
         match self.received.get_mut(&record.device) {

@@ -429,3 +429,43 @@ mod three_way {
         }
     }
 }
+
+/// A case the model found (2026-12-06): a key written on two replicas, a
+/// collection on one, then a full-state round into the third.
+#[test]
+fn a_full_state_round_after_a_collection_finds_every_parent() {
+    use Step::{Collect, Sync, Write};
+    let steps = [
+        Write {
+            on: 0,
+            key: 3,
+            value: 0,
+        },
+        Write {
+            on: 0,
+            key: 0,
+            value: 0,
+        },
+        Sync { into: 1, from: 0 },
+        Write {
+            on: 0,
+            key: 3,
+            value: 0,
+        },
+        Write {
+            on: 1,
+            key: 3,
+            value: 0,
+        },
+        Sync { into: 0, from: 1 },
+        Sync { into: 0, from: 1 },
+        Write {
+            on: 1,
+            key: 3,
+            value: 0,
+        },
+        Collect { on: 1 },
+        Sync { into: 2, from: 1 },
+    ];
+    check(&steps, Topology::Mesh).expect("the model holds");
+}
